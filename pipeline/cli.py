@@ -1,0 +1,235 @@
+"""The command line: `python run.py pipeline.yaml` and run/plan/status/rerun/cancel/logs/schema.
+
+Exit codes: 0 done or submitted, 1 a stage failed (or was cancelled), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import orchestrator
+from pipeline.config import pipeline_schema
+from pipeline.errors import StageFailed, UserError
+from pipeline.runs import MERGE, RunDir, resolve_run
+from pipeline.status import BAD_STATES, RunStatus
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Plan, run and inspect an SPD post-processing pipeline (locally or on SLURM).",
+)
+# Wide enough for the tables when output goes to a file or a CI log instead of a terminal.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+STATE_STYLE = {
+    "COMPLETED": "green", "CACHED": "cyan", "RUNNING": "blue", "PENDING": "white", "NOT_STARTED": "dim",
+    "FAILED": "bold red", "CANCELLED": "yellow", "UPSTREAM_FAILED": "red",
+}
+
+RunArg = Annotated[str, typer.Argument(help="A run directory, or a run id under --out-dir.")]
+OutDirOpt = Annotated[Path, typer.Option("--out-dir", help="Where run ids are looked up.")]
+
+
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors print one clear message and exit 2; failed stages exit 1. No tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except StageFailed as e:
+            err.print(f"[bold red]failed:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _print_launch(launch: orchestrator.Launch) -> None:
+    run = launch.run
+    for name in launch.cached:
+        out.print(f"  {name:<14} [cyan]CACHED[/] (done with the same key)")
+    for name, tasks in launch.work.items():
+        out.print(f"  {name:<14} {len(tasks)} task(s) to run" if tasks else f"  {name:<14} merge only")
+    if not launch.work:
+        out.print("nothing to run: every stage is done with its current config")
+    out.print(f"run id: [bold]{run.run_id}[/]   run dir: {run.root}")
+    if not launch.waited and launch.work:
+        out.print(f"submitted ({launch.executor}). Watch it with:  python run.py status {run.root}")
+
+
+def _finish(launch: orchestrator.Launch) -> None:
+    if launch.waited:
+        status = orchestrator.status(launch.run)
+        _print_status(status)
+        if not status.ok:
+            bad = [s.name for s in status.stages if s.state in BAD_STATES]
+            raise StageFailed(f"stage(s) {bad} did not complete; see `python run.py status {launch.run.root}`")
+
+
+@app.command()
+@cli_errors
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
+    force: Annotated[bool, typer.Option("--force", help="Redo stages even when done with the same key.")] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")] = None,
+    wait: Annotated[
+        bool | None,
+        typer.Option("--wait/--no-wait", help="Block until the run ends (default: local waits, slurm returns)."),
+    ] = None,
+) -> None:
+    """Plan and run (or submit) a pipeline. Stages done with an unchanged config are CACHED."""
+    launch = orchestrator.start_run(pipeline, force=force, only=only or None, wait=wait)
+    _print_launch(launch)
+    _finish(launch)
+
+
+@app.command()
+@cli_errors
+def plan(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Show the DAG, which stages are cached and each task's resources. Creates nothing."""
+    planned = orchestrator.plan_pipeline(pipeline)
+    if as_json:
+        records = planned.plan.to_records()
+        for r in records:
+            r["cached"] = r["name"] in planned.cached
+        typer.echo(json.dumps({"run_dir": str(planned.run.root), "executor": planned.executor, "stages": records}, indent=2))
+        return
+    table = Table(title=f"plan for run {planned.run.run_id} ({planned.executor} executor) -> {planned.run.root}")
+    for col in ("stage", "after", "key", "tasks", "status", "resources per task", "merge job"):
+        table.add_column(col)
+    for name, st in planned.plan.stages.items():
+        r = st.resources
+        res = f"{r.cpus_per_task} cpu, {r.mem_gb:g} GB, {r.gpus_per_node} gpu, {r.time_min} min"
+        if r.partition:
+            res += f", partition {r.partition}"
+        if st.num_tasks > 1 and r.array_parallelism:
+            res += f", at most {r.array_parallelism} at once"
+        m = st.merge_resources
+        merge = f"{m.cpus_per_task} cpu, {m.mem_gb:g} GB, {m.gpus_per_node} gpu" if st.has_merge_job else "-"
+        after = ", ".join([*st.upstreams, *(f"{u} (given: {p})" for u, p in st.external.items())]) or "-"
+        state = "[cyan]CACHED[/]" if name in planned.cached else "will run"
+        table.add_row(name, after, st.key, str(st.num_tasks), state, res, merge)
+    out.print(table)
+    if not planned.plan.stages:
+        out.print("the pipeline has no stages")
+
+
+def _print_status(status: RunStatus) -> None:
+    table = Table(title=f"run {status.run_id} ({status.executor})  {status.run_dir}")
+    for col in ("stage", "state", "tasks done", "failed", "running", "elapsed", "jobs", "logs"):
+        table.add_column(col)
+    for s in status.stages:
+        style = STATE_STYLE.get(s.state, "")
+        elapsed = f"{s.elapsed_s:.1f}s" if s.elapsed_s is not None else "-"
+        jobs = ", ".join(s.job_ids[:3]) + (" ..." if len(s.job_ids) > 3 else "")
+        table.add_row(
+            s.name, f"[{style}]{s.state}[/]", f"{s.tasks.done}/{s.tasks.total}", str(s.tasks.failed),
+            str(s.tasks.running), elapsed, jobs or "-", s.log_dir,
+        )
+    out.print(table)
+    for s in status.stages:
+        if s.error:
+            out.print(f"[bold]{s.name}[/] [{STATE_STYLE[s.state]}]{s.state}[/]: {s.error}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def status(
+    run: RunArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    out_dir: OutDirOpt = Path("runs"),
+) -> None:
+    """What is queued, running, done or failed, with log locations. Exit 1 if a stage failed."""
+    result = orchestrator.status(resolve_run(run, out_dir))
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_status(result)
+    if any(s.state in BAD_STATES for s in result.stages):
+        raise typer.Exit(1)
+
+
+@app.command()
+@cli_errors
+def rerun(
+    run: RunArg,
+    stage: Annotated[list[str], typer.Option("--stage", help="Stage to redo (repeatable).")],
+    downstream: Annotated[bool, typer.Option("--downstream", help="Also redo every stage that depends on it.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Redo tasks that already have markers too.")] = False,
+    wait: Annotated[bool | None, typer.Option("--wait/--no-wait")] = None,
+    out_dir: OutDirOpt = Path("runs"),
+) -> None:
+    """Redo stages of an existing run: only tasks without markers, unless the stage is done or --force."""
+    launch = orchestrator.rerun(resolve_run(run, out_dir), stage, downstream, force, wait)
+    _print_launch(launch)
+    _finish(launch)
+
+
+@app.command()
+@cli_errors
+def cancel(
+    run: RunArg,
+    stage: Annotated[str | None, typer.Option("--stage", help="Cancel only this stage.")] = None,
+    out_dir: OutDirOpt = Path("runs"),
+) -> None:
+    """Stop everything still live in a run (or one stage); it is recorded as CANCELLED."""
+    stopped = orchestrator.cancel(resolve_run(run, out_dir), stage)
+    out.print(f"cancelled: {', '.join(stopped)}" if stopped else "nothing live to stop; unfinished stages marked CANCELLED")
+
+
+@app.command()
+@cli_errors
+def logs(
+    run: RunArg,
+    stage: Annotated[str, typer.Option("--stage", help="The stage.")],
+    task: Annotated[str | None, typer.Option("--task", help="Task index or 'merge' (default: first failed, else 0).")] = None,
+    out_dir: OutDirOpt = Path("runs"),
+) -> None:
+    """Print the log of one task of a stage."""
+    run_dir = resolve_run(run, out_dir)
+    plan_stages = [s["name"] for s in run_dir.read_plan()["stages"]]
+    if stage not in plan_stages:
+        raise UserError(f"--stage: {stage!r} is not a stage of run {run_dir.run_id!r} (its stages: {plan_stages})")
+    label = task or next(iter(run_dir.failed_labels(stage)), "0")
+    if label != MERGE and not label.isdigit():
+        raise UserError(f"--task: {label!r} is neither a task index nor 'merge'")
+    path = _log_path(run_dir, stage, label)
+    if not path.exists():
+        raise UserError(f"no log for {stage} task {label} yet ({path})")
+    err.print(f"[dim]{path}[/]")
+    sys.stdout.write(path.read_text(errors="replace"))
+
+
+def _log_path(run: RunDir, stage: str, label: str) -> Path:
+    return run.task_log(stage, label)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of pipeline files."""
+    typer.echo(json.dumps(pipeline_schema(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point; `run.py pipeline.yaml` is short for `run.py run pipeline.yaml`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    if args and not args[0].startswith("-") and args[0] not in commands:
+        args.insert(0, "run")
+    app(args, prog_name="run.py")

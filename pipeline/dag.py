@@ -1,0 +1,217 @@
+"""The stage graph of a pipeline: edges, topological order, closures and stage keys.
+
+A stage key is a content hash of the stage name, its canonical config, its seed and its
+upstreams' keys, so changing one stage's config changes its key and the keys of all its
+descendants, and nothing else (the caching rule of Snakemake/Nextflow).
+"""
+
+from __future__ import annotations
+
+import graphlib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipeline.atomic import read_json
+from pipeline.config import configured_stages, resource_override
+from pipeline.errors import UserError
+from pipeline.resources import Resources, SlurmProfile, resolve_resources
+from stages.base import StageSpec
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """One stage as it will run: config, edges, key and resources all resolved.
+
+    Plain data (JSON-serialisable through `to_record`), so `rerun`, `status` and executors work
+    from plan.json alone, without rebuilding anything from the pipeline file.
+    """
+
+    name: str
+    module: str
+    config: dict[str, Any]  # the stage config as JSON, validated
+    upstreams: tuple[str, ...]  # upstream stages that run in this pipeline
+    external: dict[str, str]  # upstream stage -> existing output directory outside this run
+    key: str
+    seed: int
+    num_tasks: int
+    resources: Resources
+    merge_resources: Resources
+
+    @property
+    def has_merge_job(self) -> bool:
+        """Arrays get a dependent merge job that checks every task marker and writes done.json."""
+        return self.num_tasks > 1
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "config": self.config,
+            "upstreams": list(self.upstreams),
+            "external": self.external,
+            "key": self.key,
+            "seed": self.seed,
+            "num_tasks": self.num_tasks,
+            "resources": self.resources.model_dump(mode="json"),
+            "merge_resources": self.merge_resources.model_dump(mode="json"),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> PlannedStage:
+        return cls(
+            name=record["name"],
+            module=record["module"],
+            config=record["config"],
+            upstreams=tuple(record["upstreams"]),
+            external=dict(record["external"]),
+            key=record["key"],
+            seed=int(record["seed"]),
+            num_tasks=int(record["num_tasks"]),
+            resources=Resources.model_validate(record["resources"]),
+            merge_resources=Resources.model_validate(record["merge_resources"]),
+        )
+
+
+@dataclass
+class Plan:
+    stages: dict[str, PlannedStage] = field(default_factory=dict)  # topological order
+
+    def order(self) -> list[str]:
+        return list(self.stages)
+
+    def downstream_closure(self, names: set[str]) -> set[str]:
+        """`names` and every stage that depends on one of them, transitively."""
+        closed = set(names)
+        for name, stage in self.stages.items():  # topological order: parents come first
+            if any(u in closed for u in stage.upstreams):
+                closed.add(name)
+        return closed
+
+    def children(self, name: str) -> list[str]:
+        return [n for n, s in self.stages.items() if name in s.upstreams]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        return [stage.to_record() for stage in self.stages.values()]
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]]) -> Plan:
+        return cls({r["name"]: PlannedStage.from_record(r) for r in records})
+
+
+def stage_seed(run_seed: int, stage: str) -> int:
+    digest = hashlib.sha256(f"{run_seed}:{stage}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def stage_key(name: str, config_json: dict[str, Any], seed: int, upstream_keys: dict[str, str]) -> str:
+    material = json.dumps(
+        {"stage": name, "config": config_json, "seed": seed, "upstreams": upstream_keys},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def resolve_external(stage: str, upstream: str, given: Path) -> tuple[Path, str]:
+    """(output directory, key) of an upstream given as a path instead of run in this pipeline.
+
+    Accepts a finished stage directory of another run (with done.json and out/) or its out/;
+    any other existing directory is taken as is and keyed by its resolved path.
+    """
+    path = Path(given).expanduser().resolve()
+    if not path.exists():
+        raise UserError(
+            f"stages.{stage}.inputs.{upstream}: {path} does not exist "
+            f"(it should be the output of a finished {upstream!r} stage)"
+        )
+    for stage_dir, out_dir in ((path, path / "out"), (path.parent, path)):
+        done = read_json(stage_dir / "done.json")
+        if done and out_dir.is_dir():
+            return out_dir, str(done.get("key", ""))
+    return path, "path:" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
+
+
+def _topological_order(edges: dict[str, tuple[str, ...]], rank: dict[str, int]) -> list[str]:
+    sorter = graphlib.TopologicalSorter(edges)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as e:
+        cycle = " -> ".join(e.args[1])
+        raise UserError(f"the stages form a cycle: {cycle}") from e
+    order: list[str] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=lambda n: rank[n])
+        order.extend(ready)
+        sorter.done(*ready)
+    return order
+
+
+def build_plan(
+    config: BaseModel, registry: dict[str, StageSpec], modules: dict[str, str], profile: SlurmProfile
+) -> Plan:
+    """Resolve the pipeline's stages into a Plan. Raises UserError on any inconsistency."""
+    chosen = configured_stages(config)
+    rank = {name: i for i, name in enumerate(registry)}
+    edges: dict[str, tuple[str, ...]] = {}
+    external: dict[str, dict[str, Path]] = {}
+    for name, stage_config in chosen.items():
+        spec = registry[name]
+        ups: list[str] = []
+        ext: dict[str, Path] = {}
+        for upstream in spec.upstreams + spec.optional_upstreams:
+            if upstream not in registry:
+                raise UserError(f"stage {name!r} declares an unknown upstream stage {upstream!r}")
+            required = upstream in spec.upstreams
+            if upstream in chosen:
+                ups.append(upstream)
+            elif upstream in stage_config.inputs:
+                ext[upstream] = Path(stage_config.inputs[upstream])
+            elif required:
+                raise UserError(
+                    f"stage {name!r} needs upstream {upstream!r}: add a `stages.{upstream}` section "
+                    f"or set `stages.{name}.inputs.{upstream}` to the output of a finished {upstream!r} stage"
+                )
+        unknown_inputs = set(stage_config.inputs) - set(spec.upstreams + spec.optional_upstreams)
+        if unknown_inputs:
+            raise UserError(
+                f"stages.{name}.inputs: {sorted(unknown_inputs)} are not upstreams of {name!r} "
+                f"(its upstreams: {list(spec.upstreams + spec.optional_upstreams)})"
+            )
+        edges[name] = tuple(ups)
+        external[name] = ext
+
+    plan = Plan()
+    for name in _topological_order(edges, rank):
+        spec = registry[name]
+        stage_config = chosen[name]
+        ext_dirs: dict[str, str] = {}
+        upstream_keys: dict[str, str] = {}
+        for upstream in edges[name]:
+            upstream_keys[upstream] = plan.stages[upstream].key
+        for upstream, given in external[name].items():
+            out_dir, upstream_keys[upstream] = resolve_external(name, upstream, given)
+            ext_dirs[upstream] = str(out_dir)
+        seed = stage_seed(config.run.seed, name)
+        num_tasks = int(spec.num_tasks(stage_config))
+        if num_tasks < 1:
+            raise UserError(f"stages.{name}: the config gives {num_tasks} tasks; at least 1 is needed")
+        resources, merge_resources = resolve_resources(profile, name, resource_override(config, name))
+        config_json = stage_config.model_dump(mode="json")
+        plan.stages[name] = PlannedStage(
+            name=name,
+            module=modules[name],
+            config=config_json,
+            upstreams=edges[name],
+            external=ext_dirs,
+            key=stage_key(name, config_json, seed, upstream_keys),
+            seed=seed,
+            num_tasks=num_tasks,
+            resources=resources,
+            merge_resources=merge_resources,
+        )
+    return plan

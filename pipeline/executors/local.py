@@ -1,0 +1,398 @@
+"""The embedded local executor: every task is a subprocess through the same worker entry.
+
+Runs stages in dependency order with at most `parallelism` tasks at once, the merge after all
+tasks of a stage, and independent stages side by side. Pids go to tasks/<label>.pid and the
+driver's own pid to driver.json, so `status` and `cancel` work from another shell. Ctrl-C (or
+`cancel`) stops the children and records the unfinished stages as CANCELLED.
+
+`python -m pipeline.executors.local <run_dir>` is the detached driver behind `run --no-wait`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline.atomic import atomic_write_json, read_json
+from pipeline.dag import Plan
+from pipeline.executors.base import LiveState
+from pipeline.runs import MERGE, RunDir, now_iso, task_label
+from pipeline.snapshot import worker_env
+from pipeline.submission import build_task
+
+WORKER_MODULE = "pipeline.worker"
+DRIVER_MODULE = "pipeline.executors.local"
+KILL_GRACE_S = 5.0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def process_alive(pid: int, needle: str) -> bool:
+    """Whether pid runs and its command line contains `needle` (guards against pid reuse)."""
+    if pid <= 0:
+        return False
+    cmdline = _cmdline(pid)
+    return bool(cmdline) and needle in cmdline  # an empty cmdline is a zombie
+
+
+def _stop_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@dataclass
+class _Running:
+    proc: subprocess.Popen
+    stage: str
+    label: str
+    log: IO[bytes]
+    started: float
+
+
+class LocalDriver:
+    """Runs the work of one invocation to the end (or until cancelled)."""
+
+    def __init__(
+        self, run: RunDir, plan: Plan, work: dict[str, list[int]], parallelism: int, snapshot: Path,
+        console: Console | None = None, show_progress: bool = True,
+    ) -> None:
+        self.run = run
+        self.plan = plan
+        self.work = work
+        self.parallelism = max(1, parallelism)
+        self.snapshot = snapshot
+        self.console = console or Console(stderr=True)
+        self.show_progress = show_progress
+        self.state: dict[str, str] = {name: "waiting" for name in work}
+        self.outstanding: dict[str, int] = {}
+        self.queue: deque[tuple[str, int | None]] = deque()
+        self.running: dict[int, _Running] = {}
+        self.stop_requested = False
+
+    # --- signals -------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def drive(self) -> bool:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        record = read_json(self.run.driver_json) or {}
+        record.update(
+            {"pid": os.getpid(), "cmdline": _cmdline(os.getpid()), "host": socket.gethostname(), "started": now_iso()}
+        )
+        atomic_write_json(self.run.driver_json, record)
+        try:
+            if self.show_progress:
+                with self._progress() as progress:
+                    self._loop(progress)
+            else:
+                self._loop(None)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return all(state == "done" for state in self.state.values())
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+
+    # --- main loop -----------------------------------------------------------------
+    def _loop(self, progress: Progress | None) -> None:
+        bars: dict[str, Any] = {}
+        if progress is not None:
+            for name in self.work:
+                total = self.plan.stages[name].num_tasks
+                bars[name] = progress.add_task(name, total=total, completed=total - len(self.work[name]), status="waiting")
+        while True:
+            if self.stop_requested:
+                self._cancel_everything()
+                break
+            self._activate_ready_stages()
+            self._drop_cancelled()
+            while self.queue and len(self.running) < self.parallelism:
+                self._launch(*self.queue.popleft())
+            finished = self._reap()
+            if progress is not None:
+                for name, bar in bars.items():
+                    total = self.plan.stages[name].num_tasks
+                    progress.update(bar, completed=len(self.run.done_tasks(name, total)), status=self.state[name])
+            if not self.running and not self.queue and not self._can_progress():
+                break
+            if not finished:
+                time.sleep(0.05)
+
+    def _can_progress(self) -> bool:
+        return any(state in ("waiting", "active") for state in self.state.values())
+
+    def _activate_ready_stages(self) -> None:
+        for name in list(self.work):
+            if self.state[name] != "waiting":
+                continue
+            planned = self.plan.stages[name]
+            upstream_states = []
+            for upstream in planned.upstreams:
+                if self.run.is_done(upstream, self.plan.stages[upstream].key):
+                    upstream_states.append("done")
+                else:
+                    upstream_states.append(self.state.get(upstream, "missing"))
+            if any(s in ("failed", "cancelled", "upstream_failed", "missing") for s in upstream_states):
+                self.state[name] = "upstream_failed"
+                self.console.print(f"[yellow]{name}: not run, an upstream stage did not complete[/]")
+                continue
+            if any(s != "done" for s in upstream_states):
+                continue
+            self.state[name] = "active"
+            todo = list(self.work[name])
+            if not todo and (planned.has_merge_job or self.run.is_done(name, planned.key)):
+                if self.run.is_done(name, planned.key):
+                    self.state[name] = "done"
+                    continue
+                self.outstanding[name] = 1
+                self.queue.append((name, None))
+            else:
+                todo = todo or [0]  # single-task stage whose marker exists: the worker finalises
+                self.outstanding[name] = len(todo)
+                self.queue.extend((name, i) for i in todo)
+
+    def _drop_cancelled(self) -> None:
+        for name in self.work:
+            if self.state[name] in ("waiting", "active") and self.run.cancelled_json(name).exists():
+                self.queue = deque(item for item in self.queue if item[0] != name)
+                if not any(r.stage == name for r in self.running.values()):
+                    self.state[name] = "cancelled"
+                    self.console.print(f"[yellow]{name}: cancelled[/]")
+
+    def _launch(self, stage: str, index: int | None) -> None:
+        label = task_label(index)
+        task = build_task(self.run, self.plan, stage, index)
+        log_path = self.run.task_log(stage, label)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 - closed when the task is reaped
+        log.write(f"=== {now_iso()} local task {stage}:{label} ===\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", WORKER_MODULE, task.to_json()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=worker_env(self.snapshot),
+            start_new_session=True,
+        )
+        atomic_write_json(
+            self.run.task_pid(stage, label),
+            {"pid": proc.pid, "host": socket.gethostname(), "started": now_iso(), "driver": os.getpid()},
+        )
+        self.run.record_job(stage, {"event": "launch", "executor": "local", "task": label, "pid": proc.pid})
+        self.running[proc.pid] = _Running(proc, stage, label, log, time.monotonic())
+
+    def _reap(self) -> bool:
+        finished = False
+        for pid, item in list(self.running.items()):
+            rc = item.proc.poll()
+            if rc is None:
+                continue
+            finished = True
+            del self.running[pid]
+            item.log.close()
+            self.run.task_pid(item.stage, item.label).unlink(missing_ok=True)
+            seconds = round(time.monotonic() - item.started, 3)
+            self.run.record_job(item.stage, {"event": "exit", "task": item.label, "pid": pid, "returncode": rc, "seconds": seconds})
+            self._task_finished(item, rc)
+        return finished
+
+    def _task_finished(self, item: _Running, rc: int) -> None:
+        name, label = item.stage, item.label
+        planned = self.plan.stages[name]
+        if rc != 0:
+            if self.run.cancelled_json(name).exists() or self.stop_requested:
+                self.state[name] = "cancelled"
+                return
+            if not self.run.task_failed(name, label).exists():
+                atomic_write_json(
+                    self.run.task_failed(name, label),
+                    {"stage": name, "task": label, "error": f"worker exited with code {rc}", "time": now_iso()},
+                )
+            self.state[name] = "failed"
+            log = self.run.task_log(name, label)
+            self.console.print(f"[red]{name}: task {label} failed (exit {rc}); log: {log}[/]")
+            self.outstanding[name] -= 1
+            return
+        self.outstanding[name] -= 1
+        if self.outstanding[name] > 0 or self.state[name] != "active":
+            return
+        if label != MERGE and planned.has_merge_job:
+            self.outstanding[name] = 1
+            self.queue.append((name, None))
+            return
+        if self.run.is_done(name, planned.key):
+            self.state[name] = "done"
+        else:
+            self.state[name] = "failed"
+            self.console.print(f"[red]{name}: tasks exited cleanly but done.json is missing[/]")
+
+    def _cancel_everything(self) -> None:
+        self.console.print("[yellow]stopping: terminating running tasks[/]")
+        for name, state in self.state.items():
+            if state in ("waiting", "active"):
+                atomic_write_json(self.run.cancelled_json(name), {"time": now_iso(), "by": "interrupt"})
+                self.state[name] = "cancelled"
+        self.queue.clear()
+        for item in self.running.values():
+            _stop_group(item.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE_S
+        while self.running and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        for item in self.running.values():
+            _stop_group(item.proc.pid, signal.SIGKILL)
+        while self.running:
+            self._reap()
+            time.sleep(0.05)
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, parallelism: int | None = None, snapshot: Path | None = None) -> None:
+        self.parallelism = parallelism or os.cpu_count() or 1
+        self.snapshot = snapshot
+
+    def launch(self, run: RunDir, plan: Plan, work: dict[str, list[int]], wait: bool) -> bool:
+        assert self.snapshot is not None
+        atomic_write_json(
+            run.driver_json,
+            {"work": work, "parallelism": self.parallelism, "snapshot": str(self.snapshot), "requested": now_iso()},
+        )
+        if wait:
+            return LocalDriver(run, plan, work, self.parallelism, self.snapshot).drive()
+        with open(run.driver_log, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", DRIVER_MODULE, str(run.root)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        record = read_json(run.driver_json) or {}
+        record["pid"] = proc.pid  # the driver rewrites this itself once started
+        atomic_write_json(run.driver_json, record)
+        return True
+
+    def driver_alive(self, run: RunDir) -> bool:
+        record = read_json(run.driver_json) or {}
+        pid = int(record.get("pid") or 0)
+        if pid <= 0 or pid == os.getpid() or record.get("host", socket.gethostname()) != socket.gethostname():
+            return False
+        return process_alive(pid, record.get("cmdline") or DRIVER_MODULE)
+
+    def live_tasks(self, run: RunDir, plan: Plan) -> dict[str, dict[str, LiveState]]:
+        live: dict[str, dict[str, LiveState]] = {}
+        driver = read_json(run.driver_json) or {}
+        driver_alive = self.driver_alive(run)
+        for name, planned in plan.stages.items():
+            states: dict[str, LiveState] = {}
+            for label in _pid_labels(run, name):
+                info = read_json(run.task_pid(name, label)) or {}
+                if process_alive(int(info.get("pid", 0)), WORKER_MODULE):
+                    states[label] = "RUNNING"
+            if driver_alive and name in driver.get("work", {}) and not run.is_done(name, planned.key):
+                for i in driver["work"][name]:
+                    if not run.task_marker(name, i).exists() and not run.task_failed(name, str(i)).exists():
+                        states.setdefault(str(i), "PENDING")
+            if states:
+                live[name] = states
+        return live
+
+    def lost_tasks(self, run: RunDir, stage: str) -> list[str]:
+        """Tasks with a pid file whose process is gone without a marker (e.g. kill -9)."""
+        lost = []
+        for label in _pid_labels(run, stage):
+            info = read_json(run.task_pid(stage, label)) or {}
+            if not process_alive(int(info.get("pid", 0)), WORKER_MODULE) and not self.driver_alive(run):
+                lost.append(label)
+        return lost
+
+    def job_ids(self, run: RunDir, stage: str) -> list[str]:
+        pids = [str(r["pid"]) for r in run.job_records(stage) if r.get("event") == "launch"]
+        return list(reversed(pids))
+
+    def cancel(self, run: RunDir, plan: Plan, stages: list[str]) -> list[str]:
+        stopped: list[str] = []
+        for name in stages:
+            if not run.is_done(name, plan.stages[name].key) and run.stage_dir(name).exists():
+                atomic_write_json(run.cancelled_json(name), {"time": now_iso(), "by": "cancel"})
+        if set(stages) >= set(plan.stages) and self.driver_alive(run):
+            pid = int((read_json(run.driver_json) or {})["pid"])
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(f"driver {pid}")
+        deadline = time.monotonic() + KILL_GRACE_S
+        pids: list[int] = []
+        for name in stages:
+            for label in _pid_labels(run, name):
+                pid = int((read_json(run.task_pid(name, label)) or {}).get("pid", 0))
+                if process_alive(pid, WORKER_MODULE):
+                    _stop_group(pid, signal.SIGTERM)
+                    pids.append(pid)
+                    stopped.append(f"{name}:{label} (pid {pid})")
+        while time.monotonic() < deadline and any(process_alive(p, WORKER_MODULE) for p in pids):
+            time.sleep(0.1)
+        for pid in pids:
+            if process_alive(pid, WORKER_MODULE):
+                _stop_group(pid, signal.SIGKILL)
+        if "driver" in " ".join(stopped):
+            while time.monotonic() < deadline + KILL_GRACE_S and self.driver_alive(run):
+                time.sleep(0.1)
+        return stopped
+
+
+def _pid_labels(run: RunDir, stage: str) -> list[str]:
+    tasks = run.tasks_dir(stage)
+    if not tasks.is_dir():
+        return []
+    return [p.name[: -len(".pid")] for p in tasks.glob("*.pid")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Detached driver: `python -m pipeline.executors.local <run_dir>`."""
+    args = sys.argv[1:] if argv is None else argv
+    run = RunDir(Path(args[0]))
+    driver = read_json(run.driver_json)
+    plan = Plan.from_records(run.read_plan()["stages"])
+    work = {k: list(v) for k, v in driver["work"].items()}
+    ok = LocalDriver(
+        run, plan, work, int(driver["parallelism"]), Path(driver["snapshot"]),
+        console=Console(file=sys.stdout, force_terminal=False, width=120), show_progress=False,
+    ).drive()
+    print(f"[{now_iso()}] driver finished: {'all stages completed' if ok else 'some stages did not complete'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The verbs of the CLI (run, plan, rerun, cancel, status) over the run directory.
+
+Each verb validates everything it can before it creates or submits anything; bad input
+raises UserError and leaves no run directory behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import atomic_write_json, atomic_write_text
+from pipeline.config import load_pipeline, resolve_out_dir
+from pipeline.dag import Plan, build_plan
+from pipeline.errors import UserError
+from pipeline.executors.base import Executor
+from pipeline.executors.local import LocalExecutor
+from pipeline.registry import stage_module, stage_registry
+from pipeline.resources import load_profile
+from pipeline.runs import RunDir, now_iso
+from pipeline.snapshot import git_state, snapshot_code, versions
+from pipeline.status import RunStatus, run_status
+from pipeline.submission import select_work
+
+
+@dataclass
+class PlannedRun:
+    """A validated pipeline file turned into a plan; nothing on disk yet."""
+
+    config: Any
+    text: str
+    pipeline_path: Path
+    plan: Plan
+    executor: str
+    run: RunDir
+    cached: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Launch:
+    run: RunDir
+    executor: str
+    work: dict[str, list[int]]
+    cached: list[str]
+    waited: bool
+    ok: bool
+
+
+def choose_executor(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "slurm" if shutil.which("sbatch") else "local"
+
+
+def make_executor(name: str, plan_record: dict[str, Any], snapshot: Path | None = None) -> Executor:
+    if name == "local":
+        return LocalExecutor(plan_record.get("local", {}).get("parallelism"), snapshot)
+    if name == "slurm":
+        from pipeline.executors.slurm import SlurmExecutor  # submitit is imported only when needed
+
+        return SlurmExecutor(snapshot=snapshot)
+    raise UserError(f"unknown executor {name!r}")
+
+
+def plan_pipeline(pipeline_path: Path) -> PlannedRun:
+    config, text = load_pipeline(pipeline_path)
+    registry = stage_registry()
+    profile = load_profile(config.slurm.profile, set(registry))
+    modules = {name: stage_module(name) for name in registry}
+    plan = build_plan(config, registry, modules, profile)
+    run = RunDir(resolve_out_dir(config) / config.run.name)
+    cached = [name for name, stage in plan.stages.items() if run.is_done(name, stage.key)]
+    return PlannedRun(config, text, Path(pipeline_path), plan, choose_executor(config.executor), run, cached)
+
+
+def _ensure_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"run.out_dir: cannot write to {out_dir}: {e.strerror or e}") from e
+
+
+def _assert_not_active(run: RunDir, executor: Executor, stages: list[str] | None = None) -> None:
+    if not run.exists():
+        return
+    status = run_status(run, executor)
+    active = [s.name for s in status.stages if s.state in ("RUNNING", "PENDING") and (stages is None or s.name in stages)]
+    if active:
+        raise UserError(
+            f"run {run.run_id!r} still has live stages {active}; wait for them, or stop them with "
+            f"`python run.py cancel {run.root}`"
+        )
+
+
+def _plan_record(planned: PlannedRun, snapshot: Path) -> dict[str, Any]:
+    return {
+        "run_id": planned.run.run_id,
+        "created_at": now_iso(),
+        "executor": planned.executor,
+        "pipeline_file": str(planned.pipeline_path.resolve()),
+        "seed": planned.config.run.seed,
+        "local": planned.config.local.model_dump(mode="json"),
+        "slurm": {"profile": planned.config.slurm.profile},
+        "code": {**git_state(), "snapshot": str(snapshot)},
+        "versions": versions(),
+        "stages": planned.plan.to_records(),
+    }
+
+
+def _record_invocation(run: RunDir, record: dict[str, Any], command: str, work: dict, cached: list[str]) -> None:
+    record["last_invocation"] = {"command": command, "time": now_iso(), "cached": cached, "submitted": work}
+    atomic_write_json(run.plan_json, record)
+
+
+def start_run(pipeline_path: Path, force: bool = False, only: list[str] | None = None, wait: bool | None = None) -> Launch:
+    planned = plan_pipeline(pipeline_path)
+    plan, run = planned.plan, planned.run
+    targets = list(plan.stages)
+    if only:
+        unknown = [s for s in only if s not in plan.stages]
+        if unknown:
+            raise UserError(f"--only: {unknown} are not stages of this pipeline (its stages: {targets})")
+        targets = [s for s in targets if s in only]
+        for name in targets:
+            for upstream in plan.stages[name].upstreams:
+                if upstream not in targets and not run.is_done(upstream, plan.stages[upstream].key):
+                    raise UserError(f"--only {name}: upstream stage {upstream!r} is not done; add --only {upstream}")
+    _ensure_writable(run.root.parent)
+    executor_probe = make_executor(planned.executor, {"local": planned.config.local.model_dump()})
+    _assert_not_active(run, executor_probe)
+
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.pipeline_yaml, planned.text)
+    snapshot = snapshot_code(run.code_dir)
+    record = _plan_record(planned, snapshot)
+    cached = [s for s in targets if s in planned.cached and not force]
+    redo = set(targets) if force else set()
+    work = select_work(run, plan, [s for s in targets if s not in cached], redo, set())
+    _record_invocation(run, record, "run", work, cached)
+    executor = make_executor(planned.executor, record, snapshot)
+    wait = planned.executor == "local" if wait is None else wait
+    ok = executor.launch(run, plan, work, wait) if work else True
+    return Launch(run, planned.executor, work, cached, wait, ok)
+
+
+def rerun(run: RunDir, stages: list[str], downstream: bool, force: bool, wait: bool | None) -> Launch:
+    record = run.read_plan()
+    plan = Plan.from_records(record["stages"])
+    unknown = [s for s in stages if s not in plan.stages]
+    if unknown:
+        raise UserError(f"--stage: {unknown} are not stages of run {run.run_id!r} (its stages: {plan.order()})")
+    targets = plan.downstream_closure(set(stages)) if downstream else set(stages)
+    executor_name = record["executor"]
+    _assert_not_active(run, make_executor(executor_name, record), sorted(targets))
+    for name in targets:
+        for upstream in plan.stages[name].upstreams:
+            if upstream not in targets and not run.is_done(upstream, plan.stages[upstream].key):
+                raise UserError(
+                    f"cannot rerun {name!r}: its upstream {upstream!r} is not done; rerun it too "
+                    f"(--stage {upstream} --downstream)"
+                )
+    snapshot = snapshot_code(run.code_dir)
+    record["code"] = {**git_state(), "snapshot": str(snapshot)}
+    done_targets = {s for s in targets if run.is_done(s, plan.stages[s].key)}
+    work = select_work(run, plan, [s for s in plan.order() if s in targets], done_targets, targets if force else set())
+    _record_invocation(run, record, "rerun", work, [])
+    executor = make_executor(executor_name, record, snapshot)
+    wait = executor_name == "local" if wait is None else wait
+    ok = executor.launch(run, plan, work, wait) if work else True
+    return Launch(run, executor_name, work, [], wait, ok)
+
+
+def status(run: RunDir) -> RunStatus:
+    record = run.read_plan()
+    return run_status(run, make_executor(record["executor"], record))
+
+
+def cancel(run: RunDir, stage: str | None) -> list[str]:
+    record = run.read_plan()
+    plan = Plan.from_records(record["stages"])
+    if stage is not None and stage not in plan.stages:
+        raise UserError(f"--stage: {stage!r} is not a stage of run {run.run_id!r} (its stages: {plan.order()})")
+    stages = [stage] if stage else plan.order()
+    return make_executor(record["executor"], record).cancel(run, plan, stages)

@@ -1,0 +1,111 @@
+"""Scheduler resources: profiles in slurm_configs/<profile>.yaml plus the pipeline's overrides.
+
+Resources are never part of a stage config; a task's resources are resolved here, at plan time,
+by overlaying (later wins): profile defaults, the profile's stage entry, the pipeline override.
+Merge jobs overlay the profile's `merge` defaults and the `merge` sub-entries instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import UserError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "slurm_configs"
+
+
+class Resources(BaseModel):
+    """Scheduler resources of one job (all optional: unset fields fall through to the profile)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str | None = Field(None, description="SLURM partition (--partition).")
+    account: str | None = Field(None, description="SLURM account (--account).")
+    qos: str | None = Field(None, description="SLURM quality of service (--qos).")
+    gpus_per_node: int | None = Field(None, ge=0, description="GPUs per task (--gpus-per-node).")
+    cpus_per_task: int | None = Field(None, ge=1, description="CPU cores per task (--cpus-per-task).")
+    mem_gb: float | None = Field(None, gt=0, description="Memory per task in GB (--mem).")
+    time_min: int | None = Field(None, ge=1, description="Wall-time limit in minutes (--time).")
+    constraint: str | None = Field(None, description="Node features (--constraint).")
+    array_parallelism: int | None = Field(
+        None, ge=1, description="At most this many tasks of one array run at once (--array=...%N)."
+    )
+    extra_sbatch: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra sbatch options without leading dashes, e.g. {mail-type: FAIL}.",
+    )
+
+    def overlay(self, other: Resources | None) -> Resources:
+        """These resources with every field that `other` sets replacing ours."""
+        if other is None:
+            return self
+        data = self.model_dump()
+        for key, value in other.model_dump(exclude_none=True).items():
+            if key == "extra_sbatch":
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return Resources(**data)
+
+
+class StageResources(Resources):
+    """Resources of a stage's tasks, and optionally of its merge job."""
+
+    merge: Resources | None = Field(None, description="Resources of this stage's merge job.")
+
+    def tasks_only(self) -> Resources:
+        return Resources(**self.model_dump(exclude={"merge"}))
+
+
+class SlurmProfile(BaseModel):
+    """A file in slurm_configs/: cluster defaults and per-stage resources."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    defaults: Resources = Resources(cpus_per_task=1, mem_gb=4, time_min=60, gpus_per_node=0)
+    merge: Resources = Field(default_factory=Resources, description="Defaults for merge jobs.")
+    stages: dict[str, StageResources] = Field(default_factory=dict)
+
+
+def profile_path(profile: str) -> Path:
+    """A profile name (slurm_configs/<name>.yaml) or a path to a YAML file."""
+    as_path = Path(profile)
+    if as_path.suffix in (".yaml", ".yml"):
+        return as_path
+    return PROFILES_DIR / f"{profile}.yaml"
+
+
+def load_profile(profile: str, known_stages: set[str]) -> SlurmProfile:
+    path = profile_path(profile)
+    if not path.is_file():
+        available = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise UserError(f"slurm.profile: no profile {profile!r} ({path} not found; available: {available})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        prof = SlurmProfile.model_validate(data)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: YAML syntax error: {e}") from e
+    except ValidationError as e:
+        lines = [f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise UserError("\n".join(lines)) from e
+    unknown = sorted(set(prof.stages) - known_stages)
+    if unknown:
+        raise UserError(f"{path}: stages: unknown stage(s) {unknown}; known: {sorted(known_stages)}")
+    return prof
+
+
+def resolve_resources(
+    profile: SlurmProfile, stage: str, override: StageResources | None
+) -> tuple[Resources, Resources]:
+    """(task resources, merge resources) of `stage`."""
+    prof_stage = profile.stages.get(stage)
+    tasks = profile.defaults.overlay(prof_stage.tasks_only() if prof_stage else None)
+    tasks = tasks.overlay(override.tasks_only() if override else None)
+    merge = profile.defaults.overlay(profile.merge)
+    merge = merge.overlay(prof_stage.merge if prof_stage else None)
+    merge = merge.overlay(override.merge if override else None)
+    return tasks, merge

@@ -1,0 +1,181 @@
+"""The run directory and its records (DESIGN.md section 4).
+
+    runs/<run_id>/pipeline.yaml, plan.json, code/, driver.json (local executor)
+    runs/<run_id>/stages/<stage>/config.json, stage.json, jobs.jsonl, tasks/, done.json, out/, logs/
+
+Markers are written last and atomically; `out/` becomes read-only once done.json exists.
+Every path of the layout has one method here, so nobody else spells a path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import append_jsonl, atomic_write_json, make_writable, read_json, read_jsonl
+from pipeline.errors import UserError
+
+MERGE = "merge"  # task label of a stage's merge job
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def task_label(index: int | None) -> str:
+    return MERGE if index is None else str(index)
+
+
+class RunDir:
+    """One run directory on shared storage."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    # --- run-level files -------------------------------------------------------------
+    @property
+    def pipeline_yaml(self) -> Path:
+        return self.root / "pipeline.yaml"
+
+    @property
+    def plan_json(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def code_dir(self) -> Path:
+        return self.root / "code"
+
+    @property
+    def driver_json(self) -> Path:
+        return self.root / "driver.json"
+
+    @property
+    def driver_log(self) -> Path:
+        return self.root / "driver.log"
+
+    def exists(self) -> bool:
+        return self.plan_json.is_file()
+
+    def read_plan(self) -> dict[str, Any]:
+        plan = read_json(self.plan_json)
+        if plan is None:
+            raise UserError(f"{self.root} is not a run directory (no plan.json)")
+        return plan
+
+    # --- per-stage paths ---------------------------------------------------------------
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def config_json(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "config.json"
+
+    def stage_json(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "stage.json"
+
+    def jobs_jsonl(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "jobs.jsonl"
+
+    def tasks_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "tasks"
+
+    def out_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "out"
+
+    def logs_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "logs"
+
+    def done_json(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "done.json"
+
+    def cancelled_json(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "cancelled.json"
+
+    def task_marker(self, stage: str, index: int) -> Path:
+        return self.tasks_dir(stage) / f"{index}.done"
+
+    def task_failed(self, stage: str, label: str) -> Path:
+        return self.tasks_dir(stage) / f"{label}.failed"
+
+    def task_pid(self, stage: str, label: str) -> Path:
+        return self.tasks_dir(stage) / f"{label}.pid"
+
+    def task_log(self, stage: str, label: str) -> Path:
+        name = "merge.log" if label == MERGE else f"task-{label}.log"
+        return self.logs_dir(stage) / name
+
+    # --- records -------------------------------------------------------------------
+    def read_done(self, stage: str) -> dict[str, Any] | None:
+        return read_json(self.done_json(stage))
+
+    def is_done(self, stage: str, key: str) -> bool:
+        done = self.read_done(stage)
+        return bool(done) and done.get("key") == key
+
+    def done_tasks(self, stage: str, num_tasks: int) -> list[int]:
+        return [i for i in range(num_tasks) if self.task_marker(stage, i).exists()]
+
+    def failed_labels(self, stage: str) -> list[str]:
+        tasks = self.tasks_dir(stage)
+        if not tasks.is_dir():
+            return []
+        return sorted((p.name[: -len(".failed")] for p in tasks.glob("*.failed")), key=_label_order)
+
+    def record_job(self, stage: str, record: dict[str, Any]) -> None:
+        append_jsonl(self.jobs_jsonl(stage), {"time": now_iso(), **record})
+
+    def job_records(self, stage: str) -> list[dict[str, Any]]:
+        return read_jsonl(self.jobs_jsonl(stage))
+
+    def clear_task_failure(self, stage: str, label: str) -> None:
+        self.task_failed(stage, label).unlink(missing_ok=True)
+
+    def prepare_stage(self, stage: str, key: str, config: dict[str, Any], record: dict[str, Any]) -> None:
+        """Make the stage directory current for `key`, superseding one made for another key."""
+        existing = read_json(self.stage_json(stage))
+        if existing is not None and existing.get("key") != key:
+            self.supersede_stage(stage, str(existing.get("key")))
+        for sub in (self.tasks_dir(stage), self.out_dir(stage), self.logs_dir(stage)):
+            sub.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.config_json(stage), config)
+        atomic_write_json(self.stage_json(stage), record)
+        self.cancelled_json(stage).unlink(missing_ok=True)
+
+    def supersede_stage(self, stage: str, old_key: str) -> Path | None:
+        """Move a stage directory aside (nothing is deleted) so the stage can be redone."""
+        src = self.stage_dir(stage)
+        if not src.exists():
+            return None
+        dest = self.root / "superseded" / f"{stage}.{old_key}.{int(time.time() * 1000)}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_writable(src)
+        os.replace(src, dest)
+        return dest
+
+    def remove(self) -> None:
+        make_writable(self.root)
+        shutil.rmtree(self.root)
+
+
+def _label_order(label: str) -> tuple[int, int]:
+    return (1, 0) if label == MERGE else (0, int(label))
+
+
+def resolve_run(run: str, out_dir: Path | None = None) -> RunDir:
+    """A run given as a run directory, or as a run id under out_dir (default ./runs)."""
+    as_path = Path(run)
+    candidates = [as_path, (out_dir or Path("runs")) / run]
+    for candidate in candidates:
+        run_dir = RunDir(candidate)
+        if run_dir.exists():
+            return run_dir
+    raise UserError(
+        f"no run {run!r}: neither {candidates[0]} nor {candidates[1]} is a run directory (with plan.json)"
+    )

@@ -1,0 +1,187 @@
+"""THE worker entry: `run_stage_task(task)` runs one task of one stage, on any executor.
+
+The local executor calls it in a subprocess (`python -m pipeline.worker '<task json>'`), the
+SLURM executor through submitit; both pickle or pass only a `StageTask`: that stage's config,
+the paths it needs and a task index. No pipeline config, no other stage, no secret.
+
+Idempotent: a task whose marker exists returns at once; a task that runs again starts from
+scratch (stages write outputs through temp files), and markers are written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.atomic import atomic_write_json, make_read_only, read_json
+from pipeline.errors import UpstreamMissing
+from pipeline.registry import load_stage
+from pipeline.runs import RunDir, now_iso, task_label
+from stages.base import StageContext, StageSpec
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """Everything one task receives. `index` None means the stage's merge task."""
+
+    stage: str
+    module: str
+    config: dict
+    key: str
+    seed: int
+    num_tasks: int
+    stage_dir: str
+    upstream_dirs: dict[str, str] = field(default_factory=dict)
+    upstream_markers: dict[str, str] = field(default_factory=dict)
+    index: int | None = None
+
+    @property
+    def label(self) -> str:
+        return task_label(self.index)
+
+    @property
+    def run_dir(self) -> RunDir:
+        """The run directory (stage_dir is <run>/stages/<stage>)."""
+        return RunDir(Path(self.stage_dir).parents[1])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StageTask:
+        return cls(**json.loads(text))
+
+
+def _log(task: StageTask, message: str) -> None:
+    print(f"[{now_iso()}] [{task.stage}:{task.label}] {message}", flush=True)
+
+
+def check_upstreams(task: StageTask) -> None:
+    """Refuse to run when an upstream stage has no done.json (see UpstreamMissing)."""
+    missing = {u: p for u, p in task.upstream_markers.items() if not Path(p).is_file()}
+    if missing:
+        details = ", ".join(f"{u} ({p})" for u, p in sorted(missing.items()))
+        raise UpstreamMissing(
+            f"stage {task.stage!r} cannot start: upstream stage(s) not finished, done.json missing: {details}. "
+            "Rerun the upstream stage first."
+        )
+
+
+def _context(task: StageTask, run: RunDir) -> StageContext:
+    return StageContext(
+        stage=task.stage,
+        out_dir=run.out_dir(task.stage),
+        upstream_dirs={k: Path(v) for k, v in task.upstream_dirs.items()},
+        num_tasks=task.num_tasks,
+        seed=task.seed,
+    )
+
+
+def _finalize(task: StageTask, spec: StageSpec, config: object, run: RunDir) -> None:
+    """Check every task marker, run the stage's merge, make out/ read-only, write done.json."""
+    if run.is_done(task.stage, task.key):
+        _log(task, "stage already done; nothing to merge")
+        return
+    missing = sorted(set(range(task.num_tasks)) - set(run.done_tasks(task.stage, task.num_tasks)))
+    if missing:
+        raise RuntimeError(
+            f"stage {task.stage!r}: merge needs all {task.num_tasks} task markers; missing tasks {missing}"
+        )
+    started = time.monotonic()
+    if spec.merge is not None:
+        _log(task, "merging")
+        spec.merge(config, _context(task, run))
+    make_read_only(run.out_dir(task.stage))
+    atomic_write_json(
+        run.done_json(task.stage),
+        {
+            "stage": task.stage,
+            "key": task.key,
+            "num_tasks": task.num_tasks,
+            "seed": task.seed,
+            "finished_at": now_iso(),
+            "merge_seconds": round(time.monotonic() - started, 3),
+            "host": socket.gethostname(),
+        },
+    )
+    _log(task, "stage done")
+
+
+def run_stage_task(task: StageTask) -> str:
+    """Run one task (or the merge) of a stage. Raises on failure, after recording it."""
+    run = task.run_dir
+    try:
+        check_upstreams(task)
+        spec = load_stage(task.module, task.stage)
+        config = spec.config_type.model_validate(task.config)
+        if task.index is None:
+            _finalize(task, spec, config, run)
+            return "merged"
+        marker = run.task_marker(task.stage, task.index)
+        recorded = read_json(marker)
+        if recorded and recorded.get("key") == task.key:
+            _log(task, "marker present; skipping")
+        else:
+            run.clear_task_failure(task.stage, task.label)
+            run.out_dir(task.stage).mkdir(parents=True, exist_ok=True)
+            started = time.monotonic()
+            _log(task, f"start (pid {os.getpid()} on {socket.gethostname()})")
+            spec.run_task(config, _context(task, run), task.index)
+            atomic_write_json(
+                marker,
+                {
+                    "stage": task.stage,
+                    "key": task.key,
+                    "index": task.index,
+                    "seconds": round(time.monotonic() - started, 3),
+                    "finished_at": now_iso(),
+                    "host": socket.gethostname(),
+                },
+            )
+            _log(task, f"done in {time.monotonic() - started:.2f}s")
+        if task.num_tasks == 1:
+            _finalize(task, spec, config, run)
+        return "done"
+    except BaseException as e:
+        if not isinstance(e, SystemExit | KeyboardInterrupt):
+            _record_failure(task, run, e)
+        raise
+
+
+def _record_failure(task: StageTask, run: RunDir, error: BaseException) -> None:
+    tb = traceback.format_exception(type(error), error, error.__traceback__)
+    atomic_write_json(
+        run.task_failed(task.stage, task.label),
+        {
+            "stage": task.stage,
+            "task": task.label,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(tb)[-4000:],
+            "time": now_iso(),
+            "host": socket.gethostname(),
+        },
+    )
+    _log(task, f"FAILED: {type(error).__name__}: {error}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m pipeline.worker '<stage task json>'", file=sys.stderr)
+        return 2
+    try:
+        run_stage_task(StageTask.from_json(args[0]))
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Stage modules: thin typed wrappers that call into spd/.
+
+`BUILTIN_STAGE_MODULES` is the list the orchestrator's registry loads; the seven names and
+their edges are fixed (DESIGN.md section 2).
+"""
+
+BUILTIN_STAGE_MODULES: tuple[str, ...] = (
+    "stages.decompose",
+    "stages.harvest",
+    "stages.attributions",
+    "stages.autointerp",
+    "stages.detection",
+    "stages.fuzzing",
+    "stages.intruder",
+)

@@ -1,0 +1,82 @@
+"""Test-only stages, loaded through SPD_PIPELINE_PLUGINS=tests.stages_for_tests.
+
+`t_source` writes one file per task (optionally failing on one task, or sleeping), `t_sink`
+reads every file of its upstream and writes their sum, and `t_after` depends on `t_sink`.
+A `fail_once_marker` makes a task fail only until a given file exists, so "fix and rerun" is
+testable without editing configs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from stages.base import StageConfig, StageContext, StageSpec
+
+
+class SourceConfig(StageConfig):
+    n_tasks: int = Field(3, ge=1)
+    value: int = 1
+    fail_task: int | None = None
+    fail_unless_exists: str | None = Field(None, description="fail_task fails only while this path is missing")
+    sleep_s: float = 0.0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def source_task(config: SourceConfig, ctx: StageContext, index: int) -> None:
+    print(f"source task {index} of {ctx.num_tasks}, seed {ctx.task_seed(index)}")
+    if config.sleep_s:
+        time.sleep(config.sleep_s)
+    if index == config.fail_task and not (config.fail_unless_exists and Path(config.fail_unless_exists).exists()):
+        raise RuntimeError(f"planted failure in task {index}")
+    _write_atomic(ctx.out_dir / f"part-{index}.json", json.dumps({"index": index, "value": config.value * (index + 1)}))
+
+
+def source_merge(config: SourceConfig, ctx: StageContext) -> None:
+    parts = sorted(ctx.out_dir.glob("part-*.json"))
+    total = sum(json.loads(p.read_text())["value"] for p in parts)
+    _write_atomic(ctx.out_dir / "total.json", json.dumps({"total": total, "parts": len(parts)}))
+
+
+class SinkConfig(StageConfig):
+    scale: int = 1
+    sleep_s: float = 0.0
+
+
+def sink_task(config: SinkConfig, ctx: StageContext, index: int) -> None:
+    if config.sleep_s:
+        time.sleep(config.sleep_s)
+    total = json.loads((ctx.upstream("t_source") / "total.json").read_text())["total"]
+    _write_atomic(ctx.out_dir / "result.json", json.dumps({"result": total * config.scale}))
+
+
+class AfterConfig(StageConfig):
+    pass
+
+
+def after_task(config: AfterConfig, ctx: StageContext, index: int) -> None:
+    result = json.loads((ctx.upstream("t_sink") / "result.json").read_text())["result"]
+    _write_atomic(ctx.out_dir / "final.json", json.dumps({"final": result + 1}))
+
+
+class CycleConfig(StageConfig):
+    """Two stages that depend on each other: only there to test cycle detection."""
+
+
+T_SOURCE = StageSpec(
+    name="t_source", config_type=SourceConfig, num_tasks=lambda c: c.n_tasks, run_task=source_task, merge=source_merge
+)
+T_SINK = StageSpec(name="t_sink", config_type=SinkConfig, upstreams=("t_source",), run_task=sink_task)
+T_AFTER = StageSpec(name="t_after", config_type=AfterConfig, upstreams=("t_sink",), run_task=after_task)
+T_CYCLE_A = StageSpec(name="t_cycle_a", config_type=CycleConfig, upstreams=("t_cycle_b",), run_task=after_task)
+T_CYCLE_B = StageSpec(name="t_cycle_b", config_type=CycleConfig, upstreams=("t_cycle_a",), run_task=after_task)
+STAGES = (T_SOURCE, T_SINK, T_AFTER, T_CYCLE_A, T_CYCLE_B)
