@@ -57,7 +57,7 @@ def read_json(path: Path) -> Any | None:
     """The parsed JSON at `path`, or None when it does not exist."""
     try:
         return json.loads(Path(path).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -65,7 +65,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """All complete lines of a JSONL file; a torn last line (crash mid-write) is ignored."""
     try:
         text = Path(path).read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     records = []
     for line in text.splitlines():
@@ -81,7 +81,7 @@ def make_read_only(root: Path) -> None:
     root = Path(root)
     if not root.exists():
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             p = Path(dirpath) / name
             if not p.is_symlink():

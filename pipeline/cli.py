@@ -25,6 +25,7 @@ from pipeline.status import BAD_STATES, RunStatus
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Plan, run and inspect an SPD post-processing pipeline (locally or on SLURM).",
 )
 # Wide enough for the tables when output goes to a file or a CI log instead of a terminal.
@@ -32,8 +33,14 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 STATE_STYLE = {
-    "COMPLETED": "green", "CACHED": "cyan", "RUNNING": "blue", "PENDING": "white", "NOT_STARTED": "dim",
-    "FAILED": "bold red", "CANCELLED": "yellow", "UPSTREAM_FAILED": "red",
+    "COMPLETED": "green",
+    "CACHED": "cyan",
+    "RUNNING": "blue",
+    "PENDING": "white",
+    "NOT_STARTED": "dim",
+    "FAILED": "bold red",
+    "CANCELLED": "yellow",
+    "UPSTREAM_FAILED": "red",
 }
 
 RunArg = Annotated[str, typer.Argument(help="A run directory, or a run id under --out-dir.")]
@@ -74,8 +81,8 @@ def _finish(launch: orchestrator.Launch) -> None:
     if launch.waited:
         status = orchestrator.status(launch.run)
         _print_status(status)
-        if not status.ok:
-            bad = [s.name for s in status.stages if s.state in BAD_STATES]
+        bad = [s.name for s in status.stages if s.state in BAD_STATES]
+        if bad or not launch.ok:
             raise StageFailed(f"stage(s) {bad} did not complete; see `python run.py status {launch.run.root}`")
 
 
@@ -108,7 +115,9 @@ def plan(
         records = planned.plan.to_records()
         for r in records:
             r["cached"] = r["name"] in planned.cached
-        typer.echo(json.dumps({"run_dir": str(planned.run.root), "executor": planned.executor, "stages": records}, indent=2))
+        typer.echo(
+            json.dumps({"run_dir": str(planned.run.root), "executor": planned.executor, "stages": records}, indent=2)
+        )
         return
     table = Table(title=f"plan for run {planned.run.run_id} ({planned.executor} executor) -> {planned.run.root}")
     for col in ("stage", "after", "key", "tasks", "status", "resources per task", "merge job"):
@@ -139,13 +148,21 @@ def _print_status(status: RunStatus) -> None:
         elapsed = f"{s.elapsed_s:.1f}s" if s.elapsed_s is not None else "-"
         jobs = ", ".join(s.job_ids[:3]) + (" ..." if len(s.job_ids) > 3 else "")
         table.add_row(
-            s.name, f"[{style}]{s.state}[/]", f"{s.tasks.done}/{s.tasks.total}", str(s.tasks.failed),
-            str(s.tasks.running), elapsed, jobs or "-", s.log_dir,
+            s.name,
+            f"[{style}]{s.state}[/]",
+            f"{s.tasks.done}/{s.tasks.total}",
+            str(s.tasks.failed),
+            str(s.tasks.running),
+            elapsed,
+            jobs or "-",
+            s.log_dir,
         )
     out.print(table)
     for s in status.stages:
         if s.error:
-            out.print(f"[bold]{s.name}[/] [{STATE_STYLE[s.state]}]{s.state}[/]: {s.error}", highlight=False, soft_wrap=True)
+            out.print(
+                f"[bold]{s.name}[/] [{STATE_STYLE[s.state]}]{s.state}[/]: {s.error}", highlight=False, soft_wrap=True
+            )
 
 
 @app.command()
@@ -190,7 +207,9 @@ def cancel(
 ) -> None:
     """Stop everything still live in a run (or one stage); it is recorded as CANCELLED."""
     stopped = orchestrator.cancel(resolve_run(run, out_dir), stage)
-    out.print(f"cancelled: {', '.join(stopped)}" if stopped else "nothing live to stop; unfinished stages marked CANCELLED")
+    out.print(
+        f"cancelled: {', '.join(stopped)}" if stopped else "nothing live to stop; unfinished stages marked CANCELLED"
+    )
 
 
 @app.command()
@@ -198,7 +217,9 @@ def cancel(
 def logs(
     run: RunArg,
     stage: Annotated[str, typer.Option("--stage", help="The stage.")],
-    task: Annotated[str | None, typer.Option("--task", help="Task index or 'merge' (default: first failed, else 0).")] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="Task index or 'merge' (default: first failed, else 0).")
+    ] = None,
     out_dir: OutDirOpt = Path("runs"),
 ) -> None:
     """Print the log of one task of a stage."""

@@ -30,7 +30,10 @@ class RunSection(BaseModel):
         description="Run id: the run directory is <out_dir>/<name>. Running the same name again "
         "reuses finished stages whose config is unchanged.",
     )
-    out_dir: Path = Field(Path("runs"), description="Directory that holds run directories (relative paths are taken from the current directory).")
+    out_dir: Path = Field(
+        Path("runs"),
+        description="Directory that holds run directories (relative paths are taken from the current directory).",
+    )
     seed: int = Field(0, description="Seed from which every stage's seed is derived.")
 
 

@@ -89,7 +89,9 @@ def _assert_not_active(run: RunDir, executor: Executor, stages: list[str] | None
     if not run.exists():
         return
     status = run_status(run, executor)
-    active = [s.name for s in status.stages if s.state in ("RUNNING", "PENDING") and (stages is None or s.name in stages)]
+    active = [
+        s.name for s in status.stages if s.state in ("RUNNING", "PENDING") and (stages is None or s.name in stages)
+    ]
     if active:
         raise UserError(
             f"run {run.run_id!r} still has live stages {active}; wait for them, or stop them with "
@@ -117,7 +119,9 @@ def _record_invocation(run: RunDir, record: dict[str, Any], command: str, work: 
     atomic_write_json(run.plan_json, record)
 
 
-def start_run(pipeline_path: Path, force: bool = False, only: list[str] | None = None, wait: bool | None = None) -> Launch:
+def start_run(
+    pipeline_path: Path, force: bool = False, only: list[str] | None = None, wait: bool | None = None
+) -> Launch:
     planned = plan_pipeline(pipeline_path)
     plan, run = planned.plan, planned.run
     targets = list(plan.stages)

@@ -176,6 +176,4 @@ def resolve_run(run: str, out_dir: Path | None = None) -> RunDir:
         run_dir = RunDir(candidate)
         if run_dir.exists():
             return run_dir
-    raise UserError(
-        f"no run {run!r}: neither {candidates[0]} nor {candidates[1]} is a run directory (with plan.json)"
-    )
+    raise UserError(f"no run {run!r}: neither {candidates[0]} nor {candidates[1]} is a run directory (with plan.json)")

@@ -8,6 +8,7 @@ overwrites the one queued jobs are using.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -81,10 +82,8 @@ def git_state(root: Path = SOURCE_ROOT) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "platform": platform.platform()}
     for dist in ("torch", "pydantic", "submitit", "duckdb", "typer"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     found["executable"] = sys.executable
     return found
 

@@ -10,11 +10,18 @@ from typing import Any
 
 from pipeline.atomic import read_json
 from pipeline.dag import Plan
-from pipeline.executors.base import Executor
+from pipeline.executors.base import Executor, TaskView
 from pipeline.runs import MERGE, RunDir
 
 STATES = (
-    "NOT_STARTED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "CACHED", "UPSTREAM_FAILED",
+    "NOT_STARTED",
+    "PENDING",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "CACHED",
+    "UPSTREAM_FAILED",
 )
 BAD_STATES = ("FAILED", "CANCELLED", "UPSTREAM_FAILED")
 FINAL_STATES = ("COMPLETED", "CACHED", *BAD_STATES)
@@ -85,48 +92,65 @@ def _elapsed(run: RunDir, stage: str) -> float | None:
     return round(sum(seconds), 3) if seconds else None
 
 
+def _state(
+    run: RunDir, name: str, failed: list[str], views: dict[str, TaskView], upstream_bad: list[str]
+) -> tuple[str, str | None]:
+    """(state, error) of a stage that is not done."""
+    lost = {label: v for label, v in views.items() if v.state == "FAILED" and label not in failed}
+    if failed:
+        return "FAILED", _failure_summary(run, name, failed)
+    if lost:
+        label, view = next(iter(sorted(lost.items())))
+        return "FAILED", f"task {label}: {view.reason} (log: {run.task_log(name, label)})"
+    if run.cancelled_json(name).exists():
+        return "CANCELLED", None
+    if any(v.state == "RUNNING" for v in views.values()):
+        return "RUNNING", None
+    never = [v for v in views.values() if v.state in ("UPSTREAM_FAILED", "CANCELLED")]
+    if upstream_bad or any(v.state == "UPSTREAM_FAILED" for v in never):
+        why = f"upstream stage(s) {upstream_bad} did not complete" if upstream_bad else never[0].reason
+        return "UPSTREAM_FAILED", f"{why}; this stage can never start"
+    if never:
+        return "CANCELLED", never[0].reason or None
+    if views:
+        return "PENDING", None
+    return "NOT_STARTED", None
+
+
 def run_status(run: RunDir, executor: Executor) -> RunStatus:
     plan_record = run.read_plan()
     plan = Plan.from_records(plan_record["stages"])
     cached = set(plan_record.get("last_invocation", {}).get("cached", []))
-    live = executor.live_tasks(run, plan)
+    scheduler = executor.task_states(run, plan)
     statuses: dict[str, StageStatus] = {}
     for name, planned in plan.stages.items():
+        views = scheduler.get(name, {})
+        failed = run.failed_labels(name)
         counts = TaskCounts(total=planned.num_tasks)
         counts.done = len(run.done_tasks(name, planned.num_tasks)) if run.stage_dir(name).exists() else 0
-        failed = run.failed_labels(name)
-        lost_fn = getattr(executor, "lost_tasks", None)
-        lost = [x for x in (lost_fn(run, name) if lost_fn else []) if x not in failed]
-        stage_live = live.get(name, {})
-        counts.running = sum(1 for s in stage_live.values() if s == "RUNNING")
-        counts.failed = len([x for x in failed + lost if x != MERGE])
+        counts.running = sum(1 for v in views.values() if v.state == "RUNNING")
+        failed_all = sorted(set(failed) | {lbl for lbl, v in views.items() if v.state == "FAILED"})
+        counts.failed = len([x for x in failed_all if x != MERGE])
         status = StageStatus(
-            name=name, state="NOT_STARTED", key=planned.key, tasks=counts,
-            job_ids=executor.job_ids(run, name), log_dir=str(run.logs_dir(name)), elapsed_s=_elapsed(run, name),
+            name=name,
+            state="COMPLETED",
+            key=planned.key,
+            tasks=counts,
+            job_ids=executor.job_ids(run, name),
+            log_dir=str(run.logs_dir(name)),
+            elapsed_s=_elapsed(run, name),
         )
-        upstream_bad = any(statuses[u].state in BAD_STATES for u in planned.upstreams)
         if run.is_done(name, planned.key):
             status.state = "CACHED" if name in cached else "COMPLETED"
             status.tasks.done = planned.num_tasks
-        elif failed or lost:
-            status.state = "FAILED"
-            status.failed_tasks = failed + lost
-            if failed:
-                status.error = _failure_summary(run, name, failed)
-            else:
-                status.error = f"task {lost[0]} vanished without a marker (process killed?); log: {run.task_log(name, lost[0])}"
-        elif run.cancelled_json(name).exists():
-            status.state = "CANCELLED"
-        elif counts.running:
-            status.state = "RUNNING"
-        elif upstream_bad:
-            status.state = "UPSTREAM_FAILED"
-            bad = [u for u in planned.upstreams if statuses[u].state in BAD_STATES]
-            status.error = f"upstream stage(s) {bad} did not complete; this stage cannot start"
-        elif stage_live:
-            status.state = "PENDING"
+        else:
+            upstream_bad = [u for u in planned.upstreams if statuses[u].state in BAD_STATES]
+            status.state, status.error = _state(run, name, failed, views, upstream_bad)
+            status.failed_tasks = failed_all if status.state == "FAILED" else []
         statuses[name] = status
     return RunStatus(
-        run_id=run.run_id, run_dir=str(run.root), executor=plan_record.get("executor", "?"),
+        run_id=run.run_id,
+        run_dir=str(run.root),
+        executor=plan_record.get("executor", "?"),
         stages=list(statuses.values()),
     )

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from pipeline.dag import Plan
 from pipeline.runs import RunDir
 
-LiveState = Literal["PENDING", "RUNNING"]
+SchedulerState = Literal["PENDING", "RUNNING", "FAILED", "CANCELLED", "UPSTREAM_FAILED"]
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What the executor sees of one task (label: index or 'merge') that has no marker."""
+
+    state: SchedulerState
+    reason: str = ""
+    job_id: str = ""
 
 
 class Executor(Protocol):
@@ -21,8 +31,9 @@ class Executor(Protocol):
         """
         ...
 
-    def live_tasks(self, run: RunDir, plan: Plan) -> dict[str, dict[str, LiveState]]:
-        """Per stage, the tasks (labels) that are queued or running right now."""
+    def task_states(self, run: RunDir, plan: Plan) -> dict[str, dict[str, TaskView]]:
+        """Per stage, the scheduler's view of tasks not yet done: queued, running, or ended
+        without a marker (killed, timed out, cancelled, never startable)."""
         ...
 
     def job_ids(self, run: RunDir, stage: str) -> list[str]:

@@ -10,6 +10,7 @@ driver's own pid to driver.json, so `status` and `cancel` work from another shel
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -26,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipeline.atomic import atomic_write_json, read_json
 from pipeline.dag import Plan
-from pipeline.executors.base import LiveState
+from pipeline.executors.base import TaskView
 from pipeline.runs import MERGE, RunDir, now_iso, task_label
 from pipeline.snapshot import worker_env
 from pipeline.submission import build_task
@@ -55,10 +56,8 @@ def _stop_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @dataclass
@@ -74,8 +73,14 @@ class LocalDriver:
     """Runs the work of one invocation to the end (or until cancelled)."""
 
     def __init__(
-        self, run: RunDir, plan: Plan, work: dict[str, list[int]], parallelism: int, snapshot: Path,
-        console: Console | None = None, show_progress: bool = True,
+        self,
+        run: RunDir,
+        plan: Plan,
+        work: dict[str, list[int]],
+        parallelism: int,
+        snapshot: Path,
+        console: Console | None = None,
+        show_progress: bool = True,
     ) -> None:
         self.run = run
         self.plan = plan
@@ -129,7 +134,9 @@ class LocalDriver:
         if progress is not None:
             for name in self.work:
                 total = self.plan.stages[name].num_tasks
-                bars[name] = progress.add_task(name, total=total, completed=total - len(self.work[name]), status="waiting")
+                bars[name] = progress.add_task(
+                    name, total=total, completed=total - len(self.work[name]), status="waiting"
+                )
         while True:
             if self.stop_requested:
                 self._cancel_everything()
@@ -223,7 +230,9 @@ class LocalDriver:
             item.log.close()
             self.run.task_pid(item.stage, item.label).unlink(missing_ok=True)
             seconds = round(time.monotonic() - item.started, 3)
-            self.run.record_job(item.stage, {"event": "exit", "task": item.label, "pid": pid, "returncode": rc, "seconds": seconds})
+            self.run.record_job(
+                item.stage, {"event": "exit", "task": item.label, "pid": pid, "returncode": rc, "seconds": seconds}
+            )
             self._task_finished(item, rc)
         return finished
 
@@ -312,32 +321,27 @@ class LocalExecutor:
             return False
         return process_alive(pid, record.get("cmdline") or DRIVER_MODULE)
 
-    def live_tasks(self, run: RunDir, plan: Plan) -> dict[str, dict[str, LiveState]]:
-        live: dict[str, dict[str, LiveState]] = {}
+    def task_states(self, run: RunDir, plan: Plan) -> dict[str, dict[str, TaskView]]:
+        views: dict[str, dict[str, TaskView]] = {}
         driver = read_json(run.driver_json) or {}
         driver_alive = self.driver_alive(run)
         for name, planned in plan.stages.items():
-            states: dict[str, LiveState] = {}
+            states: dict[str, TaskView] = {}
             for label in _pid_labels(run, name):
                 info = read_json(run.task_pid(name, label)) or {}
-                if process_alive(int(info.get("pid", 0)), WORKER_MODULE):
-                    states[label] = "RUNNING"
+                pid = int(info.get("pid", 0))
+                if process_alive(pid, WORKER_MODULE):
+                    states[label] = TaskView("RUNNING", job_id=str(pid))
+                elif not driver_alive and not run.task_failed(name, label).exists():
+                    # The driver is gone and never reaped this task (kill -9 of the driver or host).
+                    states[label] = TaskView("FAILED", f"process {pid} vanished without a marker", str(pid))
             if driver_alive and name in driver.get("work", {}) and not run.is_done(name, planned.key):
                 for i in driver["work"][name]:
                     if not run.task_marker(name, i).exists() and not run.task_failed(name, str(i)).exists():
-                        states.setdefault(str(i), "PENDING")
+                        states.setdefault(str(i), TaskView("PENDING"))
             if states:
-                live[name] = states
-        return live
-
-    def lost_tasks(self, run: RunDir, stage: str) -> list[str]:
-        """Tasks with a pid file whose process is gone without a marker (e.g. kill -9)."""
-        lost = []
-        for label in _pid_labels(run, stage):
-            info = read_json(run.task_pid(stage, label)) or {}
-            if not process_alive(int(info.get("pid", 0)), WORKER_MODULE) and not self.driver_alive(run):
-                lost.append(label)
-        return lost
+                views[name] = states
+        return views
 
     def job_ids(self, run: RunDir, stage: str) -> list[str]:
         pids = [str(r["pid"]) for r in run.job_records(stage) if r.get("event") == "launch"]
@@ -387,8 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.from_records(run.read_plan()["stages"])
     work = {k: list(v) for k, v in driver["work"].items()}
     ok = LocalDriver(
-        run, plan, work, int(driver["parallelism"]), Path(driver["snapshot"]),
-        console=Console(file=sys.stdout, force_terminal=False, width=120), show_progress=False,
+        run,
+        plan,
+        work,
+        int(driver["parallelism"]),
+        Path(driver["snapshot"]),
+        console=Console(file=sys.stdout, force_terminal=False, width=120),
+        show_progress=False,
     ).drive()
     print(f"[{now_iso()}] driver finished: {'all stages completed' if ok else 'some stages did not complete'}")
     return 0 if ok else 1

@@ -1,0 +1,63 @@
+"""Shared fixtures: the test-only stage plugin, a pipeline-file writer and a CLI runner.
+
+The CLI is run as a real subprocess (`python run.py ...`) so exit codes, stdout/stderr and the
+absence of tracebacks are checked exactly as a user sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = "tests.stages_for_tests"
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["SPD_PIPELINE_PLUGINS"] = PLUGIN
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["COLUMNS"] = "200"
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> CliResult:
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run.py"), *map(str, args)],
+        cwd=cwd,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def write_pipeline(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests see the test-only stages too."""
+    monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGIN)
