@@ -332,7 +332,7 @@ class LocalExecutor:
                 pid = int(info.get("pid", 0))
                 if process_alive(pid, WORKER_MODULE):
                     states[label] = TaskView("RUNNING", job_id=str(pid))
-                elif not driver_alive and not run.task_failed(name, label).exists():
+                elif not driver_alive and not run.task_failed(name, label).exists() and not _finished(run, name, label):
                     # The driver is gone and never reaped this task (kill -9 of the driver or host).
                     states[label] = TaskView("FAILED", f"process {pid} vanished without a marker", str(pid))
             if driver_alive and name in driver.get("work", {}) and not run.is_done(name, planned.key):
@@ -374,6 +374,13 @@ class LocalExecutor:
             while time.monotonic() < deadline + KILL_GRACE_S and self.driver_alive(run):
                 time.sleep(0.1)
         return stopped
+
+
+def _finished(run: RunDir, stage: str, label: str) -> bool:
+    """Whether the task left its marker (the merge's marker is done.json)."""
+    if label == MERGE:
+        return run.done_json(stage).exists()
+    return run.task_marker(stage, int(label)).exists()
 
 
 def _pid_labels(run: RunDir, stage: str) -> list[str]:
