@@ -1,20 +1,97 @@
-"""The `decompose` stage: train an SPD decomposition of a target model (or point at an existing checkpoint).
+"""The `decompose` stage: train an SPD decomposition of a target model (or reuse an existing one).
 
-Its edges are fixed here; its work arrives with issue #5. Until then the registry reports it
-as unavailable and a pipeline that configures it is rejected before anything is submitted.
+Thin: validates the config, then calls spd.targets / spd.train. Its output directory is a
+decomposition checkpoint that later stages load with `spd.models.load_decomposition(out_dir)`.
 """
 
-from stages.base import StageConfig, StageSpec
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from spd.models import load_decomposition
+from spd.models.checkpoint import CONFIG_FILE, TARGET_DIR, latest_model_file
+from spd.targets import TMSTargetConfig, load_target, train_target
+from spd.train import SPDConfig, decompose
+from spd.utils import resolve_device
+from stages.base import StageConfig, StageContext, StageSpec
+
+
+class TargetCheckpointConfig(BaseModel):
+    """A target trained earlier: a directory with target_config.json and target.pt (e.g. <decomposition>/target)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["checkpoint"] = "checkpoint"
+    path: Path = Field(description="Directory holding target_config.json and target.pt.")
+
+
+TargetConfig = Annotated[TMSTargetConfig | TargetCheckpointConfig, Field(discriminator="kind")]
 
 
 class DecomposeConfig(StageConfig):
-    """Configuration of the decompose stage."""
+    """Either `target` + `spd` (train a decomposition) or `from_checkpoint` (reuse one)."""
+
+    target: TargetConfig | None = Field(
+        None, description="Toy target to train and verify (kind: tms), or a saved target (kind: checkpoint)."
+    )
+    spd: SPDConfig = Field(default_factory=SPDConfig, description="SPD hyper-parameters (reference tms_5-2 defaults).")
+    from_checkpoint: Path | None = Field(
+        None, description="An existing decomposition directory to reuse instead of training (copied into out/)."
+    )
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DecomposeConfig:
+        if (self.target is None) == (self.from_checkpoint is None):
+            raise ValueError("decompose needs exactly one of `target` (train) or `from_checkpoint` (reuse)")
+        return self
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _reuse(path: Path, out_dir: Path) -> None:
+    """Check the decomposition loads, then copy its config, target, latest model and logs into out_dir."""
+    load_decomposition(path)
+    run_dir = path.parent if path.is_file() else path
+    model_file = path if path.is_file() else latest_model_file(run_dir)
+    files = [run_dir / CONFIG_FILE, model_file, *sorted((run_dir / TARGET_DIR).iterdir())]
+    files += [run_dir / n for n in ("metrics.jsonl", "summary.json") if (run_dir / n).is_file()]
+    for f in files:
+        _copy_atomic(f, out_dir / f.relative_to(run_dir))
+    print(f"reused decomposition {run_dir} ({model_file.name})")
+
+
+def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
+    """Train (seeded from the stage seed) or reuse a decomposition into ctx.out_dir."""
+    out_dir = Path(ctx.out_dir)
+    if config.from_checkpoint is not None:
+        _reuse(Path(config.from_checkpoint), out_dir)
+        return
+    device = resolve_device(config.device)
+    if isinstance(config.target, TargetCheckpointConfig):
+        target, target_config = load_target(config.target.path, device)
+        info = {"source": str(config.target.path)}
+    else:
+        target_config = config.target
+        target, info = train_target(target_config, device)
+    summary = decompose(target, target_config, config.spd, out_dir, seed=ctx.seed, device=device, target_info=info)
+    print(f"decomposition done: {summary['steps']} steps in {summary['train_s']}s ({summary['steps_per_s']} steps/s)")
 
 
 STAGE = StageSpec(
     name="decompose",
     config_type=DecomposeConfig,
     upstreams=(),
+    run_task=run_task,
     description="Train an SPD decomposition of a target model (or point at an existing checkpoint).",
-    unavailable_reason="not implemented yet (issue #5)",
 )

@@ -1,0 +1,21 @@
+"""CI-masked reconstruction (spec 5.3): masks are the CIs themselves, no delta."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from spd.losses.divergence import OutputLossType, divergence_sum_and_count
+from spd.models import masks as mask_lib
+from spd.models.component_model import ComponentModel
+
+
+def ci_masked_recon_loss(
+    model: ComponentModel,
+    batch: Tensor,
+    target_out: Tensor,
+    ci: dict[str, Tensor],
+    output_loss_type: OutputLossType = "mse",
+) -> Tensor:
+    """Divergence of the forward with every module's subcomponents scaled by their CI g."""
+    s, n = divergence_sum_and_count(model(batch, mask_lib.ci_mask_infos(ci)), target_out, output_loss_type)
+    return s / n

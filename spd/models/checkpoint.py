@@ -1,0 +1,73 @@
+"""Decomposition checkpoints: a directory loaded back with one call, `load_decomposition(path)`.
+
+Layout (every file written atomically):
+    config.json         run config: SPD hyper-parameters, seed, device, module_to_c, tied weights, target ref
+    target/             target_config.json + target.pt (the checkpoint is self-contained)
+    model_<step>.pth    ComponentModel state dict (target_model.*, _components.*, ci_fn._ci_fns.*)
+    metrics.jsonl       one JSON object per logged step;  summary.json  final metrics
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spd.models.component_model import ComponentModel
+from spd.models.identity import insert_identity_operations
+from spd.targets import load_target
+from spd.utils import atomic_torch_save, atomic_write_json
+
+CONFIG_FILE = "config.json"
+TARGET_DIR = "target"
+_MODEL_RE = re.compile(r"^model_(\d+)\.pth$")
+
+
+def save_model_state(model: ComponentModel, out_dir: Path, step: int) -> Path:
+    path = Path(out_dir) / f"model_{step}.pth"
+    atomic_torch_save(path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return path
+
+
+def save_run_config(config: dict[str, Any], out_dir: Path) -> None:
+    atomic_write_json(Path(out_dir) / CONFIG_FILE, config)
+
+
+def latest_model_file(run_dir: Path) -> Path:
+    """The model_<step>.pth with the highest step (loaders always take the latest)."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).iterdir() if (m := _MODEL_RE.match(p.name))]
+    if not found:
+        raise FileNotFoundError(f"{run_dir} holds no model_<step>.pth")
+    return max(found)[1]
+
+
+def load_decomposition(path: str | Path, device: str | torch.device = "cpu") -> ComponentModel:
+    """Rebuild a trained ComponentModel (eval mode, frozen) from a run dir or one of its model_<step>.pth.
+
+    The returned model carries its run config as `model.run_config` (dict).
+    """
+    path = Path(path)
+    run_dir, model_file = (path.parent, path) if path.is_file() else (path, None)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a decomposition: {CONFIG_FILE} missing")
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    model_file = model_file or latest_model_file(run_dir)
+    target, _ = load_target(run_dir / TARGET_DIR)
+    insert_identity_operations(target, [s["module_pattern"] for s in config["spd"]["identity_module_info"]])
+    ci = config["spd"]["ci_fn"]
+    model = ComponentModel(
+        target,
+        config["module_to_c"],
+        ci_fn_type=ci["fn_type"],
+        ci_hidden_dims=ci["hidden_dims"],
+        sigmoid_type=config["spd"]["sigmoid_type"],
+        tied_weights=[tuple(t) for t in config["tied_weights"]],
+    )
+    state = torch.load(model_file, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval().requires_grad_(False)
+    model.run_config = config
+    return model

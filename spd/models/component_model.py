@@ -1,0 +1,199 @@
+"""The wrapper that runs a frozen target with any subset of modules replaced by masked components.
+
+Replacement is done with temporary forward hooks so any nn.Module target works unchanged: the hook
+recomputes the module's output from its input with the component forward (reference spec 1.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spd.models.ci_fns import CiFnType, make_ci_fn
+from spd.models.components import Components, EmbeddingComponents, LinearComponents, tie_transposed
+from spd.models.masks import MaskInfo
+from spd.models.sigmoids import SigmoidType, get_sigmoids
+
+
+@dataclass
+class CIOutputs:
+    """Causal importances of every module: mask-side, penalty-side and the raw logits."""
+
+    lower_leaky: dict[str, Tensor]
+    upper_leaky: dict[str, Tensor]
+    pre_sigmoid: dict[str, Tensor]
+
+
+def expand_module_patterns(target: nn.Module, module_info: list[tuple[str, int]]) -> dict[str, int]:
+    """fnmatch patterns -> {module path: C}; a pattern matching nothing or a module matched twice is an error."""
+    module_to_c: dict[str, int] = {}
+    names = [name for name, _ in target.named_modules() if name]
+    for pattern, C in module_info:
+        matched = [n for n in names if fnmatch(n, pattern)]
+        if not matched:
+            raise ValueError(f"module pattern {pattern!r} matches no module of {type(target).__name__}")
+        for name in matched:
+            if name in module_to_c:
+                raise ValueError(f"module {name!r} is matched by more than one pattern")
+            module_to_c[name] = C
+    return module_to_c
+
+
+def _key(path: str) -> str:
+    return path.replace(".", "-")
+
+
+class ComponentModel(nn.Module):
+    """Frozen target + rank-one components per decomposed module + layerwise CI functions."""
+
+    def __init__(
+        self,
+        target: nn.Module,
+        module_to_c: dict[str, int],
+        ci_fn_type: CiFnType = "mlp",
+        ci_hidden_dims: list[int] | None = None,
+        sigmoid_type: SigmoidType = "leaky_hard",
+        tied_weights: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.target_model = target
+        target.requires_grad_(False)
+        self.module_to_c = dict(module_to_c)
+        self.target_module_paths = list(module_to_c)
+        self.sigmoid_type = sigmoid_type
+        self._lower, self._upper = get_sigmoids(sigmoid_type)
+        hidden = list(ci_hidden_dims if ci_hidden_dims is not None else [16])
+        comps: dict[str, nn.Module] = {}
+        ci_fns: dict[str, nn.Module] = {}
+        for path, C in module_to_c.items():
+            module = target.get_submodule(path)
+            if isinstance(module, nn.Embedding):
+                comps[_key(path)] = EmbeddingComponents(module.num_embeddings, module.embedding_dim, C)
+                ci_fns[_key(path)] = make_ci_fn(ci_fn_type, C, module.embedding_dim, hidden, is_embedding=True)
+            elif isinstance(getattr(module, "weight", None), Tensor) and module.weight.ndim == 2:
+                d_out, d_in = module.weight.shape
+                bias = getattr(module, "bias", None)
+                comps[_key(path)] = LinearComponents(d_in, d_out, C, bias if isinstance(bias, Tensor) else None)
+                ci_fns[_key(path)] = make_ci_fn(ci_fn_type, C, d_in, hidden)
+            else:
+                raise ValueError(f"cannot decompose {path!r}: {type(module).__name__} has no 2-D weight")
+        self._components = nn.ModuleDict(comps)
+        self.ci_fn = nn.Module()
+        self.ci_fn._ci_fns = nn.ModuleDict(ci_fns)
+        self.tied_weights = list(tied_weights or [])
+        for src, dst in self.tied_weights:
+            tie_transposed(self.components(src), self.components(dst))
+
+    # --- access -------------------------------------------------------------------------------------
+
+    def components(self, path: str) -> Components:
+        return self._components[_key(path)]
+
+    def target_weight(self, path: str) -> Tensor:
+        """The frozen target matrix W_l (d_out x d_in for linear-like, vocab x d for embeddings)."""
+        return self.target_model.get_submodule(path).weight
+
+    def component_parameters(self) -> list[nn.Parameter]:
+        return list(self._components.parameters())
+
+    def ci_fn_parameters(self) -> list[nn.Parameter]:
+        return list(self.ci_fn.parameters())
+
+    def deltas(self) -> dict[str, Tensor]:
+        """Δ_l = W_l - W'_l for every module, with gradient into U, V."""
+        return {p: self.target_weight(p) - self.components(p).weight for p in self.target_module_paths}
+
+    # --- causal importances -----------------------------------------------------------------------
+
+    def causal_importances(
+        self, pre_weight_acts: dict[str, Tensor], sampling: str = "continuous", detach_inputs: bool = False
+    ) -> CIOutputs:
+        """CIs from module inputs: lower-leaky (masks), upper-leaky (penalty), logits."""
+        lower, upper, pre = {}, {}, {}
+        for path in self.target_module_paths:
+            x = pre_weight_acts[path]
+            if detach_inputs:
+                x = x.detach()
+            fn = self.ci_fn._ci_fns[_key(path)]
+            inp = self.components(path).component_acts(x) if fn.takes_component_acts else x
+            z = fn(inp)
+            z_lo = 1.05 * z - 0.05 * torch.rand_like(z) if sampling == "binomial" else z
+            lower[path] = self._lower(z_lo)
+            upper[path] = self._upper(z)
+            pre[path] = z
+        return CIOutputs(lower, upper, pre)
+
+    # --- forward ------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _hooks(self, mask_infos: dict[str, MaskInfo] | None, cache: dict[str, Tensor] | None) -> Iterator[None]:
+        handles = []
+
+        def make_hook(path: str, info: MaskInfo | None):
+            comp = self.components(path)
+
+            def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+                x = args[0]
+                if cache is not None:
+                    cache[path] = x
+                if info is None:
+                    return None
+                out = comp(x, info.mask, info.delta, info.delta_mask)
+                if isinstance(info.routing, Tensor):
+                    out = torch.where(info.routing.unsqueeze(-1), out, output)
+                return out
+
+            return hook
+
+        try:
+            for path in self.target_module_paths:
+                info = mask_infos.get(path) if mask_infos else None
+                if info is None and cache is None:
+                    continue
+                module = self.target_model.get_submodule(path)
+                handles.append(module.register_forward_hook(make_hook(path, info)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def forward(self, x: Tensor, mask_infos: dict[str, MaskInfo] | None = None) -> Tensor:
+        """Target output; modules in `mask_infos` are replaced by their masked components."""
+        if not mask_infos:
+            return self.target_model(x)
+        with self._hooks(mask_infos, None):
+            return self.target_model(x)
+
+    def forward_with_inputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Unmasked target forward that also returns each decomposed module's input (pre-weight acts)."""
+        cache: dict[str, Tensor] = {}
+        with self._hooks(None, cache):
+            out = self.target_model(x)
+        return out, cache
+
+    def extra_config(self) -> dict[str, Any]:
+        """What is needed to rebuild this wrapper around the same target (saved in the checkpoint)."""
+        return {
+            "module_to_c": self.module_to_c,
+            "sigmoid_type": self.sigmoid_type,
+            "tied_weights": [list(t) for t in self.tied_weights],
+        }
+
+
+def build_component_model(
+    target: nn.Module,
+    module_info: list[tuple[str, int]],
+    ci_fn_type: CiFnType,
+    ci_hidden_dims: list[int],
+    sigmoid_type: SigmoidType = "leaky_hard",
+    tied_weights: list[tuple[str, str]] | None = None,
+) -> ComponentModel:
+    """Expand patterns and build the wrapper (consumes the torch RNG: seed before calling)."""
+    module_to_c = expand_module_patterns(target, module_info)
+    return ComponentModel(target, module_to_c, ci_fn_type, ci_hidden_dims, sigmoid_type, tied_weights)

@@ -1,0 +1,168 @@
+"""Toy Model of Superposition targets (reference spec 11.1): 5-2, 40-10 and their hidden-identity variants.
+
+h = W x (linear1), optional fixed identity hidden layers, x̂ = ReLU(W^T h + b) (linear2, tied to linear1).
+A trained target is only accepted after `check_features` confirms every feature is represented: a
+degenerate target would otherwise silently yield a "correct" decomposition of fewer features.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from spd.targets.data import DataGenerationType, sparse_feature_batch
+
+
+class DegenerateTargetError(RuntimeError):
+    """The trained target does not represent every feature; decomposing it would be a meaningless benchmark."""
+
+
+class TMSTargetConfig(BaseModel):
+    """A TMS target and how to train it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["tms"] = "tms"
+    n_features: int = Field(5, ge=1, description="Input/output features (5 for 5-2, 40 for 40-10).")
+    n_hidden: int = Field(2, ge=1, description="Bottleneck width (2 for 5-2, 10 for 40-10).")
+    n_hidden_layers: int = Field(0, ge=0, description="Fixed identity hidden layers (1 for the -id variants).")
+    bias_init: Literal["default", "zero"] = Field("default", description="linear2 bias init: nn.Linear default or 0.")
+    feature_probability: float = Field(0.05, gt=0, le=1, description="Probability that a feature is active.")
+    data_generation_type: DataGenerationType = "at_least_zero_active"
+    train_steps: int = Field(10_000, ge=0, description="AdamW steps to train the target.")
+    train_batch_size: int = Field(1024, ge=1, description="1024 for 5-2, 8192 for 40-10 in the reference.")
+    lr: float = Field(5e-3, gt=0, description="Constant AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = Field(0, description="Seed of target training (independent of the SPD seed).")
+    seed_search: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Try seeds seed, seed+1, ... up to this many until the target represents every feature "
+            "(TMS training is finicky); fail with DegenerateTargetError if none does."
+        ),
+    )
+    feature_check_tol: float = Field(0.1, gt=0, description="Output_i of 0.75·e_i must be within this of 0.75.")
+
+
+class TiedTransposeLinear(nn.Module):
+    """A Linear whose weight is another Linear's weight transposed (one parameter, no copy) plus its own bias."""
+
+    def __init__(self, source: nn.Linear, bias_init: Literal["default", "zero"]) -> None:
+        super().__init__()
+        self._source = [source]  # a list so the source is not registered twice as a submodule
+        d_out = source.in_features
+        bias = torch.zeros(d_out)
+        if bias_init == "default":
+            bound = 1.0 / source.out_features**0.5
+            bias.uniform_(-bound, bound)
+        self.bias = nn.Parameter(bias)
+
+    @property
+    def weight(self) -> Tensor:
+        return self._source[0].weight.T
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class TMSModel(nn.Module):
+    """x -> linear1 -> identity hidden layers -> ReLU(linear2)."""
+
+    def __init__(self, config: TMSTargetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.linear1 = nn.Linear(config.n_features, config.n_hidden, bias=False)
+        self.hidden_layers = nn.ModuleList()
+        for _ in range(config.n_hidden_layers):
+            layer = nn.Linear(config.n_hidden, config.n_hidden, bias=False)
+            with torch.no_grad():
+                layer.weight.copy_(torch.eye(config.n_hidden))
+            layer.weight.requires_grad_(False)
+            self.hidden_layers.append(layer)
+        self.linear2 = TiedTransposeLinear(self.linear1, config.bias_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.linear1(x)
+        for layer in self.hidden_layers:
+            h = layer(h)
+        return F.relu(self.linear2(h))
+
+    # --- what SPD needs to know about this target --------------------------------------------------
+
+    def sample_batch(self, batch_size: int, device: torch.device | str) -> Tensor:
+        c = self.config
+        return sparse_feature_batch(batch_size, c.n_features, c.feature_probability, device, c.data_generation_type)
+
+    def default_module_info(self, C: int) -> list[tuple[str, int]]:
+        return [("linear1", C), ("linear2", C)] + [(f"hidden_layers.{i}", C) for i in range(len(self.hidden_layers))]
+
+    def tied_weights(self) -> list[tuple[str, str]]:
+        return [("linear1", "linear2")]
+
+    def probe_batch(self, device: torch.device | str) -> Tensor:
+        """One-hot probe 0.75·I used by IdentityCIError."""
+        return 0.75 * torch.eye(self.config.n_features, device=device)
+
+    def expected_ci_patterns(self) -> dict[str, tuple[str, int]]:
+        """Module -> ('identity', n) or ('dense', k): what a correct decomposition looks like on the probe."""
+        n, m = self.config.n_features, self.config.n_hidden
+        patterns = {"linear1": ("identity", n), "linear2": ("identity", n)}
+        patterns.update({f"hidden_layers.{i}": ("dense", m) for i in range(len(self.hidden_layers))})
+        return patterns
+
+    def feature_weight_module(self) -> str:
+        """The module whose columns are the feature directions (for MMCS / ML2R)."""
+        return "linear1"
+
+
+def feature_check(model: TMSModel, tol: float) -> list[int]:
+    """Indices of features NOT represented: output_i of input 0.75·e_i is not within tol of 0.75."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model(model.probe_batch(device))
+    diag = out.diagonal()
+    return [i for i, v in enumerate(diag.tolist()) if abs(v - 0.75) > tol]
+
+
+def _train_once(config: TMSTargetConfig, seed: int, device: torch.device) -> tuple[TMSModel, float]:
+    torch.manual_seed(seed)
+    model = TMSModel(config).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    loss = torch.tensor(float("nan"))
+    for _ in range(config.train_steps):
+        x = model.sample_batch(config.train_batch_size, device)
+        loss = ((model(x) - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model, float(loss.detach())
+
+
+def train_tms(config: TMSTargetConfig, device: torch.device | str = "cpu", log=print) -> tuple[TMSModel, dict]:
+    """Train a TMS target, trying `seed_search` consecutive seeds until one represents every feature."""
+    device = torch.device(device)
+    tried = []
+    for seed in range(config.seed, config.seed + config.seed_search):
+        start = time.perf_counter()
+        model, loss = _train_once(config, seed, device)
+        dead = feature_check(model, config.feature_check_tol)
+        tried.append({"seed": seed, "final_loss": loss, "unrepresented_features": dead})
+        log(
+            f"TMS target seed {seed}: loss {loss:.3e}, unrepresented features {dead} ({time.perf_counter() - start:.1f}s)"
+        )
+        if not dead:
+            model.eval()
+            model.requires_grad_(False)
+            return model, {"seed": seed, "final_loss": loss, "attempts": tried}
+    raise DegenerateTargetError(
+        f"no TMS {config.n_features}-{config.n_hidden} target trained with seeds {config.seed}.."
+        f"{config.seed + config.seed_search - 1} represents every feature: {tried}. A target that drops features "
+        "gives a decomposition of fewer features and an invalid benchmark; raise `seed_search` or change `seed`."
+    )

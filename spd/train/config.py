@@ -1,0 +1,144 @@
+"""SPD hyper-parameters (reference spec section 10, minimal subset), defaults from the tms_5-2 config (11.4)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from spd.losses.divergence import OutputLossType
+from spd.models.ci_fns import CiFnType
+from spd.models.masks import Sampling
+from spd.models.sigmoids import SigmoidType
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModuleSpec(_Strict):
+    """Which modules to decompose (fnmatch pattern on named_modules) and into how many subcomponents."""
+
+    module_pattern: str
+    C: int = Field(gt=0)
+
+
+class CiFnConfig(_Strict):
+    """Layerwise CI function: `mlp` (per-subcomponent scalar MLP on h = xV), `vector_mlp` or `shared_mlp`."""
+
+    mode: Literal["layerwise"] = "layerwise"
+    fn_type: CiFnType = "mlp"
+    hidden_dims: list[int] = Field(default_factory=lambda: [16])
+
+
+class ScheduleConfig(_Strict):
+    """start_val with optional linear warm-up, then constant / linear / cosine decay to final_val_frac·start."""
+
+    start_val: float = Field(1e-3, gt=0)
+    warmup_pct: float = Field(0.0, ge=0, le=1)
+    final_val_frac: float = Field(0.0, ge=0)
+    fn_type: Literal["constant", "linear", "cosine"] = "cosine"
+
+    @model_validator(mode="after")
+    def _constant_means_constant(self) -> ScheduleConfig:
+        if self.fn_type == "constant" and self.final_val_frac != 1.0:
+            raise ValueError("a constant schedule needs final_val_frac == 1.0")
+        return self
+
+
+class _LossBase(_Strict):
+    coeff: float = Field(description="Weight of this loss in the total (required, as in the reference).")
+    warmup_frac: float = Field(
+        0.0, ge=0, le=1, description="Coefficient ramps linearly from 0 over this fraction of the steps (0 = off)."
+    )
+
+
+class ImportanceMinimalityLossConfig(_LossBase):
+    classname: Literal["ImportanceMinimalityLoss"] = "ImportanceMinimalityLoss"
+    pnorm: float = Field(1.0, gt=0)
+    beta: float = Field(0.0, ge=0, description="Weight of the log2(1 + S) frequency term.")
+    eps: float = 1e-12
+    p_anneal_start_frac: float = 1.0
+    p_anneal_final_p: float | None = None
+    p_anneal_end_frac: float = 1.0
+
+
+class StochasticReconLossConfig(_LossBase):
+    classname: Literal["StochasticReconLoss"] = "StochasticReconLoss"
+
+
+class StochasticReconLayerwiseLossConfig(_LossBase):
+    classname: Literal["StochasticReconLayerwiseLoss"] = "StochasticReconLayerwiseLoss"
+
+
+class CIMaskedReconLossConfig(_LossBase):
+    classname: Literal["CIMaskedReconLoss"] = "CIMaskedReconLoss"
+
+
+class UnmaskedReconLossConfig(_LossBase):
+    classname: Literal["UnmaskedReconLoss"] = "UnmaskedReconLoss"
+
+
+class FaithfulnessLossConfig(_LossBase):
+    classname: Literal["FaithfulnessLoss"] = "FaithfulnessLoss"
+
+
+LossConfig = Annotated[
+    ImportanceMinimalityLossConfig
+    | StochasticReconLossConfig
+    | StochasticReconLayerwiseLossConfig
+    | CIMaskedReconLossConfig
+    | UnmaskedReconLossConfig
+    | FaithfulnessLossConfig,
+    Field(discriminator="classname"),
+]
+
+
+def _default_losses() -> list:
+    return [
+        ImportanceMinimalityLossConfig(coeff=3e-3, pnorm=1.0),
+        StochasticReconLossConfig(coeff=1.0),
+        StochasticReconLayerwiseLossConfig(coeff=1.0),
+    ]
+
+
+class SPDConfig(_Strict):
+    """Hyper-parameters of one SPD run. Defaults = reference tms_5-2 (C=20, 10k steps × 4096, cosine 1e-3→0)."""
+
+    module_info: list[ModuleSpec] | None = Field(
+        None, description="Modules and C; None = the toy target's default modules with `default_C`."
+    )
+    default_C: int = Field(20, gt=0, description="C per module when module_info is None (20 for 5-2, 200 for 40-10).")
+    identity_module_info: list[ModuleSpec] = Field(default_factory=list, description="Identity insertions (1.2).")
+    tie_weights: bool = Field(True, description="Tie components like the target ties weights (TMS linear2 = linear1ᵀ).")
+    ci_fn: CiFnConfig = Field(default_factory=CiFnConfig)
+    sigmoid_type: SigmoidType = "leaky_hard"
+    sampling: Sampling = "continuous"
+    use_delta_component: bool = True
+    n_mask_samples: int = Field(1, ge=1)
+    output_loss_type: OutputLossType = "mse"
+    losses: list[LossConfig] = Field(default_factory=_default_losses)
+    lr_schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    steps: int = Field(10_000, ge=0)
+    batch_size: int = Field(4096, ge=1)
+    grad_clip_norm_components: float | None = None
+    grad_clip_norm_ci_fns: float | None = None
+    faithfulness_warmup_steps: int = Field(200, ge=0)
+    faithfulness_warmup_lr: float = 0.01
+    faithfulness_warmup_weight_decay: float = 0.1
+    train_log_freq: int = Field(50, ge=1)
+    eval_freq: int = Field(1000, ge=1)
+    slow_eval_freq: int | None = Field(None, description="IdentityCIError / MMCS cadence; None = eval_freq.")
+    eval_batch_size: int | None = None
+    n_eval_steps: int = Field(10, ge=1)
+    save_freq: int | None = Field(None, description="Extra checkpoints every save_freq steps (final always saved).")
+    ci_alive_threshold: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SPDConfig:
+        if self.slow_eval_freq is not None and self.slow_eval_freq % self.eval_freq:
+            raise ValueError("slow_eval_freq must be a multiple of eval_freq")
+        names = [loss.classname for loss in self.losses]
+        if len(names) != len(set(names)):
+            raise ValueError(f"each loss may appear once, got {names}")
+        return self

@@ -1,0 +1,331 @@
+"""The SPD training loop (reference spec section 9), writing a checkpoint directory as it goes.
+
+Order per step: lr from schedule -> Δ = W - W' (with grad) -> batch -> frozen target forward caching
+module inputs -> CIs -> losses -> backward -> log / eval / save -> clip -> optimizer step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spd.losses import (
+    ci_masked_recon_loss,
+    faithfulness_loss,
+    importance_minimality_loss,
+    stochastic_recon_layerwise_loss,
+    stochastic_recon_loss,
+    unmasked_recon_loss,
+)
+from spd.losses.importance_minimality import annealed_p
+from spd.models.checkpoint import TARGET_DIR, save_model_state, save_run_config
+from spd.models.component_model import ComponentModel, build_component_model
+from spd.models.identity import insert_identity_operations
+from spd.targets import ToyTargetConfig, save_target
+from spd.train import metrics as M
+from spd.train.config import ImportanceMinimalityLossConfig, SPDConfig
+from spd.train.schedules import coeff_warmup_factor, scheduled_value
+from spd.utils import atomic_write_json, set_seed
+
+Log = Callable[[str], None]
+
+
+def compute_losses(
+    model: ComponentModel,
+    cfg: SPDConfig,
+    batch: Tensor,
+    target_out: Tensor,
+    ci_lower: dict[str, Tensor],
+    ci_upper: dict[str, Tensor],
+    deltas: dict[str, Tensor],
+    step: int,
+    losses: list | None = None,
+) -> dict[str, Tensor]:
+    """Every configured loss by classname (unweighted)."""
+    frac = step / max(cfg.steps, 1)
+    stoch_deltas = deltas if cfg.use_delta_component else None
+    out: dict[str, Tensor] = {}
+    for lc in losses if losses is not None else cfg.losses:
+        name = lc.classname
+        if name == "ImportanceMinimalityLoss":
+            out[name] = importance_minimality_loss(
+                ci_upper,
+                lc.pnorm,
+                frac,
+                lc.eps,
+                lc.beta,
+                1,
+                lc.p_anneal_start_frac,
+                lc.p_anneal_final_p,
+                lc.p_anneal_end_frac,
+            )
+        elif name == "StochasticReconLoss":
+            out[name] = stochastic_recon_loss(
+                model, batch, target_out, ci_lower, stoch_deltas, cfg.n_mask_samples, cfg.sampling, cfg.output_loss_type
+            )
+        elif name == "StochasticReconLayerwiseLoss":
+            out[name] = stochastic_recon_layerwise_loss(
+                model, batch, target_out, ci_lower, stoch_deltas, cfg.n_mask_samples, cfg.sampling, cfg.output_loss_type
+            )
+        elif name == "CIMaskedReconLoss":
+            out[name] = ci_masked_recon_loss(model, batch, target_out, ci_lower, cfg.output_loss_type)
+        elif name == "UnmaskedReconLoss":
+            out[name] = unmasked_recon_loss(model, batch, target_out, ci_lower, cfg.output_loss_type)
+        elif name == "FaithfulnessLoss":
+            out[name] = faithfulness_loss(deltas)
+        else:  # pragma: no cover - the config union makes this unreachable
+            raise ValueError(f"unknown loss {name!r}")
+    return out
+
+
+def _grad_norm(params: list[nn.Parameter]) -> float:
+    norms = [p.grad.norm() ** 2 for p in params if p.grad is not None]
+    return float(torch.stack(norms).sum().sqrt()) if norms else 0.0
+
+
+def _imp_config(cfg: SPDConfig) -> ImportanceMinimalityLossConfig | None:
+    return next((lc for lc in cfg.losses if isinstance(lc, ImportanceMinimalityLossConfig)), None)
+
+
+class Decomposer:
+    """Owns one SPD run: the wrapper, optimizer, data source and output directory."""
+
+    def __init__(
+        self,
+        target: nn.Module,
+        cfg: SPDConfig,
+        out_dir: Path,
+        seed: int,
+        device: torch.device,
+        target_config: ToyTargetConfig,
+        target_info: dict[str, Any] | None = None,
+        log: Log = print,
+    ) -> None:
+        self.cfg, self.out_dir, self.seed, self.device, self.log = cfg, Path(out_dir), seed, device, log
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        set_seed(seed)
+        save_target(target, target_config, self.out_dir / TARGET_DIR, target_info)
+        target.eval().requires_grad_(False)
+        identity_paths = insert_identity_operations(target, [s.module_pattern for s in cfg.identity_module_info])
+        if cfg.module_info is not None:
+            module_info = [(s.module_pattern, s.C) for s in cfg.module_info]
+        elif hasattr(target, "default_module_info"):
+            module_info = target.default_module_info(cfg.default_C)
+        else:
+            raise ValueError("module_info is required for targets without default_module_info()")
+        id_cs = {f"{s.module_pattern}.pre_identity": s.C for s in cfg.identity_module_info}
+        module_info += [(p, next(c for pat, c in id_cs.items() if _fn(p, pat))) for p in identity_paths]
+        tied = target.tied_weights() if cfg.tie_weights and hasattr(target, "tied_weights") else []
+        names = {n for n, _ in module_info}
+        tied = [t for t in tied if t[0] in names and t[1] in names]
+        self.model = build_component_model(
+            target, module_info, cfg.ci_fn.fn_type, cfg.ci_fn.hidden_dims, cfg.sigmoid_type, tied
+        ).to(device)
+        set_seed(seed)  # masks and data: a fresh stream from the seed, as the reference's seed_per_rank
+        self.target = target
+        self.comp_params = self.model.component_parameters()
+        self.ci_params = self.model.ci_fn_parameters()
+        self.optimizer = torch.optim.AdamW(
+            self.comp_params + self.ci_params, lr=cfg.lr_schedule.start_val, weight_decay=0
+        )
+        self.run_config = {
+            "spd": cfg.model_dump(mode="json"),
+            "seed": seed,
+            "device": str(device),
+            "module_to_c": self.model.module_to_c,
+            "tied_weights": [list(t) for t in tied],
+            "target": target_config.model_dump(mode="json"),
+            "target_info": target_info or {},
+        }
+        save_run_config(self.run_config, self.out_dir)
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.metrics_path.unlink(missing_ok=True)
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def sample(self, batch_size: int) -> Tensor:
+        return self.target.sample_batch(batch_size, self.device)
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def faithfulness_warmup(self) -> float:
+        """Minimise only L_faith with a separate AdamW so ΣUV ≈ W before SPD proper; returns the final value."""
+        cfg = self.cfg
+        if cfg.faithfulness_warmup_steps == 0:
+            return float(faithfulness_loss(self.model.deltas()).detach())
+        opt = torch.optim.AdamW(
+            self.comp_params, lr=cfg.faithfulness_warmup_lr, weight_decay=cfg.faithfulness_warmup_weight_decay
+        )
+        loss = torch.tensor(0.0)
+        for _ in range(cfg.faithfulness_warmup_steps):
+            opt.zero_grad(set_to_none=True)
+            loss = faithfulness_loss(self.model.deltas())
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self, step: int, slow: bool) -> dict[str, float]:
+        """Eval losses and CI-L0 on n_eval_steps fresh batches; slow: IdentityCIError, MMCS/ML2R, #large."""
+        cfg, model = self.cfg, self.model
+        bs = cfg.eval_batch_size or cfg.batch_size
+        eval_losses = list(cfg.losses)
+        present = {lc.classname for lc in eval_losses}
+        from spd.train.config import CIMaskedReconLossConfig, FaithfulnessLossConfig, UnmaskedReconLossConfig
+
+        for extra in (CIMaskedReconLossConfig, UnmaskedReconLossConfig, FaithfulnessLossConfig):
+            if extra.model_fields["classname"].default not in present:
+                eval_losses.append(extra(coeff=0.0))
+        sums: dict[str, float] = {}
+        deltas = model.deltas()
+        for _ in range(cfg.n_eval_steps):
+            batch = self.sample(bs)
+            target_out, acts = model.forward_with_inputs(batch)
+            ci = model.causal_importances(acts, cfg.sampling)
+            losses = compute_losses(
+                model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step, eval_losses
+            )
+            for k, v in losses.items():
+                sums[f"eval/loss/{k}"] = sums.get(f"eval/loss/{k}", 0.0) + float(v)
+            for k, v in M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold).items():
+                sums[f"eval/l0/{cfg.ci_alive_threshold}_{k}"] = (
+                    sums.get(f"eval/l0/{cfg.ci_alive_threshold}_{k}", 0.0) + v
+                )
+        out = {k: v / cfg.n_eval_steps for k, v in sums.items()}
+        if slow:
+            out.update(self.slow_metrics())
+        return out
+
+    @torch.no_grad()
+    def slow_metrics(self) -> dict[str, float]:
+        model, out = self.model, {}
+        if hasattr(self.target, "probe_batch") and hasattr(self.target, "expected_ci_patterns"):
+            _, acts = model.forward_with_inputs(self.target.probe_batch(self.device))
+            ci = model.causal_importances(acts, "continuous").lower_leaky
+            patterns = self.target.expected_ci_patterns()
+            for tol, suffix in ((0.1, ""), (0.2, "_0p2")):
+                for k, v in M.ci_pattern_errors(ci, patterns, tol).items():
+                    out[f"eval/identity_ci_error/{k}{suffix}"] = v
+        if hasattr(self.target, "feature_weight_module"):
+            path = self.target.feature_weight_module()
+            if path in model.module_to_c:
+                mmcs, ml2r = M.mmcs_ml2r(model, path)
+                out[f"eval/mmcs/{path}"], out[f"eval/ml2r/{path}"] = mmcs, ml2r
+        for path in model.target_module_paths:
+            out[f"eval/n_large_subcomponents/{path}"] = M.n_large_subcomponents(model, path)
+        return out
+
+    # --- main loop ---------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg, model = self.cfg, self.model
+        start = time.perf_counter()
+        warm = self.faithfulness_warmup()
+        self.log(f"faithfulness warm-up ({cfg.faithfulness_warmup_steps} steps): {warm:.3e}")
+        slow_freq = cfg.slow_eval_freq or cfg.eval_freq
+        imp = _imp_config(cfg)
+        train_start = time.perf_counter()
+        last_eval: dict[str, float] = {}
+        for step in range(cfg.steps + 1):
+            record: dict[str, Any] = {"step": step}
+            if step < cfg.steps:
+                lr = scheduled_value(step, cfg.steps, cfg.lr_schedule)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.optimizer.zero_grad(set_to_none=True)
+                deltas = model.deltas()
+                batch = self.sample(cfg.batch_size)
+                with torch.no_grad():
+                    target_out, acts = model.forward_with_inputs(batch)
+                ci = model.causal_importances(acts, cfg.sampling)
+                losses = compute_losses(model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step)
+                weights = {
+                    lc.classname: lc.coeff * coeff_warmup_factor(step, cfg.steps, lc.warmup_frac) for lc in cfg.losses
+                }
+                total = sum(weights[k] * v for k, v in losses.items())
+                total.backward()
+                if not math.isfinite(float(total.detach())):
+                    raise FloatingPointError(
+                        f"non-finite SPD loss at step {step}: { {k: float(v) for k, v in losses.items()} }"
+                    )
+                if step % cfg.train_log_freq == 0:
+                    record.update({f"train/loss/{k}": float(v.detach()) for k, v in losses.items()})
+                    record["train/loss/total"] = float(total.detach())
+                    record["train/lr"] = lr
+                    if imp is not None:
+                        record["train/p"] = annealed_p(
+                            imp.pnorm,
+                            step / cfg.steps,
+                            imp.p_anneal_start_frac,
+                            imp.p_anneal_final_p,
+                            imp.p_anneal_end_frac,
+                        )
+                    record.update(
+                        {f"train/l0/{k}": v for k, v in M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold).items()}
+                    )
+                    record["train/grad_norm/components"] = _grad_norm(self.comp_params)
+                    record["train/grad_norm/ci_fns"] = _grad_norm(self.ci_params)
+            if step % cfg.eval_freq == 0 or step == cfg.steps:
+                last_eval = self.evaluate(step, slow=step % slow_freq == 0 or step == cfg.steps)
+                record.update(last_eval)
+                self.log(_summary_line(step, last_eval))
+            if len(record) > 1:
+                record["elapsed_s"] = round(time.perf_counter() - start, 3)
+                self._write_metrics(record)
+            if (cfg.save_freq and step > 0 and step % cfg.save_freq == 0) or step == cfg.steps:
+                save_model_state(model, self.out_dir, step)
+            if step < cfg.steps:
+                if cfg.grad_clip_norm_components is not None:
+                    torch.nn.utils.clip_grad_norm_(self.comp_params, cfg.grad_clip_norm_components)
+                if cfg.grad_clip_norm_ci_fns is not None:
+                    torch.nn.utils.clip_grad_norm_(self.ci_params, cfg.grad_clip_norm_ci_fns)
+                self.optimizer.step()
+        train_s = time.perf_counter() - train_start
+        summary = {
+            "steps": cfg.steps,
+            "seed": self.seed,
+            "device": str(self.device),
+            "wall_s": round(time.perf_counter() - start, 3),
+            "train_s": round(train_s, 3),
+            "steps_per_s": round(cfg.steps / train_s, 3) if cfg.steps else None,
+            "metrics": last_eval,
+        }
+        atomic_write_json(self.out_dir / "summary.json", summary)
+        return summary
+
+
+def _fn(path: str, pattern: str) -> bool:
+    from fnmatch import fnmatch
+
+    return fnmatch(path, pattern)
+
+
+def _summary_line(step: int, ev: dict[str, float]) -> str:
+    keys = [k for k in ev if "loss/Stochastic" in k or k.split("eval/")[-1] == "identity_ci_error/total" or "/l0/" in k]
+    keys += [k for k in ev if k.startswith(("eval/mmcs", "eval/ml2r"))]
+    return f"step {step}: " + ", ".join(f"{k.removeprefix('eval/')}={ev[k]:.4g}" for k in keys)
+
+
+def decompose(
+    target: nn.Module,
+    target_config: ToyTargetConfig,
+    cfg: SPDConfig,
+    out_dir: Path,
+    seed: int,
+    device: torch.device | str = "cpu",
+    target_info: dict[str, Any] | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Train an SPD decomposition of `target` into out_dir; returns the summary (also in summary.json)."""
+    device = torch.device(device)
+    target = target.to(device)
+    return Decomposer(target, cfg, out_dir, seed, device, target_config, target_info, log).run()
