@@ -88,9 +88,12 @@ def _ensure_writable(out_dir: Path) -> None:
 def _assert_not_active(run: RunDir, executor: Executor, stages: list[str] | None = None) -> None:
     if not run.exists():
         return
-    status = run_status(run, executor)
+    plan = Plan.from_records(run.read_plan()["stages"])
+    views = executor.task_states(run, plan)
     active = [
-        s.name for s in status.stages if s.state in ("RUNNING", "PENDING") and (stages is None or s.name in stages)
+        name
+        for name, tasks in views.items()
+        if any(v.state in ("RUNNING", "PENDING") for v in tasks.values()) and (stages is None or name in stages)
     ]
     if active:
         raise UserError(

@@ -89,8 +89,13 @@ def versions() -> dict[str, str]:
 
 
 def worker_env(snapshot: Path) -> dict[str, str]:
-    """Environment of a worker process: imports resolve to the snapshot first."""
+    """Environment of a local worker process: imports resolve to the snapshot first.
+
+    Workers run with `python -P`, so the working directory (often the checkout itself) is not
+    put ahead of the snapshot; it is appended last instead, for plugin modules that live there.
+    """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(snapshot), env.get("PYTHONPATH", "")) if p)
+    parts = (str(snapshot), env.get("PYTHONPATH", ""), os.getcwd())
+    env["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env

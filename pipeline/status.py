@@ -92,6 +92,13 @@ def _elapsed(run: RunDir, stage: str) -> float | None:
     return round(sum(seconds), 3) if seconds else None
 
 
+def _stage_elapsed(executor: Executor, run: RunDir, stage: str) -> float | None:
+    """Run time as the executor knows it (optional method `elapsed`; SLURM: sacct), else 'exit' records."""
+    known = getattr(executor, "elapsed", None)
+    value = known(run, stage) if known is not None else None
+    return value if value is not None else _elapsed(run, stage)
+
+
 def _state(
     run: RunDir, name: str, failed: list[str], views: dict[str, TaskView], upstream_bad: list[str]
 ) -> tuple[str, str | None]:
@@ -138,7 +145,7 @@ def run_status(run: RunDir, executor: Executor) -> RunStatus:
             tasks=counts,
             job_ids=executor.job_ids(run, name),
             log_dir=str(run.logs_dir(name)),
-            elapsed_s=_elapsed(run, name),
+            elapsed_s=_stage_elapsed(executor, run, name),
         )
         if run.is_done(name, planned.key):
             status.state = "CACHED" if name in cached else "COMPLETED"

@@ -205,7 +205,7 @@ class LocalDriver:
         log.write(f"=== {now_iso()} local task {stage}:{label} ===\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            [sys.executable, "-m", WORKER_MODULE, task.to_json()],
+            [sys.executable, "-P", "-m", WORKER_MODULE, task.to_json()],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
