@@ -97,3 +97,15 @@ def test_atomic_json_and_jsonl(tmp_path: Path) -> None:
     with open(log, "a") as f:
         f.write('{"n": 2')  # a torn last line from a crash
     assert read_jsonl(log) == [{"n": 1}]
+
+
+def test_worker_env_puts_snapshot_first_and_limits_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.snapshot import worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/some/where")
+    env = worker_env(tmp_path / "snap", threads=0)
+    assert env["PYTHONPATH"].split(":")[:2] == [str(tmp_path / "snap"), "/some/where"]
+    assert env["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert worker_env(tmp_path / "snap", threads=2)["OMP_NUM_THREADS"] == "7"

@@ -209,7 +209,7 @@ class LocalDriver:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=worker_env(self.snapshot),
+            env=worker_env(self.snapshot, (os.cpu_count() or 1) // self.parallelism),
             start_new_session=True,
         )
         atomic_write_json(

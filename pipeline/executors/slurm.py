@@ -159,10 +159,15 @@ def worker_setup(snapshot: Path, submit_dir: Path) -> list[str]:
 
     The caller's PYTHONPATH (exported by sbatch with the rest of the environment, as are API
     keys) comes after the snapshot, and the submit directory last, where `python -m` would
-    have put it first.
+    have put it first. OpenMP threads follow the allocation.
     """
     snap, cwd = shlex.quote(str(snapshot)), shlex.quote(str(submit_dir))
-    return [f"export PYTHONPATH={snap}${{PYTHONPATH:+:$PYTHONPATH}}:{cwd}"]
+    return [
+        f"export PYTHONPATH={snap}${{PYTHONPATH:+:$PYTHONPATH}}:{cwd}",
+        # One OpenMP thread per allocated CPU (SLURM does not set it): torch would start one per
+        # core of the node and spin against other jobs' threads (see snapshot.worker_env).
+        "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}",
+    ]
 
 
 def python_command() -> str:
