@@ -2,6 +2,15 @@
 
 Thin: validates the config, then calls spd.targets / spd.train. Its output directory is a
 decomposition checkpoint that later stages load with `spd.models.load_decomposition(out_dir)`.
+
+Targets: `tms` (toy, trained and feature-checked here), `tiny_lm` (build the story corpus, train the tiny
+LM, decompose its MLP projections on corpus windows), `checkpoint` (a saved target directory: toy or
+tiny LM; an LM needs its corpus, by default the one recorded in its target_config.json).
+
+Out directory (spd/models/checkpoint.py has the details):
+    config.json, model_<step>.pth, metrics.jsonl, summary.json
+    target/    target_config.json + target.pt (+ tokenizer.json for LMs)
+    corpus/    LM targets only: the corpus, so harvest finds model + tokenizer + data from out/ alone
 """
 
 from __future__ import annotations
@@ -13,9 +22,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from spd.data.corpus import Corpus
+from spd.data.io import atomic_directory
+from spd.lm.model import TinyLMConfig
 from spd.models import load_decomposition
-from spd.models.checkpoint import CONFIG_FILE, TARGET_DIR, latest_model_file
-from spd.targets import TMSTargetConfig, load_target, train_target
+from spd.models.checkpoint import CONFIG_FILE, CORPUS_DIR, TARGET_DIR, latest_model_file
+from spd.targets import TMSTargetConfig, load_target, load_target_record, train_target
+from spd.targets.lm import LMData, LMDataConfig, TinyLMTargetSpec, prepare_tiny_lm
 from spd.train import SPDConfig, decompose
 from spd.utils import resolve_device
 from stages.base import StageConfig, StageContext, StageSpec
@@ -28,9 +41,13 @@ class TargetCheckpointConfig(BaseModel):
 
     kind: Literal["checkpoint"] = "checkpoint"
     path: Path = Field(description="Directory holding target_config.json and target.pt.")
+    corpus: Path | None = Field(
+        None, description="LM targets: corpus directory; None = the corpus recorded in the target's training info."
+    )
+    data: LMDataConfig = Field(default_factory=LMDataConfig, description="LM targets: SPD batches from the corpus.")
 
 
-TargetConfig = Annotated[TMSTargetConfig | TargetCheckpointConfig, Field(discriminator="kind")]
+TargetConfig = Annotated[TMSTargetConfig | TinyLMTargetSpec | TargetCheckpointConfig, Field(discriminator="kind")]
 
 
 class DecomposeConfig(StageConfig):
@@ -68,7 +85,26 @@ def _reuse(path: Path, out_dir: Path) -> None:
     files += [run_dir / n for n in ("metrics.jsonl", "summary.json") if (run_dir / n).is_file()]
     for f in files:
         _copy_atomic(f, out_dir / f.relative_to(run_dir))
+    if (run_dir / CORPUS_DIR).is_dir():
+        _copy_corpus(run_dir / CORPUS_DIR, out_dir / CORPUS_DIR)
     print(f"reused decomposition {run_dir} ({model_file.name})")
+
+
+def _copy_corpus(src: Path, dst: Path) -> None:
+    """Copy a corpus directory as a whole (temp directory + rename)."""
+    if dst.exists() and (dst / "manifest.json").read_bytes() == (src / "manifest.json").read_bytes():
+        return
+    with atomic_directory(dst, overwrite=True) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+
+def _lm_kwargs(corpus: Corpus, lm_config: TinyLMConfig, data: LMDataConfig, tokenizer: Path) -> dict:
+    seq_len = data.seq_len or lm_config.n_ctx
+    return {
+        "data": LMData(corpus, seq_len, data),
+        "tokenizer": tokenizer,
+        "extra_run_config": {"corpus_dir": CORPUS_DIR},
+    }
 
 
 def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
@@ -78,13 +114,30 @@ def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
         _reuse(Path(config.from_checkpoint), out_dir)
         return
     device = resolve_device(config.device)
+    extra: dict = {}
     if isinstance(config.target, TargetCheckpointConfig):
-        target, target_config = load_target(config.target.path, device)
-        info = {"source": str(config.target.path)}
+        path = Path(config.target.path)
+        target, target_config = load_target(path, device)
+        record = load_target_record(path)
+        info = {"source": str(path), "source_info": record.get("info", {})}
+        if isinstance(target_config, TinyLMConfig):
+            src = config.target.corpus or record.get("info", {}).get("corpus_path")
+            if src is None or not Path(src).is_dir():
+                raise FileNotFoundError(
+                    f"LM target {path} needs its corpus: set target.corpus (recorded path {src!r} is missing)"
+                )
+            _copy_corpus(Path(src), out_dir / CORPUS_DIR)
+            tok = path / record["info"].get("tokenizer_path", "tokenizer.json")
+            extra = _lm_kwargs(Corpus(out_dir / CORPUS_DIR), target_config, config.target.data, tok)
+    elif isinstance(config.target, TinyLMTargetSpec):
+        target, target_config, info, corpus = prepare_tiny_lm(config.target, out_dir)
+        extra = _lm_kwargs(corpus, target_config, config.target.data, corpus.tokenizer_path)
     else:
         target_config = config.target
         target, info = train_target(target_config, device)
-    summary = decompose(target, target_config, config.spd, out_dir, seed=ctx.seed, device=device, target_info=info)
+    summary = decompose(
+        target, target_config, config.spd, out_dir, seed=ctx.seed, device=device, target_info=info, **extra
+    )
     print(f"decomposition done: {summary['steps']} steps in {summary['train_s']}s ({summary['steps_per_s']} steps/s)")
 
 

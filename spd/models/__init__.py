@@ -1,6 +1,6 @@
 """SPD models: rank-one components, CI functions, hard sigmoids, masks and the component wrapper."""
 
-from spd.models.checkpoint import load_decomposition
+from spd.models.checkpoint import decomposition_tokenizer_path, load_decomposition, load_decomposition_corpus
 from spd.models.component_model import CIOutputs, ComponentModel, build_component_model, expand_module_patterns
 from spd.models.components import EmbeddingComponents, LinearComponents
 from spd.models.identity import insert_identity_operations
@@ -14,9 +14,11 @@ __all__ = [
     "LinearComponents",
     "MaskInfo",
     "build_component_model",
+    "decomposition_tokenizer_path",
     "expand_module_patterns",
     "insert_identity_operations",
     "load_decomposition",
+    "load_decomposition_corpus",
     "lower_leaky_hard_sigmoid",
     "upper_leaky_hard_sigmoid",
 ]

@@ -1,10 +1,18 @@
 """Decomposition checkpoints: a directory loaded back with one call, `load_decomposition(path)`.
 
 Layout (every file written atomically):
-    config.json         run config: SPD hyper-parameters, seed, device, module_to_c, tied weights, target ref
-    target/             target_config.json + target.pt (the checkpoint is self-contained)
+    config.json         run config: SPD hyper-parameters, seed, device, module_to_c, tied weights, target ref,
+                        `data` (how batches were made: {"kind": "toy"} or {"kind": "lm", "seq_len",
+                        "dataset_seed", "train_split", "eval_split"}) and, for LMs, `corpus_dir` ("corpus")
+    target/             target_config.json + target.pt (the checkpoint is self-contained);
+                        LM targets (kind tiny_lm) also hold tokenizer.json
+    corpus/             LM decompositions only: the story corpus the LM was trained and decomposed on
+                        (spd/data/corpus.py layout: manifest, tokenizer, documents, occurrences, token streams)
     model_<step>.pth    ComponentModel state dict (target_model.*, _components.*, ci_fn._ci_fns.*)
     metrics.jsonl       one JSON object per logged step;  summary.json  final metrics
+
+Later stages (harvest, attributions) need only the directory: `load_decomposition(d)` (model),
+`decomposition_tokenizer_path(d)` and `load_decomposition_corpus(d)` (data), `config["data"]` (windows).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from spd.utils import atomic_torch_save, atomic_write_json
 
 CONFIG_FILE = "config.json"
 TARGET_DIR = "target"
+CORPUS_DIR = "corpus"
 _MODEL_RE = re.compile(r"^model_(\d+)\.pth$")
 
 
@@ -71,3 +80,28 @@ def load_decomposition(path: str | Path, device: str | torch.device = "cpu") -> 
     model.to(device).eval().requires_grad_(False)
     model.run_config = config
     return model
+
+
+def _run_dir(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
+def decomposition_tokenizer_path(path: str | Path) -> Path:
+    """tokenizer.json of an LM decomposition's target (FileNotFoundError for toy targets)."""
+    tok = _run_dir(path) / TARGET_DIR / "tokenizer.json"
+    if not tok.is_file():
+        raise FileNotFoundError(f"{_run_dir(path)} has no target tokenizer (not an LM decomposition?)")
+    return tok
+
+
+def load_decomposition_corpus(path: str | Path):
+    """The corpus an LM decomposition was trained on (spd.data.Corpus), from <run_dir>/corpus."""
+    from spd.data.corpus import Corpus
+
+    run_dir = _run_dir(path)
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    corpus_dir = config.get("corpus_dir")
+    if corpus_dir is None:
+        raise FileNotFoundError(f"{run_dir} records no corpus (not an LM decomposition?)")
+    return Corpus(run_dir / corpus_dir)

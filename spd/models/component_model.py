@@ -132,7 +132,12 @@ class ComponentModel(nn.Module):
     # --- forward ------------------------------------------------------------------------------------
 
     @contextmanager
-    def _hooks(self, mask_infos: dict[str, MaskInfo] | None, cache: dict[str, Tensor] | None) -> Iterator[None]:
+    def _hooks(
+        self,
+        mask_infos: dict[str, MaskInfo] | None,
+        cache: dict[str, Tensor] | None,
+        out_cache: dict[str, Tensor] | None = None,
+    ) -> Iterator[None]:
         handles = []
 
         def make_hook(path: str, info: MaskInfo | None):
@@ -143,10 +148,14 @@ class ComponentModel(nn.Module):
                 if cache is not None:
                     cache[path] = x
                 if info is None:
+                    if out_cache is not None:
+                        out_cache[path] = output
                     return None
                 out = comp(x, info.mask, info.delta, info.delta_mask)
                 if isinstance(info.routing, Tensor):
                     out = torch.where(info.routing.unsqueeze(-1), out, output)
+                if out_cache is not None:
+                    out_cache[path] = out
                 return out
 
             return hook
@@ -154,7 +163,7 @@ class ComponentModel(nn.Module):
         try:
             for path in self.target_module_paths:
                 info = mask_infos.get(path) if mask_infos else None
-                if info is None and cache is None:
+                if info is None and cache is None and out_cache is None:
                     continue
                 module = self.target_model.get_submodule(path)
                 handles.append(module.register_forward_hook(make_hook(path, info)))
@@ -169,6 +178,15 @@ class ComponentModel(nn.Module):
             return self.target_model(x)
         with self._hooks(mask_infos, None):
             return self.target_model(x)
+
+    def forward_with_outputs(
+        self, x: Tensor, mask_infos: dict[str, MaskInfo] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward (masked where `mask_infos` says) that also returns every decomposed module's final output."""
+        out_cache: dict[str, Tensor] = {}
+        with self._hooks(mask_infos, None, out_cache):
+            out = self.target_model(x)
+        return out, out_cache
 
     def forward_with_inputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Unmasked target forward that also returns each decomposed module's input (pre-weight acts)."""

@@ -1,33 +1,44 @@
-"""Toy target models, their trainers and a tiny on-disk format (target_config.json + target.pt)."""
+"""Target models, their trainers and one on-disk format (target_config.json + target.pt [+ tokenizer.json]).
+
+Kinds: `tms` (toy, spd/targets/tms.py) and `tiny_lm` (the story-corpus LM, spd/lm; its checkpoint directory
+written by spd.lm.save_lm has the same layout plus tokenizer.json). `load_target` dispatches on `kind`.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Annotated
 
 import torch
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 from torch import nn
 
+from spd.lm.model import TinyLM, TinyLMConfig
 from spd.targets.tms import DegenerateTargetError, TMSModel, TMSTargetConfig, feature_check, train_tms
 from spd.utils import atomic_torch_save, atomic_write_json
 
-# A discriminated union on `kind` once more toy families (resid_mlp) exist; TMS only for now.
 ToyTargetConfig = TMSTargetConfig
-_ADAPTER = TypeAdapter(ToyTargetConfig)
+# Every saved target's config: a discriminated union on `kind`.
+TargetModelConfig = Annotated[TMSTargetConfig | TinyLMConfig, Field(discriminator="kind")]
+_ADAPTER = TypeAdapter(TargetModelConfig)
 
 TARGET_CONFIG_FILE = "target_config.json"
 TARGET_STATE_FILE = "target.pt"
+TOKENIZER_FILE = "tokenizer.json"
 
 
-def parse_target_config(data: dict) -> ToyTargetConfig:
+def parse_target_config(data: dict) -> TargetModelConfig:
     return _ADAPTER.validate_python(data)
 
 
-def build_target(config: ToyTargetConfig) -> nn.Module:
+def build_target(config: TargetModelConfig) -> nn.Module:
     """An untrained target of the configured kind (weights come from training or a state dict)."""
     if isinstance(config, TMSTargetConfig):
         return TMSModel(config)
+    if isinstance(config, TinyLMConfig):
+        return TinyLM(config)
     raise ValueError(f"unknown target config {type(config).__name__}")
 
 
@@ -38,19 +49,37 @@ def train_target(config: ToyTargetConfig, device: torch.device | str = "cpu", lo
     raise ValueError(f"unknown target config {type(config).__name__}")
 
 
-def save_target(model: nn.Module, config: ToyTargetConfig, out_dir: Path, info: dict | None = None) -> None:
-    """Write target_config.json (+ training info) and target.pt, each atomically."""
+def save_target(
+    model: nn.Module,
+    config: TargetModelConfig,
+    out_dir: Path,
+    info: dict | None = None,
+    tokenizer: Path | None = None,
+) -> None:
+    """Write target.pt, tokenizer.json (LMs: a copy of `tokenizer`) and target_config.json last, each atomically."""
     out_dir = Path(out_dir)
+    info = dict(info or {})
     atomic_torch_save(out_dir / TARGET_STATE_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    atomic_write_json(out_dir / TARGET_CONFIG_FILE, {"config": config.model_dump(mode="json"), "info": info or {}})
+    if tokenizer is not None:
+        tmp = out_dir / f".{TOKENIZER_FILE}.tmp"
+        shutil.copyfile(tokenizer, tmp)
+        tmp.replace(out_dir / TOKENIZER_FILE)
+        info["tokenizer_path"] = TOKENIZER_FILE
+    atomic_write_json(out_dir / TARGET_CONFIG_FILE, {"config": config.model_dump(mode="json"), "info": info})
 
 
-def load_target(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ToyTargetConfig]:
-    """Rebuild a saved target (frozen, eval mode) from its directory."""
+def load_target_record(path: Path) -> dict:
+    """The raw target_config.json of a saved target: {"config": ..., "info": ...}."""
     path = Path(path)
     if not (path / TARGET_CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a target checkpoint: {TARGET_CONFIG_FILE} missing")
-    config = parse_target_config(json.loads((path / TARGET_CONFIG_FILE).read_text())["config"])
+    return json.loads((path / TARGET_CONFIG_FILE).read_text())
+
+
+def load_target(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, TargetModelConfig]:
+    """Rebuild a saved target (frozen, eval mode) from its directory."""
+    path = Path(path)
+    config = parse_target_config(load_target_record(path)["config"])
     model = build_target(config)
     model.load_state_dict(torch.load(path / TARGET_STATE_FILE, map_location="cpu", weights_only=True))
     model.to(device).eval().requires_grad_(False)
@@ -61,10 +90,14 @@ __all__ = [
     "DegenerateTargetError",
     "TMSModel",
     "TMSTargetConfig",
+    "TargetModelConfig",
+    "TinyLM",
+    "TinyLMConfig",
     "ToyTargetConfig",
     "build_target",
     "feature_check",
     "load_target",
+    "load_target_record",
     "parse_target_config",
     "save_target",
     "train_target",

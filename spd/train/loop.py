@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spd.lm.model import TinyLM
 from spd.losses import (
     ci_masked_recon_loss,
     faithfulness_loss,
@@ -28,9 +29,11 @@ from spd.losses.importance_minimality import annealed_p
 from spd.models.checkpoint import TARGET_DIR, save_model_state, save_run_config
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.models.identity import insert_identity_operations
-from spd.targets import ToyTargetConfig, save_target
+from spd.targets import TargetModelConfig, save_target
+from spd.targets.lm import LMData, ToyData, tiny_lm_module_info
 from spd.train import metrics as M
 from spd.train.config import ImportanceMinimalityLossConfig, SPDConfig
+from spd.train.lm_metrics import add_ce_unrecovered, ce_and_kl
 from spd.train.schedules import coeff_warmup_factor, scheduled_value
 from spd.utils import atomic_write_json, set_seed
 
@@ -104,20 +107,26 @@ class Decomposer:
         out_dir: Path,
         seed: int,
         device: torch.device,
-        target_config: ToyTargetConfig,
+        target_config: TargetModelConfig,
         target_info: dict[str, Any] | None = None,
         log: Log = print,
+        data: LMData | ToyData | None = None,
+        tokenizer: Path | None = None,
+        extra_run_config: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.out_dir, self.seed, self.device, self.log = cfg, Path(out_dir), seed, device, log
+        self.data = data if data is not None else ToyData(target, device)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         set_seed(seed)
-        save_target(target, target_config, self.out_dir / TARGET_DIR, target_info)
+        save_target(target, target_config, self.out_dir / TARGET_DIR, target_info, tokenizer=tokenizer)
         target.eval().requires_grad_(False)
         identity_paths = insert_identity_operations(target, [s.module_pattern for s in cfg.identity_module_info])
         if cfg.module_info is not None:
             module_info = [(s.module_pattern, s.C) for s in cfg.module_info]
         elif hasattr(target, "default_module_info"):
             module_info = target.default_module_info(cfg.default_C)
+        elif isinstance(target, TinyLM):
+            module_info = tiny_lm_module_info(target, cfg.default_C)
         else:
             raise ValueError("module_info is required for targets without default_module_info()")
         id_cs = {f"{s.module_pattern}.pre_identity": s.C for s in cfg.identity_module_info}
@@ -143,6 +152,8 @@ class Decomposer:
             "tied_weights": [list(t) for t in tied],
             "target": target_config.model_dump(mode="json"),
             "target_info": target_info or {},
+            "data": self.data.describe(),
+            **(extra_run_config or {}),
         }
         save_run_config(self.run_config, self.out_dir)
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -151,7 +162,7 @@ class Decomposer:
     # --- helpers -----------------------------------------------------------------------------------
 
     def sample(self, batch_size: int) -> Tensor:
-        return self.target.sample_batch(batch_size, self.device)
+        return self.data.train_batch(batch_size)
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
@@ -188,7 +199,7 @@ class Decomposer:
         sums: dict[str, float] = {}
         deltas = model.deltas()
         for _ in range(cfg.n_eval_steps):
-            batch = self.sample(bs)
+            batch = self.data.eval_batch(bs)
             target_out, acts = model.forward_with_inputs(batch)
             ci = model.causal_importances(acts, cfg.sampling)
             losses = compute_losses(
@@ -196,11 +207,21 @@ class Decomposer:
             )
             for k, v in losses.items():
                 sums[f"eval/loss/{k}"] = sums.get(f"eval/loss/{k}", 0.0) + float(v)
-            for k, v in M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold).items():
+            l0 = M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold)
+            l0["mean"] = sum(l0.values()) / len(l0)
+            for k, v in l0.items():
                 sums[f"eval/l0/{cfg.ci_alive_threshold}_{k}"] = (
                     sums.get(f"eval/l0/{cfg.ci_alive_threshold}_{k}", 0.0) + v
                 )
+            if self.data.is_lm:
+                lm = ce_and_kl(
+                    model, batch, target_out, ci.lower_leaky, deltas if cfg.use_delta_component else None, cfg.sampling
+                )
+                for k, v in lm.items():
+                    sums[f"eval/lm/{k}"] = sums.get(f"eval/lm/{k}", 0.0) + v
         out = {k: v / cfg.n_eval_steps for k, v in sums.items()}
+        if self.data.is_lm:
+            add_ce_unrecovered(out, prefix="eval/lm/")
         if slow:
             out.update(self.slow_metrics())
         return out
@@ -312,20 +333,34 @@ def _fn(path: str, pattern: str) -> bool:
 def _summary_line(step: int, ev: dict[str, float]) -> str:
     keys = [k for k in ev if "loss/Stochastic" in k or k.split("eval/")[-1] == "identity_ci_error/total" or "/l0/" in k]
     keys += [k for k in ev if k.startswith(("eval/mmcs", "eval/ml2r"))]
+    keys += [f"eval/lm/{k}" for k in ("ce_target", "ce_stoch_masked", "kl_stoch_masked", "kl_ci_masked")]
+    keys += ["eval/loss/FaithfulnessLoss"]
+    keys = [k for k in dict.fromkeys(keys) if k in ev]
     return f"step {step}: " + ", ".join(f"{k.removeprefix('eval/')}={ev[k]:.4g}" for k in keys)
 
 
 def decompose(
     target: nn.Module,
-    target_config: ToyTargetConfig,
+    target_config: TargetModelConfig,
     cfg: SPDConfig,
     out_dir: Path,
     seed: int,
     device: torch.device | str = "cpu",
     target_info: dict[str, Any] | None = None,
     log: Log = print,
+    data: LMData | ToyData | None = None,
+    tokenizer: Path | None = None,
+    extra_run_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train an SPD decomposition of `target` into out_dir; returns the summary (also in summary.json)."""
+    """Train an SPD decomposition of `target` into out_dir; returns the summary (also in summary.json).
+
+    Toy targets generate their own batches; LMs need `data` (LMData) and should pass their `tokenizer` so
+    the checkpoint's target/ directory is self-contained.
+    """
     device = torch.device(device)
     target = target.to(device)
-    return Decomposer(target, cfg, out_dir, seed, device, target_config, target_info, log).run()
+    if isinstance(data, LMData):
+        data.device = device
+    return Decomposer(
+        target, cfg, out_dir, seed, device, target_config, target_info, log, data, tokenizer, extra_run_config
+    ).run()

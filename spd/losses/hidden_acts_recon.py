@@ -1,0 +1,59 @@
+"""Hidden-activation reconstruction (reference spec 5.4): MSE between every decomposed module's output in a
+masked forward and in the target forward.
+
+All modules are masked at once, so upstream errors propagate (module l + 1 sees the component output of l).
+Loss = Σ_l Σ (out_l - target_out_l)² / Σ_l numel. Variants differ only in the masks: stochastic
+(g + (1 - g) u, δ included), CI (m = g, no δ) and PGD / persistent PGD (g + (1 - g) s from adversarial
+sources; build the mask infos with spd.losses.persistent_pgd and pass them to `hidden_acts_recon`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from spd.models import masks as mask_lib
+from spd.models.component_model import ComponentModel
+from spd.models.masks import MaskInfo
+
+
+def hidden_acts_recon(
+    model: ComponentModel,
+    batch: Tensor,
+    mask_infos: dict[str, MaskInfo],
+    target_outputs: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """(pooled MSE over all modules, per-module MSE) of the masked forward's module outputs."""
+    if target_outputs is None:
+        with torch.no_grad():
+            _, target_outputs = model.forward_with_outputs(batch)
+    _, outputs = model.forward_with_outputs(batch, mask_infos)
+    total, count, per_module = 0.0, 0, {}
+    for path in mask_infos:
+        sq = ((outputs[path] - target_outputs[path]) ** 2).sum()
+        total, count = total + sq, count + target_outputs[path].numel()
+        per_module[path] = float(sq.detach()) / target_outputs[path].numel()
+    return total / count, per_module
+
+
+def stochastic_hidden_acts_recon_loss(
+    model: ComponentModel,
+    batch: Tensor,
+    ci: dict[str, Tensor],
+    deltas: dict[str, Tensor] | None,
+    n_mask_samples: int = 1,
+    sampling: mask_lib.Sampling = "continuous",
+) -> Tensor:
+    """Mean over mask samples of the hidden-activation MSE with stochastic masks (δ included when given)."""
+    with torch.no_grad():
+        _, target_outputs = model.forward_with_outputs(batch)
+    losses = [
+        hidden_acts_recon(model, batch, mask_lib.stochastic_mask_infos(ci, sampling, deltas), target_outputs)[0]
+        for _ in range(n_mask_samples)
+    ]
+    return sum(losses) / n_mask_samples
+
+
+def ci_hidden_acts_recon_loss(model: ComponentModel, batch: Tensor, ci: dict[str, Tensor]) -> Tensor:
+    """Hidden-activation MSE with masks m = g and no δ."""
+    return hidden_acts_recon(model, batch, mask_lib.ci_mask_infos(ci))[0]

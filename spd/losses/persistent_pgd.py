@@ -1,0 +1,192 @@
+"""Persistent PGD reconstruction (reference spec 7): adversarial sources that persist across training steps.
+
+Sources s ∈ [0, 1] (last entry = the δ mask when the delta component is on) give masks g + (1 - g) s[..., :C]
+and δ mask s[..., C]. Each training step the caller computes the PPGD loss, takes the sources' gradient
+(`torch.autograd.grad(loss, state.sources(), retain_graph=True)`) BEFORE the total backward, then
+`state.update(grads, step, total_steps)` AFTER it: one ascent step per training step, with its own lr
+schedule, sources clamped back into [0, 1].
+
+Scopes (source leading shape for batch dims (B, T)):
+    single_mask              (1, 1, C')   one source for every position
+    broadcast_across_batch   (1, T, C')   one per sequence position
+    repeat_across_batch      (n, T, C')   n_sources, tiled along the batch (row b uses source b mod n)
+    per_batch_per_position   (B, T, C')   one per token
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from spd.losses.divergence import OutputLossType, divergence_sum_and_count
+from spd.models.component_model import ComponentModel
+from spd.models.masks import MaskInfo
+from spd.models.routing import uniform_k_subset_routing
+from spd.train.config import ScheduleConfig
+from spd.train.schedules import scheduled_value
+
+ScopeType = Literal["single_mask", "broadcast_across_batch", "repeat_across_batch", "per_batch_per_position"]
+
+
+class PPGDScope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: ScopeType = "single_mask"
+    n_sources: int | None = Field(None, ge=1, description="repeat_across_batch only: sources tiled along the batch.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PPGDScope:
+        if (self.type == "repeat_across_batch") != (self.n_sources is not None):
+            raise ValueError("n_sources is required for repeat_across_batch and only allowed there")
+        return self
+
+
+class PPGDOptimizer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["sign", "adam"] = "adam"
+    lr_schedule: ScheduleConfig = Field(
+        default_factory=lambda: ScheduleConfig(start_val=0.1, fn_type="constant", final_val_frac=1.0)
+    )
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+class PersistentPGDConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: PPGDScope = Field(default_factory=PPGDScope)
+    optimizer: PPGDOptimizer = Field(default_factory=PPGDOptimizer)
+    n_warmup_steps: int = Field(0, ge=0, description="Extra inner ascent steps on the current batch.")
+
+
+def source_shape(scope: PPGDScope, batch_dims: tuple[int, ...], width: int) -> tuple[int, ...]:
+    """Leading shape of one module's sources for a scope (see the module docstring)."""
+    ones = (1,) * len(batch_dims)
+    if scope.type == "single_mask":
+        return (*ones, width)
+    if scope.type == "broadcast_across_batch":
+        return (1, *batch_dims[1:], width)
+    if scope.type == "repeat_across_batch":
+        if batch_dims[0] % scope.n_sources:
+            raise ValueError(f"n_sources={scope.n_sources} must divide the batch size {batch_dims[0]}")
+        return (scope.n_sources, *batch_dims[1:], width)
+    return (*batch_dims, width)
+
+
+class PersistentPGDState:
+    """The persistent sources of every decomposed module and their optimizer state."""
+
+    def __init__(
+        self,
+        module_to_c: dict[str, int],
+        batch_dims: tuple[int, ...],
+        config: PersistentPGDConfig,
+        use_delta_component: bool = True,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config, self.batch_dims, self.use_delta = config, tuple(batch_dims), use_delta_component
+        self.sources_by_module: dict[str, Tensor] = {}
+        for path, C in module_to_c.items():
+            shape = source_shape(config.scope, self.batch_dims, C + int(use_delta_component))
+            self.sources_by_module[path] = torch.rand(shape, device=device).requires_grad_(True)
+        self._m = {p: torch.zeros_like(s) for p, s in self.sources_by_module.items()}
+        self._v = {p: torch.zeros_like(s) for p, s in self.sources_by_module.items()}
+        self._t = 0
+
+    def sources(self) -> list[Tensor]:
+        return list(self.sources_by_module.values())
+
+    def expanded(self, path: str) -> Tensor:
+        """Sources broadcast to (*batch_dims, C'): repeat_across_batch tiles along the batch."""
+        s = self.sources_by_module[path]
+        if self.config.scope.type == "repeat_across_batch":
+            s = s.repeat(self.batch_dims[0] // s.shape[0], *([1] * (s.dim() - 1)))
+        return s.expand(*self.batch_dims, s.shape[-1])
+
+    def mask_infos(
+        self,
+        ci: dict[str, Tensor],
+        deltas: dict[str, Tensor] | None,
+        routing: dict[str, Tensor] | None = None,
+    ) -> dict[str, MaskInfo]:
+        """m = g + (1 - g) s[..., :C]; δ mask s[..., C] (when the delta component is on and deltas are given)."""
+        infos = {}
+        for path, g in ci.items():
+            s = self.expanded(path)
+            C = g.shape[-1]
+            delta = deltas[path] if (deltas is not None and self.use_delta) else None
+            infos[path] = MaskInfo(
+                mask=g + (1 - g) * s[..., :C],
+                routing=routing[path] if routing is not None else "all",
+                delta=delta,
+                delta_mask=s[..., C] if delta is not None else None,
+            )
+        return infos
+
+    def lr(self, step: int, total_steps: int) -> float:
+        return scheduled_value(step, total_steps, self.config.optimizer.lr_schedule)
+
+    @torch.no_grad()
+    def update(self, grads: list[Tensor] | dict[str, Tensor], step: int, total_steps: int) -> None:
+        """One ascent step on every module's sources, then clamp to [0, 1]."""
+        if not isinstance(grads, dict):
+            grads = dict(zip(self.sources_by_module, grads, strict=True))
+        opt, lr = self.config.optimizer, self.lr(step, total_steps)
+        self._t += 1
+        for path, s in self.sources_by_module.items():
+            g = grads[path]
+            if opt.type == "sign":
+                s.add_(lr * g.sign())
+            else:
+                m, v = self._m[path], self._v[path]
+                m.mul_(opt.beta1).add_((1 - opt.beta1) * g)
+                v.mul_(opt.beta2).add_((1 - opt.beta2) * g * g)
+                m_hat = m / (1 - opt.beta1**self._t)
+                v_hat = v / (1 - opt.beta2**self._t)
+                s.add_(lr * m_hat / (v_hat.sqrt() + opt.eps))
+            s.clamp_(0.0, 1.0)
+
+
+def ppgd_recon_loss(
+    model: ComponentModel,
+    batch: Tensor,
+    target_out: Tensor,
+    ci: dict[str, Tensor],
+    deltas: dict[str, Tensor] | None,
+    state: PersistentPGDState,
+    routing: Literal["all", "uniform_k_subset"] = "all",
+    output_loss_type: OutputLossType = "mse",
+) -> Tensor:
+    """Output divergence with the persistent adversarial masks; `uniform_k_subset` routes a random subset of
+    modules per position (unrouted positions keep the target output: zero loss, but counted)."""
+    routes = None
+    if routing == "uniform_k_subset":
+        leading = next(iter(ci.values())).shape[:-1]
+        routes = uniform_k_subset_routing(list(ci), tuple(leading), batch.device)
+    s, n = divergence_sum_and_count(model(batch, state.mask_infos(ci, deltas, routes)), target_out, output_loss_type)
+    return s / n
+
+
+def ppgd_warmup(
+    model: ComponentModel,
+    batch: Tensor,
+    target_out: Tensor,
+    ci: dict[str, Tensor],
+    deltas: dict[str, Tensor] | None,
+    state: PersistentPGDState,
+    step: int,
+    total_steps: int,
+    routing: Literal["all", "uniform_k_subset"] = "all",
+    output_loss_type: OutputLossType = "mse",
+) -> None:
+    """`n_warmup_steps` inner ascent steps on the current batch (CIs and deltas held fixed)."""
+    ci_d = {k: v.detach() for k, v in ci.items()}
+    deltas_d = {k: v.detach() for k, v in deltas.items()} if deltas is not None else None
+    for _ in range(state.config.n_warmup_steps):
+        loss = ppgd_recon_loss(model, batch, target_out, ci_d, deltas_d, state, routing, output_loss_type)
+        state.update(torch.autograd.grad(loss, state.sources()), step, total_steps)
