@@ -4,7 +4,9 @@ Thin: validates the config, then calls spd.targets / spd.train. Its output direc
 decomposition checkpoint that later stages load with `spd.models.load_decomposition(out_dir)`.
 
 Targets: `tms` (toy, trained and feature-checked here), `tiny_lm` (build the story corpus, train the tiny
-LM, decompose its MLP projections on corpus windows), `checkpoint` (a saved target directory: toy or
+LM, decompose its MLP projections on corpus windows), `hf_causal_lm` (a Hugging Face causal LM on a Hugging
+Face text dataset, local or from the HF cache; `spd.module_info` names its modules, e.g.
+`transformer.h.*.mlp.c_fc`), `checkpoint` (a saved target directory: toy or
 tiny LM; an LM needs its corpus, by default the one recorded in its target_config.json).
 
 Out directory (spd/models/checkpoint.py has the details):
@@ -28,6 +30,7 @@ from spd.lm.model import TinyLMConfig
 from spd.models import load_decomposition
 from spd.models.checkpoint import CONFIG_FILE, CORPUS_DIR, TARGET_DIR, latest_model_file
 from spd.targets import TMSTargetConfig, load_target, load_target_record, train_target
+from spd.targets.hf import HFTargetSpec, prepare_hf_target
 from spd.targets.lm import LMData, LMDataConfig, TinyLMTargetSpec, prepare_tiny_lm
 from spd.train import SPDConfig, decompose
 from spd.utils import resolve_device
@@ -47,7 +50,9 @@ class TargetCheckpointConfig(BaseModel):
     data: LMDataConfig = Field(default_factory=LMDataConfig, description="LM targets: SPD batches from the corpus.")
 
 
-TargetConfig = Annotated[TMSTargetConfig | TinyLMTargetSpec | TargetCheckpointConfig, Field(discriminator="kind")]
+TargetConfig = Annotated[
+    TMSTargetConfig | TinyLMTargetSpec | HFTargetSpec | TargetCheckpointConfig, Field(discriminator="kind")
+]
 
 
 class DecomposeConfig(StageConfig):
@@ -129,6 +134,11 @@ def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
             _copy_corpus(Path(src), out_dir / CORPUS_DIR)
             tok = path / record["info"].get("tokenizer_path", "tokenizer.json")
             extra = _lm_kwargs(Corpus(out_dir / CORPUS_DIR), target_config, config.target.data, tok)
+    elif isinstance(config.target, HFTargetSpec):
+        # a model or dataset that is not here raises HFModelMissingError / HFDatasetMissingError: one message
+        # saying what to download and where to put it, with no chained library traceback
+        target, target_config, info, data, tok = prepare_hf_target(config.target, device)
+        extra = {"data": data, "tokenizer": tok}
     elif isinstance(config.target, TinyLMTargetSpec):
         target, target_config, info, corpus = prepare_tiny_lm(config.target, out_dir)
         extra = _lm_kwargs(corpus, target_config, config.target.data, corpus.tokenizer_path)

@@ -18,50 +18,30 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from spd.losses.divergence import OutputLossType, divergence_sum_and_count
 from spd.models.component_model import ComponentModel
 from spd.models.masks import MaskInfo
-from spd.models.routing import uniform_k_subset_routing
-from spd.train.config import ScheduleConfig
+from spd.models.routing import static_probability_routing, uniform_k_subset_routing
+from spd.train.config import PersistentPGDConfig, PPGDOptimizer, PPGDScope, RoutingConfig
 from spd.train.schedules import scheduled_value
 
 ScopeType = Literal["single_mask", "broadcast_across_batch", "repeat_across_batch", "per_batch_per_position"]
+Routing = Literal["all", "uniform_k_subset"] | RoutingConfig
 
 
-class PPGDScope(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: ScopeType = "single_mask"
-    n_sources: int | None = Field(None, ge=1, description="repeat_across_batch only: sources tiled along the batch.")
-
-    @model_validator(mode="after")
-    def _check(self) -> PPGDScope:
-        if (self.type == "repeat_across_batch") != (self.n_sources is not None):
-            raise ValueError("n_sources is required for repeat_across_batch and only allowed there")
-        return self
-
-
-class PPGDOptimizer(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["sign", "adam"] = "adam"
-    lr_schedule: ScheduleConfig = Field(
-        default_factory=lambda: ScheduleConfig(start_val=0.1, fn_type="constant", final_val_frac=1.0)
-    )
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-
-
-class PersistentPGDConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    scope: PPGDScope = Field(default_factory=PPGDScope)
-    optimizer: PPGDOptimizer = Field(default_factory=PPGDOptimizer)
-    n_warmup_steps: int = Field(0, ge=0, description="Extra inner ascent steps on the current batch.")
+def route(routing: Routing, ci: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """Fresh routing masks over the CI's leading dims (None = every module everywhere)."""
+    if routing == "all":
+        return None
+    if isinstance(routing, str):
+        routing = RoutingConfig(type=routing)
+    leading = tuple(next(iter(ci.values())).shape[:-1])
+    device = next(iter(ci.values())).device
+    if routing.type == "uniform_k_subset":
+        return uniform_k_subset_routing(list(ci), leading, device)
+    return static_probability_routing(list(ci), leading, routing.p, device)
 
 
 def source_shape(scope: PPGDScope, batch_dims: tuple[int, ...], width: int) -> tuple[int, ...]:
@@ -150,6 +130,7 @@ class PersistentPGDState:
                 v_hat = v / (1 - opt.beta2**self._t)
                 s.add_(lr * m_hat / (v_hat.sqrt() + opt.eps))
             s.clamp_(0.0, 1.0)
+            s.grad = None  # the total backward may have accumulated into the leaf; sources move only here
 
 
 def ppgd_recon_loss(
@@ -159,15 +140,13 @@ def ppgd_recon_loss(
     ci: dict[str, Tensor],
     deltas: dict[str, Tensor] | None,
     state: PersistentPGDState,
-    routing: Literal["all", "uniform_k_subset"] = "all",
+    routing: Routing = "all",
     output_loss_type: OutputLossType = "mse",
 ) -> Tensor:
-    """Output divergence with the persistent adversarial masks; `uniform_k_subset` routes a random subset of
-    modules per position (unrouted positions keep the target output: zero loss, but counted)."""
-    routes = None
-    if routing == "uniform_k_subset":
-        leading = next(iter(ci.values())).shape[:-1]
-        routes = uniform_k_subset_routing(list(ci), tuple(leading), batch.device)
+    """Output divergence with the persistent adversarial masks; a router (`uniform_k_subset` or a RoutingConfig)
+    replaces a random subset of modules per position (unrouted positions keep the target output: zero loss,
+    but counted)."""
+    routes = route(routing, ci)
     s, n = divergence_sum_and_count(model(batch, state.mask_infos(ci, deltas, routes)), target_out, output_loss_type)
     return s / n
 
@@ -181,7 +160,7 @@ def ppgd_warmup(
     state: PersistentPGDState,
     step: int,
     total_steps: int,
-    routing: Literal["all", "uniform_k_subset"] = "all",
+    routing: Routing = "all",
     output_loss_type: OutputLossType = "mse",
 ) -> None:
     """`n_warmup_steps` inner ascent steps on the current batch (CIs and deltas held fixed)."""
@@ -190,3 +169,15 @@ def ppgd_warmup(
     for _ in range(state.config.n_warmup_steps):
         loss = ppgd_recon_loss(model, batch, target_out, ci_d, deltas_d, state, routing, output_loss_type)
         state.update(torch.autograd.grad(loss, state.sources()), step, total_steps)
+
+
+__all__ = [
+    "PPGDOptimizer",
+    "PPGDScope",
+    "PersistentPGDConfig",
+    "PersistentPGDState",
+    "ppgd_recon_loss",
+    "ppgd_warmup",
+    "route",
+    "source_shape",
+]

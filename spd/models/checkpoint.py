@@ -67,13 +67,15 @@ def load_decomposition(path: str | Path, device: str | torch.device = "cpu") -> 
     target, _ = load_target(run_dir / TARGET_DIR)
     insert_identity_operations(target, [s["module_pattern"] for s in config["spd"]["identity_module_info"]])
     ci = config["spd"]["ci_fn"]
+    is_global = ci.get("mode", "layerwise") == "global"
     model = ComponentModel(
         target,
         config["module_to_c"],
-        ci_fn_type=ci["fn_type"],
-        ci_hidden_dims=ci["hidden_dims"],
+        ci_fn_type="mlp" if is_global else ci["fn_type"],
+        ci_hidden_dims=[] if is_global else ci["hidden_dims"],
         sigmoid_type=config["spd"]["sigmoid_type"],
         tied_weights=[tuple(t) for t in config["tied_weights"]],
+        global_ci=ci if is_global else None,
     )
     state = torch.load(model_file, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from spd.models.ci_fns import CiFnType, make_ci_fn
 from spd.models.components import Components, EmbeddingComponents, LinearComponents, tie_transposed
+from spd.models.global_ci import GlobalCiFnConfig, GlobalReverseResidualCiFn
 from spd.models.masks import MaskInfo
 from spd.models.sigmoids import SigmoidType, get_sigmoids
 
@@ -49,6 +50,23 @@ def _key(path: str) -> str:
     return path.replace(".", "-")
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's GPT-2 style Conv1D (transformers.pytorch_utils): y = x W + b with W stored (d_in, d_out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def _logits(output: Any) -> Tensor:
+    """The output tensor of a target: a tensor as is, Hugging Face outputs' .logits, a tuple's first entry."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(f"cannot find the output tensor in a {type(output).__name__}")
+
+
 class ComponentModel(nn.Module):
     """Frozen target + rank-one components per decomposed module + layerwise CI functions."""
 
@@ -60,6 +78,7 @@ class ComponentModel(nn.Module):
         ci_hidden_dims: list[int] | None = None,
         sigmoid_type: SigmoidType = "leaky_hard",
         tied_weights: list[tuple[str, str]] | None = None,
+        global_ci: GlobalCiFnConfig | dict | None = None,
     ) -> None:
         super().__init__()
         self.target_model = target
@@ -69,23 +88,39 @@ class ComponentModel(nn.Module):
         self.sigmoid_type = sigmoid_type
         self._lower, self._upper = get_sigmoids(sigmoid_type)
         hidden = list(ci_hidden_dims if ci_hidden_dims is not None else [16])
+        if isinstance(global_ci, dict):
+            global_ci = GlobalCiFnConfig.model_validate(global_ci)
+        self.global_ci_config = global_ci
         comps: dict[str, nn.Module] = {}
         ci_fns: dict[str, nn.Module] = {}
+        self._transposed: set[str] = set()  # Conv1D paths: the target weight is stored (d_in, d_out)
+        ci_input_dims: dict[str, int] = {}
         for path, C in module_to_c.items():
             module = target.get_submodule(path)
             if isinstance(module, nn.Embedding):
                 comps[_key(path)] = EmbeddingComponents(module.num_embeddings, module.embedding_dim, C)
-                ci_fns[_key(path)] = make_ci_fn(ci_fn_type, C, module.embedding_dim, hidden, is_embedding=True)
+                ci_input_dims[path] = C  # global CI fns read an embedding's component activations
+                if global_ci is None:
+                    ci_fns[_key(path)] = make_ci_fn(ci_fn_type, C, module.embedding_dim, hidden, is_embedding=True)
+                continue
+            if is_conv1d(module):
+                d_in, d_out = module.weight.shape
+                self._transposed.add(path)
             elif isinstance(getattr(module, "weight", None), Tensor) and module.weight.ndim == 2:
                 d_out, d_in = module.weight.shape
-                bias = getattr(module, "bias", None)
-                comps[_key(path)] = LinearComponents(d_in, d_out, C, bias if isinstance(bias, Tensor) else None)
-                ci_fns[_key(path)] = make_ci_fn(ci_fn_type, C, d_in, hidden)
             else:
                 raise ValueError(f"cannot decompose {path!r}: {type(module).__name__} has no 2-D weight")
+            bias = getattr(module, "bias", None)
+            comps[_key(path)] = LinearComponents(d_in, d_out, C, bias if isinstance(bias, Tensor) else None)
+            ci_input_dims[path] = d_in
+            if global_ci is None:
+                ci_fns[_key(path)] = make_ci_fn(ci_fn_type, C, d_in, hidden)
         self._components = nn.ModuleDict(comps)
         self.ci_fn = nn.Module()
-        self.ci_fn._ci_fns = nn.ModuleDict(ci_fns)
+        if global_ci is None:
+            self.ci_fn._ci_fns = nn.ModuleDict(ci_fns)
+        else:
+            self.ci_fn._global = GlobalReverseResidualCiFn(global_ci, self.module_to_c, ci_input_dims)
         self.tied_weights = list(tied_weights or [])
         for src, dst in self.tied_weights:
             tie_transposed(self.components(src), self.components(dst))
@@ -97,7 +132,8 @@ class ComponentModel(nn.Module):
 
     def target_weight(self, path: str) -> Tensor:
         """The frozen target matrix W_l (d_out x d_in for linear-like, vocab x d for embeddings)."""
-        return self.target_model.get_submodule(path).weight
+        weight = self.target_model.get_submodule(path).weight
+        return weight.T if path in self._transposed else weight
 
     def component_parameters(self) -> list[nn.Parameter]:
         return list(self._components.parameters())
@@ -116,13 +152,22 @@ class ComponentModel(nn.Module):
     ) -> CIOutputs:
         """CIs from module inputs: lower-leaky (masks), upper-leaky (penalty), logits."""
         lower, upper, pre = {}, {}, {}
+        acts = {
+            p: pre_weight_acts[p].detach() if detach_inputs else pre_weight_acts[p] for p in self.target_module_paths
+        }
+        if self.global_ci_config is not None:
+            inputs = {
+                p: self.components(p).component_acts(x) if isinstance(self.components(p), EmbeddingComponents) else x
+                for p, x in acts.items()
+            }
+            logits = self.ci_fn._global(inputs)
+        else:
+            logits = {}
+            for path, x in acts.items():
+                fn = self.ci_fn._ci_fns[_key(path)]
+                logits[path] = fn(self.components(path).component_acts(x) if fn.takes_component_acts else x)
         for path in self.target_module_paths:
-            x = pre_weight_acts[path]
-            if detach_inputs:
-                x = x.detach()
-            fn = self.ci_fn._ci_fns[_key(path)]
-            inp = self.components(path).component_acts(x) if fn.takes_component_acts else x
-            z = fn(inp)
+            z = logits[path]
             z_lo = 1.05 * z - 0.05 * torch.rand_like(z) if sampling == "binomial" else z
             lower[path] = self._lower(z_lo)
             upper[path] = self._upper(z)
@@ -175,9 +220,9 @@ class ComponentModel(nn.Module):
     def forward(self, x: Tensor, mask_infos: dict[str, MaskInfo] | None = None) -> Tensor:
         """Target output; modules in `mask_infos` are replaced by their masked components."""
         if not mask_infos:
-            return self.target_model(x)
+            return _logits(self.target_model(x))
         with self._hooks(mask_infos, None):
-            return self.target_model(x)
+            return _logits(self.target_model(x))
 
     def forward_with_outputs(
         self, x: Tensor, mask_infos: dict[str, MaskInfo] | None = None
@@ -186,14 +231,14 @@ class ComponentModel(nn.Module):
         out_cache: dict[str, Tensor] = {}
         with self._hooks(mask_infos, None, out_cache):
             out = self.target_model(x)
-        return out, out_cache
+        return _logits(out), out_cache
 
     def forward_with_inputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Unmasked target forward that also returns each decomposed module's input (pre-weight acts)."""
         cache: dict[str, Tensor] = {}
         with self._hooks(None, cache):
             out = self.target_model(x)
-        return out, cache
+        return _logits(out), cache
 
     def extra_config(self) -> dict[str, Any]:
         """What is needed to rebuild this wrapper around the same target (saved in the checkpoint)."""
@@ -201,6 +246,7 @@ class ComponentModel(nn.Module):
             "module_to_c": self.module_to_c,
             "sigmoid_type": self.sigmoid_type,
             "tied_weights": [list(t) for t in self.tied_weights],
+            "global_ci": self.global_ci_config.model_dump(mode="json") if self.global_ci_config else None,
         }
 
 
@@ -211,7 +257,8 @@ def build_component_model(
     ci_hidden_dims: list[int],
     sigmoid_type: SigmoidType = "leaky_hard",
     tied_weights: list[tuple[str, str]] | None = None,
+    global_ci: GlobalCiFnConfig | None = None,
 ) -> ComponentModel:
     """Expand patterns and build the wrapper (consumes the torch RNG: seed before calling)."""
     module_to_c = expand_module_patterns(target, module_info)
-    return ComponentModel(target, module_to_c, ci_fn_type, ci_hidden_dims, sigmoid_type, tied_weights)
+    return ComponentModel(target, module_to_c, ci_fn_type, ci_hidden_dims, sigmoid_type, tied_weights, global_ci)

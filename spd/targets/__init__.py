@@ -1,6 +1,6 @@
 """Target models, their trainers and one on-disk format (target_config.json + target.pt [+ tokenizer.json]).
 
-Kinds: `tms` (toy, spd/targets/tms.py) and `tiny_lm` (the story-corpus LM, spd/lm; its checkpoint directory
+Kinds: `tms` (toy, spd/targets/tms.py), `hf_causal_lm` (a Hugging Face causal LM, spd/targets/hf.py) and `tiny_lm` (the story-corpus LM, spd/lm; its checkpoint directory
 written by spd.lm.save_lm has the same layout plus tokenizer.json). `load_target` dispatches on `kind`.
 """
 
@@ -16,12 +16,13 @@ from pydantic import Field, TypeAdapter
 from torch import nn
 
 from spd.lm.model import TinyLM, TinyLMConfig
+from spd.targets.hf import HFCausalLMTargetConfig, build_hf_from_dir, save_hf_architecture
 from spd.targets.tms import DegenerateTargetError, TMSModel, TMSTargetConfig, feature_check, train_tms
 from spd.utils import atomic_torch_save, atomic_write_json
 
 ToyTargetConfig = TMSTargetConfig
 # Every saved target's config: a discriminated union on `kind`.
-TargetModelConfig = Annotated[TMSTargetConfig | TinyLMConfig, Field(discriminator="kind")]
+TargetModelConfig = Annotated[TMSTargetConfig | TinyLMConfig | HFCausalLMTargetConfig, Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(TargetModelConfig)
 
 TARGET_CONFIG_FILE = "target_config.json"
@@ -59,6 +60,8 @@ def save_target(
     """Write target.pt, tokenizer.json (LMs: a copy of `tokenizer`) and target_config.json last, each atomically."""
     out_dir = Path(out_dir)
     info = dict(info or {})
+    if isinstance(config, HFCausalLMTargetConfig):
+        save_hf_architecture(model, out_dir)
     atomic_torch_save(out_dir / TARGET_STATE_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     if tokenizer is not None:
         tmp = out_dir / f".{TOKENIZER_FILE}.tmp"
@@ -80,7 +83,7 @@ def load_target(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modu
     """Rebuild a saved target (frozen, eval mode) from its directory."""
     path = Path(path)
     config = parse_target_config(load_target_record(path)["config"])
-    model = build_target(config)
+    model = build_hf_from_dir(path) if isinstance(config, HFCausalLMTargetConfig) else build_target(config)
     model.load_state_dict(torch.load(path / TARGET_STATE_FILE, map_location="cpu", weights_only=True))
     model.to(device).eval().requires_grad_(False)
     return model, config
@@ -88,6 +91,7 @@ def load_target(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modu
 
 __all__ = [
     "DegenerateTargetError",
+    "HFCausalLMTargetConfig",
     "TMSModel",
     "TMSTargetConfig",
     "TargetModelConfig",

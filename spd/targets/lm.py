@@ -57,6 +57,15 @@ class LMData:
         self._streams: dict[tuple[str, int], Iterator[Batch]] = {}
         self._tokens: dict[str, Tensor] = {}
 
+    @classmethod
+    def from_tokens(
+        cls, splits: dict[str, Tensor], seq_len: int, config: LMDataConfig, device: torch.device | str = "cpu"
+    ) -> LMData:
+        """Windows from ready token streams {split: 1-D int64} (e.g. a Hugging Face dataset), no corpus."""
+        data = cls(None, seq_len, config, device)  # type: ignore[arg-type]
+        data._tokens = dict(splits)
+        return data
+
     def _next(self, split: str, batch_size: int) -> Tensor:
         key = (split, batch_size)
         if key not in self._streams:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from spd.losses.divergence import OutputLossType
 from spd.models.ci_fns import CiFnType
+from spd.models.global_ci import GlobalCiFnConfig
 from spd.models.masks import Sampling
 from spd.models.sigmoids import SigmoidType
 
@@ -29,6 +30,18 @@ class CiFnConfig(_Strict):
     mode: Literal["layerwise"] = "layerwise"
     fn_type: CiFnType = "mlp"
     hidden_dims: list[int] = Field(default_factory=lambda: [16])
+
+
+def _ci_mode(value: Any) -> str:
+    mode = value.get("mode", "layerwise") if isinstance(value, dict) else getattr(value, "mode", "layerwise")
+    return mode
+
+
+# `mode` selects the CI-function family; configs without it are layerwise (backwards compatible).
+AnyCiFnConfig = Annotated[
+    Annotated[CiFnConfig, Tag("layerwise")] | Annotated[GlobalCiFnConfig, Tag("global")],
+    Discriminator(_ci_mode),
+]
 
 
 class ScheduleConfig(_Strict):
@@ -83,13 +96,106 @@ class FaithfulnessLossConfig(_LossBase):
     classname: Literal["FaithfulnessLoss"] = "FaithfulnessLoss"
 
 
+# --- persistent PGD (reference spec 7) ---------------------------------------------------------------
+
+
+class PPGDScope(_Strict):
+    """Which positions share a source: see spd/losses/persistent_pgd.py for the shapes."""
+
+    type: Literal["single_mask", "broadcast_across_batch", "repeat_across_batch", "per_batch_per_position"] = (
+        "single_mask"
+    )
+    n_sources: int | None = Field(None, ge=1, description="repeat_across_batch only: sources tiled along the batch.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PPGDScope:
+        if (self.type == "repeat_across_batch") != (self.n_sources is not None):
+            raise ValueError("n_sources is required for repeat_across_batch and only allowed there")
+        return self
+
+
+class PPGDOptimizer(_Strict):
+    """Ascent rule of the sources: sign (s += lr·sign g) or Adam with bias correction; its own lr schedule."""
+
+    type: Literal["sign", "adam"] = "adam"
+    lr_schedule: ScheduleConfig = Field(
+        default_factory=lambda: ScheduleConfig(start_val=0.1, fn_type="constant", final_val_frac=1.0)
+    )
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+class PersistentPGDConfig(_Strict):
+    scope: PPGDScope = Field(default_factory=PPGDScope)
+    optimizer: PPGDOptimizer = Field(default_factory=PPGDOptimizer)
+    n_warmup_steps: int = Field(0, ge=0, description="Extra inner ascent steps on the current batch.")
+
+
+class RoutingConfig(_Strict):
+    """Router of the subset losses (reference 4.2): uniform_k_subset, or each module with probability p."""
+
+    type: Literal["uniform_k_subset", "static_probability"] = "uniform_k_subset"
+    p: float | None = Field(None, gt=0, le=1, description="static_probability only.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RoutingConfig:
+        if (self.type == "static_probability") != (self.p is not None):
+            raise ValueError("p is required for static_probability routing and only allowed there")
+        return self
+
+
+class PersistentPGDReconLossConfig(_LossBase, PersistentPGDConfig):
+    """Output recon with persistent adversarial sources, every module replaced (training only; not in eval)."""
+
+    classname: Literal["PersistentPGDReconLoss"] = "PersistentPGDReconLoss"
+
+    def ppgd(self) -> PersistentPGDConfig:
+        return PersistentPGDConfig(scope=self.scope, optimizer=self.optimizer, n_warmup_steps=self.n_warmup_steps)
+
+
+class PersistentPGDReconSubsetLossConfig(PersistentPGDReconLossConfig):
+    """As PersistentPGDReconLoss, but a router picks the replaced modules per position (resampled each call)."""
+
+    classname: Literal["PersistentPGDReconSubsetLoss"] = "PersistentPGDReconSubsetLoss"  # type: ignore[assignment]
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+
+# --- hidden-activation reconstruction (reference spec 5.4) ------------------------------------------
+
+
+class StochasticHiddenActsReconLossConfig(_LossBase):
+    classname: Literal["StochasticHiddenActsReconLoss"] = "StochasticHiddenActsReconLoss"
+
+
+class CIHiddenActsReconLossConfig(_LossBase):
+    classname: Literal["CIHiddenActsReconLoss"] = "CIHiddenActsReconLoss"
+
+
+class PGDHiddenActsReconLossConfig(_LossBase):
+    """Hidden-activation MSE under adversarial sources found by a fresh PGD each call (reference 6 applied to 5.4)."""
+
+    classname: Literal["PGDHiddenActsReconLoss"] = "PGDHiddenActsReconLoss"
+    init: Literal["random", "ones", "zeroes"] = "random"
+    step_size: float = Field(1.0, gt=0)
+    n_steps: int = Field(1, ge=1)
+    mask_scope: Literal["unique_per_datapoint", "shared_across_batch"] = "shared_across_batch"
+
+
+PPGD_LOSSES = ("PersistentPGDReconLoss", "PersistentPGDReconSubsetLoss")
+
 LossConfig = Annotated[
     ImportanceMinimalityLossConfig
     | StochasticReconLossConfig
     | StochasticReconLayerwiseLossConfig
     | CIMaskedReconLossConfig
     | UnmaskedReconLossConfig
-    | FaithfulnessLossConfig,
+    | FaithfulnessLossConfig
+    | PersistentPGDReconLossConfig
+    | PersistentPGDReconSubsetLossConfig
+    | StochasticHiddenActsReconLossConfig
+    | CIHiddenActsReconLossConfig
+    | PGDHiddenActsReconLossConfig,
     Field(discriminator="classname"),
 ]
 
@@ -111,7 +217,10 @@ class SPDConfig(_Strict):
     default_C: int = Field(20, gt=0, description="C per module when module_info is None (20 for 5-2, 200 for 40-10).")
     identity_module_info: list[ModuleSpec] = Field(default_factory=list, description="Identity insertions (1.2).")
     tie_weights: bool = Field(True, description="Tie components like the target ties weights (TMS linear2 = linear1ᵀ).")
-    ci_fn: CiFnConfig = Field(default_factory=CiFnConfig)
+    ci_fn: AnyCiFnConfig = Field(
+        default_factory=CiFnConfig,
+        description="mode layerwise (fn_type mlp / vector_mlp / shared_mlp) or global (global_reverse_residual).",
+    )
     sigmoid_type: SigmoidType = "leaky_hard"
     sampling: Sampling = "continuous"
     use_delta_component: bool = True

@@ -25,14 +25,26 @@ from spd.losses import (
     stochastic_recon_loss,
     unmasked_recon_loss,
 )
+from spd.losses.hidden_acts_recon import (
+    ci_hidden_acts_recon_loss,
+    pgd_hidden_acts_recon_loss,
+    stochastic_hidden_acts_recon_loss,
+)
 from spd.losses.importance_minimality import annealed_p
+from spd.losses.persistent_pgd import PersistentPGDState, ppgd_recon_loss, ppgd_warmup
 from spd.models.checkpoint import TARGET_DIR, save_model_state, save_run_config
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.models.identity import insert_identity_operations
 from spd.targets import TargetModelConfig, save_target
 from spd.targets.lm import LMData, ToyData, tiny_lm_module_info
 from spd.train import metrics as M
-from spd.train.config import ImportanceMinimalityLossConfig, SPDConfig
+from spd.train.config import (
+    PPGD_LOSSES,
+    ImportanceMinimalityLossConfig,
+    PersistentPGDReconLossConfig,
+    PersistentPGDReconSubsetLossConfig,
+    SPDConfig,
+)
 from spd.train.lm_metrics import add_ce_unrecovered, ce_and_kl
 from spd.train.schedules import coeff_warmup_factor, scheduled_value
 from spd.utils import atomic_write_json, set_seed
@@ -50,8 +62,9 @@ def compute_losses(
     deltas: dict[str, Tensor],
     step: int,
     losses: list | None = None,
+    ppgd_states: dict[str, PersistentPGDState] | None = None,
 ) -> dict[str, Tensor]:
-    """Every configured loss by classname (unweighted)."""
+    """Every configured loss by classname (unweighted). PPGD losses need their persistent states by classname."""
     frac = step / max(cfg.steps, 1)
     stoch_deltas = deltas if cfg.use_delta_component else None
     out: dict[str, Tensor] = {}
@@ -83,6 +96,23 @@ def compute_losses(
             out[name] = unmasked_recon_loss(model, batch, target_out, ci_lower, cfg.output_loss_type)
         elif name == "FaithfulnessLoss":
             out[name] = faithfulness_loss(deltas)
+        elif name in PPGD_LOSSES:
+            if ppgd_states is None or name not in ppgd_states:
+                raise ValueError(f"{name} needs its persistent PGD state (training only)")
+            routing = lc.routing if isinstance(lc, PersistentPGDReconSubsetLossConfig) else "all"
+            out[name] = ppgd_recon_loss(
+                model, batch, target_out, ci_lower, stoch_deltas, ppgd_states[name], routing, cfg.output_loss_type
+            )
+        elif name == "StochasticHiddenActsReconLoss":
+            out[name] = stochastic_hidden_acts_recon_loss(
+                model, batch, ci_lower, stoch_deltas, cfg.n_mask_samples, cfg.sampling
+            )
+        elif name == "CIHiddenActsReconLoss":
+            out[name] = ci_hidden_acts_recon_loss(model, batch, ci_lower)
+        elif name == "PGDHiddenActsReconLoss":
+            out[name] = pgd_hidden_acts_recon_loss(
+                model, batch, ci_lower, stoch_deltas, lc.init, lc.step_size, lc.n_steps, lc.mask_scope
+            )
         else:  # pragma: no cover - the config union makes this unreachable
             raise ValueError(f"unknown loss {name!r}")
     return out
@@ -134,10 +164,23 @@ class Decomposer:
         tied = target.tied_weights() if cfg.tie_weights and hasattr(target, "tied_weights") else []
         names = {n for n, _ in module_info}
         tied = [t for t in tied if t[0] in names and t[1] in names]
-        self.model = build_component_model(
-            target, module_info, cfg.ci_fn.fn_type, cfg.ci_fn.hidden_dims, cfg.sigmoid_type, tied
-        ).to(device)
+        if cfg.ci_fn.mode == "global":
+            self.model = build_component_model(target, module_info, "mlp", [], cfg.sigmoid_type, tied, cfg.ci_fn)
+        else:
+            self.model = build_component_model(
+                target, module_info, cfg.ci_fn.fn_type, cfg.ci_fn.hidden_dims, cfg.sigmoid_type, tied
+            )
+        self.model.to(device)
         set_seed(seed)  # masks and data: a fresh stream from the seed, as the reference's seed_per_rank
+        # persistent PGD sources, one state per PPGD loss, shaped by the training batch's leading dims
+        batch_dims = (cfg.batch_size, self.data.seq_len) if self.data.is_lm else (cfg.batch_size,)
+        self.ppgd_states: dict[str, PersistentPGDState] = {
+            lc.classname: PersistentPGDState(
+                self.model.module_to_c, batch_dims, lc.ppgd(), cfg.use_delta_component, device
+            )
+            for lc in cfg.losses
+            if isinstance(lc, PersistentPGDReconLossConfig)
+        }
         self.target = target
         self.comp_params = self.model.component_parameters()
         self.ci_params = self.model.ci_fn_parameters()
@@ -189,7 +232,7 @@ class Decomposer:
         """Eval losses and CI-L0 on n_eval_steps fresh batches; slow: IdentityCIError, MMCS/ML2R, #large."""
         cfg, model = self.cfg, self.model
         bs = cfg.eval_batch_size or cfg.batch_size
-        eval_losses = list(cfg.losses)
+        eval_losses = [lc for lc in cfg.losses if lc.classname not in PPGD_LOSSES]  # tied to the train batch shape
         present = {lc.classname for lc in eval_losses}
         from spd.train.config import CIMaskedReconLossConfig, FaithfulnessLossConfig, UnmaskedReconLossConfig
 
@@ -268,12 +311,32 @@ class Decomposer:
                 with torch.no_grad():
                     target_out, acts = model.forward_with_inputs(batch)
                 ci = model.causal_importances(acts, cfg.sampling)
-                losses = compute_losses(model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step)
+                ppgd_deltas = deltas if cfg.use_delta_component else None
+                for lc in cfg.losses:  # optional inner ascent steps on this batch before the loss that trains
+                    if lc.classname in self.ppgd_states and lc.n_warmup_steps:
+                        routing = lc.routing if isinstance(lc, PersistentPGDReconSubsetLossConfig) else "all"
+                        state = self.ppgd_states[lc.classname]
+                        ppgd_warmup(
+                            model, batch, target_out, ci.lower_leaky, ppgd_deltas, state, step, cfg.steps, routing,
+                            cfg.output_loss_type,
+                        )  # fmt: skip
+                losses = compute_losses(
+                    model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step,
+                    ppgd_states=self.ppgd_states,
+                )  # fmt: skip
                 weights = {
                     lc.classname: lc.coeff * coeff_warmup_factor(step, cfg.steps, lc.warmup_frac) for lc in cfg.losses
                 }
                 total = sum(weights[k] * v for k, v in losses.items())
+                # PPGD (reference 9.3 step 7): source gradients of each PPGD loss BEFORE the total backward
+                # (retaining the graph), the ascent step on the sources AFTER it.
+                ppgd_grads = {
+                    name: torch.autograd.grad(losses[name], state.sources(), retain_graph=True)
+                    for name, state in self.ppgd_states.items()
+                }
                 total.backward()
+                for name, grads in ppgd_grads.items():
+                    self.ppgd_states[name].update(grads, step, cfg.steps)
                 if not math.isfinite(float(total.detach())):
                     raise FloatingPointError(
                         f"non-finite SPD loss at step {step}: { {k: float(v) for k, v in losses.items()} }"
@@ -282,6 +345,8 @@ class Decomposer:
                     record.update({f"train/loss/{k}": float(v.detach()) for k, v in losses.items()})
                     record["train/loss/total"] = float(total.detach())
                     record["train/lr"] = lr
+                    for name, state in self.ppgd_states.items():
+                        record[f"train/ppgd_lr/{name}"] = state.lr(step, cfg.steps)
                     if imp is not None:
                         record["train/p"] = annealed_p(
                             imp.pnorm,

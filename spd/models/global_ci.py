@@ -1,0 +1,128 @@
+"""Global causal-importance function `global_reverse_residual` (reference spec 2.2).
+
+One network sees every decomposed module. Modules are grouped into ordered blocks (by convention from the
+output end backwards). A residual r (... x d_resid) starts at zero; for block k:
+
+    r += P_k(concat of block k's module inputs)                    (projection in)
+    if k is not the last block:  r += T_k(RMSNorm(r))               (transition: Linear, or Linear-GELU-Linear
+                                                                     when transition_hidden_dim is set)
+    logits of block k = Reader_k(RMSNorm(r))                        (Linear+GELU per reader_hidden_dims, then
+                                                                     Linear -> Σ C of the block's modules)
+
+so the CIs of an early block can depend on everything read by the blocks after it. As in the reference
+code, block k's transition is applied before its reader and the last block has no transition. Inputs are
+the module inputs x (embeddings: their component activations V[token]). Inside a block, modules are
+ordered by name. RMSNorms have a learnable weight.
+"""
+
+from __future__ import annotations
+
+import itertools
+from fnmatch import fnmatch
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from spd.models.ci_fns import RELU_GAIN, PlainLinear
+
+
+class BlockGroup(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    patterns: list[str] = Field(min_length=1, description="fnmatch patterns of the block's decomposed modules.")
+
+
+class GlobalCiFnConfig(BaseModel):
+    """`mode: global`, `fn_type: global_reverse_residual` (the only global kind implemented here)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["global"] = "global"
+    fn_type: Literal["global_reverse_residual"] = "global_reverse_residual"
+    d_resid_ci_fn: int = Field(gt=0, description="Width of the CI function's residual stream.")
+    reader_hidden_dims: list[int] = Field(default_factory=list, description="Hidden widths of each block's reader.")
+    block_groups: list[BlockGroup] = Field(min_length=1, description="Ordered blocks (output end first).")
+    transition_hidden_dim: int | None = Field(
+        None, gt=0, description="Transition = Linear-GELU-Linear with this hidden width; None = one Linear."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GlobalCiFnConfig:
+        names = [b.name for b in self.block_groups]
+        if len(names) != len(set(names)):
+            raise ValueError(f"block_groups names must be unique, got {names}")
+        return self
+
+
+def assign_blocks(config: GlobalCiFnConfig, paths: list[str]) -> list[list[str]]:
+    """Module paths of every block (sorted by name); each module must match exactly one block."""
+    owner: dict[str, str] = {}
+    blocks: list[list[str]] = []
+    for block in config.block_groups:
+        members = sorted(p for p in paths if any(fnmatch(p, pat) for pat in block.patterns))
+        for p in members:
+            if p in owner:
+                raise ValueError(f"module {p!r} is matched by blocks {owner[p]!r} and {block.name!r}")
+            owner[p] = block.name
+        if not members:
+            raise ValueError(f"block {block.name!r} matches no decomposed module")
+        blocks.append(members)
+    missing = [p for p in paths if p not in owner]
+    if missing:
+        raise ValueError(f"decomposed modules in no block of global_reverse_residual: {missing}")
+    return blocks
+
+
+def _mlp(dims: list[int], last_gain: float) -> nn.ModuleList:
+    return nn.ModuleList(
+        PlainLinear(a, b, last_gain if i == len(dims) - 2 else RELU_GAIN)
+        for i, (a, b) in enumerate(itertools.pairwise(dims))
+    )
+
+
+def _run_mlp(layers: nn.ModuleList, x: Tensor) -> Tensor:
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i < len(layers) - 1:
+            x = F.gelu(x)
+    return x
+
+
+class GlobalReverseResidualCiFn(nn.Module):
+    """Maps {module path: input (..., d_in_l)} to {module path: CI logits (..., C_l)} (see the module docstring)."""
+
+    def __init__(self, config: GlobalCiFnConfig, module_to_c: dict[str, int], input_dims: dict[str, int]) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = assign_blocks(config, list(module_to_c))
+        self.module_to_c = dict(module_to_c)
+        d = config.d_resid_ci_fn
+        n = len(self.blocks)
+        self.proj_in = nn.ModuleList(PlainLinear(sum(input_dims[p] for p in b), d, RELU_GAIN) for b in self.blocks)
+        self.transition_norms = nn.ModuleList(nn.RMSNorm(d) for _ in range(n - 1))
+        h = config.transition_hidden_dim
+        self.transitions = nn.ModuleList(_mlp([d, h, d] if h else [d, d], RELU_GAIN) for _ in range(n - 1))
+        self.reader_norms = nn.ModuleList(nn.RMSNorm(d) for _ in range(n))
+        self.readers = nn.ModuleList(
+            _mlp([d, *config.reader_hidden_dims, sum(module_to_c[p] for p in b)], 1.0) for b in self.blocks
+        )
+
+    def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        r: Tensor | int = 0
+        for k, block in enumerate(self.blocks):
+            r = r + self.proj_in[k](_cat([inputs[p] for p in block]))
+            if k < len(self.blocks) - 1:
+                r = r + _run_mlp(self.transitions[k], self.transition_norms[k](r))
+            logits = _run_mlp(self.readers[k], self.reader_norms[k](r))
+            for p, z in zip(block, logits.split([self.module_to_c[p] for p in block], dim=-1), strict=True):
+                out[p] = z
+        return out
+
+
+def _cat(xs: list[Tensor]) -> Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs, dim=-1)

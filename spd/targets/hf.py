@@ -1,0 +1,84 @@
+"""Hugging Face causal LMs as SPD targets (kind `hf_causal_lm`), on the same code path as the tiny LM.
+
+The decomposed modules are named as in the HF model (GPT-2: `transformer.h.*.mlp.c_fc` / `c_proj`, Conv1D
+layers whose weight is stored (d_in, d_out); the component wrapper handles the transpose). The saved target
+directory holds the HF architecture (`hf_config/config.json`) next to target.pt, so a decomposition reloads
+without the original model directory. transformers is imported lazily (optional `hf` extra).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from spd.lm.hf import HFDatasetConfig, HFModelConfig, _require
+
+HF_CONFIG_DIR = "hf_config"
+
+
+class HFCausalLMTargetConfig(BaseModel):
+    """Where an HF causal-LM target came from (its weights are in target.pt, its architecture in hf_config/)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hf_causal_lm"] = "hf_causal_lm"
+    model: HFModelConfig = Field(description="The Hugging Face model (hub id or local directory) and tokenizer.")
+
+
+def save_hf_architecture(model: nn.Module, out_dir: Path) -> None:
+    model.config.save_pretrained(str(Path(out_dir) / HF_CONFIG_DIR))
+
+
+def build_hf_from_dir(target_dir: Path) -> nn.Module:
+    """An HF model with the saved architecture and fresh weights (the caller loads target.pt)."""
+    transformers = _require("transformers")
+    config = transformers.AutoConfig.from_pretrained(str(Path(target_dir) / HF_CONFIG_DIR), local_files_only=True)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    return model.to(torch.float32)
+
+
+def hf_tokenizer_file(model_dir: str) -> Path | None:
+    """tokenizer.json of a local HF model directory, if it has one (copied into the decomposition)."""
+    path = Path(model_dir).expanduser() / "tokenizer.json"
+    return path if path.is_file() else None
+
+
+class HFTargetSpec(BaseModel):
+    """Decompose a Hugging Face causal LM on a Hugging Face text dataset (both local or in the HF cache)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hf_causal_lm"] = "hf_causal_lm"
+    model: HFModelConfig
+    dataset: HFDatasetConfig
+    eval_split: str | None = Field(None, description="Eval split of the dataset; None = the stream's last part.")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the train stream held out when no eval_split.")
+    seq_len: int = Field(128, ge=2, description="Tokens per window (at most the model's context).")
+    dataset_seed: int = Field(0, description="Seed of the window order (independent of the SPD seed).")
+
+
+def prepare_hf_target(spec: HFTargetSpec, device: torch.device | str = "cpu"):
+    """(frozen model, target config, info, LMData, tokenizer.json or None). Missing model / dataset raise
+    HFModelMissingError / HFDatasetMissingError whose message says what to download and where to put it."""
+    from spd.lm.hf import load_hf_causal_lm, load_hf_token_stream
+    from spd.targets.lm import LMData, LMDataConfig
+
+    model, tokenizer = load_hf_causal_lm(spec.model, device)
+    stream = load_hf_token_stream(spec.dataset, tokenizer)
+    if spec.eval_split is not None:
+        eval_stream = load_hf_token_stream(spec.dataset.model_copy(update={"split": spec.eval_split}), tokenizer)
+    else:
+        cut = int(len(stream) * (1 - spec.eval_fraction))
+        stream, eval_stream = stream[:cut], stream[cut:]
+    for name, s in (("train", stream), ("eval", eval_stream)):
+        if len(s) < spec.seq_len:
+            raise ValueError(f"the {name} token stream ({len(s)} tokens) is shorter than one window ({spec.seq_len})")
+    data_cfg = LMDataConfig(seq_len=spec.seq_len, dataset_seed=spec.dataset_seed)
+    data = LMData.from_tokens({"train": stream, "val": eval_stream}, spec.seq_len, data_cfg, device)
+    info = {"model": spec.model.model, "dataset": spec.dataset.dataset, "n_train_tokens": len(stream)}
+    tok = hf_tokenizer_file(spec.model.tokenizer or spec.model.model)
+    return model, HFCausalLMTargetConfig(model=spec.model), info, data, tok
