@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
@@ -59,6 +61,8 @@ def read_json(path: Path) -> Any | None:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); was it edited by hand?") from e
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

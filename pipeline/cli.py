@@ -19,7 +19,7 @@ from rich.table import Table
 from pipeline import orchestrator
 from pipeline.config import pipeline_schema
 from pipeline.errors import StageFailed, UserError
-from pipeline.runs import MERGE, RunDir, resolve_run
+from pipeline.runs import MERGE, resolve_run
 from pipeline.status import BAD_STATES, RunStatus
 
 app = typer.Typer(
@@ -230,15 +230,11 @@ def logs(
     label = task or next(iter(run_dir.failed_labels(stage)), "0")
     if label != MERGE and not label.isdigit():
         raise UserError(f"--task: {label!r} is neither a task index nor 'merge'")
-    path = _log_path(run_dir, stage, label)
+    path = run_dir.task_log(stage, label)
     if not path.exists():
         raise UserError(f"no log for {stage} task {label} yet ({path})")
     err.print(f"[dim]{path}[/]")
     sys.stdout.write(path.read_text(errors="replace"))
-
-
-def _log_path(run: RunDir, stage: str, label: str) -> Path:
-    return run.task_log(stage, label)
 
 
 @app.command()

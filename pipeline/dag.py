@@ -92,9 +92,6 @@ class Plan:
                 closed.add(name)
         return closed
 
-    def children(self, name: str) -> list[str]:
-        return [n for n, s in self.stages.items() if name in s.upstreams]
-
     def to_records(self) -> list[dict[str, Any]]:
         return [stage.to_record() for stage in self.stages.values()]
 

@@ -20,7 +20,7 @@ from pipeline.executors.base import Executor
 from pipeline.executors.local import LocalExecutor
 from pipeline.registry import stage_module, stage_registry
 from pipeline.resources import load_profile
-from pipeline.runs import RunDir, now_iso
+from pipeline.runs import RunDir, now_iso, run_lock
 from pipeline.snapshot import git_state, snapshot_code, versions
 from pipeline.status import RunStatus, run_status
 from pipeline.submission import select_work
@@ -137,9 +137,19 @@ def start_run(
             for upstream in plan.stages[name].upstreams:
                 if upstream not in targets and not run.is_done(upstream, plan.stages[upstream].key):
                     raise UserError(f"--only {name}: upstream stage {upstream!r} is not done; add --only {upstream}")
+    if planned.executor == "slurm" and not (shutil.which("sbatch") and shutil.which("sacct")):
+        raise UserError(f"{pipeline_path}: executor: slurm, but sbatch/sacct are not on PATH (use `executor: local`)")
     _ensure_writable(run.root.parent)
-    executor_probe = make_executor(planned.executor, {"local": planned.config.local.model_dump()})
-    _assert_not_active(run, executor_probe)
+    with run_lock(run):
+        return _start_locked(planned, targets, force, wait)
+
+
+def _start_locked(planned: PlannedRun, targets: list[str], force: bool, wait: bool | None) -> Launch:
+    plan, run = planned.plan, planned.run
+    if run.exists():  # the executor that ran it last knows what is live, whatever the file says now
+        recorded = run.read_plan()
+        _assert_not_active(run, make_executor(recorded["executor"], recorded))
+    _assert_not_active(run, make_executor(planned.executor, {"local": planned.config.local.model_dump()}))
 
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.pipeline_yaml, planned.text)
@@ -162,8 +172,17 @@ def rerun(run: RunDir, stages: list[str], downstream: bool, force: bool, wait: b
     if unknown:
         raise UserError(f"--stage: {unknown} are not stages of run {run.run_id!r} (its stages: {plan.order()})")
     targets = plan.downstream_closure(set(stages)) if downstream else set(stages)
+    with run_lock(run):
+        return _rerun_locked(run, record, plan, targets, force, wait)
+
+
+def _rerun_locked(
+    run: RunDir, record: dict[str, Any], plan: Plan, targets: set[str], force: bool, wait: bool | None
+) -> Launch:
     executor_name = record["executor"]
-    _assert_not_active(run, make_executor(executor_name, record), sorted(targets))
+    # Anything live refuses: a redone upstream's out/ moves away under a running dependant, and a
+    # second local driver would replace the first one's record.
+    _assert_not_active(run, make_executor(executor_name, record))
     for name in targets:
         for upstream in plan.stages[name].upstreams:
             if upstream not in targets and not run.is_done(upstream, plan.stages[upstream].key):
@@ -175,7 +194,8 @@ def rerun(run: RunDir, stages: list[str], downstream: bool, force: bool, wait: b
     record["code"] = {**git_state(), "snapshot": str(snapshot)}
     done_targets = {s for s in targets if run.is_done(s, plan.stages[s].key)}
     work = select_work(run, plan, [s for s in plan.order() if s in targets], done_targets, targets if force else set())
-    _record_invocation(run, record, "rerun", work, [])
+    still_cached = [s for s in record.get("last_invocation", {}).get("cached", []) if s not in targets]
+    _record_invocation(run, record, "rerun", work, still_cached)
     executor = make_executor(executor_name, record, snapshot)
     wait = executor_name == "local" if wait is None else wait
     ok = executor.launch(run, plan, work, wait) if work else True

@@ -10,11 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import UserError
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "slurm_configs"
+# sbatch options the SLURM executor owns: a user `dependency` would cut the DAG's edges, turning
+# off `kill-on-invalid-dep` would leave dependants of a failed stage pending forever, and names,
+# arrays and output paths are how status and logs find the jobs.
+RESERVED_SBATCH = frozenset(
+    {"dependency", "kill-on-invalid-dep", "job-name", "J", "array", "a", "output", "o", "error", "e", "open-mode"}
+)
 
 
 class Resources(BaseModel):
@@ -37,6 +43,16 @@ class Resources(BaseModel):
         default_factory=dict,
         description="Extra sbatch options without leading dashes, e.g. {mail-type: FAIL}.",
     )
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _normalise_extra_sbatch(cls, extra: dict[str, str]) -> dict[str, str]:
+        """sbatch's own spelling (`mail_type`, `--mail-type` -> `mail-type`); reserved options refused."""
+        options = {key.lstrip("-").replace("_", "-"): value for key, value in extra.items()}
+        reserved = sorted(set(options) & RESERVED_SBATCH)
+        if reserved:
+            raise ValueError(f"{reserved} are set by the SLURM executor and cannot be overridden")
+        return options
 
     def overlay(self, other: Resources | None) -> Resources:
         """These resources with every field that `other` sets replacing ours."""

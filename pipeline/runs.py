@@ -9,9 +9,11 @@ Every path of the layout has one method here, so nobody else spells a path.
 
 from __future__ import annotations
 
+import fcntl
 import os
-import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -159,9 +161,29 @@ class RunDir:
         os.replace(src, dest)
         return dest
 
-    def remove(self) -> None:
-        make_writable(self.root)
-        shutil.rmtree(self.root)
+
+@contextmanager
+def run_lock(run: RunDir) -> Iterator[None]:
+    """Exclusive lock of one run for the span of a `run`/`rerun` (check what is live, submit).
+
+    Two invocations on one run would otherwise both pass the liveness check and run the same
+    tasks twice. The lock file sits beside the run directory, which may not exist yet. Where
+    the filesystem offers no locks (ENOLCK on some NFS mounts) we go on without one.
+    """
+    path = run.root.parent / f".{run.run_id}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another `run` or `rerun` of {run.run_id!r} is in progress; wait for it or use `status`/`cancel`"
+            ) from None
+        except OSError:
+            pass  # no lock support on this filesystem
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _label_order(label: str) -> tuple[int, int]:

@@ -13,18 +13,7 @@ from pipeline.dag import Plan
 from pipeline.executors.base import Executor, TaskView
 from pipeline.runs import MERGE, RunDir
 
-STATES = (
-    "NOT_STARTED",
-    "PENDING",
-    "RUNNING",
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "CACHED",
-    "UPSTREAM_FAILED",
-)
 BAD_STATES = ("FAILED", "CANCELLED", "UPSTREAM_FAILED")
-FINAL_STATES = ("COMPLETED", "CACHED", *BAD_STATES)
 LOG_TAIL_LINES = 15
 
 
@@ -58,14 +47,6 @@ class RunStatus:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-    @property
-    def finished(self) -> bool:
-        return all(s.state in FINAL_STATES or s.state == "NOT_STARTED" for s in self.stages)
-
-    @property
-    def ok(self) -> bool:
-        return all(s.state in ("COMPLETED", "CACHED") for s in self.stages)
 
 
 def log_tail(path, lines: int = LOG_TAIL_LINES) -> str:

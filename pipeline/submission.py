@@ -26,10 +26,6 @@ def build_task(run: RunDir, plan: Plan, stage: str, index: int | None) -> StageT
     )
 
 
-def stage_record(plan: Plan, stage: str) -> dict:
-    return plan.stages[stage].to_record()
-
-
 def select_work(
     run: RunDir, plan: Plan, targets: list[str], redo: set[str], force_tasks: set[str]
 ) -> dict[str, list[int]]:
@@ -48,7 +44,7 @@ def select_work(
             run.supersede_stage(name, planned.key)
         elif run.is_done(name, planned.key):
             continue
-        run.prepare_stage(name, planned.key, planned.config, stage_record(plan, name))
+        run.prepare_stage(name, planned.key, planned.config, planned.to_record())
         if name in force_tasks:
             for i in run.done_tasks(name, planned.num_tasks):
                 run.task_marker(name, i).unlink()

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import atomic_write_json, make_read_only, read_json
+from pipeline.atomic import atomic_write_json, make_read_only, make_writable, read_json
 from pipeline.errors import UpstreamMissing
 from pipeline.registry import load_stage
 from pipeline.runs import RunDir, now_iso, task_label
@@ -88,6 +88,7 @@ def _finalize(task: StageTask, spec: StageSpec, config: object, run: RunDir) -> 
     if run.is_done(task.stage, task.key):
         _log(task, "stage already done; nothing to merge")
         return
+    make_writable(run.out_dir(task.stage))  # a merge killed after the chmod, before done.json
     missing = sorted(set(range(task.num_tasks)) - set(run.done_tasks(task.stage, task.num_tasks)))
     if missing:
         raise RuntimeError(
@@ -130,6 +131,7 @@ def run_stage_task(task: StageTask) -> str:
         else:
             run.clear_task_failure(task.stage, task.label)
             run.out_dir(task.stage).mkdir(parents=True, exist_ok=True)
+            make_writable(run.out_dir(task.stage))  # left read-only by a merge killed before done.json
             started = time.monotonic()
             _log(task, f"start (pid {os.getpid()} on {socket.gethostname()})")
             spec.run_task(config, _context(task, run), task.index)

@@ -151,3 +151,14 @@ def test_unknown_profile(tmp_path: Path) -> None:
     bad.write_text("defaults: {mem_gb: -1}\n")
     with pytest.raises(UserError, match="defaults.mem_gb"):
         load_profile(str(bad), set(stage_registry()))
+
+
+def test_reserved_sbatch_options_fail_at_load_with_file_and_line(tmp_path: Path) -> None:
+    message = _error(
+        tmp_path, "run: {name: demo}\nslurm:\n  resources:\n    t_source:\n      extra_sbatch: {dependency: x}\n"
+    )
+    assert "pipeline.yaml:5" in message and "dependency" in message and "cannot be overridden" in message
+
+
+def test_extra_sbatch_spelling_is_normalised() -> None:
+    assert Resources(extra_sbatch={"--mail_type": "FAIL"}).extra_sbatch == {"mail-type": "FAIL"}

@@ -309,3 +309,30 @@ def test_no_worker_outlives_a_finished_run(tmp_path: Path) -> None:
     assert run_cli("p.yaml", cwd=tmp_path).returncode == 0
     assert not list((tmp_path / "runs/demo").rglob("*.pid"))
     assert os.path.exists(tmp_path / "runs/demo/driver.json")
+
+
+def test_corrupt_record_is_a_user_error_not_a_traceback(tmp_path: Path) -> None:
+    write_pipeline(tmp_path / "p.yaml", _pipeline(tmp_path))
+    assert run_cli("p.yaml", "--only", "t_source", cwd=tmp_path).returncode == 0
+    (tmp_path / "runs/demo/plan.json").write_text("{")
+    result = run_cli("status", "demo", cwd=tmp_path)
+    assert result.returncode == 2 and "plan.json: not valid JSON" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_invocation_is_refused_while_the_first_holds_the_run(tmp_path: Path) -> None:
+    write_pipeline(tmp_path / "p.yaml", _pipeline(tmp_path, sleep_s=30))
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "run.py"), "p.yaml"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: (tmp_path / "runs/demo/plan.json").exists() and _states(tmp_path)["t_source"] == "RUNNING")
+        second = run_cli("rerun", "demo", "--stage", "t_after", cwd=tmp_path)
+        assert second.returncode == 2
+        assert "in progress" in second.stderr or "still has live stages" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

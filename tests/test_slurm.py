@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline import orchestrator
 from pipeline.dag import Plan, PlannedStage
-from pipeline.errors import UserError
 from pipeline.executors import slurm as slurm_executor
 from pipeline.executors.base import TaskView
 from pipeline.executors.slurm import (
@@ -134,9 +134,9 @@ def test_sbatch_parameters_come_from_resources_and_always_kill_on_invalid_depend
     assert params["array_parallelism"] == 3 and params["constraint"] == "a100"
     assert "gpus_per_node" not in params  # no GRES request for CPU stages
     assert params["additional_parameters"] == {"kill-on-invalid-dep": "yes", "mail-type": "FAIL"}
-    for owned in ("kill-on-invalid-dep", "dependency", "job_name", "output"):
-        with pytest.raises(UserError, match="set by the SLURM executor"):
-            sbatch_parameters(Resources(extra_sbatch={owned: "x"}), "n", None)
+    for owned in ("kill-on-invalid-dep", "dependency", "job_name", "output"):  # refused when the file is read
+        with pytest.raises(ValidationError, match="set by the SLURM executor"):
+            Resources(extra_sbatch={owned: "x"})
     assert sbatch_parameters(Resources(gpus_per_node=2), "n", None)["gpus_per_node"] == 2
     assert "dependency" not in sbatch_parameters(Resources(), "n", None)
     assert dependency_spec(["12_3", "12_4", "9"]) == "afterok:9:12"

@@ -69,9 +69,6 @@ JUST_SUBMITTED_S = 60.0  # a job this young that no tool reports yet is taken as
 CANCEL_WAIT_S = 30.0  # how long `cancel` waits for scancelled jobs to leave the queue
 SCHEDULER_TIMEOUT_S = 60.0
 SACCT_FIELDS = ("JobID", "JobName", "State", "Reason", "Elapsed", "ExitCode")
-RESERVED_SBATCH = frozenset(
-    {"dependency", "kill-on-invalid-dep", "job-name", "J", "array", "a", "output", "o", "error", "e", "open-mode"}
-)
 
 PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"})
 RUNNING_STATES = frozenset(
@@ -115,20 +112,6 @@ def mem_spec(mem_gb: float) -> str:
     return f"{max(1, round(mem_gb * 1024))}M"
 
 
-def extra_sbatch_options(extra: dict[str, str]) -> dict[str, str]:
-    """`extra_sbatch` with sbatch's own spelling (`mail_type`, `--mail-type` -> `mail-type`).
-
-    Options the executor owns are refused: a user `dependency` would cut the DAG's edges,
-    turning off `kill-on-invalid-dep` would leave dependants of a failed stage pending forever,
-    and names, arrays and output paths are how status and logs find the jobs.
-    """
-    options = {key.lstrip("-").replace("_", "-"): value for key, value in extra.items()}
-    reserved = sorted(set(options) & RESERVED_SBATCH)
-    if reserved:
-        raise UserError(f"extra_sbatch: {reserved} are set by the SLURM executor and cannot be overridden")
-    return options
-
-
 def sbatch_parameters(resources: Resources, name: str, dependency: str | None) -> dict[str, Any]:
     """submitit SlurmExecutor parameters of one job (or array) from resolved resources.
 
@@ -139,7 +122,7 @@ def sbatch_parameters(resources: Resources, name: str, dependency: str | None) -
         "job_name": name,
         "time": resources.time_min or DEFAULT_TIME_MIN,
         "stderr_to_stdout": True,
-        "additional_parameters": {**extra_sbatch_options(resources.extra_sbatch), "kill-on-invalid-dep": "yes"},
+        "additional_parameters": {**resources.extra_sbatch, "kill-on-invalid-dep": "yes"},
     }
     for key in ("partition", "account", "qos", "constraint", "cpus_per_task", "array_parallelism"):
         value = getattr(resources, key)
@@ -438,7 +421,8 @@ class SlurmExecutor:
                 after = self._upstream_jobs(run, plan, name, final_jobs)
                 final_jobs[name] = self.submit_stage(run, plan, name, work[name], after)
             except Exception:
-                self._roll_back(run, plan, attempted)
+                if final_jobs:  # something is queued already
+                    self._roll_back(run, plan, attempted)
                 raise
         return self._wait(run, plan, work) if wait else True
 
@@ -462,7 +446,10 @@ class SlurmExecutor:
                 after.append(final_jobs[upstream])
                 continue
             rows, why = query_squeue(stage_job_names(run.run_id, up))
-            live = sorted({master_id(r.job_id) for r in (rows or {}).values() if r.state not in FAILED_STATES})
+            own = set(read_stage_jobs(run, upstream).job_ids)  # not a same-named run's jobs
+            live = sorted(
+                {master_id(r.job_id) for r in (rows or {}).values() if r.state not in FAILED_STATES} & own, key=int
+            )
             if not live:
                 detail = f" (squeue failed: {why})" if rows is None else ""
                 raise UserError(
@@ -607,8 +594,9 @@ class SlurmExecutor:
 
     # --- cancel --------------------------------------------------------------------------
     def cancel(self, run: RunDir, plan: Plan, stages: list[str]) -> list[str]:
-        """Mark unfinished `stages` CANCELLED, scancel their live jobs (found by job name, so
-        also any job whose `submitted` record a crash lost) and wait until they leave the queue."""
+        """Mark unfinished `stages` CANCELLED, scancel their live jobs (by job name, restricted to
+        the ids this run recorded or recovered from its submitit folders after a crash) and wait
+        until they leave the queue."""
         targets = [s for s in stages if run.stage_dir(s).exists() and not run.is_done(s, plan.stages[s].key)]
         for stage in targets:
             atomic_write_json(run.cancelled_json(stage), {"time": now_iso(), "by": "cancel"})
@@ -618,7 +606,16 @@ class SlurmExecutor:
         rows, why = query_squeue(sorted(names))
         if rows is None:
             raise UserError(f"cannot list the run's jobs: {why}")
-        live = sorted({master_id(r.job_id): names[r.name] for r in rows.values() if r.name in names}.items())
+        # Job names are <run_id>.<stage>, and two out_dirs may hold runs of the same name: only
+        # jobs this run recorded (or whose ids its submitit folders hold) are ours to cancel.
+        own = {job for s in targets for job in read_stage_jobs(run, s).job_ids}
+        live = sorted(
+            {
+                master_id(r.job_id): names[r.name]
+                for r in rows.values()
+                if r.name in names and master_id(r.job_id) in own
+            }.items()
+        )
         if not live:
             return []
         _run_tool(["scancel", *(job for job, _ in live)])
