@@ -90,10 +90,13 @@ def _assert_not_active(run: RunDir, executor: Executor, stages: list[str] | None
         return
     plan = Plan.from_records(run.read_plan()["stages"])
     views = executor.task_states(run, plan)
+    # Any task the scheduler reports queued or running counts, also in a stage whose state is
+    # FAILED because another of its tasks failed (rerunning it would run that task twice).
     active = [
         name
         for name, tasks in views.items()
-        if any(v.state in ("RUNNING", "PENDING") for v in tasks.values()) and (stages is None or name in stages)
+        if any(v.state in ("RUNNING", "PENDING") and not v.inferred for v in tasks.values())
+        and (stages is None or name in stages)
     ]
     if active:
         raise UserError(

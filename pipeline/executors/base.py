@@ -18,6 +18,9 @@ class TaskView:
     state: SchedulerState
     reason: str = ""
     job_id: str = ""
+    # True when the state is inferred rather than reported by the scheduler (a job submitted
+    # seconds ago that no tool lists yet is taken as PENDING).
+    inferred: bool = False
 
 
 class Executor(Protocol):

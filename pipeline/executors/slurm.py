@@ -357,7 +357,7 @@ def task_view(ref: JobRef, row: SchedulerRow | None) -> TaskView:
     job = ref.job_id
     if row is None:
         if _age_s(ref.submitted_at) < JUST_SUBMITTED_S:
-            return TaskView("PENDING", "just submitted; not visible to the scheduler tools yet", job)
+            return TaskView("PENDING", "just submitted; not visible to the scheduler tools yet", job, inferred=True)
         return TaskView("FAILED", f"job {job} is unknown to sacct and squeue and left no marker", job)
     state = row.state
     if state in PENDING_STATES:
