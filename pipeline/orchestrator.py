@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,18 @@ def _record_invocation(run: RunDir, record: dict[str, Any], command: str, work: 
     atomic_write_json(run.plan_json, record)
 
 
+def _missing_upstreams(run: RunDir, plan: Plan, targets: Iterable[str]) -> list[tuple[str, str]]:
+    """(stage, upstream) pairs where a target's upstream is neither a target nor done."""
+    chosen = set(targets)
+    return [
+        (name, upstream)
+        for name in plan.order()
+        if name in chosen
+        for upstream in plan.stages[name].upstreams
+        if upstream not in chosen and not run.is_done(upstream, plan.stages[upstream].key)
+    ]
+
+
 def start_run(
     pipeline_path: Path, force: bool = False, only: list[str] | None = None, wait: bool | None = None
 ) -> Launch:
@@ -136,10 +149,8 @@ def start_run(
         if unknown:
             raise UserError(f"--only: {unknown} are not stages of this pipeline (its stages: {targets})")
         targets = [s for s in targets if s in only]
-        for name in targets:
-            for upstream in plan.stages[name].upstreams:
-                if upstream not in targets and not run.is_done(upstream, plan.stages[upstream].key):
-                    raise UserError(f"--only {name}: upstream stage {upstream!r} is not done; add --only {upstream}")
+        for name, upstream in _missing_upstreams(run, plan, targets):
+            raise UserError(f"--only {name}: upstream stage {upstream!r} is not done; add --only {upstream}")
     if planned.executor == "slurm" and not (shutil.which("sbatch") and shutil.which("sacct")):
         raise UserError(f"{pipeline_path}: executor: slurm, but sbatch/sacct are not on PATH (use `executor: local`)")
     _ensure_writable(run.root.parent)
@@ -186,13 +197,11 @@ def _rerun_locked(
     # Anything live refuses: a redone upstream's out/ moves away under a running dependant, and a
     # second local driver would replace the first one's record.
     _assert_not_active(run, make_executor(executor_name, record))
-    for name in targets:
-        for upstream in plan.stages[name].upstreams:
-            if upstream not in targets and not run.is_done(upstream, plan.stages[upstream].key):
-                raise UserError(
-                    f"cannot rerun {name!r}: its upstream {upstream!r} is not done; rerun it too "
-                    f"(--stage {upstream} --downstream)"
-                )
+    for name, upstream in _missing_upstreams(run, plan, targets):
+        raise UserError(
+            f"cannot rerun {name!r}: its upstream {upstream!r} is not done; rerun it too "
+            f"(--stage {upstream} --downstream)"
+        )
     snapshot = snapshot_code(run.code_dir)
     record["code"] = {**git_state(), "snapshot": str(snapshot)}
     done_targets = {s for s in targets if run.is_done(s, plan.stages[s].key)}
