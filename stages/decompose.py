@@ -3,7 +3,7 @@
 Thin: validates the config, then calls spd.targets / spd.train. Its output directory is a
 decomposition checkpoint that later stages load with `spd.models.load_decomposition(out_dir)`.
 
-Targets: `tms` (toy, trained and feature-checked here), `tiny_lm` (build the story corpus, train the tiny
+Targets: `tms` and `resid_mlp` (toys, trained and feature-checked here), `tiny_lm` (build the story corpus, train the tiny
 LM, decompose its MLP projections on corpus windows), `hf_causal_lm` (a Hugging Face causal LM on a Hugging
 Face text dataset, local or from the HF cache; `spd.module_info` names its modules, e.g.
 `transformer.h.*.mlp.c_fc`), `checkpoint` (a saved target directory: toy or
@@ -29,7 +29,7 @@ from spd.data.io import atomic_directory
 from spd.lm.model import TinyLMConfig
 from spd.models import load_decomposition
 from spd.models.checkpoint import CONFIG_FILE, CORPUS_DIR, TARGET_DIR, latest_model_file
-from spd.targets import TMSTargetConfig, load_target, load_target_record, train_target
+from spd.targets import ResidMLPTargetConfig, TMSTargetConfig, load_target, load_target_record, train_target
 from spd.targets.hf import HFTargetSpec, prepare_hf_target
 from spd.targets.lm import LMData, LMDataConfig, TinyLMTargetSpec, prepare_tiny_lm
 from spd.train import SPDConfig, decompose
@@ -51,7 +51,8 @@ class TargetCheckpointConfig(BaseModel):
 
 
 TargetConfig = Annotated[
-    TMSTargetConfig | TinyLMTargetSpec | HFTargetSpec | TargetCheckpointConfig, Field(discriminator="kind")
+    TMSTargetConfig | ResidMLPTargetConfig | TinyLMTargetSpec | HFTargetSpec | TargetCheckpointConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -59,7 +60,11 @@ class DecomposeConfig(StageConfig):
     """Either `target` + `spd` (train a decomposition) or `from_checkpoint` (reuse one)."""
 
     target: TargetConfig | None = Field(
-        None, description="Toy target to train and verify (kind: tms), or a saved target (kind: checkpoint)."
+        None,
+        description=(
+            "Toy target to train and verify (kind: tms or resid_mlp), the tiny LM (tiny_lm), a Hugging Face causal "
+            "LM (hf_causal_lm), or a saved target (kind: checkpoint)."
+        ),
     )
     spd: SPDConfig = Field(default_factory=SPDConfig, description="SPD hyper-parameters (reference tms_5-2 defaults).")
     from_checkpoint: Path | None = Field(

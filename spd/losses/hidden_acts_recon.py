@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from spd.losses.pgd import MaskScope, PGDInit, pgd_sources, source_mask_infos
 from spd.models import masks as mask_lib
 from spd.models.component_model import ComponentModel
 from spd.models.masks import MaskInfo
@@ -59,29 +60,15 @@ def ci_hidden_acts_recon_loss(model: ComponentModel, batch: Tensor, ci: dict[str
     return hidden_acts_recon(model, batch, mask_lib.ci_mask_infos(ci))[0]
 
 
-def _pgd_mask_infos(
-    ci: dict[str, Tensor], deltas: dict[str, Tensor] | None, sources: dict[str, Tensor]
-) -> dict[str, MaskInfo]:
-    infos = {}
-    for path, g in ci.items():
-        s = sources[path].expand(*g.shape[:-1], sources[path].shape[-1])
-        C = g.shape[-1]
-        delta = deltas[path] if deltas is not None else None
-        infos[path] = MaskInfo(
-            mask=g + (1 - g) * s[..., :C], delta=delta, delta_mask=s[..., C] if delta is not None else None
-        )
-    return infos
-
-
 def pgd_hidden_acts_recon_loss(
     model: ComponentModel,
     batch: Tensor,
     ci: dict[str, Tensor],
     deltas: dict[str, Tensor] | None,
-    init: str = "random",
+    init: PGDInit = "random",
     step_size: float = 1.0,
     n_steps: int = 1,
-    mask_scope: str = "shared_across_batch",
+    mask_scope: MaskScope = "shared_across_batch",
 ) -> Tensor:
     """Hidden-activation MSE under adversarial sources s ∈ [0, 1] (masks g + (1 - g) s[..., :C], δ mask s[..., C]).
 
@@ -91,27 +78,9 @@ def pgd_hidden_acts_recon_loss(
     """
     with torch.no_grad():
         _, target_outputs = model.forward_with_outputs(batch)
-    sources: dict[str, Tensor] = {}
-    for path, g in ci.items():
-        width = g.shape[-1] + int(deltas is not None)
-        shape = (*g.shape[:-1], width) if mask_scope == "unique_per_datapoint" else (*([1] * (g.dim() - 1)), width)
-        if init == "random":
-            s = torch.rand(shape, device=g.device, dtype=g.dtype)
-        elif init == "ones":
-            s = torch.ones(shape, device=g.device, dtype=g.dtype)
-        elif init == "zeroes":
-            s = torch.zeros(shape, device=g.device, dtype=g.dtype)
-        else:
-            raise ValueError(f"unknown PGD init {init!r}")
-        sources[path] = s.requires_grad_(True)
-    ci_d = {k: v.detach() for k, v in ci.items()}
-    deltas_d = {k: v.detach() for k, v in deltas.items()} if deltas is not None else None
-    for _ in range(n_steps):
-        with torch.enable_grad():  # the ascent needs source gradients even inside a no-grad evaluation
-            loss = hidden_acts_recon(model, batch, _pgd_mask_infos(ci_d, deltas_d, sources), target_outputs)[0]
-            grads = torch.autograd.grad(loss, list(sources.values()))
-        with torch.no_grad():
-            for s, g in zip(sources.values(), grads, strict=True):
-                s.add_(step_size * g.sign()).clamp_(0.0, 1.0)
-    fixed = {k: v.detach() for k, v in sources.items()}
-    return hidden_acts_recon(model, batch, _pgd_mask_infos(ci, deltas, fixed), target_outputs)[0]
+
+    def mse(c: dict[str, Tensor], d: dict[str, Tensor] | None, src: dict[str, Tensor]) -> Tensor:
+        return hidden_acts_recon(model, batch, source_mask_infos(c, d, src), target_outputs)[0]
+
+    sources = pgd_sources(mse, ci, deltas, init, step_size, n_steps, mask_scope)
+    return mse(ci, deltas, sources)

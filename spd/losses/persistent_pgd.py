@@ -21,27 +21,15 @@ import torch
 from torch import Tensor
 
 from spd.losses.divergence import OutputLossType, divergence_sum_and_count
+from spd.losses.pgd import source_mask_infos
 from spd.models.component_model import ComponentModel
 from spd.models.masks import MaskInfo
-from spd.models.routing import static_probability_routing, uniform_k_subset_routing
+from spd.models.routing import route
 from spd.train.config import PersistentPGDConfig, PPGDOptimizer, PPGDScope, RoutingConfig
 from spd.train.schedules import scheduled_value
 
 ScopeType = Literal["single_mask", "broadcast_across_batch", "repeat_across_batch", "per_batch_per_position"]
 Routing = Literal["all", "uniform_k_subset"] | RoutingConfig
-
-
-def route(routing: Routing, ci: dict[str, Tensor]) -> dict[str, Tensor] | None:
-    """Fresh routing masks over the CI's leading dims (None = every module everywhere)."""
-    if routing == "all":
-        return None
-    if isinstance(routing, str):
-        routing = RoutingConfig(type=routing)
-    leading = tuple(next(iter(ci.values())).shape[:-1])
-    device = next(iter(ci.values())).device
-    if routing.type == "uniform_k_subset":
-        return uniform_k_subset_routing(list(ci), leading, device)
-    return static_probability_routing(list(ci), leading, routing.p, device)
 
 
 def source_shape(scope: PPGDScope, batch_dims: tuple[int, ...], width: int) -> tuple[int, ...]:
@@ -95,18 +83,8 @@ class PersistentPGDState:
         routing: dict[str, Tensor] | None = None,
     ) -> dict[str, MaskInfo]:
         """m = g + (1 - g) s[..., :C]; δ mask s[..., C] (when the delta component is on and deltas are given)."""
-        infos = {}
-        for path, g in ci.items():
-            s = self.expanded(path)
-            C = g.shape[-1]
-            delta = deltas[path] if (deltas is not None and self.use_delta) else None
-            infos[path] = MaskInfo(
-                mask=g + (1 - g) * s[..., :C],
-                routing=routing[path] if routing is not None else "all",
-                delta=delta,
-                delta_mask=s[..., C] if delta is not None else None,
-            )
-        return infos
+        sources = {path: self.expanded(path) for path in ci}
+        return source_mask_infos(ci, deltas if self.use_delta else None, sources, routing)
 
     def lr(self, step: int, total_steps: int) -> float:
         return scheduled_value(step, total_steps, self.config.optimizer.lr_schedule)

@@ -35,7 +35,10 @@ def sample_sources(like: Tensor, sampling: Sampling) -> Tensor:
 
 
 def stochastic_mask_infos(
-    ci: dict[str, Tensor], sampling: Sampling, deltas: dict[str, Tensor] | None = None
+    ci: dict[str, Tensor],
+    sampling: Sampling,
+    deltas: dict[str, Tensor] | None = None,
+    routing: dict[str, Tensor] | None = None,
 ) -> dict[str, MaskInfo]:
     """m = g + (1 - g) u per (position, subcomponent); delta mask ~ U[0,1) per position when deltas given.
 
@@ -48,13 +51,14 @@ def stochastic_mask_infos(
         if deltas is not None:
             delta = deltas[name]
             delta_mask = torch.rand(g.shape[:-1], device=g.device, dtype=g.dtype)
-        infos[name] = MaskInfo(mask=mask, delta=delta, delta_mask=delta_mask)
+        route = routing[name] if routing is not None else "all"
+        infos[name] = MaskInfo(mask=mask, routing=route, delta=delta, delta_mask=delta_mask)
     return infos
 
 
-def ci_mask_infos(ci: dict[str, Tensor]) -> dict[str, MaskInfo]:
-    """Deterministic masks m = g, no delta (CI-masked reconstruction)."""
-    return {name: MaskInfo(mask=g) for name, g in ci.items()}
+def ci_mask_infos(ci: dict[str, Tensor], routing: dict[str, Tensor] | None = None) -> dict[str, MaskInfo]:
+    """Deterministic masks m = g, no delta (CI-masked reconstruction); routing None = every position."""
+    return {name: MaskInfo(mask=g, routing=routing[name] if routing is not None else "all") for name, g in ci.items()}
 
 
 def ones_mask_infos(ci: dict[str, Tensor]) -> dict[str, MaskInfo]:

@@ -6,6 +6,8 @@ target module's original output.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -26,3 +28,20 @@ def static_probability_routing(
 ) -> dict[str, Tensor]:
     """Each module routed independently with probability p per position."""
     return {path: torch.rand(leading_shape, device=device) < p for path in paths}
+
+
+def route(routing: str | Any, ci: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """Fresh routing masks over the CI's leading dims; None means every module at every position.
+
+    `routing` is "all", "uniform_k_subset", or a routing config with `type` and `p` (spd.train.config.RoutingConfig).
+    """
+    kind = routing if isinstance(routing, str) else routing.type
+    if kind == "all":
+        return None
+    first = next(iter(ci.values()))
+    leading, device = tuple(first.shape[:-1]), first.device
+    if kind == "uniform_k_subset":
+        return uniform_k_subset_routing(list(ci), leading, device)
+    if kind == "static_probability":
+        return static_probability_routing(list(ci), leading, routing.p, device)
+    raise ValueError(f"unknown routing {kind!r}")

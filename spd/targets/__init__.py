@@ -1,6 +1,6 @@
 """Target models, their trainers and one on-disk format (target_config.json + target.pt [+ tokenizer.json]).
 
-Kinds: `tms` (toy, spd/targets/tms.py), `hf_causal_lm` (a Hugging Face causal LM, spd/targets/hf.py) and `tiny_lm` (the story-corpus LM, spd/lm; its checkpoint directory
+Kinds: `tms` and `resid_mlp` (toys, spd/targets/tms.py and resid_mlp.py), `hf_causal_lm` (a Hugging Face causal LM, spd/targets/hf.py) and `tiny_lm` (the story-corpus LM, spd/lm; its checkpoint directory
 written by spd.lm.save_lm has the same layout plus tokenizer.json). `load_target` dispatches on `kind`.
 """
 
@@ -17,12 +17,15 @@ from torch import nn
 
 from spd.lm.model import TinyLM, TinyLMConfig
 from spd.targets.hf import HFCausalLMTargetConfig, build_hf_from_dir, save_hf_architecture
+from spd.targets.resid_mlp import RESID_MLP_PRESETS, ResidMLPModel, ResidMLPTargetConfig, train_resid_mlp
 from spd.targets.tms import DegenerateTargetError, TMSModel, TMSTargetConfig, feature_check, train_tms
 from spd.utils import atomic_torch_save, atomic_write_json
 
-ToyTargetConfig = TMSTargetConfig
+ToyTargetConfig = Annotated[TMSTargetConfig | ResidMLPTargetConfig, Field(discriminator="kind")]
 # Every saved target's config: a discriminated union on `kind`.
-TargetModelConfig = Annotated[TMSTargetConfig | TinyLMConfig | HFCausalLMTargetConfig, Field(discriminator="kind")]
+TargetModelConfig = Annotated[
+    TMSTargetConfig | ResidMLPTargetConfig | TinyLMConfig | HFCausalLMTargetConfig, Field(discriminator="kind")
+]
 _ADAPTER = TypeAdapter(TargetModelConfig)
 
 TARGET_CONFIG_FILE = "target_config.json"
@@ -38,6 +41,8 @@ def build_target(config: TargetModelConfig) -> nn.Module:
     """An untrained target of the configured kind (weights come from training or a state dict)."""
     if isinstance(config, TMSTargetConfig):
         return TMSModel(config)
+    if isinstance(config, ResidMLPTargetConfig):
+        return ResidMLPModel(config)
     if isinstance(config, TinyLMConfig):
         return TinyLM(config)
     raise ValueError(f"unknown target config {type(config).__name__}")
@@ -47,6 +52,8 @@ def train_target(config: ToyTargetConfig, device: torch.device | str = "cpu", lo
     """Train and verify a toy target; raises DegenerateTargetError when it does not represent every feature."""
     if isinstance(config, TMSTargetConfig):
         return train_tms(config, device, log)
+    if isinstance(config, ResidMLPTargetConfig):
+        return train_resid_mlp(config, device, log)
     raise ValueError(f"unknown target config {type(config).__name__}")
 
 
@@ -90,8 +97,11 @@ def load_target(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modu
 
 
 __all__ = [
+    "RESID_MLP_PRESETS",
     "DegenerateTargetError",
     "HFCausalLMTargetConfig",
+    "ResidMLPModel",
+    "ResidMLPTargetConfig",
     "TMSModel",
     "TMSTargetConfig",
     "TargetModelConfig",

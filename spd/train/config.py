@@ -172,14 +172,57 @@ class CIHiddenActsReconLossConfig(_LossBase):
     classname: Literal["CIHiddenActsReconLoss"] = "CIHiddenActsReconLoss"
 
 
-class PGDHiddenActsReconLossConfig(_LossBase):
-    """Hidden-activation MSE under adversarial sources found by a fresh PGD each call (reference 6 applied to 5.4)."""
+class _PGDFields(_Strict):
+    """A fresh PGD each call (reference 6): source init, signed ascent step size and count, source sharing."""
 
-    classname: Literal["PGDHiddenActsReconLoss"] = "PGDHiddenActsReconLoss"
     init: Literal["random", "ones", "zeroes"] = "random"
     step_size: float = Field(1.0, gt=0)
     n_steps: int = Field(1, ge=1)
     mask_scope: Literal["unique_per_datapoint", "shared_across_batch"] = "shared_across_batch"
+
+
+class PGDHiddenActsReconLossConfig(_LossBase, _PGDFields):
+    """Hidden-activation MSE under adversarial sources found by a fresh PGD each call (reference 6 applied to 5.4)."""
+
+    classname: Literal["PGDHiddenActsReconLoss"] = "PGDHiddenActsReconLoss"
+
+
+# --- subset, layerwise and PGD variants of the output reconstruction (reference 4.2, 5.3, 6) ----------
+
+
+class StochasticReconSubsetLossConfig(_LossBase):
+    """Stochastic masks on a router's subset of modules per position (resampled each call)."""
+
+    classname: Literal["StochasticReconSubsetLoss"] = "StochasticReconSubsetLoss"
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+
+class CIMaskedReconSubsetLossConfig(_LossBase):
+    classname: Literal["CIMaskedReconSubsetLoss"] = "CIMaskedReconSubsetLoss"
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+
+class CIMaskedReconLayerwiseLossConfig(_LossBase):
+    classname: Literal["CIMaskedReconLayerwiseLoss"] = "CIMaskedReconLayerwiseLoss"
+
+
+class PGDReconLossConfig(_LossBase, _PGDFields):
+    """Output recon under adversarial masks from a fresh PGD each step, every module replaced."""
+
+    classname: Literal["PGDReconLoss"] = "PGDReconLoss"
+
+
+class PGDReconSubsetLossConfig(_LossBase, _PGDFields):
+    """As PGDReconLoss on a router's subset of modules (drawn once per call, fixed through the ascent)."""
+
+    classname: Literal["PGDReconSubsetLoss"] = "PGDReconSubsetLoss"
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+
+class PGDReconLayerwiseLossConfig(_LossBase, _PGDFields):
+    """One PGD per module with only that module replaced."""
+
+    classname: Literal["PGDReconLayerwiseLoss"] = "PGDReconLayerwiseLoss"
 
 
 PPGD_LOSSES = ("PersistentPGDReconLoss", "PersistentPGDReconSubsetLoss")
@@ -195,7 +238,13 @@ LossConfig = Annotated[
     | PersistentPGDReconSubsetLossConfig
     | StochasticHiddenActsReconLossConfig
     | CIHiddenActsReconLossConfig
-    | PGDHiddenActsReconLossConfig,
+    | PGDHiddenActsReconLossConfig
+    | StochasticReconSubsetLossConfig
+    | CIMaskedReconSubsetLossConfig
+    | CIMaskedReconLayerwiseLossConfig
+    | PGDReconLossConfig
+    | PGDReconSubsetLossConfig
+    | PGDReconLayerwiseLossConfig,
     Field(discriminator="classname"),
 ]
 

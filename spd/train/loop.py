@@ -25,6 +25,7 @@ from spd.losses import (
     stochastic_recon_loss,
     unmasked_recon_loss,
 )
+from spd.losses.ci_masked_recon_layerwise import ci_masked_recon_layerwise_loss
 from spd.losses.hidden_acts_recon import (
     ci_hidden_acts_recon_loss,
     pgd_hidden_acts_recon_loss,
@@ -32,6 +33,7 @@ from spd.losses.hidden_acts_recon import (
 )
 from spd.losses.importance_minimality import annealed_p
 from spd.losses.persistent_pgd import PersistentPGDState, ppgd_recon_loss, ppgd_warmup
+from spd.losses.pgd_recon import pgd_recon_layerwise_loss, pgd_recon_loss
 from spd.models.checkpoint import TARGET_DIR, save_model_state, save_run_config
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.models.identity import insert_identity_operations
@@ -90,8 +92,27 @@ def compute_losses(
             out[name] = stochastic_recon_layerwise_loss(
                 model, batch, target_out, ci_lower, stoch_deltas, cfg.n_mask_samples, cfg.sampling, cfg.output_loss_type
             )
+        elif name == "StochasticReconSubsetLoss":
+            out[name] = stochastic_recon_loss(
+                model, batch, target_out, ci_lower, stoch_deltas, cfg.n_mask_samples, cfg.sampling,
+                cfg.output_loss_type, lc.routing,
+            )  # fmt: skip
         elif name == "CIMaskedReconLoss":
             out[name] = ci_masked_recon_loss(model, batch, target_out, ci_lower, cfg.output_loss_type)
+        elif name == "CIMaskedReconSubsetLoss":
+            out[name] = ci_masked_recon_loss(model, batch, target_out, ci_lower, cfg.output_loss_type, lc.routing)
+        elif name == "CIMaskedReconLayerwiseLoss":
+            out[name] = ci_masked_recon_layerwise_loss(model, batch, target_out, ci_lower, cfg.output_loss_type)
+        elif name in ("PGDReconLoss", "PGDReconSubsetLoss"):
+            out[name] = pgd_recon_loss(
+                model, batch, target_out, ci_lower, stoch_deltas, lc.init, lc.step_size, lc.n_steps, lc.mask_scope,
+                cfg.output_loss_type, getattr(lc, "routing", "all"),
+            )  # fmt: skip
+        elif name == "PGDReconLayerwiseLoss":
+            out[name] = pgd_recon_layerwise_loss(
+                model, batch, target_out, ci_lower, stoch_deltas, lc.init, lc.step_size, lc.n_steps, lc.mask_scope,
+                cfg.output_loss_type,
+            )  # fmt: skip
         elif name == "UnmaskedReconLoss":
             out[name] = unmasked_recon_loss(model, batch, target_out, ci_lower, cfg.output_loss_type)
         elif name == "FaithfulnessLoss":
@@ -272,10 +293,10 @@ class Decomposer:
     @torch.no_grad()
     def slow_metrics(self) -> dict[str, float]:
         model, out = self.model, {}
-        if hasattr(self.target, "probe_batch") and hasattr(self.target, "expected_ci_patterns"):
+        patterns = self.target.expected_ci_patterns() if hasattr(self.target, "expected_ci_patterns") else {}
+        if patterns and hasattr(self.target, "probe_batch"):  # no pattern defined: no error to report (not 0)
             _, acts = model.forward_with_inputs(self.target.probe_batch(self.device))
             ci = model.causal_importances(acts, "continuous").lower_leaky
-            patterns = self.target.expected_ci_patterns()
             for tol, suffix in ((0.1, ""), (0.2, "_0p2")):
                 for k, v in M.ci_pattern_errors(ci, patterns, tol).items():
                     out[f"eval/identity_ci_error/{k}{suffix}"] = v
