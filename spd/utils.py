@@ -6,29 +6,44 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same directory and os.replace.
+def _default_file_mode() -> int:
+    """0o666 minus the umask: what a plain open() would give (mkstemp's 0o600 hides outputs from colleagues)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
-    Readers on shared file systems then see either the old file or the whole new one, never a torn write.
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temp file in the same directory, fsync it, then os.replace it onto `path`.
+
+    Readers on shared file systems see either the old file or the whole new one, never a torn write, and a
+    killed job leaves only a dot-prefixed temp file, never a partial file under the final name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        os.chmod(tmp, _default_file_mode())
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Atomic write of `data` to `path`."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -37,17 +52,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    """torch.save through a temp file + os.replace (a killed job never leaves a half checkpoint)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through atomic_write (a killed job never leaves a half checkpoint)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def set_seed(seed: int) -> None:

@@ -1,14 +1,65 @@
 """The `attributions` stage: dataset-averaged gradient x activation attributions between components (array + merge).
 
-Its edges are fixed here; its work arrives with issue #8. Until then the registry reports it
-as unavailable and a pipeline that configures it is rejected before anything is submitted.
+Thin: each array task computes one shard over its disjoint slice of the windows (spd.attributions.compute_shard),
+the merge combines every shard into out/attributions.duckdb (spd.attributions.merge_shards). Alive masks come
+from the harvest store when a harvest upstream is present (run in the pipeline or given in `inputs`);
+otherwise every component is computed. Out directory:
+
+    shards/shard-<task>.pt     per-task sums and token counts (kept: the merge can be rerun from them)
+    attributions.duckdb        the store (schema: spd/attributions/store.py, docs/storage.md)
 """
 
-from stages.base import StageConfig, StageSpec
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from spd.attributions import STORE_FILE, AttributionSettings, compute_shard, merge_shards
+from spd.attributions.alive import HARVEST_DB
+from stages.base import StageConfig, StageContext, StageSpec
+
+SHARD_DIR = "shards"
 
 
-class AttributionsConfig(StageConfig):
-    """Configuration of the attributions stage."""
+class AttributionsConfig(StageConfig, AttributionSettings):
+    """Attribution settings (spd.attributions.AttributionSettings) plus how many array tasks share the data."""
+
+    n_tasks: int = Field(1, ge=1, description="Array tasks; task i processes global batches i, i + n_tasks, ...")
+
+
+def _harvest_db(config: AttributionsConfig, ctx: StageContext) -> Path | None:
+    if not config.use_harvest or "harvest" not in ctx.upstream_dirs:
+        return None
+    return ctx.upstream("harvest") / HARVEST_DB
+
+
+def _settings(config: AttributionsConfig) -> AttributionSettings:
+    return AttributionSettings.model_validate(config.model_dump(include=set(AttributionSettings.model_fields)))
+
+
+def run_task(config: AttributionsConfig, ctx: StageContext, index: int) -> None:
+    """Compute shard `index` of ctx.num_tasks into out/shards/."""
+    compute_shard(
+        _settings(config),
+        ctx.upstream("decompose"),
+        ctx.out_dir / SHARD_DIR,
+        index,
+        ctx.num_tasks,
+        harvest_db=_harvest_db(config, ctx),
+        seed=ctx.task_seed(index),
+    )
+
+
+def merge(config: AttributionsConfig, ctx: StageContext) -> None:
+    """Check that every shard is there, combine them and write out/attributions.duckdb."""
+    merge_shards(
+        ctx.out_dir / SHARD_DIR,
+        ctx.num_tasks,
+        ctx.upstream("decompose"),
+        ctx.out_dir / STORE_FILE,
+        extra_meta={"stage_seed": ctx.seed},
+    )
 
 
 STAGE = StageSpec(
@@ -16,6 +67,8 @@ STAGE = StageSpec(
     config_type=AttributionsConfig,
     upstreams=("decompose",),
     optional_upstreams=("harvest",),
+    num_tasks=lambda config: config.n_tasks,
+    run_task=run_task,
+    merge=merge,
     description="Dataset-averaged gradient x activation attributions between components (array + merge).",
-    unavailable_reason="not implemented yet (issue #8)",
 )

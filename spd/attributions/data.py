@@ -1,0 +1,41 @@
+"""The token windows attributions average over: by default the decomposition's own training windows.
+
+The decomposition config's `data` block says how SPD cut its corpus into windows (split, seq_len,
+dataset_seed); the same `BatchStream` rebuilds them, and its disjoint shards (`iter_shard`) give each array
+task its slice: task i of n takes global batches i, i + n, ... . More tasks than batches leaves some
+tasks empty, which the merge handles (they contribute zero tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spd.attributions.config import AttributionSettings
+from spd.data.batches import BatchConfig, BatchStream
+from spd.models import load_decomposition_corpus
+
+
+def window_config(run_config: dict[str, Any], settings: AttributionSettings) -> tuple[str, BatchConfig]:
+    """(split, batch config) from the decomposition's data record, overridden by the settings."""
+    data = run_config.get("data", {})
+    if data.get("kind") != "lm":
+        raise ValueError(
+            f"attributions need a language-model decomposition with token windows; this one has data {data!r}"
+        )
+    split = settings.split or data.get("train_split", "train")
+    seq_len = settings.seq_len or int(data["seq_len"])
+    seed = settings.dataset_seed if settings.dataset_seed is not None else int(data.get("dataset_seed", 0))
+    config = BatchConfig(
+        seq_len=seq_len, batch_size=settings.batch_size, dataset_seed=seed, n_batches=settings.n_batches
+    )
+    return split, config
+
+
+def attribution_batches(
+    decomposition_dir: Path, run_config: dict[str, Any], settings: AttributionSettings
+) -> BatchStream:
+    """The stream of windows every task shards (the corpus is read from the decomposition directory)."""
+    split, config = window_config(run_config, settings)
+    corpus = load_decomposition_corpus(decomposition_dir)
+    return BatchStream(corpus.tokens(split), config)

@@ -1,0 +1,180 @@
+"""Merge: every task's shard -> one token-weighted mean -> top-k edges -> out/attributions.duckdb.
+
+mean block = (sum over shards of the block's sums) / (sum over shards of n_tokens): an exact token-weighted
+mean, whatever the split. A task that processed nothing has n_tokens = 0 and no blocks, and simply adds
+nothing (the reference divided each rank by its own count and got NaN from an empty rank). Every shard must
+be present (the error names each missing one) and all must agree on layout and settings. Shards are kept
+(they are the exact dense data; a merge can be rerun), and read memory-mapped one block at a time.
+
+Output logits: the output block holds attributions to the unembedding input x (d_model columns); logit
+attributions are that times W_U^T, computed here in row chunks and fed straight into the top-k buffers, so a
+sources x vocab matrix never exists in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from spd.attributions.compute import block_key
+from spd.attributions.config import AttributionSettings
+from spd.attributions.endpoints import unembedding_matrix
+from spd.attributions.layout import Layout
+from spd.attributions.nodes import Layer, NodeKind
+from spd.attributions.shard import load_shard, shard_path
+from spd.attributions.store import DEFINITION, EdgeArrays, write_store
+from spd.attributions.topk import RunningTopK
+from spd.models import load_decomposition
+
+ROW_CHUNK = 1024  # source rows per output-logit chunk: ROW_CHUNK x vocab float64 in memory at a time
+
+
+@dataclass(frozen=True)
+class MergeSummary:
+    n_tokens: int
+    n_batches: int
+    n_edges: int
+    path: Path
+
+
+def _load_all(shard_dir: Path, num_tasks: int) -> list[dict[str, Any]]:
+    paths = [shard_path(shard_dir, i) for i in range(num_tasks)]
+    missing = [(i, p.name) for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        names = ", ".join(f"task {i} ({name})" for i, name in missing)
+        raise FileNotFoundError(
+            f"attributions merge: {len(missing)} of {num_tasks} shard(s) missing in {shard_dir}: {names}"
+        )
+    shards = [load_shard(p) for p in paths]
+    first = shards[0]
+    for i, shard in enumerate(shards):
+        if shard["task"] != i or shard["num_tasks"] != num_tasks:
+            raise ValueError(
+                f"{paths[i].name} is task {shard['task']} of {shard['num_tasks']}, expected {i} of {num_tasks}"
+            )
+        for field in ("layout", "settings", "alive_source"):
+            if shard[field] != first[field]:
+                raise ValueError(
+                    f"{paths[i].name} disagrees with {paths[0].name} on {field}: shards of different runs?"
+                )
+    return shards
+
+
+def _mean_block(shards: list[dict[str, Any]], key: str, n_tokens: int) -> Tensor:
+    total: Tensor | None = None
+    for shard in shards:
+        if shard["n_tokens"] == 0:
+            continue
+        block = shard["sums"][key].to(torch.float64)
+        total = block if total is None else total + block
+    assert total is not None  # n_tokens > 0 guarantees one non-empty shard
+    return total / n_tokens
+
+
+class _Collectors:
+    """Top-k buffers per (owner layer, partner kind): each kind's ranking is exact on its own."""
+
+    def __init__(self, layout: Layout, k: int) -> None:
+        self.layout, self.k = layout, k
+        self.by_target: dict[tuple[str, NodeKind], RunningTopK] = {}
+        self.by_source: dict[tuple[str, NodeKind], RunningTopK] = {}
+
+    def _get(self, table: dict, layer: Layer, partner: NodeKind) -> RunningTopK:
+        if (layer.key, partner) not in table:
+            table[(layer.key, partner)] = RunningTopK(self.layout.size(layer), self.k)
+        return table[(layer.key, partner)]
+
+    def add(self, source: Layer, src_idx: Tensor, target: Layer, tgt_idx: Tensor, values: Tensor) -> None:
+        """values [len(src_idx), len(tgt_idx)]: attributions of those sources to those targets."""
+        s_ids = self.layout.source_offset(source) + src_idx
+        t_ids = self.layout.target_offset(target) + tgt_idx
+        self._get(self.by_source, source, target.kind).update(src_idx, values, t_ids)
+        self._get(self.by_target, target, source.kind).update(tgt_idx, values.T, s_ids)
+
+    def edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Deduplicated (source id, target id, value) over every kept list."""
+        srcs, tgts, vals = [], [], []
+        for (key, _), topk in self.by_source.items():
+            owner, partner, value = topk.entries()
+            srcs.append(self.layout.source_offset(Layer.from_key(key)) + owner)
+            tgts.append(partner)
+            vals.append(value)
+        for (key, _), topk in self.by_target.items():
+            owner, partner, value = topk.entries()
+            srcs.append(partner)
+            tgts.append(self.layout.target_offset(Layer.from_key(key)) + owner)
+            vals.append(value)
+        if not srcs:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return empty, empty, torch.zeros(0, dtype=torch.float64)
+        src, tgt, val = torch.cat(srcs), torch.cat(tgts), torch.cat(vals)
+        pair = src * self.layout.n_targets + tgt
+        unique, inverse = torch.unique(pair, return_inverse=True)
+        first = torch.full((len(unique),), len(pair), dtype=torch.int64).scatter_reduce(
+            0, inverse, torch.arange(len(pair)), reduce="amin"
+        )
+        return src[first], tgt[first], val[first]
+
+
+def merge_shards(
+    shard_dir: Path,
+    num_tasks: int,
+    decomposition_dir: Path,
+    out_path: Path,
+    extra_meta: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> MergeSummary:
+    """Check and combine every shard, reduce to top-k edges and write the store atomically at out_path."""
+    shards = _load_all(Path(shard_dir), num_tasks)
+    layout = Layout.from_dict(shards[0]["layout"])
+    settings = AttributionSettings.model_validate(shards[0]["settings"])
+    n_tokens = sum(int(s["n_tokens"]) for s in shards)
+    n_batches = sum(int(s["n_batches"]) for s in shards)
+    if n_tokens == 0:
+        raise ValueError(f"attributions merge: none of the {num_tasks} task(s) processed any token")
+    model = load_decomposition(decomposition_dir, "cpu")
+    w_u = unembedding_matrix(model, layout.unembedding_module).to(torch.float64)  # [vocab, d_model]
+    if tuple(w_u.shape) != (layout.vocab_size, layout.d_model):
+        raise ValueError(f"unembedding {tuple(w_u.shape)} does not match the shards' layout; wrong decomposition?")
+    collectors = _Collectors(layout, settings.top_k)
+    for target in layout.targets:
+        tgt_idx = layout.alive_mask(target).nonzero().flatten()
+        for source in layout.sources_of(target):
+            src_idx = layout.alive_mask(source).nonzero().flatten()
+            block = _mean_block(shards, block_key(source, target), n_tokens)[src_idx]
+            if target.kind != "output":
+                collectors.add(source, src_idx, target, tgt_idx, block[:, tgt_idx])
+                continue
+            for start in range(0, len(src_idx), ROW_CHUNK):
+                rows = slice(start, start + ROW_CHUNK)
+                collectors.add(source, src_idx[rows], target, tgt_idx, block[rows] @ w_u.T)
+    src, tgt, val = collectors.edges()
+    s_pos, s_idx = layout.decode(src, "source")
+    t_pos, t_idx = layout.decode(tgt, "target")
+    edges = EdgeArrays(
+        source_layer=s_pos.numpy(),  # sources: token layer 0, then components 1..M
+        source_index=s_idx.numpy(),
+        target_layer=(t_pos + 1).numpy(),  # targets: components 1..M, then output M + 1
+        target_index=t_idx.numpy(),
+        value=val.numpy(),
+    )
+    meta = {
+        "definition": DEFINITION,
+        "n_tokens": n_tokens,
+        "n_batches": n_batches,
+        "num_tasks": num_tasks,
+        "top_k": settings.top_k,
+        "settings": settings.model_dump(mode="json"),
+        "layout": layout.to_dict(),
+        "alive_source": shards[0]["alive_source"],
+        "decomposition": str(decomposition_dir),
+        **(extra_meta or {}),
+    }
+    write_store(out_path, layout, edges, shards[0]["density"], meta)
+    log(f"attributions merged: {n_tokens} tokens from {num_tasks} task(s), {len(val)} edges -> {out_path}")
+    return MergeSummary(n_tokens, n_batches, len(val), Path(out_path))

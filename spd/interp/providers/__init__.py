@@ -1,0 +1,1 @@
+"""Who answers: `openai` (and OpenAI-compatible servers), `anthropic`, and the offline `heuristic`."""

@@ -1,0 +1,305 @@
+"""The results journal: every answer saved as it arrives, so a rerun never pays twice.
+
+Layout: a directory of JSONL parts, `part-<utc time>-<pid>-<random>.jsonl`, one per session (a client run
+in one process), each written by that session alone. A row is one line written with a single write(2) on
+an O_APPEND descriptor and fsync'ed; a kill loses at most the rows not yet fsync'ed (milliseconds) and can
+leave a torn last line, which readers skip. Writes go through one background thread that commits
+everything queued since its last fsync together (group commit): an fsync costs ~3 ms here, so one per row
+in the event loop would cap a run at a few hundred answers per second and stall every request in flight.
+
+Rerun: keys with an answer (`status == "ok"`) in any part are never asked again; the spend recorded in the
+parts counts against the budget. The final store is built from the journal (`final_rows`,
+`write_rows_duckdb`) by the stage's single writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+Status = Literal["ok", "failed", "skipped"]
+PART_GLOB = "part-*.jsonl"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One item's outcome. A failure has `output=None` and its error; an answer is never invented."""
+
+    key: str
+    task: str
+    provider: str
+    model: str
+    status: Status
+    prompt: str | None
+    raw_response: str | None
+    output: dict[str, Any] | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    """Cost from the token usage providers reported, over all attempts; None when the price is unknown."""
+    charged_usd: float | None
+    """What the budget counted: cost_usd plus the worst case of attempts whose usage is unknown (timeouts)."""
+    latency_s: float
+    """Wall time for the item: prompt, waits for rate/budget/backoff, every attempt."""
+    attempts: int
+    """Requests sent (0 when skipped before sending)."""
+    error_kind: str | None
+    error: str | None
+    finished_at: str
+    session: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The work item's `meta` (e.g. ids of the examples shown), for the stage's own columns."""
+
+    def to_json_line(self) -> bytes:
+        record = {name: getattr(self, name) for name in _FIELDS}
+        return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> ResultRow:
+        return cls(**{name: record.get(name) for name in _FIELDS if name in record})
+
+
+_FIELDS = tuple(ResultRow.__dataclass_fields__)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def read_part(path: Path) -> Iterator[ResultRow]:
+    """Complete rows of one part; a torn last line (killed mid-write) is skipped."""
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                yield ResultRow.from_dict(json.loads(line))
+            except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+                continue
+
+
+def iter_rows(directory: Path, task: str | None = None) -> Iterator[ResultRow]:
+    """Every row of every part, oldest session first, in the order written."""
+    for path in sorted(Path(directory).glob(PART_GLOB)):
+        for row in read_part(path):
+            if task is None or row.task == task:
+                yield row
+
+
+def final_rows(directory: Path, task: str) -> list[ResultRow]:
+    """One row per key: its latest answer if it has one, else its latest failure or skip; sorted by key."""
+    best: dict[str, ResultRow] = {}
+    for row in iter_rows(directory, task):
+        held = best.get(row.key)
+        if held is None or row.status == "ok" or held.status != "ok":
+            best[row.key] = row
+    return [best[k] for k in sorted(best)]
+
+
+class ResultJournal:
+    """Append-only results of one stage; this session's part has this object as its only writer.
+
+    Opening reads the existing parts into a small index (status and spend per key, not the prompts), so
+    resume checks are in memory. Use as a context manager, or call `close()`: it waits until every row is
+    on disk.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.session = f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.part_path = self.directory / f"part-{self.session}.jsonl"
+        self._status: dict[tuple[str, str], Status] = {}
+        self._spent = 0.0
+        for row in iter_rows(self.directory):
+            self._index(row)
+        self._cv = threading.Condition()
+        self._pending: list[bytes] = []
+        self._enqueued = 0
+        self._durable = 0
+        self._closing = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def _index(self, row: ResultRow) -> None:
+        k = (row.task, row.key)
+        if self._status.get(k) != "ok":
+            self._status[k] = row.status
+        charged = row.charged_usd if row.charged_usd is not None else row.cost_usd
+        self._spent += charged or 0.0
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def completed_keys(self, task: str, *, include_failed: bool = False) -> set[str]:
+        """Keys not to ask again: those with an answer, plus failed ones when `include_failed`."""
+        wanted = {"ok", "failed"} if include_failed else {"ok"}
+        return {key for (t, key), status in self._status.items() if t == task and status in wanted}
+
+    def spent_usd(self) -> float:
+        """Everything charged in this journal so far (all sessions, this one included)."""
+        return self._spent
+
+    def status_of(self, task: str, key: str) -> Status | None:
+        return self._status.get((task, key))
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def append(self, row: ResultRow) -> None:
+        """Queue a row for the writer thread; it is durable after the next group commit (see `flush`)."""
+        line = row.to_json_line()
+        with self._cv:
+            if self._error is not None:
+                raise OSError(f"results journal {self.part_path} failed: {self._error}") from self._error
+            if self._closing:
+                raise RuntimeError(f"results journal {self.part_path} is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._write_loop, name="llm-journal", daemon=True)
+                self._thread.start()
+            self._pending.append(line)
+            self._enqueued += 1
+            self._cv.notify_all()
+        self._index(row)
+
+    def flush(self) -> None:
+        """Block until every row appended so far is fsync'ed (or raise the writer's error)."""
+        with self._cv:
+            target = self._enqueued
+            while self._durable < target and self._error is None:
+                self._cv.wait()
+            if self._error is not None:
+                raise OSError(f"results journal {self.part_path} failed: {self._error}") from self._error
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise OSError(f"results journal {self.part_path} failed: {self._error}") from self._error
+
+    def __enter__(self) -> ResultJournal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write_loop(self) -> None:
+        try:
+            fd = os.open(self.part_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            _fsync_dir(self.directory)  # the new part's name survives a crash too
+        except OSError as e:
+            with self._cv:
+                self._error = e
+                self._cv.notify_all()
+            return
+        try:
+            while True:
+                with self._cv:
+                    while not self._pending and not self._closing:
+                        self._cv.wait()
+                    if not self._pending:
+                        return
+                    batch, self._pending = self._pending, []
+                    upto = self._enqueued
+                data = memoryview(b"".join(batch))
+                while data:
+                    written = os.write(fd, data)
+                    data = data[written:]
+                os.fsync(fd)
+                with self._cv:
+                    self._durable = upto
+                    self._cv.notify_all()
+        except OSError as e:
+            with self._cv:
+                self._error = e
+                self._cv.notify_all()
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the final store ---------------------------------------------------------------------------------------
+RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("key", "VARCHAR NOT NULL"),
+    ("task", "VARCHAR NOT NULL"),
+    ("provider", "VARCHAR NOT NULL"),
+    ("model", "VARCHAR NOT NULL"),
+    ("status", "VARCHAR NOT NULL"),
+    ("prompt", "VARCHAR"),
+    ("raw_response", "VARCHAR"),
+    ("output_json", "VARCHAR"),
+    ("input_tokens", "BIGINT"),
+    ("output_tokens", "BIGINT"),
+    ("cost_usd", "DOUBLE"),
+    ("charged_usd", "DOUBLE"),
+    ("latency_s", "DOUBLE NOT NULL"),
+    ("attempts", "INTEGER NOT NULL"),
+    ("error_kind", "VARCHAR"),
+    ("error", "VARCHAR"),
+    ("finished_at", "VARCHAR NOT NULL"),
+    ("session", "VARCHAR NOT NULL"),
+    ("extra_json", "VARCHAR NOT NULL"),
+)
+
+
+def row_record(row: ResultRow) -> dict[str, Any]:
+    """A row as the values of RESULT_COLUMNS (output and extra as JSON text; output NULL for failures)."""
+    record = {name: getattr(row, name) for name, _ in RESULT_COLUMNS if name not in ("output_json", "extra_json")}
+    record["output_json"] = None if row.output is None else json.dumps(row.output, ensure_ascii=False, sort_keys=True)
+    record["extra_json"] = json.dumps(row.extra or {}, ensure_ascii=False, sort_keys=True)
+    return record
+
+
+def write_rows_duckdb(rows: Iterable[ResultRow], path: Path, table: str = "llm_results") -> int:
+    """Write rows into a new DuckDB file at `path`, atomically: temp file, checkpoint, close, rename.
+
+    Returns the number of rows. The file appears complete under its name or not at all, with no WAL left.
+    Rows go in through a temporary NDJSON file and DuckDB's `read_json` (row-by-row inserts from Python
+    take minutes for ten thousand rows).
+    """
+    import duckdb  # local: only store builders need it
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    tmp = path.parent / f".{path.name}.{token}.tmp"
+    staging = path.parent / f".{path.name}.{token}.ndjson"
+    n_rows = 0
+    try:
+        with open(staging, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row_record(row), ensure_ascii=False) + "\n")
+                n_rows += 1
+        con = duckdb.connect(str(tmp))
+        try:
+            columns = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS)
+            con.execute(f"CREATE TABLE {table} ({columns}, PRIMARY KEY (task, key))")
+            if n_rows:
+                types = ", ".join(f"'{name}': '{kind.removesuffix(' NOT NULL')}'" for name, kind in RESULT_COLUMNS)
+                con.execute(
+                    f"INSERT INTO {table} SELECT * FROM read_json(?, format = 'newline_delimited', "
+                    f"columns = {{{types}}})",
+                    [str(staging)],
+                )
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, Path(f"{tmp}.wal"), staging):
+            leftover.unlink(missing_ok=True)
+    return n_rows
