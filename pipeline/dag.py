@@ -41,6 +41,8 @@ class PlannedStage:
     num_tasks: int
     resources: Resources
     merge_resources: Resources
+    # out/ paths a same-key redo copies from the superseded directory (e.g. an LLM journal: never pay twice)
+    kept_on_redo: tuple[str, ...] = ()
 
     @property
     def has_merge_job(self) -> bool:
@@ -59,6 +61,7 @@ class PlannedStage:
             "num_tasks": self.num_tasks,
             "resources": self.resources.model_dump(mode="json"),
             "merge_resources": self.merge_resources.model_dump(mode="json"),
+            "kept_on_redo": list(self.kept_on_redo),
         }
 
     @classmethod
@@ -74,6 +77,7 @@ class PlannedStage:
             num_tasks=int(record["num_tasks"]),
             resources=Resources.model_validate(record["resources"]),
             merge_resources=Resources.model_validate(record["merge_resources"]),
+            kept_on_redo=tuple(record.get("kept_on_redo", ())),
         )
 
 
@@ -210,5 +214,6 @@ def build_plan(
             num_tasks=num_tasks,
             resources=resources,
             merge_resources=merge_resources,
+            kept_on_redo=tuple(spec.kept_on_redo),
         )
     return plan

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,6 +150,31 @@ class RunDir:
         atomic_write_json(self.config_json(stage), config)
         atomic_write_json(self.stage_json(stage), record)
         self.cancelled_json(stage).unlink(missing_ok=True)
+
+    def restore_outputs(self, stage: str, superseded: Path, paths: tuple[str, ...]) -> list[str]:
+        """Copy `paths` (relative to out/) from a superseded stage directory into the current out/.
+
+        Copies, not moves: the superseded directory stays complete. A copy lands under a temp name
+        first, so a kill mid-copy never leaves a half journal under its final name.
+        """
+        restored = []
+        for rel in paths:
+            src, dst = superseded / "out" / rel, self.out_dir(stage) / rel
+            if not src.exists() or dst.exists():
+                continue
+            tmp = dst.with_name(f".{dst.name}.restore.tmp")
+            if tmp.is_dir():  # left by a copy that was killed
+                shutil.rmtree(tmp)
+            tmp.unlink(missing_ok=True)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, tmp)
+            else:
+                shutil.copy2(src, tmp)
+            make_writable(tmp)  # the superseded copy was read-only
+            os.replace(tmp, dst)
+            restored.append(rel)
+        return restored
 
     def supersede_stage(self, stage: str, old_key: str) -> Path | None:
         """Move a stage directory aside (nothing is deleted) so the stage can be redone."""

@@ -32,19 +32,23 @@ def select_work(
     """Prepare the stage directories of `targets` and return the tasks each must run.
 
     A stage done with its current key is left alone (cached) unless it is in `redo`, which
-    moves its directory aside and runs every task. A stage in `force_tasks` reruns every task
-    even where markers exist; otherwise only tasks without a marker run.
+    moves its directory aside and runs every task; the paths the stage keeps on redo (an LLM
+    journal) are copied back unless the stage is also in `force_tasks`. A stage in `force_tasks`
+    reruns every task even where markers exist; otherwise only tasks without a marker run.
     """
     work: dict[str, list[int]] = {}
     for name in plan.order():
         if name not in targets:
             continue
         planned = plan.stages[name]
+        kept_from = None
         if name in redo and run.stage_dir(name).exists():
-            run.supersede_stage(name, planned.key)
+            kept_from = run.supersede_stage(name, planned.key)
         elif run.is_done(name, planned.key):
             continue
         run.prepare_stage(name, planned.key, planned.config, planned.to_record())
+        if kept_from is not None and name not in force_tasks:
+            run.restore_outputs(name, kept_from, planned.kept_on_redo)
         if name in force_tasks:
             for i in run.done_tasks(name, planned.num_tasks):
                 run.task_marker(name, i).unlink()

@@ -72,6 +72,9 @@ class StageSpec(Generic[C]):
     merge: Callable[[C, StageContext], Any] | None = None
     description: str = ""
     unavailable_reason: str = ""
+    # Paths under out/ that `rerun` of a done stage with an unchanged key copies into the fresh directory
+    # (LLM stages: their answer journal, so a rerun rebuilds the store without paying again; --force drops them).
+    kept_on_redo: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:

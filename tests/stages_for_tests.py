@@ -1,7 +1,8 @@
 """Test-only stages, loaded through SPD_PIPELINE_PLUGINS=tests.stages_for_tests.
 
 `t_source` writes one file per task (optionally failing on one task, or sleeping), `t_sink`
-reads every file of its upstream and writes their sum, and `t_after` depends on `t_sink`.
+reads every file of its upstream and writes their sum (and keeps a journal across a redo, like an
+LLM stage), and `t_after` depends on `t_sink`.
 A `fail_once_marker` makes a task fail only until a given file exists, so "fix and rerun" is
 testable without editing configs.
 """
@@ -53,8 +54,13 @@ class SinkConfig(StageConfig):
 
 
 def sink_task(config: SinkConfig, ctx: StageContext, index: int) -> None:
+    """Like an LLM stage: an answer already in out/journal/ is reused, otherwise it is "paid for" and recorded."""
     if config.sleep_s:
         time.sleep(config.sleep_s)
+    journal = ctx.out_dir / "journal" / "answers.jsonl"
+    if not journal.exists():
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(journal, json.dumps({"paid_by_pid": os.getpid()}) + "\n")
     total = json.loads((ctx.upstream("t_source") / "total.json").read_text())["total"]
     _write_atomic(ctx.out_dir / "result.json", json.dumps({"result": total * config.scale}))
 
@@ -75,7 +81,9 @@ class CycleConfig(StageConfig):
 T_SOURCE = StageSpec(
     name="t_source", config_type=SourceConfig, num_tasks=lambda c: c.n_tasks, run_task=source_task, merge=source_merge
 )
-T_SINK = StageSpec(name="t_sink", config_type=SinkConfig, upstreams=("t_source",), run_task=sink_task)
+T_SINK = StageSpec(
+    name="t_sink", config_type=SinkConfig, upstreams=("t_source",), run_task=sink_task, kept_on_redo=("journal",)
+)
 T_AFTER = StageSpec(name="t_after", config_type=AfterConfig, upstreams=("t_sink",), run_task=after_task)
 T_CYCLE_A = StageSpec(name="t_cycle_a", config_type=CycleConfig, upstreams=("t_cycle_b",), run_task=after_task)
 T_CYCLE_B = StageSpec(name="t_cycle_b", config_type=CycleConfig, upstreams=("t_cycle_a",), run_task=after_task)

@@ -166,6 +166,25 @@ def test_rerun_of_a_done_stage_redoes_it_and_keeps_the_old_one(tmp_path: Path) -
     assert _states(tmp_path)["t_after"] == "COMPLETED"
 
 
+def test_rerun_keeps_the_stage_journal_and_force_drops_it(tmp_path: Path) -> None:
+    """An LLM stage's answers are paid for: a same-key redo copies its journal back (the superseded copy stays
+    whole), so nothing is asked twice; --force starts from an empty journal."""
+    write_pipeline(tmp_path / "p.yaml", _pipeline(tmp_path))
+    assert run_cli("p.yaml", cwd=tmp_path).returncode == 0
+    run_dir = tmp_path / "runs" / "demo"
+    journal = run_dir / "stages/t_sink/out/journal/answers.jsonl"
+    first = journal.read_text()
+    assert run_cli("rerun", "demo", "--stage", "t_sink", cwd=tmp_path).returncode == 0
+    assert _launches(run_dir, "t_sink") == ["0"] and journal.read_text() == first  # reused, not paid again
+    (old,) = (run_dir / "superseded").iterdir()
+    assert (old / "out/journal/answers.jsonl").read_text() == first and (old / "out/result.json").exists()
+    assert not list(journal.parent.glob(".*tmp"))
+    forced = run_cli("rerun", "demo", "--stage", "t_sink", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert journal.read_text() != first  # paid again by the new task
+    assert _states(tmp_path)["t_sink"] == "COMPLETED"
+
+
 def test_cancel_from_another_shell(tmp_path: Path) -> None:
     write_pipeline(tmp_path / "p.yaml", _pipeline(tmp_path, sleep_s=60))
     result = run_cli("run", "p.yaml", "--no-wait", cwd=tmp_path)
