@@ -8,19 +8,22 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from pipeline import orchestrator
 from pipeline.config import pipeline_schema
 from pipeline.errors import StageFailed, UserError
-from pipeline.runs import MERGE, resolve_run
-from pipeline.status import BAD_STATES, RunStatus
+from pipeline.runs import MERGE, RunDir, resolve_run
+from pipeline.status import BAD_STATES, LIVE_STATES, RunStatus
 
 app = typer.Typer(
     add_completion=False,
@@ -139,7 +142,7 @@ def plan(
         out.print("the pipeline has no stages")
 
 
-def _print_status(status: RunStatus) -> None:
+def _status_renderable(status: RunStatus) -> Group:
     table = Table(title=f"run {status.run_id} ({status.executor})  {status.run_dir}")
     for col in ("stage", "state", "tasks done", "failed", "running", "elapsed", "jobs", "logs"):
         table.add_column(col)
@@ -157,12 +160,16 @@ def _print_status(status: RunStatus) -> None:
             jobs or "-",
             s.log_dir,
         )
-    out.print(table)
-    for s in status.stages:
-        if s.error:
-            out.print(
-                f"[bold]{s.name}[/] [{STATE_STYLE[s.state]}]{s.state}[/]: {s.error}", highlight=False, soft_wrap=True
-            )
+    errors = [
+        Text.from_markup(f"[bold]{s.name}[/] [{STATE_STYLE[s.state]}]{s.state}[/]: ") + Text(s.error)
+        for s in status.stages
+        if s.error
+    ]
+    return Group(table, *errors)
+
+
+def _print_status(status: RunStatus) -> None:
+    out.print(_status_renderable(status), soft_wrap=True)
 
 
 @app.command()
@@ -170,16 +177,37 @@ def _print_status(status: RunStatus) -> None:
 def status(
     run: RunArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh in place until nothing is running or queued.")
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between refreshes (--watch).")] = 5.0,
     out_dir: OutDirOpt = Path("runs"),
 ) -> None:
     """What is queued, running, done or failed, with log locations. Exit 1 if a stage failed."""
-    result = orchestrator.status(resolve_run(run, out_dir))
+    run_dir = resolve_run(run, out_dir)
+    if watch and as_json:
+        raise UserError("--watch refreshes a table; use --json without --watch for one JSON object")
+    result = _watch_status(run_dir, interval) if watch else orchestrator.status(run_dir)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
-    else:
+    elif not watch:
         _print_status(result)
     if any(s.state in BAD_STATES for s in result.stages):
         raise typer.Exit(1)
+
+
+def _watch_status(run_dir: RunDir, interval: float) -> RunStatus:
+    """Redraw the status table every `interval` seconds until no stage is RUNNING or PENDING (Ctrl-C stops)."""
+    result = orchestrator.status(run_dir)
+    with Live(_status_renderable(result), console=out, auto_refresh=False) as live:
+        try:
+            while any(s.state in LIVE_STATES for s in result.stages):
+                time.sleep(interval)
+                result = orchestrator.status(run_dir)
+                live.update(_status_renderable(result), refresh=True)
+        except KeyboardInterrupt:
+            pass  # stop watching; the run itself goes on
+    return result
 
 
 @app.command()
@@ -220,6 +248,9 @@ def logs(
     task: Annotated[
         str | None, typer.Option("--task", help="Task index or 'merge' (default: first failed, else 0).")
     ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the stage stops running.")
+    ] = False,
     out_dir: OutDirOpt = Path("runs"),
 ) -> None:
     """Print the log of one task of a stage."""
@@ -231,10 +262,40 @@ def logs(
     if label != MERGE and not label.isdigit():
         raise UserError(f"--task: {label!r} is neither a task index nor 'merge'")
     path = run_dir.task_log(stage, label)
+    if follow:
+        _follow_log(run_dir, stage, path)
+        return
     if not path.exists():
         raise UserError(f"no log for {stage} task {label} yet ({path})")
     err.print(f"[dim]{path}[/]")
     sys.stdout.write(path.read_text(errors="replace"))
+
+
+def _stage_live(run_dir: RunDir, stage: str) -> bool:
+    return any(s.name == stage and s.state in LIVE_STATES for s in orchestrator.status(run_dir).stages)
+
+
+def _follow_log(run_dir: RunDir, stage: str, path: Path, poll_s: float = 0.5, status_every_s: float = 3.0) -> None:
+    """tail -f the log (waiting for it to appear) until the stage is no longer running or queued; Ctrl-C stops."""
+    err.print(f"[dim]{path} (following; Ctrl-C stops)[/]")
+    position, last_check = 0, 0.0
+    try:
+        while True:
+            live = True
+            if time.monotonic() - last_check >= status_every_s:
+                live, last_check = _stage_live(run_dir, stage), time.monotonic()
+            if path.exists():
+                with path.open("rb") as f:
+                    f.seek(position)
+                    chunk = f.read()
+                position += len(chunk)
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            if not live:  # drained after the last status check: nothing more will come
+                return
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        return
 
 
 @app.command()

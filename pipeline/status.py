@@ -14,6 +14,7 @@ from pipeline.executors.base import Executor, TaskView
 from pipeline.runs import MERGE, RunDir
 
 BAD_STATES = ("FAILED", "CANCELLED", "UPSTREAM_FAILED")
+LIVE_STATES = ("RUNNING", "PENDING")  # a run with none of these has ended (or was never started)
 LOG_TAIL_LINES = 15
 
 

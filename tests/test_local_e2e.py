@@ -355,3 +355,26 @@ def test_a_second_invocation_is_refused_while_the_first_holds_the_run(tmp_path: 
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def test_status_watch_and_logs_follow_return_when_the_run_ends(tmp_path: Path) -> None:
+    """Started right after a --no-wait submit: both keep refreshing while tasks sleep and return once it is done."""
+    write_pipeline(tmp_path / "p.yaml", _pipeline(tmp_path, sleep_s=3))
+    assert run_cli("run", "p.yaml", "--no-wait", cwd=tmp_path).returncode == 0
+    follow = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "run.py"), "logs", "demo", "--stage", "t_source", "--task", "2", "--follow"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watch = run_cli("status", "demo", "--watch", "--interval", "0.5", cwd=tmp_path, timeout=120)
+    assert watch.returncode == 0, watch.stderr
+    assert _states(tmp_path) == {"t_source": "COMPLETED", "t_sink": "COMPLETED", "t_after": "COMPLETED"}
+    assert watch.stdout.count("COMPLETED") >= 3  # the last table drawn shows every stage done
+    stdout, stderr = follow.communicate(timeout=60)
+    assert follow.returncode == 0, stderr
+    assert "source task 2 of 3" in stdout and "following" in stderr
+    refused = run_cli("status", "demo", "--watch", "--json", cwd=tmp_path)
+    assert refused.returncode == 2 and "--watch" in refused.stderr
