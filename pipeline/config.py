@@ -132,9 +132,9 @@ def _format_error(path: Path, text: str, err: dict[str, Any], stage_names: list[
     dotted = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         if len(loc) == 2 and loc[0] == "stages":
-            return f"{where}: unknown stage {loc[1]!r} (known stages: {', '.join(stage_names)})"
+            return f"{where}: {dotted}: unknown stage {loc[1]!r} (known stages: {', '.join(stage_names)})"
         if len(loc) == 3 and loc[:2] == ("slurm", "resources"):
-            return f"{where}: slurm.resources: unknown stage {loc[2]!r} (known stages: {', '.join(stage_names)})"
+            return f"{where}: {dotted}: unknown stage {loc[2]!r} (known stages: {', '.join(stage_names)})"
         return f"{where}: unknown key {dotted!r}"
     if err["type"] == "missing":
         return f"{where}: {dotted}: required field is missing"

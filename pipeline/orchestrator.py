@@ -69,9 +69,12 @@ def make_executor(name: str, plan_record: dict[str, Any], snapshot: Path | None 
 def plan_pipeline(pipeline_path: Path) -> PlannedRun:
     config, text = load_pipeline(pipeline_path)
     registry = stage_registry()
-    profile = load_profile(config.slurm.profile, set(registry))
-    modules = {name: stage_module(name) for name in registry}
-    plan = build_plan(config, registry, modules, profile)
+    try:  # problems found while resolving the file (upstreams, inputs, profile) name the file too
+        profile = load_profile(config.slurm.profile, set(registry))
+        modules = {name: stage_module(name) for name in registry}
+        plan = build_plan(config, registry, modules, profile)
+    except UserError as e:
+        raise UserError(f"{pipeline_path}: {e}") from None
     run = RunDir(resolve_out_dir(config) / config.run.name)
     cached = [name for name, stage in plan.stages.items() if run.is_done(name, stage.key)]
     return PlannedRun(config, text, Path(pipeline_path), plan, choose_executor(config.executor), run, cached)

@@ -97,7 +97,7 @@ def test_unknown_stage_lists_known_ones(tmp_path: Path) -> None:
 
 def test_unknown_stage_in_resource_overrides(tmp_path: Path) -> None:
     message = _error(tmp_path, "run: {name: demo}\nslurm:\n  resources:\n    harvst: {mem_gb: 3}\n")
-    assert "slurm.resources: unknown stage 'harvst'" in message
+    assert "slurm.resources.harvst: unknown stage 'harvst'" in message
 
 
 def test_unimplemented_builtin_stage_is_rejected(tmp_path: Path) -> None:
