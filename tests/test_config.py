@@ -100,10 +100,10 @@ def test_unknown_stage_in_resource_overrides(tmp_path: Path) -> None:
     assert "slurm.resources.harvst: unknown stage 'harvst'" in message
 
 
-def test_unimplemented_builtin_stage_is_rejected(tmp_path: Path) -> None:
-    message = _error(tmp_path, "run: {name: demo}\nstages:\n  intruder: {}\n")
-    assert "stages.intruder" in message
-    assert "not implemented yet" in message
+def test_unimplemented_stage_is_rejected(tmp_path: Path) -> None:
+    message = _error(tmp_path, "run: {name: demo}\nstages:\n  t_planned: {}\n")
+    assert "stages.t_planned" in message
+    assert "not implemented yet (issue #999)" in message
 
 
 def test_bad_run_name_and_missing_run(tmp_path: Path) -> None:

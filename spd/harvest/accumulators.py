@@ -1,0 +1,165 @@
+"""One task's running statistics over its batches, in explicit integer / fp64 precision.
+
+Per component c (flat index) and token t:
+- firing_count[c] (int64): tokens where CI_c > ci_threshold.
+- sums over all tokens of CI and component activation, of |activation|, and of CI and activation over
+  firing tokens only: per-batch sums in fp32 (never in autocast precision), accumulated in fp64.
+- input counts (c, t): firings of c at a token whose id is t; input_total[t]: all tokens with id t.
+- output counts (c, t): firings of c where t is among the target's top-m next-token predictions;
+  output_total[t]: all positions where t is among them. Both int64 (spd.harvest.counters: dense while
+  C x V is small, sparse beyond), written sparse.
+- co-firing counts (a, b): tokens where both fire. F^T F per batch in fp32 is exact (every entry is an
+  integer <= tokens per batch < 2**24) and is added into an fp64 [C, C] accumulator, exact up to 2**53.
+- the uniform example reservoir and the top-|activation| set (spd.harvest.reservoir).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from spd.harvest.activations import BatchActivations
+from spd.harvest.config import HarvestSettings
+from spd.harvest.counters import make_counter
+from spd.harvest.keys import firing_keys, magnitude_keys
+from spd.harvest.reservoir import ExampleRows, ExampleSelection
+from spd.harvest.shard import SUM_NAMES, ShardData
+from spd.harvest.windows import extract_windows
+
+EXACT_FP32_LIMIT = 1 << 24  # integers up to this are exact in fp32
+COFIRING_ROW_BLOCK = 1024  # rows of the [C, C] accumulator scanned at once when writing the shard
+
+
+class TaskAccumulator:
+    """Accumulates every per-component statistic of one harvest task (see the module docstring)."""
+
+    def __init__(
+        self, n_components: int, vocab_size: int, settings: HarvestSettings, seed: int, device: torch.device | str
+    ) -> None:
+        self.C, self.V, self.settings, self.seed = n_components, vocab_size, settings, seed
+        self.device = dev = torch.device(device)
+        self.n_tokens = 0
+        self.n_batches = 0
+        self.sequences: list[Tensor] = []
+        self.firing_count = torch.zeros(n_components, dtype=torch.int64, device=dev)
+        self.sums = {name: torch.zeros(n_components, dtype=torch.float64, device=dev) for name in SUM_NAMES}
+        self.input_total = torch.zeros(vocab_size, dtype=torch.int64, device=dev)
+        self.output_total = torch.zeros(vocab_size, dtype=torch.int64, device=dev)
+        self.input_counts = make_counter(n_components * vocab_size, dev)
+        self.output_counts = make_counter(n_components * vocab_size, dev)
+        self.cofire = (
+            torch.zeros((n_components, n_components), dtype=torch.float64, device=dev) if settings.cofiring else None
+        )
+        window = settings.window
+        self.uniform = ExampleSelection(n_components, settings.examples_per_component, window, dev)
+        self.top = ExampleSelection(n_components, settings.top_examples_per_component, window, dev)
+
+    def process(self, batch_index: int, starts: Tensor, seq_len: int, acts: BatchActivations) -> None:
+        """Fold one batch in. `starts[b]` is the stream position of row b's first token."""
+        tokens = acts.tokens
+        B, S = tokens.shape
+        C, V = self.C, self.V
+        if B * S >= EXACT_FP32_LIMIT:
+            raise ValueError(f"a batch of {B * S} tokens is too large for exact fp32 co-firing counts")
+        ci, act = acts.ci, acts.act
+        firing = ci > self.settings.ci_threshold  # [B, S, C]
+        self.n_tokens += B * S
+        self.n_batches += 1
+        self.sequences.append((starts // seq_len).to("cpu", torch.int64))
+        flat_tokens = tokens.reshape(-1)
+        top_next = acts.top_next.reshape(B * S, -1)
+        if int(torch.maximum(flat_tokens.max(), top_next.max())) >= V:
+            raise ValueError(f"token ids exceed the vocabulary size {V}")
+
+        # firings as flat indices into [B * S, C]: one 1-D gather per quantity
+        flat = firing.reshape(-1).nonzero().squeeze(1)
+        token_index, comp = torch.div(flat, C, rounding_mode="floor"), torch.remainder(flat, C)
+        ci_fired, act_fired = ci.reshape(-1)[flat], act.reshape(-1)[flat]
+        self.firing_count += torch.bincount(comp, minlength=C)
+        # per-batch sums in fp32 (explicitly, whatever the model ran in), accumulated across batches in fp64
+        self.sums["ci_sum"] += ci.reshape(B * S, C).float().sum(dim=0)
+        self.sums["act_sum"] += act.reshape(B * S, C).float().sum(dim=0)
+        self.sums["act_abs_sum"] += act.reshape(B * S, C).float().abs().sum(dim=0)
+        self.sums["ci_sum_firing"] += torch.zeros(C, device=ci.device).index_add_(0, comp, ci_fired.float())
+        self.sums["act_sum_firing"] += torch.zeros(C, device=ci.device).index_add_(0, comp, act_fired.float())
+        self.input_total += torch.bincount(flat_tokens, minlength=V)
+        self.output_total += torch.bincount(top_next.reshape(-1), minlength=V)
+        self.input_counts.add(comp * V + flat_tokens[token_index])
+        self.output_counts.add(comp.unsqueeze(1) * V + top_next[token_index])
+        if self.cofire is not None:
+            f32 = firing.reshape(B * S, C).to(torch.float32)
+            self.cofire += f32.T @ f32
+
+        row, pos = torch.div(token_index, S, rounding_mode="floor"), torch.remainder(token_index, S)
+        keys = firing_keys(self.seed, starts[row] + pos, comp, C)
+        top_keys = magnitude_keys(act_fired, keys)
+        side = self.settings.context_tokens_per_side
+
+        def fetch_for(selection_keys: Tensor):
+            def fetch(idx: Tensor) -> ExampleRows:
+                w = extract_windows(tokens, ci, act, row[idx], pos[idx], comp[idx], side)
+                return ExampleRows(
+                    key=selection_keys[idx],
+                    tokens=w.tokens,
+                    ci=w.ci,
+                    act=w.act,
+                    sequence=starts[row[idx]] // seq_len,
+                    position=pos[idx],
+                    batch=torch.full_like(idx, batch_index),
+                )
+
+            return fetch
+
+        self.uniform.offer(comp, keys, fetch_for(keys))
+        self.top.offer(comp, top_keys, fetch_for(top_keys))
+
+    def to_shard(self, meta: dict) -> ShardData:
+        """Everything on the CPU in the compact shard layout (sparse COO, filled example slots only)."""
+        in_comp, in_tok = divmod_keys(self.input_counts.keys(), self.V)
+        out_comp, out_tok = divmod_keys(self.output_counts.keys(), self.V)
+        co_a, co_b, co_n = self._cofiring_pairs()
+        u_comp, _, u_rows = self.uniform.flat()
+        t_comp, _, t_rows = self.top.flat()
+        cpu = "cpu"
+        return ShardData(
+            meta=meta,
+            firing_count=self.firing_count.to(cpu),
+            sums={k: v.to(cpu) for k, v in self.sums.items()},
+            input_total=self.input_total.to(cpu),
+            output_total=self.output_total.to(cpu),
+            input_component=in_comp.to(cpu, torch.int32),
+            input_token=in_tok.to(cpu, torch.int32),
+            input_count=self.input_counts.counts().to(cpu),
+            output_component=out_comp.to(cpu, torch.int32),
+            output_token=out_tok.to(cpu, torch.int32),
+            output_count=self.output_counts.counts().to(cpu),
+            cofire_a=co_a,
+            cofire_b=co_b,
+            cofire_count=co_n,
+            uniform_component=u_comp.to(cpu, torch.int32),
+            uniform_rows=u_rows.to(cpu),
+            top_component=t_comp.to(cpu, torch.int32),
+            top_rows=t_rows.to(cpu),
+            sequences=torch.cat(self.sequences) if self.sequences else torch.zeros(0, dtype=torch.int64),
+        )
+
+    def _cofiring_pairs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Non-zero co-firing counts above the diagonal as (a, b, count), a < b, sorted by (a, b)."""
+        empty_i = torch.zeros(0, dtype=torch.int32)
+        if self.cofire is None:
+            return empty_i, empty_i, torch.zeros(0, dtype=torch.int64)
+        parts_a, parts_b, parts_n = [], [], []
+        cols = torch.arange(self.C, device=self.device)
+        for r0 in range(0, self.C, COFIRING_ROW_BLOCK):
+            block = self.cofire[r0 : r0 + COFIRING_ROW_BLOCK]
+            rows = torch.arange(r0, r0 + block.shape[0], device=self.device)
+            a, b = ((block != 0) & (cols.unsqueeze(0) > rows.unsqueeze(1))).nonzero(as_tuple=True)
+            parts_a.append((a + r0).to("cpu", torch.int32))
+            parts_b.append(b.to("cpu", torch.int32))
+            parts_n.append(block[a, b].round().to("cpu", torch.int64))
+        return torch.cat(parts_a), torch.cat(parts_b), torch.cat(parts_n)
+
+
+def divmod_keys(keys: Tensor, base: int) -> tuple[Tensor, Tensor]:
+    """Split composite keys hi * base + lo into (hi, lo)."""
+    return torch.div(keys, base, rounding_mode="floor"), torch.remainder(keys, base)

@@ -1,0 +1,85 @@
+"""What the harvest sees of one batch: per-token CI and component activation of every component, firings,
+and the target's top next-token predictions. Computed deterministically in fp32 (no autocast, no sampling).
+
+- CI is the lower-leaky CI function output with `sampling="continuous"`: for the leaky hard sigmoid that is
+  clamp(pre-activation, 0, 1), with none of the binomial noise SPD training may use, so firings do not
+  depend on an RNG (reference section 4 risk).
+- The component activation of component c at a token is (x . V[:, c]) * ||U[c]||: the size of c's
+  contribution to the module output (signed; the reference's definition).
+- Components are flattened in `module_to_c` order: flat index = layer offset + index within the layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from spd.models.component_model import ComponentModel
+
+
+@dataclass(frozen=True)
+class LayerSpan:
+    """One decomposed module's place in the flat component axis."""
+
+    name: str
+    offset: int
+    C: int
+
+
+def layer_spans(model: ComponentModel) -> list[LayerSpan]:
+    spans, offset = [], 0
+    for name, C in model.module_to_c.items():
+        spans.append(LayerSpan(name, offset, int(C)))
+        offset += int(C)
+    return spans
+
+
+@dataclass
+class BatchActivations:
+    """Everything the accumulators need from one batch [B, S] (tensors on the model's device)."""
+
+    tokens: Tensor  # [B, S] int64
+    ci: Tensor  # [B, S, C] float32, in [0, 1]
+    act: Tensor  # [B, S, C] float32, signed
+    top_next: Tensor  # [B, S, m] int64: the target's m most likely next tokens at each position
+
+
+class ActivationReader:
+    """Runs the frozen decomposition on token batches (one forward of the target plus the CI functions)."""
+
+    def __init__(self, model: ComponentModel, output_top_m: int) -> None:
+        self.model = model
+        self.output_top_m = output_top_m
+        self.spans = layer_spans(model)
+        self.u_norms = {span.name: model.components(span.name).U.detach().float().norm(dim=1) for span in self.spans}
+
+    @property
+    def n_components(self) -> int:
+        return sum(span.C for span in self.spans)
+
+    @torch.inference_mode()
+    def bare_forward(self, tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Target forward + CI functions only: the baseline the throughput benchmark compares against."""
+        logits, inputs = self.model.forward_with_inputs(tokens)
+        ci = self.model.causal_importances(inputs, sampling="continuous").lower_leaky
+        return logits, ci
+
+    @torch.inference_mode()
+    def __call__(self, tokens: Tensor) -> BatchActivations:
+        logits, inputs = self.model.forward_with_inputs(tokens)
+        ci = self.model.causal_importances(inputs, sampling="continuous").lower_leaky
+        ci_parts, act_parts = [], []
+        for span in self.spans:
+            x = inputs[span.name]
+            comp_acts = self.model.components(span.name).component_acts(x).float()
+            act_parts.append(comp_acts * self.u_norms[span.name])
+            ci_parts.append(ci[span.name].float())
+        top_next = logits.float().topk(self.output_top_m, dim=-1).indices
+        return BatchActivations(
+            tokens=tokens,
+            ci=torch.cat(ci_parts, dim=-1),
+            act=torch.cat(act_parts, dim=-1),
+            top_next=top_next,
+        )

@@ -1,0 +1,59 @@
+"""What a harvest computes and over which data: one frozen pydantic model, shared by the task and the merge.
+
+The stage config (stages/harvest.py) inherits these fields unchanged, so a pipeline file, a shard's metadata
+and the store's provenance all carry the same JSON.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class HarvestSettings(BaseModel):
+    """Data slice, firing rule and the sizes of what is kept per component."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_tasks: int = Field(1, ge=1, le=4096, description="Array tasks; task i owns global batches i, i+n, i+2n, ...")
+    device: str = Field("auto", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available).")
+    split: str | None = Field(None, description="Corpus split to harvest; None = the decomposition's train split.")
+    batch_size: int = Field(32, ge=1, description="Windows (sequences) per global batch.")
+    n_batches: int | None = Field(
+        None, ge=1, description="Global batches before sharding; None = every whole batch of the split."
+    )
+    seq_len: int | None = Field(
+        None, ge=2, description="Tokens per window; None = the decomposition's window length (run config data.seq_len)."
+    )
+    dataset_seed: int | None = Field(
+        None, description="Seed of the window order; None = the decomposition's dataset_seed."
+    )
+    ci_threshold: float = Field(
+        0.1, ge=0.0, lt=1.0, description="A component fires at a token when its (deterministic) CI exceeds this."
+    )
+    context_tokens_per_side: int = Field(
+        10, ge=0, le=256, description="Example windows hold the firing token and this many tokens on each side."
+    )
+    examples_per_component: int = Field(
+        100, ge=1, le=10_000, description="Uniform reservoir size per component (a uniform sample of all firings)."
+    )
+    top_examples_per_component: int = Field(
+        20, ge=0, le=10_000, description="Firings with the largest |component activation| kept per component."
+    )
+    output_top_m: int = Field(
+        3, ge=1, le=100, description="Output-token statistics count the target's top-m next-token predictions."
+    )
+    cofiring: bool = Field(
+        True,
+        description="Count same-token co-firing of every component pair (a dense C x C accumulator on the device).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> HarvestSettings:
+        if self.n_batches is not None and self.n_batches < self.n_tasks:
+            raise ValueError(f"n_batches={self.n_batches} leaves some of the n_tasks={self.n_tasks} tasks without data")
+        return self
+
+    @property
+    def window(self) -> int:
+        """Tokens per example window."""
+        return 2 * self.context_tokens_per_side + 1

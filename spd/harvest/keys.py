@@ -1,0 +1,79 @@
+"""Sampling keys that depend only on (seed, token position, component): the same firing gets the same key
+whichever task processes it.
+
+A uniform sample of k firings is "the k firings with the smallest keys" when keys are i.i.d. uniform
+(bottom-k / priority sampling). Because a firing's key is a hash of where it is, not a draw from a task's
+RNG stream, the selection is identical for 1 task or 16 tasks, a rerun task reproduces its shard exactly, and
+merging shards is exact: the k smallest keys of a union are among the k smallest of each part, so no
+per-shard weighting (reference section 7.3) is needed at all.
+
+The hash is SplitMix64's finaliser on int64 tensors (wrap-around multiplication, logical shifts emulated
+with masks), so it runs on CPU and CUDA alike; `hash64_py` is the plain-Python version tests compare with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_MASK64 = (1 << 64) - 1
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+_GOLDEN = 0x9E3779B97F4A7C15
+KEY_BITS = 62  # keys lie in [0, 2**62): never equal to the "empty slot" marker EMPTY_KEY
+EMPTY_KEY = torch.iinfo(torch.int64).max
+
+
+def _signed(value: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shr(x: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 bits (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def hash64(x: Tensor) -> Tensor:
+    """SplitMix64 finaliser of every int64 in x (bit pattern in, bit pattern out)."""
+    x = x.to(torch.int64)
+    x = (x ^ _shr(x, 30)) * _signed(_M1)
+    x = (x ^ _shr(x, 27)) * _signed(_M2)
+    return x ^ _shr(x, 31)
+
+
+def hash64_py(x: int) -> int:
+    """Reference implementation on Python ints (unsigned 64-bit semantics)."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * _M1) & _MASK64
+    x = ((x ^ (x >> 27)) * _M2) & _MASK64
+    return x ^ (x >> 31)
+
+
+def firing_keys(seed: int, stream_position: Tensor, component: Tensor, n_components: int) -> Tensor:
+    """Uniform-looking keys in [0, 2**62) for firings at (stream position, flat component index).
+
+    The firing's index i = position * n_components + component is unique, and the key is SplitMix64's i-th
+    output for a seed-dependent starting state (state + i * golden gamma, then the finaliser): distinct
+    firings get distinct 64-bit outputs (the finaliser is a bijection) that pass the usual randomness tests.
+    """
+    index = stream_position.to(torch.int64) * n_components + component.to(torch.int64)
+    state = index * _signed(_GOLDEN) + _signed(hash64_py(seed))
+    return _shr(hash64(state), 64 - KEY_BITS)
+
+
+def firing_keys_py(seed: int, stream_position: int, component: int, n_components: int) -> int:
+    """Reference implementation of `firing_keys` for one firing."""
+    index = stream_position * n_components + component
+    state = (index * _GOLDEN + hash64_py(seed)) & _MASK64
+    return hash64_py(state) >> (64 - KEY_BITS)
+
+
+def magnitude_keys(values: Tensor, tie_break: Tensor) -> Tensor:
+    """Keys that sort by |value| descending, ties by `tie_break` (a firing key) ascending.
+
+    A non-negative float32's bit pattern is monotone in its value, so -bits * 2**31 + (31 high bits of the
+    tie-break key) is an int64 whose ascending order is |value| descending, then tie-break ascending.
+    """
+    bits = values.detach().abs().to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+    return -bits * (1 << 31) + _shr(tie_break, KEY_BITS - 31)

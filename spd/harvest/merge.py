@@ -1,0 +1,140 @@
+"""The merge: check every expected shard is there and consistent, fold them in one at a time, build the store.
+
+Peak memory is the running totals plus one shard, whatever the number of tasks: a shard is loaded, added
+and dropped before the next is read. Sums are exact (int64 counts; fp64 float sums), and example sets are
+merged exactly (bottom-k of the union, spd.harvest.reservoir), so the store does not depend on the number
+of tasks beyond fp64 rounding in the float means.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spd.harvest.accumulators import divmod_keys
+from spd.harvest.counters import make_counter
+from spd.harvest.reservoir import ExampleSelection
+from spd.harvest.shard import SUM_NAMES, ShardData, read_shard, shard_path
+
+# Meta fields that must agree between shards of one harvest, and the data-slice fields shared by all tasks.
+CONSISTENT_META = ("n_tasks", "seed", "settings", "vocab_size", "layers", "decomposition")
+SHARED_SLICE = ("split", "seq_len", "batch_size", "dataset_seed", "n_batches", "n_tasks")
+
+
+class ShardMissingError(FileNotFoundError):
+    """The merge refuses to build a store from an incomplete set of shards."""
+
+
+def expected_shards(out_dir: Path, n_tasks: int) -> list[Path]:
+    """Paths of all n_tasks shards; raises ShardMissingError naming every missing one."""
+    paths = [shard_path(out_dir, i) for i in range(n_tasks)]
+    missing = [(i, p) for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        names = ", ".join(f"{p.name} (task {i})" for i, p in missing)
+        raise ShardMissingError(
+            f"harvest merge: {len(missing)} of {n_tasks} shards missing in {paths[0].parent}: {names}; "
+            "rerun those tasks (python run.py rerun <run> --stage harvest) before merging"
+        )
+    return paths
+
+
+class MergedHarvest:
+    """Running totals over shards (CPU)."""
+
+    def __init__(self, first_meta: dict[str, Any]) -> None:
+        self.meta = first_meta
+        self.data = {k: first_meta["slice"][k] for k in SHARED_SLICE}  # what every task's slice has in common
+        settings = first_meta["settings"]
+        self.C = sum(layer["C"] for layer in first_meta["layers"])
+        self.V = int(first_meta["vocab_size"])
+        window = 2 * int(settings["context_tokens_per_side"]) + 1
+        self.n_tokens = 0
+        self.n_batches = 0
+        self.n_sequences = 0
+        self.tasks: list[dict[str, Any]] = []
+        self.firing_count = torch.zeros(self.C, dtype=torch.int64)
+        self.sums = {name: torch.zeros(self.C, dtype=torch.float64) for name in SUM_NAMES}
+        self.input_total = torch.zeros(self.V, dtype=torch.int64)
+        self.output_total = torch.zeros(self.V, dtype=torch.int64)
+        self.input_counts = make_counter(self.C * self.V)
+        self.output_counts = make_counter(self.C * self.V)
+        self.cofire = make_counter(self.C * self.C)
+        self.uniform = ExampleSelection(self.C, int(settings["examples_per_component"]), window)
+        self.top = ExampleSelection(self.C, int(settings["top_examples_per_component"]), window)
+
+    def check(self, meta: dict[str, Any], path: Path) -> None:
+        for key in CONSISTENT_META:
+            if meta.get(key) != self.meta.get(key):
+                raise ValueError(
+                    f"harvest merge: {path.name} disagrees with the first shard on {key!r}: "
+                    f"{meta.get(key)!r} vs {self.meta.get(key)!r} (shards of different harvests?)"
+                )
+        data = {k: meta["slice"][k] for k in SHARED_SLICE}
+        if data != self.data:
+            raise ValueError(f"harvest merge: {path.name} read other data than the first shard: {data} vs {self.data}")
+
+    def add(self, shard: ShardData, path: Path) -> None:
+        meta = shard.meta
+        self.check(meta, path)
+        self.n_tokens += int(meta["n_tokens"])
+        self.n_batches += int(meta["n_batches"])
+        self.n_sequences += int(meta["n_sequences"])
+        self.tasks.append({**meta, "shard_file": path.name, "shard_bytes": path.stat().st_size})
+        self.firing_count += shard.firing_count
+        for name in SUM_NAMES:
+            self.sums[name] += shard.sums[name]
+        self.input_total += shard.input_total
+        self.output_total += shard.output_total
+        V, C = self.V, self.C
+        self.input_counts.add_counts(shard.input_component.long() * V + shard.input_token.long(), shard.input_count)
+        self.output_counts.add_counts(shard.output_component.long() * V + shard.output_token.long(), shard.output_count)
+        self.cofire.add_counts(shard.cofire_a.long() * C + shard.cofire_b.long(), shard.cofire_count)
+        self.uniform.offer_rows(shard.uniform_component.long(), shard.uniform_rows)
+        self.top.offer_rows(shard.top_component.long(), shard.top_rows)
+
+    def token_counts(self, direction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(component, token, count) of the non-zero input or output counts, sorted by (component, token)."""
+        counter = self.input_counts if direction == "input" else self.output_counts
+        comp, tok = divmod_keys(counter.keys(), self.V)
+        return comp, tok, counter.counts()
+
+    def cofiring_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a, b, count) with a < b, sorted."""
+        a, b = divmod_keys(self.cofire.keys(), self.C)
+        return a, b, self.cofire.counts()
+
+
+def merge_shards(out_dir: Path, n_tasks: int, log=print) -> MergedHarvest:
+    """Fold all shards of out_dir into running totals, one shard in memory at a time."""
+    merged: MergedHarvest | None = None
+    for task, path in enumerate(expected_shards(out_dir, n_tasks)):
+        started = time.monotonic()
+        shard = read_shard(path)
+        if shard.meta["task"] != task or shard.meta["n_tasks"] != n_tasks:
+            raise ValueError(
+                f"harvest merge: {path.name} holds task {shard.meta['task']} of {shard.meta['n_tasks']}, "
+                f"expected task {task} of {n_tasks}"
+            )
+        if merged is None:
+            merged = MergedHarvest(shard.meta)
+        merged.add(shard, path)
+        del shard
+        log(f"merged {path.name} in {time.monotonic() - started:.2f}s")
+    assert merged is not None  # n_tasks >= 1
+    return merged
+
+
+def merge_harvest(out_dir: Path, n_tasks: int, decomposition_dir: Path, log=print) -> Path:
+    """Check and merge every shard of out_dir, then build out_dir/harvest.duckdb (atomically). Returns it."""
+    from spd.harvest.store_builder import build_store
+
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    expected_shards(out_dir, n_tasks)  # refuse before doing any work
+    merged = merge_shards(out_dir, n_tasks, log)
+    path = build_store(out_dir, merged, Path(decomposition_dir), merge_started=started, log=log)
+    log(f"harvest store {path} built in {time.monotonic() - started:.1f}s")
+    return path

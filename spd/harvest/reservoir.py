@@ -1,0 +1,156 @@
+"""Per-component example sets kept as "the k candidates with the smallest keys" (bottom-k selection).
+
+With keys from `spd.harvest.keys.firing_keys` (i.i.d. uniform per firing) this is a uniform sample without
+replacement of k firings out of all of a component's firings: every firing counts once, however the
+firings are spread over batches or tasks (no per-batch cap, unlike the reference). With
+`magnitude_keys` the same machinery keeps the k firings of largest |activation|.
+
+Storage is dense [C, k] (+ window payload [C, k, W]) on the device, in no particular order within a row;
+a row's largest key is the admission threshold for new candidates. Admitted candidates are queued and
+folded in batches (one sort per fold, not per batch); a fold writes each winner into the slot of one
+example it evicts, so every written slot is written once: an example can never be torn between two
+windows (reference section 7.2 risk). Merging shards is `offer` with another selection's rows: the k
+smallest keys of a union are the k smallest of the parts' k smallest, so the merge is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from spd.harvest.keys import EMPTY_KEY
+from spd.harvest.windows import PAD_TOKEN
+
+
+@dataclass
+class ExampleRows:
+    """n examples: key, window payload and provenance (all tensors share the first dimension)."""
+
+    key: Tensor  # [n] int64
+    tokens: Tensor  # [n, W] int32
+    ci: Tensor  # [n, W] float32
+    act: Tensor  # [n, W] float32
+    sequence: Tensor  # [n] int64: window id in the split (stream positions sequence*seq_len ...)
+    position: Tensor  # [n] int64: firing position inside the window
+    batch: Tensor  # [n] int64: global batch index
+
+    def index(self, idx: Tensor) -> ExampleRows:
+        return ExampleRows(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> ExampleRows:
+        return ExampleRows(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+class ExampleSelection:
+    """The k smallest-key examples of each of C components."""
+
+    def __init__(
+        self, n_components: int, k: int, window: int, device: torch.device | str = "cpu", fold_size: int | None = None
+    ) -> None:
+        self.C, self.k, self.window = n_components, k, window
+        dev = torch.device(device)
+        self.rows = ExampleRows(
+            key=torch.full((n_components, k), EMPTY_KEY, dtype=torch.int64, device=dev),
+            tokens=torch.full((n_components, k, window), PAD_TOKEN, dtype=torch.int32, device=dev),
+            ci=torch.zeros((n_components, k, window), dtype=torch.float32, device=dev),
+            act=torch.zeros((n_components, k, window), dtype=torch.float32, device=dev),
+            sequence=torch.full((n_components, k), -1, dtype=torch.int64, device=dev),
+            position=torch.full((n_components, k), -1, dtype=torch.int64, device=dev),
+            batch=torch.full((n_components, k), -1, dtype=torch.int64, device=dev),
+        )
+        # admission threshold: the largest key held per component (EMPTY_KEY while a slot is free)
+        self.threshold = torch.full((n_components,), EMPTY_KEY, dtype=torch.int64, device=dev)
+        self._pending: list[tuple[Tensor, ExampleRows]] = []
+        self._pending_rows = 0
+        self.fold_size = fold_size if fold_size is not None else min(max(n_components * k // 4, 4096), 1 << 18)
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.key.device
+
+    def offer(self, comp: Tensor, key: Tensor, fetch: Callable[[Tensor], ExampleRows]) -> None:
+        """Offer candidates (component comp[i], key key[i]); `fetch(idx)` builds the rows of candidates idx.
+
+        Candidates below their component's current threshold are fetched (window extraction is paid for
+        those only, a vanishing share once reservoirs are full) and queued; the queue is folded into the
+        selection once it holds `fold_size` rows, and always before anything is read out.
+        """
+        if self.k == 0 or comp.numel() == 0:
+            return
+        comp, key = comp.to(self.device, torch.int64), key.to(self.device, torch.int64)
+        admitted = (key < self.threshold[comp]).nonzero().squeeze(1)
+        if admitted.numel() == 0:
+            return
+        rows = fetch(admitted).to(self.device)
+        rows.key = key[admitted]
+        self._pending.append((comp[admitted], rows))
+        self._pending_rows += admitted.numel()
+        if self._pending_rows >= self.fold_size:
+            self.fold()
+
+    def fold(self) -> None:
+        """Merge the queued candidates into the selection: per component, keep the k smallest keys.
+
+        Each newcomer that makes it replaces one evicted slot of its component, so only those slots are
+        written, each exactly once.
+        """
+        if not self._pending:
+            return
+        comp_new = torch.cat([c for c, _ in self._pending])
+        new = ExampleRows(
+            **{f.name: torch.cat([getattr(r, f.name) for _, r in self._pending]) for f in fields(ExampleRows)}
+        )
+        self._pending, self._pending_rows = [], 0
+        affected = torch.unique(comp_new)
+        A, k = affected.numel(), self.k
+        # candidates: the k current slots of every affected component, then the newcomers
+        all_comp = torch.cat([affected.repeat_interleave(k), comp_new])
+        all_key = torch.cat([self.rows.key[affected].reshape(-1), new.key])
+        is_new = torch.zeros(all_comp.numel(), dtype=torch.bool, device=self.device)
+        is_new[A * k :] = True
+        source = torch.cat(
+            [torch.arange(k, device=self.device).repeat(A), torch.arange(comp_new.numel(), device=self.device)]
+        )
+        by_key = torch.argsort(all_key, stable=True)
+        order = by_key[torch.argsort(all_comp[by_key], stable=True)]  # by component, then key
+        group_sizes = torch.unique_consecutive(all_comp[order], return_counts=True)[1]
+        group_starts = torch.cumsum(group_sizes, 0) - group_sizes
+        rank = torch.arange(order.numel(), device=self.device) - group_starts.repeat_interleave(group_sizes)
+        kept = rank < k
+        # per component, as many current slots fall out of the k smallest as newcomers get in; both lists are
+        # grouped by component in the same order, so the i-th winner takes the i-th evicted slot
+        winners = order[kept & is_new[order]]
+        evicted = order[~kept & ~is_new[order]]
+        if winners.numel():
+            slot_comp, slot = all_comp[evicted], source[evicted]
+            won = new.index(source[winners])
+            for f in fields(ExampleRows):
+                target = getattr(self.rows, f.name)
+                target[slot_comp, slot] = getattr(won, f.name).to(target.dtype)
+        self.threshold[affected] = self.rows.key[affected].max(dim=1).values
+
+    def offer_rows(self, comp: Tensor, rows: ExampleRows) -> None:
+        """Merge path: offer ready-made rows (e.g. another task's selection)."""
+        self.offer(comp, rows.key, rows.index)
+        self.fold()
+
+    def filled(self) -> Tensor:
+        """[C] number of filled slots per component."""
+        self.fold()
+        return (self.rows.key != EMPTY_KEY).sum(dim=1)
+
+    def flat(self) -> tuple[Tensor, Tensor, ExampleRows]:
+        """(component, rank, rows) of the filled slots, ordered by component, then key (rank 0 = smallest)."""
+        self.fold()
+        comp, slot = (self.rows.key != EMPTY_KEY).nonzero(as_tuple=True)
+        keys = self.rows.key[comp, slot]
+        by_key = torch.argsort(keys, stable=True)
+        order = by_key[torch.argsort(comp[by_key], stable=True)]
+        comp, slot = comp[order], slot[order]
+        sizes = torch.bincount(comp, minlength=self.C)
+        starts = torch.cumsum(sizes, 0) - sizes
+        rank = torch.arange(comp.numel(), device=self.device) - starts[comp]
+        return comp, rank, ExampleRows(**{f.name: getattr(self.rows, f.name)[comp, slot] for f in fields(self.rows)})

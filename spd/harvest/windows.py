@@ -1,0 +1,42 @@
+"""Example windows: the tokens around a firing with this component's CI and activation at each of them.
+
+A window of a firing at (row b, position s) covers positions s - w .. s + w of the same row; positions off
+either end of the row are padding (token PAD_TOKEN, CI and activation 0). Windows never reach into another
+row (rows are independent windows of the stream). The firing is always at the centre, index w; the store
+strips the padding and records the centre's index in what remains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+PAD_TOKEN = -1
+
+
+@dataclass
+class Windows:
+    """n windows of W positions (tensors on one device)."""
+
+    tokens: Tensor  # [n, W] int32, PAD_TOKEN outside the row
+    ci: Tensor  # [n, W] float32
+    act: Tensor  # [n, W] float32
+
+
+def extract_windows(
+    tokens: Tensor, ci: Tensor, act: Tensor, row: Tensor, pos: Tensor, comp: Tensor, side: int
+) -> Windows:
+    """Windows of the firings (row[i], pos[i]) of components comp[i] from a batch's [B, S(, C)] tensors."""
+    S, C = tokens.shape[1], ci.shape[-1]
+    offsets = torch.arange(-side, side + 1, device=tokens.device)
+    positions = pos.unsqueeze(1) + offsets  # [n, W]
+    inside = (positions >= 0) & (positions < S)
+    token_index = row.unsqueeze(1) * S + positions.clamp(0, S - 1)  # flat [B * S] index, 1-D gathers are cheapest
+    value_index = token_index * C + comp.unsqueeze(1)
+    window_tokens = torch.where(inside, tokens.reshape(-1)[token_index], PAD_TOKEN).to(torch.int32)
+    zero = torch.zeros((), dtype=torch.float32, device=tokens.device)
+    window_ci = torch.where(inside, ci.reshape(-1)[value_index].float(), zero)
+    window_act = torch.where(inside, act.reshape(-1)[value_index].float(), zero)
+    return Windows(window_tokens, window_ci, window_act)

@@ -1,0 +1,469 @@
+"""Harvest: exact counts for 1 and 4 tasks against a brute-force pass, uniform reservoirs, shards, the store API.
+
+Real parts throughout: a tiny LM decomposition trained by the decompose stage, real torch on CPU, real
+npz shards and a real DuckDB store.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+
+from spd.data.batches import BatchConfig, BatchStream
+from spd.harvest import HarvestSettings, HarvestStore, ShardMissingError, merge_harvest, run_harvest_task
+from spd.harvest.activations import ActivationReader
+from spd.harvest.counters import DenseCounter, SparseCounter
+from spd.harvest.data import CorpusSlice
+from spd.harvest.keys import firing_keys, firing_keys_py, hash64, hash64_py, magnitude_keys
+from spd.harvest.planted import feature_token_sets, match_rate, planted_feature_matches
+from spd.harvest.reservoir import ExampleRows, ExampleSelection
+from spd.harvest.shard import read_shard, shard_path
+from spd.harvest.task import slice_spec
+from spd.models import load_decomposition, load_decomposition_corpus
+from tests.lm_fixtures import build_tiny_lm_decomposition
+
+SEED = 1234
+SETTINGS = {
+    "device": "cpu",
+    "batch_size": 8,
+    "n_batches": 24,
+    "ci_threshold": 0.26,  # the tiny decomposition's CIs sit around 0.25: a threshold that splits them
+    "context_tokens_per_side": 3,
+    "examples_per_component": 7,
+    "top_examples_per_component": 4,
+    "output_top_m": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def decomposition(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lm_decomposition(tmp_path_factory.mktemp("decomposition"))
+
+
+def _harvest(decomposition: Path, out_dir: Path, n_tasks: int, **overrides) -> Path:
+    settings = HarvestSettings(**{**SETTINGS, "n_tasks": n_tasks, **overrides})
+    for task in range(n_tasks):
+        run_harvest_task(decomposition, out_dir, settings, task, seed=SEED, task_seed=task, log=lambda _: None)
+    return merge_harvest(out_dir, n_tasks, decomposition, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def stores(decomposition: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    return {n: _harvest(decomposition, tmp_path_factory.mktemp(f"harvest{n}"), n) for n in (1, 4)}
+
+
+# --- building blocks ---------------------------------------------------------------------------------------
+
+
+def test_keys_match_the_python_reference_and_spread_uniformly() -> None:
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.randint(-(2**62), 2**62, (200,), generator=gen, dtype=torch.int64)
+    assert [int(v) & (2**64 - 1) for v in hash64(xs)] == [hash64_py(int(x)) for x in xs]
+    pos = torch.randint(0, 10**9, (200,), generator=gen)
+    comp = torch.randint(0, 40_000, (200,), generator=gen)
+    keys = firing_keys(77, pos, comp, 40_000)
+    assert keys.tolist() == [firing_keys_py(77, int(p), int(c), 40_000) for p, c in zip(pos, comp, strict=True)]
+    many = firing_keys(3, torch.arange(100_000), torch.zeros(100_000, dtype=torch.int64), 7)
+    assert int(many.min()) >= 0 and int(many.max()) < 2**62
+    deciles = torch.bincount((many // (2**62 // 10)).clamp(max=9), minlength=10)
+    assert (deciles - 10_000).abs().max() < 500  # each decile holds ~10% of the keys
+
+
+def test_magnitude_keys_sort_by_absolute_value_then_tie_break() -> None:
+    values = torch.tensor([0.5, -2.0, 1.0, -0.5, 0.0])
+    tie = torch.tensor([10, 20, 30, 5, 1]) << 40
+    order = torch.argsort(magnitude_keys(values, tie)).tolist()
+    assert order == [1, 2, 3, 0, 4]  # |-2| > |1| > |0.5| (tie: smaller tie-break key first) > 0
+
+
+def test_corpus_slice_reads_exactly_the_batch_stream_shard(decomposition: Path) -> None:
+    corpus = load_decomposition_corpus(decomposition)
+    model = load_decomposition(decomposition)
+    settings = HarvestSettings(**{**SETTINGS, "n_tasks": 3, "n_batches": 10})
+    stream = BatchStream(corpus.tokens("train"), BatchConfig(seq_len=32, batch_size=8, dataset_seed=0, n_batches=10))
+    seen = []
+    for task in range(3):
+        data = CorpusSlice(corpus, slice_spec(model.run_config, corpus, settings, task))
+        expected = list(stream.iter_shard(task, 3))
+        got = list(data)
+        assert [b.index for b in got] == [b.index for b in expected]
+        for g, e in zip(got, expected, strict=True):
+            assert torch.equal(g.tokens, e.tokens) and torch.equal(g.starts, e.starts)
+        seen += [b.index for b in got]
+    assert sorted(seen) == list(range(10))  # disjoint and complete
+
+
+@pytest.mark.parametrize("make", [lambda: SparseCounter(min_pending=50), lambda: DenseCounter(10**6)])
+def test_counters_count_exactly(make) -> None:
+    rng = random.Random(0)
+    counter = make()
+    truth: Counter[int] = Counter()
+    for step in range(40):
+        keys = [rng.randrange(10**6) if rng.random() < 0.1 else rng.randrange(300) for _ in range(rng.randrange(60))]
+        if step % 2:
+            counter.add(torch.tensor(keys, dtype=torch.int64))
+        else:  # pre-aggregated (key, count) pairs, as the merge adds them
+            pairs = Counter(keys)
+            counter.add_counts(torch.tensor(list(pairs), dtype=torch.int64), torch.tensor(list(pairs.values())))
+        truth.update(keys)
+    assert dict(zip(counter.keys().tolist(), counter.counts().tolist(), strict=True)) == dict(truth)
+    assert counter.keys().tolist() == sorted(truth)
+
+
+def _rows(keys: torch.Tensor, tag: torch.Tensor, window: int = 3) -> ExampleRows:
+    n = keys.numel()
+    return ExampleRows(
+        key=keys,
+        tokens=tag.to(torch.int32).unsqueeze(1).repeat(1, window),
+        ci=torch.zeros(n, window),
+        act=tag.float().unsqueeze(1).repeat(1, window),
+        sequence=tag,
+        position=torch.zeros(n, dtype=torch.int64),
+        batch=torch.zeros(n, dtype=torch.int64),
+    )
+
+
+def test_selection_keeps_the_k_smallest_keys_per_component_and_merges_exactly() -> None:
+    gen = torch.Generator().manual_seed(1)
+    C, k = 6, 5
+    parts = [ExampleSelection(C, k, 3), ExampleSelection(C, k, 3)]
+    everything: list[tuple[int, int, int]] = []
+    tag = 0
+    for step in range(30):
+        n = int(torch.randint(0, 40, (1,), generator=gen))
+        comp = torch.randint(0, C - 1, (n,), generator=gen)  # the last component never fires
+        keys = torch.randint(0, 2**62, (n,), generator=gen)
+        tags = torch.arange(tag, tag + n)
+        tag += n
+        rows = _rows(keys, tags)
+        fetched: list[int] = []
+
+        def fetch(idx: torch.Tensor, rows: ExampleRows = rows, fetched: list[int] = fetched) -> ExampleRows:
+            fetched.extend(idx.tolist())
+            return rows.index(idx)
+
+        parts[step % 2].offer(comp, keys, fetch)
+        assert len(fetched) == len(set(fetched))  # a candidate's window is extracted at most once
+        everything += list(zip(comp.tolist(), keys.tolist(), tags.tolist(), strict=True))
+    merged = ExampleSelection(C, k, 3)
+    for part in parts:
+        comp, _, rows = part.flat()
+        merged.offer_rows(comp, rows)
+    comp, rank, rows = merged.flat()
+    for c in range(C):
+        expected = sorted((key, t) for cc, key, t in everything if cc == c)[:k]
+        mine = comp == c
+        assert list(zip(rows.key[mine].tolist(), rows.sequence[mine].tolist(), strict=True)) == expected
+        assert rank[mine].tolist() == list(range(len(expected)))
+        assert (rows.tokens[mine] == rows.sequence[mine].unsqueeze(1)).all()  # payload moved with its key
+    assert merged.filled().tolist() == [min(k, sum(cc == c for cc, _, _ in everything)) for c in range(C)]
+
+
+def _chi2_sf_even_dof(x: float, dof: int) -> float:
+    """Survival function of the chi-square distribution for an even number of degrees of freedom."""
+    m = dof // 2
+    term, total = 1.0, 0.0
+    for i in range(m):
+        if i:
+            term *= (x / 2) / i
+        total += term
+    return math.exp(-x / 2) * total
+
+
+def _selection_frequencies(cap_per_batch: int | None) -> list[int]:
+    """How often each of 21 firings is selected (k = 4) over 3000 independent trials, with the 21 firings
+    spread very unevenly over 4 tasks and their batches. Trials are components (independent keys)."""
+    trials, k = 3000, 4
+    layout = [[[0], [1, 2]], [[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]], [[15], [16], [17]], [[18, 19, 20]]]
+    merged = ExampleSelection(trials, k, 1)
+    for task in layout:
+        part = ExampleSelection(trials, k, 1)
+        for batch in task:
+            pos = torch.tensor(batch).repeat(trials)
+            comp = torch.arange(trials).repeat_interleave(len(batch))
+            keys = firing_keys(SEED, pos, comp, trials)
+            if cap_per_batch is not None:  # the reference's per-batch cap: only the smallest key per batch
+                keep = torch.zeros_like(keys, dtype=torch.bool)
+                keep[torch.arange(trials) * len(batch) + keys.view(trials, len(batch)).argmin(1)] = True
+                pos, comp, keys = pos[keep], comp[keep], keys[keep]
+            part.offer(comp, keys, lambda idx, pos=pos, keys=keys: _rows(keys[idx], pos[idx], 1))
+        comp, _, rows = part.flat()
+        merged.offer_rows(comp, rows)
+    _, _, rows = merged.flat()
+    return torch.bincount(rows.sequence, minlength=21).tolist()
+
+
+def test_merged_reservoirs_are_uniform_over_all_firings() -> None:
+    counts = _selection_frequencies(cap_per_batch=None)
+    expected = 3000 * 4 / 21
+    chi2 = sum((c - expected) ** 2 / expected for c in counts)
+    assert _chi2_sf_even_dof(chi2, 20) > 0.001, counts
+    # the same test rejects a sampler that is uniform over batches rather than firings
+    biased = _selection_frequencies(cap_per_batch=1)
+    chi2_biased = sum((c - expected) ** 2 / expected for c in biased)
+    assert _chi2_sf_even_dof(chi2_biased, 20) < 1e-9, biased
+
+
+# --- exactness against a brute-force single pass ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def brute_force(decomposition: Path) -> dict:
+    """Every statistic computed directly from all batches of the stream in one plain pass."""
+    model = load_decomposition(decomposition)
+    corpus = load_decomposition_corpus(decomposition)
+    stream = BatchStream(corpus.tokens("train"), BatchConfig(seq_len=32, batch_size=8, dataset_seed=0, n_batches=24))
+    reader = ActivationReader(model, SETTINGS["output_top_m"])
+    C, V = reader.n_components, corpus.vocab_size
+    firing_count = torch.zeros(C, dtype=torch.int64)
+    ci_sum = torch.zeros(C, dtype=torch.float64)
+    input_counts = torch.zeros(C, V, dtype=torch.int64)
+    output_counts = torch.zeros(C, V, dtype=torch.int64)
+    cofire = torch.zeros(C, C, dtype=torch.int64)
+    firings = []
+    for batch in stream:
+        with torch.inference_mode():
+            logits, inputs = model.forward_with_inputs(batch.tokens)
+            ci = torch.cat(
+                [model.causal_importances(inputs).lower_leaky[p] for p in model.module_to_c], dim=-1
+            ).reshape(-1, C)
+            act = torch.cat(
+                [
+                    model.components(p).component_acts(inputs[p]) * model.components(p).U.norm(dim=1)
+                    for p in model.module_to_c
+                ],
+                dim=-1,
+            ).reshape(-1, C)
+        fires = ci > SETTINGS["ci_threshold"]
+        tokens = batch.tokens.reshape(-1)
+        top = logits.topk(SETTINGS["output_top_m"], dim=-1).indices.reshape(-1, SETTINGS["output_top_m"])
+        positions = (batch.starts.unsqueeze(1) + torch.arange(32)).reshape(-1)
+        firing_count += fires.sum(0)
+        ci_sum += ci.double().sum(0)
+        fi = fires.long()
+        cofire += fi.T @ fi
+        for t, c in fires.nonzero().tolist():
+            input_counts[c, tokens[t]] += 1
+            for o in top[t].tolist():
+                output_counts[c, o] += 1
+            firings.append((c, int(positions[t]), float(act[t, c])))
+    comp = torch.tensor([f[0] for f in firings])
+    pos = torch.tensor([f[1] for f in firings])
+    keys = firing_keys(SEED, pos, comp, C).tolist()
+    mkeys = magnitude_keys(torch.tensor([f[2] for f in firings]), torch.tensor(keys)).tolist()
+    uniform, top_sets = {}, {}
+    for c in range(C):
+        mine = [i for i, f in enumerate(firings) if f[0] == c]
+        uniform[c] = sorted((keys[i], firings[i][1]) for i in mine)[: SETTINGS["examples_per_component"]]
+        top_sets[c] = sorted((mkeys[i], firings[i][1]) for i in mine)[: SETTINGS["top_examples_per_component"]]
+    return {
+        "n_tokens": 24 * 8 * 32,
+        "firing_count": firing_count,
+        "ci_sum": ci_sum,
+        "input_counts": input_counts,
+        "output_counts": output_counts,
+        "cofire": cofire,
+        "uniform": uniform,
+        "top": top_sets,
+        "stream": corpus.tokens("train"),
+    }
+
+
+def _sparse_table(con: duckdb.DuckDBPyConnection, sql: str, shape: tuple[int, int]) -> torch.Tensor:
+    dense = torch.zeros(shape, dtype=torch.int64)
+    for a, b, n in con.execute(sql).fetchall():
+        dense[a, b] = n
+    return dense
+
+
+@pytest.mark.parametrize("n_tasks", [1, 4])
+def test_counts_equal_a_brute_force_single_pass(stores: dict[int, Path], brute_force: dict, n_tasks: int) -> None:
+    bf = brute_force
+    C, V = bf["input_counts"].shape
+    with duckdb.connect(str(stores[n_tasks]), read_only=True) as con:
+        assert con.execute("SELECT n_tokens, n_tasks FROM provenance").fetchone() == (bf["n_tokens"], n_tasks)
+        rows = con.execute("SELECT firing_count, mean_ci FROM components ORDER BY component").fetchall()
+        assert [r[0] for r in rows] == bf["firing_count"].tolist()
+        assert torch.allclose(
+            torch.tensor([r[1] for r in rows], dtype=torch.float64), bf["ci_sum"] / bf["n_tokens"], rtol=1e-6
+        )
+        inputs = _sparse_table(con, "SELECT component, token, count FROM token_stats WHERE direction='input'", (C, V))
+        outputs = _sparse_table(con, "SELECT component, token, count FROM token_stats WHERE direction='output'", (C, V))
+        assert torch.equal(inputs, bf["input_counts"]) and torch.equal(outputs, bf["output_counts"])
+        cofire = _sparse_table(con, "SELECT component, other, count FROM cofiring", (C, C))
+        off_diagonal = bf["cofire"] - torch.diag(torch.diag(bf["cofire"]))
+        assert torch.equal(cofire, off_diagonal)
+        for kind in ("uniform", "top"):
+            got = con.execute(
+                f"SELECT component, sample_key, stream_position FROM examples WHERE kind='{kind}' ORDER BY component, rank"
+            ).fetchall()
+            expected = [(c, key, p) for c in range(C) for key, p in bf[kind][c]]
+            assert got == expected
+        # windows hold the stream's tokens around the firing, the firing at `center`
+        for tokens, center, stream_position in con.execute(
+            "SELECT tokens, center, stream_position FROM examples USING SAMPLE 30 ROWS"
+        ).fetchall():
+            start = stream_position - center
+            assert tokens == bf["stream"][start : start + len(tokens)].tolist()
+
+
+def test_store_is_independent_of_the_number_of_tasks(stores: dict[int, Path]) -> None:
+    exact = {
+        "examples": "SELECT * EXCLUDE (ci, act) FROM examples ORDER BY component, kind, rank",
+        "token_stats": "SELECT * FROM token_stats ORDER BY component, direction, token",
+        "cofiring": "SELECT * FROM cofiring ORDER BY component, other",
+        "vocab": "SELECT * FROM vocab ORDER BY token",
+        "counts": "SELECT component, key, firing_count, n_examples, n_top_examples FROM components ORDER BY component",
+    }
+    with duckdb.connect(str(stores[1]), read_only=True) as one, duckdb.connect(str(stores[4]), read_only=True) as four:
+        for name, sql in exact.items():
+            assert one.execute(sql).fetchall() == four.execute(sql).fetchall(), name
+        assert (
+            one.execute("SELECT ci, act FROM examples ORDER BY component, kind, rank").fetchall()
+            == four.execute("SELECT ci, act FROM examples ORDER BY component, kind, rank").fetchall()
+        )
+        assert four.execute("SELECT count(*), sum(n_batches) FROM tasks").fetchone() == (4, 24)
+
+
+# --- shards, merge, store -----------------------------------------------------------------------------
+
+
+def test_shards_are_sparse_and_record_their_slice(stores: dict[int, Path]) -> None:
+    shard = read_shard(shard_path(stores[4].parent, 2))
+    assert (
+        shard.meta["task"] == 2 and shard.meta["slice"]["batch_start"] == 2 and shard.meta["slice"]["batch_step"] == 4
+    )
+    assert shard.meta["n_batches"] == 6 and len(shard.sequences) == 6 * 8
+    assert shard.input_count.dtype == torch.int64 and shard.input_component.dtype == torch.int32
+    assert bool((shard.input_count > 0).all()) and bool((shard.cofire_a < shard.cofire_b).all())
+    assert not list(shard_path(stores[4].parent, 2).parent.glob(".*.tmp"))
+
+
+def test_merge_refuses_with_a_shard_missing(decomposition: Path, tmp_path: Path) -> None:
+    settings = HarvestSettings(**{**SETTINGS, "n_tasks": 3, "n_batches": 6})
+    for task in (0, 2):
+        run_harvest_task(decomposition, tmp_path, settings, task, seed=SEED, log=lambda _: None)
+    with pytest.raises(ShardMissingError, match=r"shard-00001\.npz \(task 1\)"):
+        merge_harvest(tmp_path, 3, decomposition, log=lambda _: None)
+    assert not (tmp_path / "harvest.duckdb").exists()
+
+
+def test_store_file_is_closed_and_opened_read_only(stores: dict[int, Path]) -> None:
+    path = stores[4]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["harvest.duckdb", "shards"]  # no .wal, no temp
+    with HarvestStore.open(path.parent) as store, pytest.raises(duckdb.Error, match="read-only"):
+        store._con.execute("DELETE FROM components")
+
+
+def test_store_api(stores: dict[int, Path]) -> None:
+    with HarvestStore.open(stores[4].parent) as store:
+        prov = store.provenance()
+        assert prov["n_tokens"] == 24 * 8 * 32 and prov["settings"]["n_tasks"] == 4
+        assert prov["code"]["spd_sources_sha256"] and prov["decomposition"]["model_sha256"]
+        summaries = store.summaries()
+        assert len(summaries) == 32 and [s.component for s in summaries] == list(range(32))
+        alive = store.alive_components(min_density=0.05)
+        densities = [s.firing_density for s in alive]
+        assert densities == sorted(densities, reverse=True) and all(d > 0.05 for d in densities)
+        assert {s.component for s in summaries if s.firing_density > 0.05} == {s.component for s in alive}
+        c = alive[len(alive) // 2]
+        assert store.summary(c.key) == c
+        examples = store.examples(c.key)
+        assert len(examples) == c.n_examples == min(c.firing_count, 7)
+        assert all(e.component == c.component for e in examples) and [e.rank for e in examples] == list(
+            range(len(examples))
+        )
+        for e in examples:
+            assert e.ci[e.center] > store.ci_threshold and e.firings(store.ci_threshold)[e.center]
+            assert len(e.tokens) == len(e.ci) == len(e.act) <= 7
+        top = store.examples(c.component, kind="top")
+        magnitudes = [abs(e.act[e.center]) for e in top]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+        for direction in ("input", "output"):
+            best = store.token_stats(c.component, direction, by="pmi", top_k=5)
+            worst = store.token_stats(c.component, direction, by="pmi", top_k=5, bottom=True)
+            assert best and worst and all(math.isfinite(t.pmi) for t in best + worst)
+            assert best[0].pmi >= best[-1].pmi and worst[0].pmi <= worst[-1].pmi and worst[0].pmi <= best[0].pmi
+            for t in best:
+                assert t.recall == pytest.approx(t.count / c.firing_count)
+                assert t.pmi == pytest.approx(math.log(t.count * store.n_tokens / (c.firing_count * t.total)))
+        partners = store.cofiring(c.component, by="jaccard", top_k=3)
+        assert partners and all(p.other != c.component for p in partners)
+        assert partners[0].jaccard == pytest.approx(
+            partners[0].count / (partners[0].count_self + partners[0].count_other - partners[0].count)
+        )
+
+
+def test_density_matched_sampling(stores: dict[int, Path]) -> None:
+    with HarvestStore.open(stores[4]) as store:
+        alive = store.alive_components()
+        c = alive[len(alive) // 2]
+        donors = store.density_matched_components(c.component, rel_tol=0.5)
+        assert c.component not in donors
+        for d in donors:
+            assert abs(store.summary(d).firing_density - c.firing_density) <= 0.5 * c.firing_density
+        picks = store.sample_density_matched_examples(c.component, n=6, rel_tol=0.5, seed=3)
+        assert len(picks) == (6 if donors else 0)
+        assert all(p.component in donors for p in picks)
+        assert picks == store.sample_density_matched_examples(c.component, n=6, rel_tol=0.5, seed=3)
+        assert store.sample_density_matched_examples(c.component, n=2, rel_tol=0.0) == [] or all(
+            store.summary(p.component).firing_density == c.firing_density
+            for p in store.sample_density_matched_examples(c.component, n=2, rel_tol=0.0)
+        )
+        same_layer = store.density_matched_components(c.component, rel_tol=10.0, exclude_same_layer=True)
+        assert all(store.summary(d).layer != c.layer for d in same_layer)
+
+
+def test_rerun_task_reproduces_its_shard_and_cleans_its_temp(decomposition: Path, tmp_path: Path) -> None:
+    settings = HarvestSettings(**{**SETTINGS, "n_tasks": 2, "n_batches": 4})
+    first = run_harvest_task(decomposition, tmp_path, settings, 1, seed=SEED, log=lambda _: None)
+    before = read_shard(first)
+    stale = first.with_name(f".{first.name}.99999.tmp")
+    stale.write_bytes(b"partial")
+    os.utime(stale)
+    run_harvest_task(decomposition, tmp_path, settings, 1, seed=SEED, log=lambda _: None)
+    after = read_shard(first)
+    assert not stale.exists()
+    assert torch.equal(before.input_count, after.input_count) and torch.equal(
+        before.uniform_rows.key, after.uniform_rows.key
+    )
+    assert torch.equal(before.uniform_rows.ci, after.uniform_rows.ci)
+
+
+# --- planted-feature match metric ---------------------------------------------------------------------
+
+
+def test_feature_token_sets_come_from_the_planted_occurrences(decomposition: Path) -> None:
+    corpus = load_decomposition_corpus(decomposition)
+    sets = feature_token_sets(corpus)
+    assert set(sets) == {f["id"] for f in corpus.catalogue["features"]}
+    successor = corpus.feature("fixed_successor")["words"]
+    assert {ids[0] for ids in successor.values() if len(ids) == 1} <= sets["fixed_successor"]
+    tokenizer = corpus.tokenizer
+    assert sets["number"] and all(tokenizer.decode([t]).strip().isdigit() for t in sets["number"])
+
+
+def test_planted_feature_matching_rule(stores: dict[int, Path]) -> None:
+    with HarvestStore.open(stores[1]) as store:
+        c = store.alive_components(min_firings=10)[0]
+        top = [t.token for t in store.token_stats(c.component, "input", by="pmi", top_k=3, min_count=5)]
+        assert len(top) == 3
+        never = set(range(store.provenance()["vocab_size"])) - {
+            t.token for s in store.alive_components() for t in store.token_stats(s.component, "input", top_k=None)
+        }
+        never -= {
+            t.token for s in store.alive_components() for t in store.token_stats(s.component, "output", top_k=None)
+        }
+        assert len(never) >= 3  # tokens no component ever fired on (the tiny corpus has plenty)
+        token_sets = {"planted": set(top), "partial": {top[0], *never}, "absent": never}
+        matches = {m.feature: m for m in planted_feature_matches(store, token_sets, top_k=3, min_count=5)}
+    assert matches["planted"].matched and matches["planted"].direction in ("input", "output")
+    assert not matches["partial"].matched and not matches["absent"].matched
+    assert match_rate(list(matches.values())) == pytest.approx(1 / 3)
