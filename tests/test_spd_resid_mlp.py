@@ -33,11 +33,11 @@ def test_architecture_fixed_embedding_and_module_names() -> None:
 def test_trained_target_computes_every_feature_and_untrained_is_rejected() -> None:
     torch.manual_seed(0)
     model, info = train_target(SMALL, "cpu", log=lambda m: None)
-    assert info["attempts"][-1]["uncomputed_features"] == []
+    assert info["attempts"][-1]["missing_features"] == []
     assert resid_mlp_feature_check(model, 0.25) == []
     with torch.no_grad():  # the MLP adds a positive share of ReLU(0.75) on every one-hot probe
         assert float(model.mlp_contribution(model.probe_batch("cpu")).diagonal().min()) > 0.75 * 0.25
-    with pytest.raises(DegenerateTargetError, match="computes every feature's ReLU"):
+    with pytest.raises(DegenerateTargetError, match="represents every feature"):
         train_target(SMALL.model_copy(update={"train_steps": 0}), "cpu", log=lambda m: None)
 
 

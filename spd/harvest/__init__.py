@@ -12,21 +12,29 @@ store_builder (the DuckDB store), store (reading it), planted (planted-feature m
 Storage formats: docs/storage.md.
 """
 
-from spd.harvest.config import HarvestSettings
-from spd.harvest.merge import ShardMissingError, merge_harvest
-from spd.harvest.schema import STORE_FILE, ActivationExample, CofiringStat, ComponentSummary, TokenStat
-from spd.harvest.store import HarvestStore
-from spd.harvest.task import run_harvest_task
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "STORE_FILE",
-    "ActivationExample",
-    "CofiringStat",
-    "ComponentSummary",
-    "HarvestSettings",
-    "HarvestStore",
-    "ShardMissingError",
-    "TokenStat",
-    "merge_harvest",
-    "run_harvest_task",
-]
+# Lazy (PEP 562): readers of the store (autointerp, scorers, the report) must not pay for importing torch,
+# which only the task and the merge need.
+_EXPORTS = {
+    "HarvestSettings": "spd.harvest.config",
+    "ShardMissingError": "spd.harvest.merge",
+    "merge_harvest": "spd.harvest.merge",
+    "STORE_FILE": "spd.harvest.schema",
+    "ActivationExample": "spd.harvest.schema",
+    "CofiringStat": "spd.harvest.schema",
+    "ComponentSummary": "spd.harvest.schema",
+    "TokenStat": "spd.harvest.schema",
+    "HarvestStore": "spd.harvest.store",
+    "run_harvest_task": "spd.harvest.task",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'spd.harvest' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+__all__ = sorted(_EXPORTS)

@@ -18,7 +18,8 @@ from torch import nn
 from spd.lm.model import TinyLM, TinyLMConfig
 from spd.targets.hf import HFCausalLMTargetConfig, build_hf_from_dir, save_hf_architecture
 from spd.targets.resid_mlp import RESID_MLP_PRESETS, ResidMLPModel, ResidMLPTargetConfig, train_resid_mlp
-from spd.targets.tms import DegenerateTargetError, TMSModel, TMSTargetConfig, feature_check, train_tms
+from spd.targets.seed_search import DegenerateTargetError
+from spd.targets.tms import TMSModel, TMSTargetConfig, feature_check, train_tms
 from spd.utils import atomic_torch_save, atomic_write_json
 
 ToyTargetConfig = Annotated[TMSTargetConfig | ResidMLPTargetConfig, Field(discriminator="kind")]

@@ -15,7 +15,6 @@ A target that skips features would give a decomposition of fewer features and an
 from __future__ import annotations
 
 import math
-import time
 from typing import Literal
 
 import torch
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from spd.targets.data import sparse_feature_batch
-from spd.targets.tms import DegenerateTargetError
+from spd.targets.seed_search import train_until_features_pass
 
 
 class ResidMLPTargetConfig(BaseModel):
@@ -158,20 +157,11 @@ def train_resid_mlp(
 ) -> tuple[ResidMLPModel, dict]:
     """Train a residual-MLP target, trying `seed_search` seeds until the MLPs compute every feature's ReLU."""
     device = torch.device(device)
-    tried = []
-    for seed in range(config.seed, config.seed + config.seed_search):
-        start = time.perf_counter()
-        model, loss = _train_once(config, seed, device)
-        missing = resid_mlp_feature_check(model, config.feature_check_min_frac)
-        tried.append({"seed": seed, "final_loss": loss, "uncomputed_features": missing})
-        log(
-            f"resid_mlp target seed {seed}: loss {loss:.3e}, uncomputed features {missing} ({time.perf_counter() - start:.1f}s)"
-        )
-        if not missing:
-            model.eval().requires_grad_(False)
-            return model, {"seed": seed, "final_loss": loss, "attempts": tried}
-    raise DegenerateTargetError(
-        f"no {config.n_layers}-layer resid_mlp target trained with seeds {config.seed}.."
-        f"{config.seed + config.seed_search - 1} computes every feature's ReLU: {tried}. Raise `seed_search`, "
-        "`train_steps` or `d_mlp`, or lower `feature_check_min_frac`."
+    return train_until_features_pass(
+        lambda seed: _train_once(config, seed, device),
+        lambda model: resid_mlp_feature_check(model, config.feature_check_min_frac),
+        range(config.seed, config.seed + config.seed_search),
+        f"{config.n_layers}-layer resid_mlp target",
+        "raise `seed_search`, `train_steps` or `d_mlp`, or lower `feature_check_min_frac`",
+        log,
     )

@@ -7,7 +7,6 @@ degenerate target would otherwise silently yield a "correct" decomposition of fe
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import torch
@@ -16,10 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from spd.targets.data import DataGenerationType, sparse_feature_batch
-
-
-class DegenerateTargetError(RuntimeError):
-    """The trained target does not represent every feature; decomposing it would be a meaningless benchmark."""
+from spd.targets.seed_search import train_until_features_pass
 
 
 class TMSTargetConfig(BaseModel):
@@ -148,21 +144,11 @@ def _train_once(config: TMSTargetConfig, seed: int, device: torch.device) -> tup
 def train_tms(config: TMSTargetConfig, device: torch.device | str = "cpu", log=print) -> tuple[TMSModel, dict]:
     """Train a TMS target, trying `seed_search` consecutive seeds until one represents every feature."""
     device = torch.device(device)
-    tried = []
-    for seed in range(config.seed, config.seed + config.seed_search):
-        start = time.perf_counter()
-        model, loss = _train_once(config, seed, device)
-        dead = feature_check(model, config.feature_check_tol)
-        tried.append({"seed": seed, "final_loss": loss, "unrepresented_features": dead})
-        log(
-            f"TMS target seed {seed}: loss {loss:.3e}, unrepresented features {dead} ({time.perf_counter() - start:.1f}s)"
-        )
-        if not dead:
-            model.eval()
-            model.requires_grad_(False)
-            return model, {"seed": seed, "final_loss": loss, "attempts": tried}
-    raise DegenerateTargetError(
-        f"no TMS {config.n_features}-{config.n_hidden} target trained with seeds {config.seed}.."
-        f"{config.seed + config.seed_search - 1} represents every feature: {tried}. A target that drops features "
-        "gives a decomposition of fewer features and an invalid benchmark; raise `seed_search` or change `seed`."
+    return train_until_features_pass(
+        lambda seed: _train_once(config, seed, device),
+        lambda model: feature_check(model, config.feature_check_tol),
+        range(config.seed, config.seed + config.seed_search),
+        f"TMS {config.n_features}-{config.n_hidden} target",
+        "raise `seed_search` or change `seed`",
+        log,
     )

@@ -50,8 +50,15 @@ def _ranked_tokens(item: LabelInput, marked: list[str]) -> list[str]:
     return list(dict.fromkeys(tok for tok in ranked if tok))
 
 
+def _quoted(tokens: list[str]) -> str:
+    return " / ".join(json.dumps(tok, ensure_ascii=False) for tok in tokens)
+
+
 def heuristic_label(item: LabelInput) -> LabelOutput:
-    """Label = the fewest top tokens (at most 3) that cover 80% of marked positions; confidence from coverage."""
+    """Label = the fewest top input tokens (at most 3) that cover 80% of marked positions; confidence from
+    coverage. When they cover less and output-token statistics are given, the component is labelled by what it
+    predicts instead (`predicts "x" / "y"`): many components are better described by their effect than by
+    the tokens they read."""
     marked = _marked(item.examples)
     ranked = _ranked_tokens(item, marked)
     if not ranked:
@@ -67,13 +74,24 @@ def heuristic_label(item: LabelInput) -> LabelOutput:
             if coverage >= COVERAGE_FOR_LABEL:
                 chosen = chosen[:k]
                 break
+    predicted = list(dict.fromkeys(t for t in (normalize_token(s.token) for s in item.output_tokens) if t))
+    if coverage is not None and coverage < COVERAGE_FOR_LABEL and predicted:
+        shown = predicted[:MAX_LABEL_TOKENS]
+        return LabelOutput(
+            reasoning=(
+                f"heuristic: the top input tokens cover only {coverage:.0%} of {len(marked)} marked positions; "
+                f"labelled by the tokens it predicts most specifically: {_quoted(shown)}"
+            ),
+            label=f"predicts {_quoted(shown)}",
+            confidence="medium" if coverage >= 0.5 else "low",
+        )
     if coverage is None:
         confidence = "low"
         evidence = "ranked by the given token statistics; no marked examples to check coverage"
     else:
         confidence = "high" if coverage >= COVERAGE_FOR_LABEL else "medium" if coverage >= 0.5 else "low"
         evidence = f"they cover {coverage:.0%} of {len(marked)} marked positions in {len(item.examples)} examples"
-    label = " / ".join(json.dumps(tok, ensure_ascii=False) for tok in chosen)
+    label = _quoted(chosen)
     return LabelOutput(reasoning=f"heuristic: top tokens {label}; {evidence}", label=label, confidence=confidence)
 
 

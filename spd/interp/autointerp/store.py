@@ -1,0 +1,63 @@
+"""From the LLM journal to the labels store: one LabelRecord per selected component.
+
+The journal (spd.interp.results) holds every answer as it arrived, across reruns; `final_rows` picks one row
+per component (its answer if it ever got one, else its latest failure). Here each becomes a labels-store row:
+the answer's label, confidence and reasoning, or NULL and the error, with who answered and which harvest
+examples were shown (from the work item's meta, saved in the row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from spd.harvest.schema import ComponentSummary
+from spd.interp.labels_store import LabelRecord
+from spd.interp.results import ResultRow
+
+
+def label_record(row: ResultRow, summary: ComponentSummary, strategy: str) -> LabelRecord:
+    """The labels-store row of one component from its final journal row."""
+    extra: dict[str, Any] = dict(row.extra or {})
+    output = row.output if row.status == "ok" else None
+    error = None
+    if output is None:
+        error = row.error or f"no answer (status {row.status})"
+    return LabelRecord(
+        component=summary.component,
+        key=summary.key,
+        layer=summary.layer,
+        label=None if output is None else str(output["label"]),
+        confidence=None if output is None else str(output["confidence"]),
+        reasoning=None if output is None else str(output["reasoning"]),
+        provider=row.provider,
+        model=row.model,
+        error=error,
+        example_ids=tuple(extra.pop("example_ids", ())),
+        example_positions=tuple(int(p) for p in extra.pop("example_positions", ())),
+        error_kind=None if output is not None else (row.error_kind or row.status),
+        strategy=str(extra.pop("strategy", strategy)),
+        firing_density=summary.firing_density,
+        prompt=row.prompt,
+        raw_response=row.raw_response,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        cost_usd=row.cost_usd,
+        latency_s=row.latency_s,
+        attempts=row.attempts,
+        finished_at=row.finished_at,
+        extra={"status": row.status, "charged_usd": row.charged_usd, "session": row.session, **extra},
+    )
+
+
+def label_records(rows: Iterable[ResultRow], selected: list[ComponentSummary], strategy: str) -> list[LabelRecord]:
+    """One record per selected component, in selection order. A selected component without a journal row
+    means the run did not finish: that raises, rather than inventing a row."""
+    by_key = {row.key: row for row in rows}
+    missing = [c.key for c in selected if c.key not in by_key]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} selected components have no row in the LLM journal (first: {missing[:3]}); "
+            "the labelling run did not finish"
+        )
+    return [label_record(by_key[c.key], c, strategy) for c in selected]

@@ -1,0 +1,274 @@
+"""The labels store (autointerp's out/labels.duckdb): one row per labelled component, read by the scorers.
+
+Written once, by the autointerp stage's single writer (`write_labels_store`: temp file, checkpoint, close,
+rename; no WAL left), and only read afterwards (`LabelsStore.open`, DuckDB `read_only=True`).
+
+Components carry the harvest store's identity: `component` is the flat index and `key` the
+'<layer>:<index>' key, so `HarvestStore.examples(record.key)` finds the same component. A failed label is
+a row with `label = NULL` and its error, never a made-up label.
+
+Each row lists the harvest examples its label was written from, so a scorer (detection, fuzzing) can hold
+them out: `example_ids` names them as '<kind>:<rank>' (the harvest store's `examples(kind=...)` rank) and
+`example_positions` holds the stream position of each one's firing token. A component fires at most once
+per token position, so the position identifies a firing whichever list (uniform or top) it came from:
+`record.is_held_out(example)` is the check to use.
+
+    with LabelsStore.open(run_dir / "stages/autointerp/out") as labels:
+        for record in labels.labels():
+            if record.label is None:
+                continue  # failed: record.error says why
+            fresh = [e for e in harvest.examples(record.key) if not record.is_held_out(e)]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+import pyarrow as pa
+
+LABELS_FILE = "labels.duckdb"
+LABELS_FORMAT = "spd-labels-store"
+LABELS_FORMAT_VERSION = 1
+
+
+class _HasStreamPosition(Protocol):
+    stream_position: int
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """One component's label (or the reason it has none) and how it was obtained."""
+
+    component: int
+    """Flat component index, as in the harvest store."""
+    key: str
+    """'<layer>:<index>', as in the harvest store."""
+    layer: str
+    label: str | None
+    """None when labelling failed (see `error`)."""
+    confidence: str | None
+    """'low' | 'medium' | 'high' as the labeller stated it; None on failure."""
+    reasoning: str | None
+    provider: str
+    model: str
+    error: str | None
+    """Why there is no label; None when there is one."""
+    example_ids: tuple[str, ...] = ()
+    """The harvest examples shown to the labeller, as '<kind>:<rank>' ('uniform:3', 'top:0')."""
+    example_positions: tuple[int, ...] = ()
+    """Stream positions of the firing token of each shown example (same order as example_ids)."""
+    error_kind: str | None = None
+    strategy: str | None = None
+    firing_density: float | None = None
+    prompt: str | None = None
+    raw_response: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_s: float | None = None
+    attempts: int | None = None
+    finished_at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else the writer wants kept (stored as JSON)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.label is not None
+
+    def held_out_positions(self) -> frozenset[int]:
+        return frozenset(self.example_positions)
+
+    def is_held_out(self, example: _HasStreamPosition) -> bool:
+        """True when `example` (a harvest ActivationExample) is a firing the label was written from."""
+        return example.stream_position in self.example_positions
+
+
+_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("component", "INTEGER NOT NULL", pa.int32()),
+    ("key", "VARCHAR PRIMARY KEY", pa.string()),
+    ("layer", "VARCHAR NOT NULL", pa.string()),
+    ("label", "VARCHAR", pa.string()),
+    ("confidence", "VARCHAR", pa.string()),
+    ("reasoning", "VARCHAR", pa.string()),
+    ("provider", "VARCHAR NOT NULL", pa.string()),
+    ("model", "VARCHAR NOT NULL", pa.string()),
+    ("error", "VARCHAR", pa.string()),
+    ("example_ids", "VARCHAR[] NOT NULL", pa.list_(pa.string())),
+    ("example_positions", "BIGINT[] NOT NULL", pa.list_(pa.int64())),
+    ("error_kind", "VARCHAR", pa.string()),
+    ("strategy", "VARCHAR", pa.string()),
+    ("firing_density", "DOUBLE", pa.float64()),
+    ("prompt", "VARCHAR", pa.string()),
+    ("raw_response", "VARCHAR", pa.string()),
+    ("input_tokens", "BIGINT", pa.int64()),
+    ("output_tokens", "BIGINT", pa.int64()),
+    ("cost_usd", "DOUBLE", pa.float64()),
+    ("latency_s", "DOUBLE", pa.float64()),
+    ("attempts", "INTEGER", pa.int32()),
+    ("finished_at", "VARCHAR", pa.string()),
+    ("extra_json", "VARCHAR NOT NULL", pa.string()),
+)
+_NAMES = tuple(name for name, _, _ in _COLUMNS)
+_RECORD_FIELDS = tuple(f.name for f in fields(LabelRecord))
+
+
+def _check_record(record: LabelRecord) -> None:
+    if (record.label is None) == (record.error is None):
+        raise ValueError(
+            f"component {record.key!r}: a row has either a label or an error, not both or neither "
+            f"(label={record.label!r}, error={record.error!r})"
+        )
+    if len(record.example_ids) != len(record.example_positions):
+        raise ValueError(f"component {record.key!r}: example_ids and example_positions differ in length")
+
+
+def _arrow_table(records: list[LabelRecord]) -> pa.Table:
+    data: dict[str, list[Any]] = {name: [] for name in _NAMES}
+    for record in records:
+        values = asdict(record)
+        for name in _NAMES:
+            if name == "extra_json":
+                data[name].append(json.dumps(values["extra"], ensure_ascii=False, sort_keys=True, default=str))
+            elif name in ("example_ids", "example_positions"):
+                data[name].append(list(values[name]))
+            else:
+                data[name].append(values[name])
+    return pa.table({name: pa.array(data[name], type=kind) for name, _, kind in _COLUMNS})
+
+
+def write_labels_store(path: str | Path, records: Iterable[LabelRecord], meta: dict[str, Any] | None = None) -> int:
+    """Build a labels store at `path` from `records`, atomically; returns the number of rows.
+
+    The file is written under a temp name in the same directory, checkpointed and closed, then renamed:
+    it is complete under its final name or absent, and no .wal is left. Rows are sorted by component.
+    `meta` (JSON-able: strategy, LLM settings, counts) is kept in the one-row `meta` table.
+    Raises ValueError for a row with both or neither of label and error, or a repeated key.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / LABELS_FILE
+    rows = sorted(records, key=lambda r: (r.component, r.key))
+    for record in rows:
+        _check_record(record)
+    keys = [r.key for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("repeated component keys in labels")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            columns = ", ".join(f'"{name}" {sql}' for name, sql, _ in _COLUMNS)
+            con.execute(f"CREATE TABLE labels ({columns})")
+            if rows:
+                con.register("incoming_labels", _arrow_table(rows))
+                con.execute(f"INSERT INTO labels SELECT {', '.join(_NAMES)} FROM incoming_labels")
+                con.unregister("incoming_labels")
+            con.execute(
+                "CREATE TABLE meta (format VARCHAR NOT NULL, format_version INTEGER NOT NULL, "
+                "n_labels INTEGER NOT NULL, n_failed INTEGER NOT NULL, meta_json VARCHAR NOT NULL)"
+            )
+            n_failed = sum(1 for r in rows if r.label is None)
+            con.execute(
+                "INSERT INTO meta VALUES (?, ?, ?, ?, ?)",
+                [
+                    LABELS_FORMAT,
+                    LABELS_FORMAT_VERSION,
+                    len(rows) - n_failed,
+                    n_failed,
+                    json.dumps(meta or {}, sort_keys=True, default=str),
+                ],
+            )
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, Path(f"{tmp}.wal")):
+            leftover.unlink(missing_ok=True)
+    return len(rows)
+
+
+class LabelsStore:
+    """A labels store opened read-only; records are loaded once (a few thousand small rows)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
+        self._con = con
+        self.path = path
+        self._records: list[LabelRecord] | None = None
+        self._by_key: dict[str, LabelRecord] = {}
+        self._by_index: dict[int, LabelRecord] = {}
+
+    @classmethod
+    def open(cls, path: str | Path) -> LabelsStore:
+        """Open a labels.duckdb, or the one inside an autointerp out/ (or stage) directory."""
+        path = Path(path)
+        if path.is_dir():
+            candidates = [path / LABELS_FILE, path / "out" / LABELS_FILE]
+            found = next((p for p in candidates if p.is_file()), None)
+            if found is None:
+                raise FileNotFoundError(f"no {LABELS_FILE} in {path} (is the autointerp stage done?)")
+            path = found
+        if not path.is_file():
+            raise FileNotFoundError(f"labels store {path} does not exist")
+        return cls(duckdb.connect(str(path), read_only=True), path)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> LabelsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _load(self) -> list[LabelRecord]:
+        if self._records is None:
+            cur = self._con.execute(f"SELECT {', '.join(_NAMES)} FROM labels ORDER BY component, key")
+            records = []
+            for row in cur.fetchall():
+                values = dict(zip(_NAMES, row, strict=True))
+                values["extra"] = json.loads(values.pop("extra_json"))
+                values["example_ids"] = tuple(values["example_ids"])
+                values["example_positions"] = tuple(values["example_positions"])
+                records.append(LabelRecord(**{k: values[k] for k in _RECORD_FIELDS}))
+            self._records = records
+            self._by_key = {r.key: r for r in records}
+            self._by_index = {r.component: r for r in records}
+        return self._records
+
+    def labels(self, include_failed: bool = True) -> list[LabelRecord]:
+        """Every row in component order; `include_failed=False` keeps only rows with a label."""
+        records = self._load()
+        return list(records) if include_failed else [r for r in records if r.label is not None]
+
+    def get(self, component: int | str) -> LabelRecord | None:
+        """The row of a component given as flat index or 'layer:index' key; None when it was not labelled."""
+        self._load()
+        if isinstance(component, int):
+            return self._by_index.get(component)
+        return self._by_key.get(component)
+
+    def meta(self) -> dict[str, Any]:
+        """The meta row: format, counts and the writer's `meta` (decoded)."""
+        cur = self._con.execute("SELECT format, format_version, n_labels, n_failed, meta_json FROM meta")
+        row = cur.fetchone()
+        if row is None:
+            return {}
+        return {
+            "format": row[0],
+            "format_version": row[1],
+            "n_labels": row[2],
+            "n_failed": row[3],
+            **json.loads(row[4]),
+        }
+
+    def __len__(self) -> int:
+        return len(self._load())
