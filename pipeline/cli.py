@@ -1,4 +1,4 @@
-"""The command line: `python run.py pipeline.yaml` and run/plan/status/rerun/cancel/logs/schema.
+"""The command line: `python run.py pipeline.yaml` and run/plan/status/rerun/cancel/logs/report/schema.
 
 Exit codes: 0 done or submitted, 1 a stage failed (or was cancelled), 2 bad input.
 """
@@ -296,6 +296,21 @@ def _follow_log(run_dir: RunDir, stage: str, path: Path, poll_s: float = 0.5, st
             time.sleep(poll_s)
     except KeyboardInterrupt:
         return
+
+
+@app.command()
+@cli_errors
+def report(run: RunArg, out_dir: OutDirOpt = Path("runs")) -> None:
+    """Write RUN/report/index.html: one self-contained page to browse the run's components (opens offline).
+
+    Works with any subset of stages done; stages without output are shown as such.
+    """
+    run_dir = resolve_run(run, out_dir)
+    status_json = orchestrator.status(run_dir).to_json()
+    from stages.report import build_report  # lazy: duckdb, matplotlib and jinja2 load only for this command
+
+    path = build_report(run_dir.root, status_json)
+    out.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python run.py run examples/quickstart.yaml --wait "$@"
-echo "inspect it: .venv/bin/python run.py status runs/quickstart   (outputs under runs/quickstart/stages/*/out)"
+.venv/bin/python run.py report runs/quickstart
+echo "open the report above in a browser; status: .venv/bin/python run.py status runs/quickstart   (outputs under runs/quickstart/stages/*/out)"

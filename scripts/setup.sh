@@ -27,7 +27,7 @@ if [ ! -f "$STAMP" ]; then
   pip_quiet -e ".[dev]"
   # Checked from outside the checkout, so the import must come from the installed project.
   venv_python="$(cd "$VENV" && pwd)/bin/python"
-  (cd / && "$venv_python" -c "import torch, pipeline, stages, spd, typer, submitit, duckdb, pytest, transformers, openai, anthropic, tenacity, jinja2")
+  (cd / && "$venv_python" -c "import torch, pipeline, stages, spd, typer, submitit, duckdb, pytest, transformers, openai, anthropic, tenacity, jinja2, matplotlib, selenium")
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

@@ -15,6 +15,8 @@ elif [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && [ "${SKIP_SLU
   bash scripts/local_slurm.sh start || echo "[test] local SLURM did not start; slurm tests will skip"
 fi
 
+bash scripts/install_chromium.sh  # the report's browser test (headless Chromium); a no-op when present
+
 .venv/bin/ruff check pipeline stages spd tests benchmarks run.py
 .venv/bin/ruff format --check pipeline stages spd tests benchmarks run.py
 .venv/bin/python -m pytest "$@"

@@ -56,8 +56,8 @@ def _quoted(tokens: list[str]) -> str:
 
 def heuristic_label(item: LabelInput) -> LabelOutput:
     """Label = the fewest top input tokens (at most 3) that cover 80% of marked positions; confidence from
-    coverage. When they cover less and output-token statistics are given, the component is labelled by what it
-    predicts instead (`predicts "x" / "y"`): many components are better described by their effect than by
+    coverage. When they cover less and output-token statistics are given, the label adds what the component
+    predicts (`"a" / "b"; predicts "x" / "y"`): many components are better described by their effect than by
     the tokens they read."""
     marked = _marked(item.examples)
     ranked = _ranked_tokens(item, marked)
@@ -79,10 +79,10 @@ def heuristic_label(item: LabelInput) -> LabelOutput:
         shown = predicted[:MAX_LABEL_TOKENS]
         return LabelOutput(
             reasoning=(
-                f"heuristic: the top input tokens cover only {coverage:.0%} of {len(marked)} marked positions; "
-                f"labelled by the tokens it predicts most specifically: {_quoted(shown)}"
+                f"heuristic: the top input tokens {_quoted(chosen)} cover only {coverage:.0%} of {len(marked)} "
+                f"marked positions; the tokens it predicts most specifically are {_quoted(shown)}"
             ),
-            label=f"predicts {_quoted(shown)}",
+            label=f"{_quoted(chosen)}; predicts {_quoted(shown)}",
             confidence="medium" if coverage >= 0.5 else "low",
         )
     if coverage is None:

@@ -1,0 +1,303 @@
+"""The score stores: out/detection.duckdb, out/fuzzing.duckdb, out/intruder.duckdb (one per stage, same schema).
+
+Written once by the stage's single writer (`write_score_store`: temp file in the same directory, CHECKPOINT,
+close, rename; no WAL left) after the LLM layer's journal holds every answer, and only read afterwards
+(`ScoreStore.open`, DuckDB `read_only=True`). Tables:
+
+- `scores`: one row per component considered. `score` is NULL when the component could not be scored
+  (`error` says why: no label, no held-out examples, no true negatives, no density-matched donor, every trial
+  failed, ...), never 0.0. Detection and fuzzing fill the confusion counts (pooled over successful trials),
+  the intruder fills `n_correct`. `chance` is the score of a judge that guesses.
+- `trials`: one row per question asked: what was shown (`truth_json`: example numbers of each class, the
+  windows by component, example id and stream position, the donor for the intruder), the validated answer,
+  what the trial contributed, and the LLM layer's provenance (provider, model, prompt, raw response, tokens,
+  cost, latency, attempts, error).
+- `meta`: one row: kind, prompt version, provider, model, seed, the stage settings, the stores it read, LLM
+  run counts, total cost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+SCORE_KINDS = ("detection", "fuzzing", "intruder")
+SCORE_FORMAT = "spd-score-store"
+SCORE_FORMAT_VERSION = 1
+
+
+def store_file(kind: str) -> str:
+    """File name of a kind's store inside its stage's out/ directory."""
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"unknown score kind {kind!r}; known: {SCORE_KINDS}")
+    return f"{kind}.duckdb"
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """One component's score, or the reason it has none."""
+
+    component: int
+    key: str
+    layer: str
+    firing_density: float | None
+    label: str | None
+    """The label judged (detection, fuzzing); None for the intruder."""
+    score: float | None
+    """Balanced accuracy (detection, fuzzing) or fraction correct (intruder); None when not scored."""
+    ci_low: float | None
+    ci_high: float | None
+    chance: float
+    n_trials: int
+    """Trials planned."""
+    n_trials_ok: int
+    n_trials_failed: int
+    n_positive: int | None = None
+    n_negative: int | None = None
+    tp: int | None = None
+    fn: int | None = None
+    tn: int | None = None
+    fp: int | None = None
+    n_correct: int | None = None
+    error: str | None = None
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One question: what was shown, what came back, what it counted for."""
+
+    item_key: str
+    component: int
+    key: str
+    trial: int
+    status: str
+    """'ok', 'failed', 'skipped' (budget) or 'missing' (no row in the journal)."""
+    n_shown: int
+    truth_json: str
+    answer_json: str | None
+    outcome_json: str | None
+    provider: str | None
+    model: str | None
+    prompt: str | None
+    raw_response: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    latency_s: float | None
+    attempts: int | None
+    error_kind: str | None
+    error: str | None
+    finished_at: str | None
+    session: str | None
+
+
+_SCORE_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("component", "INTEGER NOT NULL", pa.int32()),
+    ("key", "VARCHAR PRIMARY KEY", pa.string()),
+    ("layer", "VARCHAR NOT NULL", pa.string()),
+    ("firing_density", "DOUBLE", pa.float64()),
+    ("label", "VARCHAR", pa.string()),
+    ("score", "DOUBLE", pa.float64()),
+    ("ci_low", "DOUBLE", pa.float64()),
+    ("ci_high", "DOUBLE", pa.float64()),
+    ("chance", "DOUBLE NOT NULL", pa.float64()),
+    ("n_trials", "INTEGER NOT NULL", pa.int32()),
+    ("n_trials_ok", "INTEGER NOT NULL", pa.int32()),
+    ("n_trials_failed", "INTEGER NOT NULL", pa.int32()),
+    ("n_positive", "INTEGER", pa.int32()),
+    ("n_negative", "INTEGER", pa.int32()),
+    ("tp", "INTEGER", pa.int32()),
+    ("fn", "INTEGER", pa.int32()),
+    ("tn", "INTEGER", pa.int32()),
+    ("fp", "INTEGER", pa.int32()),
+    ("n_correct", "INTEGER", pa.int32()),
+    ("error", "VARCHAR", pa.string()),
+    ("cost_usd", "DOUBLE", pa.float64()),
+)
+_TRIAL_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("item_key", "VARCHAR PRIMARY KEY", pa.string()),
+    ("component", "INTEGER NOT NULL", pa.int32()),
+    ("key", "VARCHAR NOT NULL", pa.string()),
+    ("trial", "INTEGER NOT NULL", pa.int32()),
+    ("status", "VARCHAR NOT NULL", pa.string()),
+    ("n_shown", "INTEGER NOT NULL", pa.int32()),
+    ("truth_json", "VARCHAR NOT NULL", pa.string()),
+    ("answer_json", "VARCHAR", pa.string()),
+    ("outcome_json", "VARCHAR", pa.string()),
+    ("provider", "VARCHAR", pa.string()),
+    ("model", "VARCHAR", pa.string()),
+    ("prompt", "VARCHAR", pa.string()),
+    ("raw_response", "VARCHAR", pa.string()),
+    ("input_tokens", "BIGINT", pa.int64()),
+    ("output_tokens", "BIGINT", pa.int64()),
+    ("cost_usd", "DOUBLE", pa.float64()),
+    ("latency_s", "DOUBLE", pa.float64()),
+    ("attempts", "INTEGER", pa.int32()),
+    ("error_kind", "VARCHAR", pa.string()),
+    ("error", "VARCHAR", pa.string()),
+    ("finished_at", "VARCHAR", pa.string()),
+    ("session", "VARCHAR", pa.string()),
+)
+
+
+def _arrow(records: list[Any], columns: tuple[tuple[str, str, pa.DataType], ...]) -> pa.Table:
+    data: dict[str, list[Any]] = {name: [] for name, _, _ in columns}
+    for record in records:
+        values = asdict(record)
+        for name, _, _ in columns:
+            data[name].append(values[name])
+    return pa.table({name: pa.array(data[name], type=kind) for name, _, kind in columns})
+
+
+def _create(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[tuple[str, str, pa.DataType], ...]) -> None:
+    con.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {sql}' for n, sql, _ in columns)})")
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, arrow: pa.Table) -> None:
+    if arrow.num_rows == 0:
+        return
+    con.register("incoming_rows", arrow)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT {', '.join(arrow.column_names)} FROM incoming_rows")
+    finally:
+        con.unregister("incoming_rows")
+
+
+def write_score_store(
+    path: str | Path, kind: str, scores: Iterable[ScoreRecord], trials: Iterable[TrialRecord], meta: dict[str, Any]
+) -> Path:
+    """Build a score store at `path` atomically and return its path.
+
+    `meta` must hold at least prompt_version, provider, model, seed and config (JSON-able); counts and the
+    total cost are derived here.
+    """
+    path = Path(path)
+    score_rows = sorted(scores, key=lambda r: (r.component, r.key))
+    trial_rows = sorted(trials, key=lambda r: (r.component, r.trial, r.item_key))
+    keys = [r.key for r in score_rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("repeated component keys in scores")
+    for r in score_rows:
+        if (r.score is None) == (r.error is None):
+            raise ValueError(f"component {r.key!r}: a score row has either a score or an error (got both or neither)")
+    costs = [t.cost_usd for t in trial_rows if t.cost_usd is not None]
+    row = {
+        "format": SCORE_FORMAT,
+        "format_version": SCORE_FORMAT_VERSION,
+        "kind": kind,
+        "prompt_version": str(meta["prompt_version"]),
+        "provider": str(meta["provider"]),
+        "model": str(meta["model"]),
+        "seed": int(meta["seed"]),
+        "n_components": len(score_rows),
+        "n_scored": sum(r.score is not None for r in score_rows),
+        "n_trials": len(trial_rows),
+        "n_trials_ok": sum(t.status == "ok" for t in trial_rows),
+        "cost_usd": sum(costs) if costs else None,
+        "meta_json": json.dumps(meta, sort_keys=True, default=str),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            _create(con, "scores", _SCORE_COLUMNS)
+            _create(con, "trials", _TRIAL_COLUMNS)
+            con.execute(
+                "CREATE TABLE meta (format VARCHAR NOT NULL, format_version INTEGER NOT NULL, "
+                "kind VARCHAR NOT NULL, prompt_version VARCHAR NOT NULL, provider VARCHAR NOT NULL, "
+                "model VARCHAR NOT NULL, seed BIGINT NOT NULL, n_components INTEGER NOT NULL, "
+                "n_scored INTEGER NOT NULL, n_trials INTEGER NOT NULL, n_trials_ok INTEGER NOT NULL, "
+                "cost_usd DOUBLE, meta_json VARCHAR NOT NULL)"
+            )
+            _insert(con, "scores", _arrow(score_rows, _SCORE_COLUMNS))
+            _insert(con, "trials", _arrow(trial_rows, _TRIAL_COLUMNS))
+            con.execute(f"INSERT INTO meta VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        for leftover in (tmp, Path(f"{tmp}.wal")):
+            leftover.unlink(missing_ok=True)
+    return path
+
+
+class ScoreStore:
+    """One score store opened read-only."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
+        self._con = con
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path, kind: str | None = None) -> ScoreStore:
+        """Open a store file, or the `<kind>.duckdb` in a stage's out/ (or stage) directory.
+
+        With a directory and no kind, the directory must hold exactly one score store.
+        """
+        path = Path(path)
+        if path.is_dir():
+            names = [store_file(kind)] if kind is not None else [store_file(k) for k in SCORE_KINDS]
+            found = [d / n for d in (path, path / "out") for n in names if (d / n).is_file()]
+            if len(found) != 1:
+                raise FileNotFoundError(
+                    f"expected one of {names} in {path} or its out/, found {[str(p) for p in found] or 'none'}"
+                )
+            path = found[0]
+        if not path.is_file():
+            raise FileNotFoundError(f"score store {path} does not exist")
+        return cls(duckdb.connect(str(path), read_only=True), path)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> ScoreStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _select(self, table: str, record: type[Any], where: str = "", params: list[Any] | None = None) -> list[Any]:
+        names = [f.name for f in fields(record)]
+        order = "component, key" if table == "scores" else "component, trial, item_key"
+        cur = self._con.execute(f"SELECT {', '.join(names)} FROM {table} {where} ORDER BY {order}", params or [])
+        return [record(*row) for row in cur.fetchall()]
+
+    def scores(self, scored_only: bool = False) -> list[ScoreRecord]:
+        """Every component row in component order; `scored_only` drops rows without a score."""
+        return self._select("scores", ScoreRecord, "WHERE score IS NOT NULL" if scored_only else "")
+
+    def get(self, component: int | str) -> ScoreRecord | None:
+        """The row of a component given as flat index or 'layer:index' key; None when absent."""
+        column = "component" if isinstance(component, int) else "key"
+        rows = self._select("scores", ScoreRecord, f"WHERE {column} = ?", [component])
+        return rows[0] if rows else None
+
+    def trials(self, component: int | str | None = None) -> list[TrialRecord]:
+        """Trial rows, of one component or all."""
+        if component is None:
+            return self._select("trials", TrialRecord)
+        column = "component" if isinstance(component, int) else "key"
+        return self._select("trials", TrialRecord, f"WHERE {column} = ?", [component])
+
+    def meta(self) -> dict[str, Any]:
+        """The meta row with its JSON decoded (the writer's meta merged in)."""
+        cur = self._con.execute("SELECT * FROM meta")
+        names = [d[0] for d in cur.description]
+        row = dict(zip(names, cur.fetchone(), strict=True))
+        return {**{k: v for k, v in row.items() if k != "meta_json"}, **json.loads(row["meta_json"])}

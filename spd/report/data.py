@@ -1,0 +1,232 @@
+"""Gather everything the report shows into one plain, JSON-able model of a run.
+
+Input: the run directory (plan.json, stage out/ directories, job logs) and the run status as
+`python run.py status RUN --json` prints it. Every stage is optional: a stage that is not in the pipeline,
+has not finished or left no store is shown with its state and a reason, never as an error.
+
+The model (a dict) has:
+    run          provenance: run id, executor, code version, seeds, library versions
+    stages       one entry per SPD stage: state, tasks, time, seed, cost (LLM stages), output availability
+    sections     per-source facts (decompose, harvest, attributions, autointerp, detection, fuzzing, intruder)
+    columns/rows the component table: one row per alive component
+    details      key -> everything the component panel shows
+    tokens       token id -> display text, for every token the details mention
+    plot_data    what the plots are drawn from (densities, CI-L0, scores); not embedded in the page
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+from spd.report.attributions_data import AttributionsData, read_attributions
+from spd.report.decompose_data import DecomposeData, read_decompose
+from spd.report.harvest_data import HarvestData, read_harvest, token_texts, tokens_used
+from spd.report.interp_data import SCORERS, LabelsData, ScoresData, read_labels, read_scores
+from spd.report.locate import LLM_STAGES, SPD_STAGES, RunLayout
+from spd.report.options import ReportOptions
+
+REPORT_FORMAT = "spd-report/1"
+# What reading a store can raise when it is damaged, of another format, or from another version of a stage:
+# the report shows it in place of that store's data instead of failing.
+READ_ERRORS: tuple[type[BaseException], ...] = (duckdb.Error, OSError, ValueError, KeyError, TypeError)
+T = TypeVar("T")
+COLUMNS: list[dict[str, str]] = [
+    {"id": "key", "title": "component", "type": "text"},
+    {"id": "module", "title": "module", "type": "text"},
+    {"id": "density", "title": "density", "type": "num"},
+    {"id": "firings", "title": "firings", "type": "num"},
+    {"id": "label", "title": "label", "type": "text"},
+    {"id": "confidence", "title": "confidence", "type": "text"},
+    {"id": "detection", "title": "detection", "type": "num"},
+    {"id": "fuzzing", "title": "fuzzing", "type": "num"},
+    {"id": "intruder", "title": "intruder", "type": "num"},
+]
+
+
+def _split_key(key: str) -> tuple[str, int | None]:
+    module, _, index = key.rpartition(":")
+    return (module, int(index)) if index.isdigit() else (key, None)
+
+
+def _stages(layout: RunLayout, status: dict[str, Any], outputs: dict[str, tuple[bool, str | None, float | None]]):
+    """One row per stage: SPD stages in DAG order, then any other stage the plan has."""
+    planned = layout.plan_stages()
+    by_name = {s.get("name"): s for s in status.get("stages", []) if isinstance(s, dict)}
+    names = [*SPD_STAGES, *(n for n in planned if n not in SPD_STAGES)]
+    rows = []
+    for name in names:
+        plan = planned.get(name)
+        st = by_name.get(name, {})
+        available, reason, cost = outputs.get(name, (False, None, None))
+        if plan is None:
+            state = "EXTERNAL" if layout.is_external(name) else "NOT_IN_PIPELINE"
+        else:
+            state = st.get("state", "UNKNOWN")
+        started, finished, wall = layout.job_span(name) if plan is not None else (None, None, None)
+        tasks = st.get("tasks") or {}
+        rows.append(
+            {
+                "name": name,
+                "state": state,
+                "in_pipeline": plan is not None,
+                "external_path": str(layout.out_dir(name)) if layout.is_external(name) else None,
+                "key": (plan or {}).get("key"),
+                "seed": (plan or {}).get("seed"),
+                "tasks_done": tasks.get("done"),
+                "tasks_total": tasks.get("total", (plan or {}).get("num_tasks")),
+                "tasks_failed": tasks.get("failed"),
+                "tasks_running": tasks.get("running"),
+                "task_seconds": st.get("elapsed_s"),
+                "wall_seconds": wall,
+                "started_at": started,
+                "finished_at": finished,
+                "error": st.get("error"),
+                "llm": name in LLM_STAGES,
+                "cost_usd": cost,
+                "output": "available" if available else (reason or "none"),
+            }
+        )
+    return rows
+
+
+def _run_info(layout: RunLayout, status: dict[str, Any]) -> dict[str, Any]:
+    plan = layout.plan
+    return {
+        "run_id": status.get("run_id") or plan.get("run_id") or layout.root.name,
+        "run_dir": str(layout.root),
+        "executor": status.get("executor") or plan.get("executor"),
+        "created_at": plan.get("created_at"),
+        "pipeline_file": plan.get("pipeline_file"),
+        "seed": plan.get("seed"),
+        "code": plan.get("code") or {},
+        "versions": plan.get("versions") or {},
+        "last_invocation": (plan.get("last_invocation") or {}).get("command"),
+    }
+
+
+def _universe(harvest: HarvestData, labels: LabelsData, scores: dict[str, ScoresData]) -> list[str]:
+    """Keys of the table's components: the harvest's alive ones, else every component something scored."""
+    if harvest.available:
+        return list(harvest.alive)
+    keys = set(labels.labels)
+    for s in scores.values():
+        keys |= set(s.scores)
+    return sorted(keys, key=lambda k: (_split_key(k)[0], _split_key(k)[1] or 0, k))
+
+
+def _details(
+    key: str,
+    summary: dict[str, Any] | None,
+    harvest: HarvestData,
+    attributions: AttributionsData,
+    labels: LabelsData,
+    scores: dict[str, ScoresData],
+) -> dict[str, Any]:
+    module, index = _split_key(key)
+    detail: dict[str, Any] = {"key": key, "module": module, "index": index}
+    if summary is not None:
+        detail.update(
+            firings=summary["firing_count"], density=summary["density"], mean_ci_firing=summary["mean_ci_firing"]
+        )
+    if harvest.available:
+        detail["examples"] = harvest.examples.get(key, {"scale": None, "top": [], "random": []})
+        detail["token_stats"] = harvest.token_stats.get(key, {"input": [], "output": []})
+    if attributions.available:
+        detail["attributions"] = attributions.edges.get(key, {"in": [], "out": []})
+    if labels.available:
+        detail["label"] = labels.labels.get(key)
+    detail["scores"] = {name: s.scores.get(key) for name, s in scores.items() if s.available}
+    return detail
+
+
+def _row(detail: dict[str, Any]) -> list[Any]:
+    label = detail.get("label") or {}
+    scores = detail.get("scores") or {}
+    return [
+        detail["key"],
+        detail["module"],
+        detail.get("density"),
+        detail.get("firings"),
+        label.get("label"),
+        label.get("confidence"),
+        *((scores.get(name) or {}).get("score") for name in SCORERS),
+    ]
+
+
+def _section(data: Any) -> dict[str, Any]:
+    return {"available": data.available, "reason": data.reason, "path": getattr(data, "path", None), **data.info}
+
+
+def _guarded(read: Callable[[], T], unavailable: Callable[[str], T]) -> T:
+    """`read()`, or `unavailable(reason)` when the store cannot be read (one bad store never sinks the page)."""
+    try:
+        return read()
+    except READ_ERRORS as e:
+        return unavailable(f"cannot read: {type(e).__name__}: {e}")
+
+
+def gather_report(run_dir: Path, status: dict[str, Any], options: ReportOptions | None = None) -> dict[str, Any]:
+    """The report model of the run at `run_dir` (see the module docstring); `status` is the status JSON."""
+    options = options or ReportOptions()
+    layout = RunLayout.open(run_dir)
+    decompose = _guarded(lambda: read_decompose(layout.out_dir("decompose")), lambda why: DecomposeData(False, why))
+    harvest = _guarded(lambda: read_harvest(layout.out_dir("harvest"), options), lambda why: HarvestData(False, why))
+    attributions = _guarded(
+        lambda: read_attributions(layout.out_dir("attributions"), options), lambda why: AttributionsData(False, why)
+    )
+    labels = _guarded(lambda: read_labels(layout.out_dir("autointerp")), lambda why: LabelsData(False, why))
+    scores = {
+        name: _guarded(
+            lambda name=name: read_scores(name, layout.out_dir(name)), lambda why, n=name: ScoresData(n, False, why)
+        )
+        for name in SCORERS
+    }
+
+    outputs: dict[str, tuple[bool, str | None, float | None]] = {
+        "decompose": (decompose.available, decompose.reason, None),
+        "harvest": (harvest.available, harvest.reason, None),
+        "attributions": (attributions.available, attributions.reason, None),
+        "autointerp": (labels.available, labels.reason, labels.cost_usd),
+        **{name: (s.available, s.reason, s.cost_usd) for name, s in scores.items()},
+    }
+    summaries = {s["key"]: s for s in harvest.summaries}
+    keys = _universe(harvest, labels, scores)
+    details = {key: _details(key, summaries.get(key), harvest, attributions, labels, scores) for key in keys}
+    tokens = tokens_used(harvest) | attributions.token_ids()
+    sections = {
+        "decompose": {"available": decompose.available, "reason": decompose.reason, **decompose.info},
+        "harvest": _section(harvest),
+        "attributions": _section(attributions),
+        "autointerp": _section(labels),
+        **{name: {**_section(s), "chance": s.chance} for name, s in scores.items()},
+    }
+    return {
+        "format": REPORT_FORMAT,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run": _run_info(layout, status),
+        "stages": _stages(layout, status, outputs),
+        "sections": sections,
+        "ci_threshold": harvest.info.get("ci_threshold"),
+        "columns": COLUMNS,
+        "rows": [_row(details[key]) for key in keys],
+        "details": details,
+        "tokens": {str(t): text for t, text in sorted(token_texts(harvest, tokens).items())},
+        "plot_data": {
+            "densities": [[s["layer"], s["density"]] for s in harvest.summaries],
+            "n_components": len(harvest.summaries),
+            "l0": decompose.l0,
+            "l0_curve": decompose.l0_curve,
+            "eval_metrics": decompose.metrics,
+            "scores": {
+                name: {"chance": s.chance, "values": [e["score"] for e in s.scores.values() if e["score"] is not None]}
+                for name, s in scores.items()
+                if s.available
+            },
+        },
+        "options": options.model_dump(),
+    }

@@ -1,0 +1,388 @@
+// The component table (sorted, filtered and paged in memory; only one page is in the DOM) and the component
+// panel (its data inflated on demand from a gzip+base64 chunk). All data text goes in through textContent.
+(function () {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const META = JSON.parse($("report-meta").textContent);
+  const TABLE = JSON.parse($("table-data").textContent);
+  const COLS = TABLE.columns;
+  const ROWS = TABLE.rows;
+  const COL = Object.fromEntries(COLS.map((c, i) => [c.id, i]));
+  const ROW_OF_KEY = new Map(ROWS.map((r, i) => [r[0], i]));
+  const state = { sortCol: COL.density, sortDir: -1, filters: {}, search: "", page: 0, pageSize: 100, view: [] };
+  const chunkCache = new Map();
+  let tokens = null;
+  let selectedRow = -1;
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v);
+    }
+    for (const c of children) if (c !== null && c !== undefined) node.append(c);
+    return node;
+  }
+
+  function fmt(v, col) {
+    if (v === null || v === undefined) return "–";
+    if (typeof v !== "number") return String(v);
+    if (col && col.id === "firings") return v.toLocaleString();
+    if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e5)) return v.toExponential(2);
+    return String(Number(v.toPrecision(3)));
+  }
+
+  // ---- filters ------------------------------------------------------------------------------------------
+  function numericTest(expr) {
+    const s = expr.trim().toLowerCase();
+    if (!s) return null;
+    if (s === "none" || s === "-" || s === "missing") return (v) => v === null || v === undefined;
+    const range = s.match(/^(-?[\d.e+-]+)\s*\.\.\s*(-?[\d.e+-]+)$/);
+    if (range) {
+      const lo = parseFloat(range[1]), hi = parseFloat(range[2]);
+      return (v) => v !== null && v !== undefined && v >= lo && v <= hi;
+    }
+    const m = s.match(/^(>=|<=|>|<|=)?\s*(-?[\d.]+(?:e[+-]?\d+)?)$/);
+    if (!m) return () => false;
+    const x = parseFloat(m[2]);
+    const op = m[1] || ">=";
+    return (v) => {
+      if (v === null || v === undefined) return false;
+      return op === ">" ? v > x : op === "<" ? v < x : op === ">=" ? v >= x : op === "<=" ? v <= x : v === x;
+    };
+  }
+
+  function textTest(expr) {
+    const s = expr.trim().toLowerCase();
+    if (!s) return null;
+    if (s === "none" || s === "-" || s === "missing") return (v) => v === null || v === undefined || v === "";
+    return (v) => v !== null && v !== undefined && String(v).toLowerCase().includes(s);
+  }
+
+  function computeView() {
+    const tests = [];
+    for (const [id, expr] of Object.entries(state.filters)) {
+      const col = COLS[COL[id]];
+      const t = col.type === "num" ? numericTest(expr) : textTest(expr);
+      if (t) tests.push([COL[id], t]);
+    }
+    const q = state.search.trim().toLowerCase();
+    const view = [];
+    for (let i = 0; i < ROWS.length; i++) {
+      const r = ROWS[i];
+      if (q && !(r[COL.key].toLowerCase().includes(q) || (r[COL.label] || "").toLowerCase().includes(q))) continue;
+      if (tests.every(([c, t]) => t(r[c]))) view.push(i);
+    }
+    const c = state.sortCol, d = state.sortDir;
+    view.sort((a, b) => {
+      const x = ROWS[a][c], y = ROWS[b][c];
+      const xm = x === null || x === undefined, ym = y === null || y === undefined;
+      if (xm || ym) return xm === ym ? a - b : xm ? 1 : -1; // missing values last, whatever the direction
+      if (x < y) return -d;
+      if (x > y) return d;
+      return a - b;
+    });
+    state.view = view;
+    const pages = Math.max(1, Math.ceil(view.length / state.pageSize));
+    state.page = Math.min(state.page, pages - 1);
+  }
+
+  // ---- table ----------------------------------------------------------------------------------------------
+  function buildHeader() {
+    const head = $("header-row"), filters = $("filter-row");
+    COLS.forEach((col, i) => {
+      const th = el("th", { class: col.type === "num" ? "num" : "", "data-col": col.id, text: col.title });
+      th.addEventListener("click", () => {
+        state.sortDir = state.sortCol === i ? -state.sortDir : col.type === "num" ? -1 : 1;
+        state.sortCol = i;
+        refresh();
+      });
+      head.append(th);
+      const input = el("input", {
+        type: "text", "data-col": col.id, placeholder: col.type === "num" ? ">=, <, a..b" : "contains",
+        "aria-label": "filter " + col.title,
+      });
+      input.addEventListener("input", debounce(() => { state.filters[col.id] = input.value; state.page = 0; refresh(); }));
+      filters.append(el("th", {}, input));
+    });
+  }
+
+  function renderTable() {
+    const body = $("table-body");
+    const start = state.page * state.pageSize;
+    const slice = state.view.slice(start, start + state.pageSize);
+    const frag = document.createDocumentFragment();
+    for (const i of slice) {
+      const r = ROWS[i];
+      const tr = el("tr", { "data-row": String(i), "data-key": r[COL.key] });
+      if (i === selectedRow) tr.classList.add("selected");
+      COLS.forEach((col, c) => {
+        const td = el("td", { class: col.type === "num" ? "num" : "", text: fmt(r[c], col) });
+        if (col.id === "label") td.classList.add("label-cell");
+        tr.append(td);
+      });
+      tr.tabIndex = 0;
+      tr.addEventListener("click", () => openComponent(i, true));
+      tr.addEventListener("keydown", (e) => { if (e.key === "Enter") openComponent(i, true); });
+      frag.append(tr);
+    }
+    body.replaceChildren(frag);
+    const pages = Math.max(1, Math.ceil(state.view.length / state.pageSize));
+    $("page-info").textContent = `page ${state.page + 1} of ${pages}`;
+    $("prev-page").disabled = state.page === 0;
+    $("next-page").disabled = state.page >= pages - 1;
+    $("match-count").textContent = `${state.view.length.toLocaleString()} of ${ROWS.length.toLocaleString()} components`;
+    document.querySelectorAll("#header-row th").forEach((th, c) => {
+      th.classList.toggle("sorted-asc", c === state.sortCol && state.sortDir === 1);
+      th.classList.toggle("sorted-desc", c === state.sortCol && state.sortDir === -1);
+    });
+  }
+
+  function refresh() { computeView(); renderTable(); }
+
+  function debounce(fn, ms = 150) {
+    let t = null;
+    return () => { clearTimeout(t); t = setTimeout(fn, ms); };
+  }
+
+  // ---- data chunks ------------------------------------------------------------------------------------------
+  async function inflate(id) {
+    const text = $(id).textContent.trim();
+    const bin = Uint8Array.from(atob(text), (ch) => ch.charCodeAt(0));
+    if (typeof DecompressionStream === "undefined") throw new Error("this browser has no DecompressionStream");
+    const stream = new Blob([bin]).stream().pipeThrough(new DecompressionStream("gzip"));
+    return JSON.parse(await new Response(stream).text());
+  }
+
+  async function detailOf(row) {
+    const chunk = Math.floor(row / META.chunk_size);
+    if (!chunkCache.has(chunk)) chunkCache.set(chunk, inflate("chunk-" + chunk));
+    if (tokens === null) tokens = inflate("tokens-data");
+    const [details, toks] = await Promise.all([chunkCache.get(chunk), tokens]);
+    tokens = Promise.resolve(toks);
+    return [details[row % META.chunk_size], toks];
+  }
+
+  // ---- component panel ----------------------------------------------------------------------------------------
+  async function openComponent(row, updateHash) {
+    selectedRow = row;
+    document.querySelectorAll("#table-body tr.selected").forEach((tr) => tr.classList.remove("selected"));
+    const tr = document.querySelector(`#table-body tr[data-row="${row}"]`);
+    if (tr) tr.classList.add("selected");
+    const panel = $("panel");
+    panel.hidden = false;
+    panel.replaceChildren(el("p", { class: "muted", text: "loading…" }));
+    let detail, toks;
+    try {
+      [detail, toks] = await detailOf(row);
+    } catch (e) {
+      panel.replaceChildren(el("p", { class: "failed", text: "cannot read this component's data: " + e.message }));
+      return;
+    }
+    if (selectedRow !== row) return;
+    panel.replaceChildren(...renderPanel(detail, toks));
+    panel.dataset.key = detail.key;
+    if (updateHash) history.replaceState(null, "", "#component=" + encodeURIComponent(detail.key));
+    panel.scrollIntoView({ block: "nearest" });
+  }
+
+  function tokenText(toks, id) {
+    const t = toks[String(id)];
+    return t === undefined ? `#${id}` : t;
+  }
+
+  // A token standing alone (in a list, not in running text): spaces made visible, so " " is not a blank cell.
+  function lone(toks, id) {
+    const t = tokenText(toks, id);
+    return t.trim() === "" ? t.replace(/ /g, "␣") || "∅" : t;
+  }
+
+  function renderPanel(d, toks) {
+    const out = [];
+    const facts = [`module ${d.module}`];
+    if (d.density !== undefined) facts.push(`density ${fmt(d.density)}`, `${fmt(d.firings, { id: "firings" })} firings`);
+    if (d.mean_ci_firing !== undefined && d.mean_ci_firing !== null) facts.push(`mean CI when firing ${fmt(d.mean_ci_firing)}`);
+    out.push(el("h2", {}, el("code", { text: d.key })), el("div", { class: "muted", text: facts.join(" · ") }));
+
+    const cols = el("div", { class: "cols" });
+    cols.append(labelBlock(d), scoresBlock(d));
+    out.push(cols);
+    out.push(examplesBlock(d, toks));
+    const cols2 = el("div", { class: "cols" });
+    cols2.append(tokenStatsBlock(d, toks), attributionsBlock(d, toks));
+    out.push(cols2);
+    return out;
+  }
+
+  function labelBlock(d) {
+    const box = el("div", { class: "label-block" }, el("h3", { text: "Label" }));
+    if (!META.sections.autointerp) {
+      box.append(el("p", { class: "muted", text: "autointerp not run" }));
+      return box;
+    }
+    const l = d.label;
+    if (!l) box.append(el("p", { class: "muted", text: "not labelled" }));
+    else if (l.label === null) box.append(el("p", { class: "failed", text: "labelling failed: " + (l.error || "unknown error") }));
+    else {
+      box.append(el("div", { class: "label-text" }, l.label, l.confidence ? el("span", { class: "badge", text: l.confidence + " confidence" }) : null));
+      if (l.reasoning) box.append(el("p", { class: "reasoning", text: l.reasoning }));
+      box.append(el("div", { class: "muted", text: `${l.provider} / ${l.model}` }));
+    }
+    return box;
+  }
+
+  function scoresBlock(d) {
+    const box = el("div", {}, el("h3", { text: "Scores" }));
+    const table = el("table", { class: "scores" });
+    table.append(el("tr", {}, el("th", { text: "scorer" }), el("th", { text: "score" }), el("th", { text: "trials" }),
+      el("th", { text: "interval" }), el("th", { text: "chance" })));
+    for (const [name, info] of Object.entries(META.scorers)) {
+      const tr = el("tr", { "data-scorer": name }, el("td", { text: name }));
+      const s = (d.scores || {})[name];
+      if (!info.available) tr.append(el("td", { class: "muted", colspan: "4", text: "not run" }));
+      else if (!s) tr.append(el("td", { class: "muted", colspan: "4", text: "not scored" }));
+      else if (s.score === null) tr.append(el("td", { class: "failed", colspan: "4", text: "failed: " + (s.error || "unknown error") }));
+      else {
+        const interval = s.ci_low !== undefined ? `${fmt(s.ci_low)} – ${fmt(s.ci_high)}` : "–";
+        const chance = s.chance !== undefined ? s.chance : info.chance;
+        const trials = s.n_trials_ok !== undefined ? `${s.n_trials_ok} of ${s.n_trials}` : fmt(s.n_trials);
+        tr.append(el("td", { class: "num", text: fmt(s.score) }), el("td", { class: "num", text: trials }),
+          el("td", { class: "num", text: interval }), el("td", { class: "num", text: fmt(chance) }));
+      }
+      table.append(tr);
+    }
+    box.append(table);
+    return box;
+  }
+
+  function exampleLine(ex, scale, label, toks, mode) {
+    const [ids, act, ci, center] = ex;
+    const line = el("div", { class: "example" }, el("span", { class: "rank", text: label }));
+    const thr = META.ci_threshold === null ? null : 100 * META.ci_threshold;
+    ids.forEach((id, i) => {
+      const span = el("span", { class: "tok", text: tokenText(toks, id) });
+      let alpha, color;
+      if (mode === "ci") { alpha = ci[i] / 100; color = "34,160,90"; }
+      else { alpha = Math.abs(act[i]) / 100; color = act[i] >= 0 ? "249,115,22" : "59,130,246"; }
+      span.style.backgroundColor = `rgba(${color},${Math.min(1, alpha).toFixed(2)})`;
+      if (thr !== null && ci[i] > thr) span.classList.add("firing");
+      if (i === center) span.classList.add("fire");
+      const value = scale === null ? 0 : (act[i] * scale) / 100;
+      span.title = `token ${id}  act ≈ ${fmt(value)}  CI ${fmt(ci[i] / 100)}${i === center ? "  (firing token)" : ""}`;
+      line.append(span);
+    });
+    return line;
+  }
+
+  function examplesBlock(d, toks) {
+    const box = el("div", { class: "examples" });
+    if (!d.examples) {
+      box.append(el("h3", { text: "Examples" }), el("p", { class: "muted", text: "harvest not run" }));
+      return box;
+    }
+    const mode = el("select", { "aria-label": "shade by" }, el("option", { value: "act", text: "activation" }), el("option", { value: "ci", text: "CI" }));
+    const lists = el("div");
+    const draw = () => {
+      lists.replaceChildren();
+      for (const [kind, title] of [["top", "Top activations"], ["random", "Random firings"]]) {
+        const exs = d.examples[kind] || [];
+        lists.append(el("h3", { text: `${title} (${exs.length})` }));
+        if (!exs.length) lists.append(el("p", { class: "muted", text: "none" }));
+        exs.forEach((ex, i) => lists.append(exampleLine(ex, d.examples.scale, `${kind === "top" ? "#" : "r"}${i + 1}`, toks, mode.value)));
+      }
+    };
+    mode.addEventListener("change", draw);
+    box.append(el("div", { class: "muted" }, "shade tokens by ", mode,
+      " · boxed: the firing token · dotted underline: other tokens above the CI threshold · hover for values"));
+    draw();
+    box.append(lists);
+    return box;
+  }
+
+  function tokenStatsBlock(d, toks) {
+    const box = el("div", {}, el("h3", { text: "Token statistics (by PMI)" }));
+    if (!d.token_stats) {
+      box.append(el("p", { class: "muted", text: "harvest not run" }));
+      return box;
+    }
+    for (const dir of ["input", "output"]) {
+      const rows = d.token_stats[dir] || [];
+      box.append(el("div", { class: "muted", text: dir === "input" ? "input: token at the firing" : "output: among the model's top predictions" }));
+      const t = el("table", { class: "token-stats", "data-direction": dir });
+      t.append(el("tr", {}, ...["token", "count", "precision", "recall", "PMI"].map((h) => el("th", { text: h }))));
+      for (const [id, count, p, r, pmi] of rows) {
+        t.append(el("tr", {}, el("td", {}, el("code", { text: lone(toks, id) })), el("td", { class: "num", text: fmt(count, { id: "firings" }) }),
+          el("td", { class: "num", text: fmt(p) }), el("td", { class: "num", text: fmt(r) }), el("td", { class: "num", text: fmt(pmi) })));
+      }
+      if (!rows.length) t.append(el("tr", {}, el("td", { class: "muted", colspan: "5", text: "none" })));
+      box.append(t);
+    }
+    return box;
+  }
+
+  function nodeCell(node, toks) {
+    const i = node.lastIndexOf(":");
+    const kind = node.slice(0, i), index = node.slice(i + 1);
+    if (kind === "token") return el("span", {}, "token ", el("code", { text: lone(toks, index) }));
+    if (kind === "output") return el("span", {}, "logit ", el("code", { text: lone(toks, index) }));
+    if (ROW_OF_KEY.has(node)) return el("a", { class: "node", href: "#component=" + encodeURIComponent(node), text: node });
+    return el("span", { text: node });
+  }
+
+  function attributionsBlock(d, toks) {
+    const box = el("div", {}, el("h3", { text: "Top attributions" }));
+    if (!d.attributions) {
+      box.append(el("p", { class: "muted", text: "attributions not run" }));
+      return box;
+    }
+    for (const [dir, title] of [["in", "in: sources → this component"], ["out", "out: this component → targets"]]) {
+      const rows = d.attributions[dir] || [];
+      box.append(el("div", { class: "muted", text: title }));
+      const t = el("table", { class: "attributions", "data-direction": dir });
+      const maxAbs = Math.max(1e-12, ...rows.map((r) => Math.abs(r[1])));
+      for (const [node, value] of rows) {
+        const bar = el("span", { class: "bar " + (value >= 0 ? "pos" : "neg") });
+        bar.style.width = `${Math.round((60 * Math.abs(value)) / maxAbs)}px`;
+        t.append(el("tr", {}, el("td", {}, nodeCell(node, toks)), el("td", { class: "num", text: fmt(value) }), el("td", {}, bar)));
+      }
+      if (!rows.length) t.append(el("tr", {}, el("td", { class: "muted", text: "none" })));
+      box.append(t);
+    }
+    return box;
+  }
+
+  // ---- wiring -------------------------------------------------------------------------------------------------
+  function openFromHash() {
+    const m = location.hash.match(/^#component=(.+)$/);
+    if (!m) return;
+    const row = ROW_OF_KEY.get(decodeURIComponent(m[1]));
+    if (row === undefined) return;
+    const pos = state.view.indexOf(row);
+    if (pos >= 0) { state.page = Math.floor(pos / state.pageSize); renderTable(); }
+    openComponent(row, false);
+  }
+
+  buildHeader();
+  $("prev-page").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); renderTable(); });
+  $("next-page").addEventListener("click", () => {
+    state.page = Math.min(state.page + 1, Math.max(0, Math.ceil(state.view.length / state.pageSize) - 1));
+    renderTable();
+  });
+  $("page-size").addEventListener("change", (e) => { state.pageSize = parseInt(e.target.value, 10); state.page = 0; refresh(); });
+  $("search").addEventListener("input", debounce(() => { state.search = $("search").value; state.page = 0; refresh(); }));
+  $("clear-filters").addEventListener("click", () => {
+    state.filters = {}; state.search = ""; $("search").value = "";
+    document.querySelectorAll("#filter-row input").forEach((i) => { i.value = ""; });
+    state.page = 0; refresh();
+  });
+  window.addEventListener("hashchange", openFromHash);
+  refresh();
+  if (!ROWS.length) {
+    $("table-body").append(el("tr", {}, el("td", { colspan: String(COLS.length), class: "muted",
+      text: META.sections.harvest ? "no alive components" : "no components yet: the harvest has not run" })));
+  }
+  document.body.dataset.ready = "1";
+  openFromHash();
+})();

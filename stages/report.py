@@ -1,0 +1,20 @@
+"""The run report, as the CLI's `report` command reaches it: a thin wrapper over `spd.report`.
+
+Not a stage of the DAG (it is not in BUILTIN_STAGE_MODULES): the report reads a run's stores after (or while)
+the stages run, on the login node, and writes RUN/report/index.html. The orchestrator imports this module
+lazily and passes the run status it computed, so neither pipeline/ learns about SPD nor spd/ about the
+orchestrator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def build_report(run_dir: Path, status_json: dict[str, Any]) -> Path:
+    """Write `run_dir`/report/index.html from the run's stores and `status_json` (the `status --json`
+    object); returns the page's path. Stages without output are shown as such, never raise."""
+    from spd.report import build_report as build  # heavy imports (duckdb, matplotlib) only when asked
+
+    return build(Path(run_dir), status_json)

@@ -1,0 +1,88 @@
+"""The whole quickstart pipeline through the SLURM executor on the local cluster (issue 12).
+
+examples/quickstart.yaml as a researcher would run it on a cluster, only with `executor: slurm` and the local
+profile: every stage, arrays of several tasks with their merge jobs, afterok dependencies. Then a second `run`
+is fully CACHED and submits nothing, and `rerun --stage fuzzing` submits fuzzing and nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.runs import RunDir
+from tests.conftest import REPO_ROOT, run_cli, write_pipeline
+from tests.slurm_support import cancel_names
+from tests.test_slurm import check, slurm, submitted, wait_states
+
+QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
+WHOLE_RUN_S = 1500  # decompose (~2 min idle) and seven stages on a 2-CPU node shared with the test runner
+
+
+def _quickstart_on_slurm(tmp_path: Path, run_id: str) -> Path:
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data["run"] = {**data["run"], "name": run_id, "out_dir": str(tmp_path / "runs")}
+    data["executor"] = "slurm"
+    # torch + a tiny LM need more than the local profile's 0.5 GB
+    data["slurm"] = {"profile": "local", "resources": {s: {"mem_gb": 2} for s in data["stages"]}}
+    return write_pipeline(tmp_path / "quickstart_slurm.yaml", data)
+
+
+@pytest.fixture
+def run_id() -> str:
+    rid = f"qs-{uuid.uuid4().hex[:6]}"
+    yield rid
+    stages = yaml.safe_load(QUICKSTART.read_text())["stages"]
+    cancel_names([f"{rid}.{s}{m}" for s in stages for m in ("", ".merge")])
+
+
+@slurm
+def test_quickstart_end_to_end_on_slurm_then_cached_then_rerun_one_stage(tmp_path: Path, run_id: str) -> None:
+    path = _quickstart_on_slurm(tmp_path, run_id)
+    stages = list(yaml.safe_load(path.read_text())["stages"])
+    assert {"decompose", "harvest", "attributions", "autointerp", "detection", "fuzzing", "intruder"} <= set(stages)
+    first = check(run_cli(path, cwd=tmp_path, timeout=300))
+    assert "submitted" in first.stdout.lower()
+    run = RunDir(tmp_path / "runs" / run_id)
+    wait_states(run, dict.fromkeys(stages, "COMPLETED"), timeout=WHOLE_RUN_S)
+
+    status = check(run_cli("status", run.root, "--json", cwd=tmp_path)).json()
+    by_name = {s["name"]: s for s in status["stages"]}
+    assert all(s["state"] == "COMPLETED" for s in by_name.values()), by_name
+    arrays = [name for name, s in by_name.items() if s["tasks"]["total"] > 1]
+    assert {"harvest", "attributions"} <= set(arrays)  # array jobs + a dependent merge job each
+    for name in arrays:  # every task and the merge ran as a SLURM job of its own
+        labels = {label for r in submitted(run, name) for label in r["task_jobs"]}
+        assert labels == {*map(str, range(by_name[name]["tasks"]["total"])), "merge"}, labels
+    for store in (
+        "harvest/out/harvest.duckdb",
+        "attributions/out/attributions.duckdb",
+        "autointerp/out/labels.duckdb",
+        "detection/out/detection.duckdb",
+        "fuzzing/out/fuzzing.duckdb",
+        "intruder/out/intruder.duckdb",
+    ):
+        assert (run.root / "stages" / store).is_file(), store
+    assert not list(run.root.rglob("*.wal"))
+
+    def job_ids() -> dict[str, set[str]]:
+        return {name: {r["job_id"] for r in submitted(run, name)} for name in stages}
+
+    before = job_ids()
+    again = check(run_cli(path, cwd=tmp_path, timeout=300))
+    assert "nothing to run" in again.stdout.lower()
+    after_cached = {
+        s["name"]: s["state"] for s in check(run_cli("status", run.root, "--json", cwd=tmp_path)).json()["stages"]
+    }
+    assert set(after_cached.values()) == {"CACHED"}, after_cached
+    assert job_ids() == before
+
+    check(run_cli("rerun", run.root, "--stage", "fuzzing", cwd=tmp_path, timeout=300))
+    wait_states(run, {"fuzzing": "COMPLETED"}, timeout=600)
+    after = job_ids()
+    assert {name for name in stages if after[name] != before[name]} == {"fuzzing"}
+    assert not after["fuzzing"] & before["fuzzing"]  # new jobs, not the old ones reported again
+    assert [p.name.split(".")[0] for p in (run.root / "superseded").iterdir()] == ["fuzzing"]
