@@ -2,12 +2,16 @@
 
 examples/quickstart.yaml as a researcher would run it on a cluster, only with `executor: slurm` and the local
 profile: every stage, arrays of several tasks with their merge jobs, afterok dependencies. Then a second `run`
-is fully CACHED and submits nothing, and `rerun --stage fuzzing` submits fuzzing and nothing else.
+is fully CACHED and submits nothing, `rerun --stage fuzzing` submits fuzzing and nothing else, and detection and
+fuzzing rerun at the same time leave the stores they read byte-identical.
 """
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ import yaml
 from pipeline.runs import RunDir
 from tests.conftest import REPO_ROOT, run_cli, write_pipeline
 from tests.slurm_support import cancel_names
-from tests.test_slurm import check, slurm, submitted, wait_states
+from tests.test_slurm import check, slurm, slurm_cluster, submitted, wait_states  # noqa: F401 (fixture)
 
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
 WHOLE_RUN_S = 1500  # decompose (~2 min idle) and seven stages on a 2-CPU node shared with the test runner
@@ -86,3 +90,25 @@ def test_quickstart_end_to_end_on_slurm_then_cached_then_rerun_one_stage(tmp_pat
     assert {name for name in stages if after[name] != before[name]} == {"fuzzing"}
     assert not after["fuzzing"] & before["fuzzing"]  # new jobs, not the old ones reported again
     assert [p.name.split(".")[0] for p in (run.root / "superseded").iterdir()] == ["fuzzing"]
+
+    # detection and fuzzing of one run at the same time (issue 10): no lock or corruption error, and the stores they
+    # read are byte-identical before and after
+    inputs = [run.root / "stages/harvest/out/harvest.duckdb", run.root / "stages/autointerp/out/labels.duckdb"]
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs}
+    check(run_cli("rerun", run.root, "--stage", "detection", "--stage", "fuzzing", cwd=tmp_path, timeout=300))
+    wait_states(run, {"detection": "COMPLETED", "fuzzing": "COMPLETED"}, timeout=600)
+    spans = [_job_span(next(iter(submitted(run, s)[-1]["task_jobs"].values()))) for s in ("detection", "fuzzing")]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], f"the two jobs did not overlap: {spans}"
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs} == digests
+    for stage in ("detection", "fuzzing"):
+        log = check(run_cli("logs", run.root, "--stage", stage, cwd=tmp_path)).stdout.lower()
+        assert "lock" not in log and "corrupt" not in log and "traceback" not in log, log[-2000:]
+
+
+def _job_span(job_id: str) -> tuple[datetime, datetime]:
+    """Start and end of a finished job as sacct records them."""
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "Start,End"], capture_output=True, text=True, timeout=30
+    ).stdout.split()
+    start, end = out[0].split("|")
+    return datetime.fromisoformat(start), datetime.fromisoformat(end)
