@@ -6,10 +6,15 @@ the paths it needs and a task index. No pipeline config, no other stage, no secr
 
 Idempotent: a task whose marker exists returns at once; a task that runs again starts from
 scratch (stages write outputs through temp files), and markers are written last.
+
+A merge that finds some tasks' outputs unusable (a corrupted or missing shard) says so with an error
+carrying `invalid_tasks` (stages.base.TaskOutputInvalid). The worker then removes those tasks' markers
+before recording the failure, so `rerun --stage <stage>` redoes exactly those tasks and the merge.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,7 +28,7 @@ from pipeline.atomic import atomic_write_json, make_read_only, make_writable, re
 from pipeline.errors import UpstreamMissing
 from pipeline.registry import load_stage
 from pipeline.runs import RunDir, now_iso, task_label
-from stages.base import StageContext, StageSpec
+from stages.base import StageContext, StageSpec, TaskOutputInvalid, invalid_task_outputs
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,8 @@ class StageTask:
 
 
 def _log(task: StageTask, message: str) -> None:
-    print(f"[{now_iso()}] [{task.stage}:{task.label}] {message}", flush=True)
+    with contextlib.suppress(OSError):  # a log on a full disk must not replace the error being reported
+        print(f"[{now_iso()}] [{task.stage}:{task.label}] {message}", flush=True)
 
 
 def check_upstreams(task: StageTask) -> None:
@@ -97,7 +103,13 @@ def _finalize(task: StageTask, spec: StageSpec, config: object, run: RunDir) -> 
     started = time.monotonic()
     if spec.merge is not None:
         _log(task, "merging")
-        spec.merge(config, _context(task, run))
+        try:
+            spec.merge(config, _context(task, run))
+        except Exception as e:
+            invalid = [i for i in invalid_task_outputs(e) if 0 <= i < task.num_tasks]
+            if not invalid:
+                raise
+            raise _send_tasks_back(task, run, invalid, e) from e
     make_read_only(run.out_dir(task.stage))
     atomic_write_json(
         run.done_json(task.stage),
@@ -112,6 +124,21 @@ def _finalize(task: StageTask, spec: StageSpec, config: object, run: RunDir) -> 
         },
     )
     _log(task, "stage done")
+
+
+def _send_tasks_back(task: StageTask, run: RunDir, invalid: list[int], error: Exception) -> TaskOutputInvalid:
+    """Remove the markers of tasks whose outputs the merge refused; return the error to record for the merge.
+
+    Without this a rerun would skip those tasks (their markers say done) and the merge would fail again.
+    """
+    for index in invalid:
+        run.task_marker(task.stage, index).unlink(missing_ok=True)
+    _log(task, f"outputs of task(s) {invalid} are unusable; removed their markers")
+    return TaskOutputInvalid(
+        f"{error} -- the marker(s) of task(s) {invalid} were removed; "
+        f"`python run.py rerun {run.root} --stage {task.stage}` redoes them and the merge",
+        invalid,
+    )
 
 
 def run_stage_task(task: StageTask) -> str:
@@ -158,18 +185,21 @@ def run_stage_task(task: StageTask) -> str:
 
 def _record_failure(task: StageTask, run: RunDir, error: BaseException) -> None:
     tb = traceback.format_exception(type(error), error, error.__traceback__)
-    atomic_write_json(
-        run.task_failed(task.stage, task.label),
-        {
-            "stage": task.stage,
-            "task": task.label,
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": "".join(tb)[-4000:],
-            "time": now_iso(),
-            "host": socket.gethostname(),
-        },
-    )
     _log(task, f"FAILED: {type(error).__name__}: {error}")
+    try:
+        atomic_write_json(
+            run.task_failed(task.stage, task.label),
+            {
+                "stage": task.stage,
+                "task": task.label,
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": "".join(tb)[-4000:],
+                "time": now_iso(),
+                "host": socket.gethostname(),
+            },
+        )
+    except OSError as record_error:  # e.g. the same full disk: the original error must still be the one raised
+        _log(task, f"could not write the failure record ({record_error}); the scheduler's state is the record")
 
 
 def main(argv: list[str] | None = None) -> int:

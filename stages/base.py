@@ -8,7 +8,7 @@ and the pipeline's overrides, so a worker can never receive scheduler settings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -29,6 +29,39 @@ class StageConfig(BaseModel):
             "directory. Ignored for upstreams that the pipeline runs itself."
         ),
     )
+
+
+class TaskOutputInvalid(Exception):
+    """Raised by a merge: the outputs of these array tasks are unusable (missing, truncated, corrupted); redo them.
+
+    The orchestrator removes those tasks' markers and records the merge failure, so `rerun --stage <stage>`
+    redoes exactly those tasks and the merge instead of failing on the same file again. Science code under
+    spd/, which must not import stages/, raises its own exception with the same `invalid_tasks` attribute
+    (spd.shard_checksums.ShardsUnusable); `invalid_task_outputs` accepts both.
+    """
+
+    def __init__(self, message: str, invalid_tasks: Iterable[int]) -> None:
+        super().__init__(message)
+        self.invalid_tasks: tuple[int, ...] = tuple(sorted({int(t) for t in invalid_tasks}))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors travel pickled (submitit); the default reduce would call __init__ with the message only.
+        return (type(self), (str(self), self.invalid_tasks))
+
+
+def invalid_task_outputs(error: BaseException) -> tuple[int, ...]:
+    """The tasks whose outputs `error` declares unusable (its or an explicit cause's `invalid_tasks`); else ().
+
+    Only `raise ... from ...` causes are followed, never the implicit context: an unrelated error raised while
+    handling another one must not send tasks back to be redone.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        tasks = getattr(seen, "invalid_tasks", None)
+        if isinstance(tasks, tuple | list) and tasks and all(isinstance(t, int) for t in tasks):
+            return tuple(sorted(set(tasks)))
+        seen = seen.__cause__
+    return ()
 
 
 C = TypeVar("C", bound=StageConfig)
@@ -69,6 +102,7 @@ class StageSpec(Generic[C]):
     optional_upstreams: tuple[str, ...] = ()
     num_tasks: Callable[[C], int] = field(default=lambda config: 1)
     run_task: Callable[[C, StageContext, int], Any] | None = None
+    # A merge that finds some tasks' outputs unusable raises an error carrying `invalid_tasks` (TaskOutputInvalid).
     merge: Callable[[C, StageContext], Any] | None = None
     description: str = ""
     unavailable_reason: str = ""

@@ -35,6 +35,7 @@ from spd.attributions import (
 from spd.attributions.data import attribution_batches
 from spd.attributions.endpoints import unembedding_matrix
 from spd.models import MaskInfo, load_decomposition
+from spd.shard_checksums import write_checksum
 from stages.attributions import STAGE, AttributionsConfig
 from stages.base import StageContext
 from tests.conftest import run_cli, write_pipeline
@@ -258,6 +259,7 @@ def test_merge_names_missing_shards_and_refuses_zero_tokens(decomposition: Path,
     assert payload["n_tokens"] == 0 and payload["sums"] == {}
     empty_dir.mkdir()
     torch.save({**payload, "task": 0, "num_tasks": 1}, empty_dir / "shard-00000.pt")
+    write_checksum(empty_dir / "shard-00000.pt")  # as a task does after writing its shard
     with pytest.raises(ValueError, match="processed any token"):
         merge_shards(empty_dir, 1, decomposition, tmp_path / "a.duckdb")
     assert not (tmp_path / "a.duckdb").exists()

@@ -3,8 +3,12 @@
 mean block = (sum over shards of the block's sums) / (sum over shards of n_tokens): an exact token-weighted
 mean, whatever the split. A task that processed nothing has n_tokens = 0 and no blocks, and simply adds
 nothing (the reference divided each rank by its own count and got NaN from an empty rank). Every shard must
-be present (the error names each missing one) and all must agree on layout and settings. Shards are kept
-(they are the exact dense data; a merge can be rerun), and read memory-mapped one block at a time.
+be present (the error names each missing one), match the size and sha256 its task recorded (checked before any
+shard is loaded: a memory-mapped tensor with a flipped byte loads fine and is silently wrong), parse, and agree
+with the others on layout and settings. Missing, altered or unreadable shards raise an error naming the files and
+carrying `invalid_tasks` (spd.shard_checksums), so the orchestrator drops those tasks' markers and `rerun` redoes
+exactly them. Shards are kept (they are the exact dense data; a merge can be rerun), and read memory-mapped one
+block at a time.
 
 Output logits: the output block holds attributions to the unembedding input x (d_model columns); logit
 attributions are that times W_U^T, computed here in row chunks and fed straight into the top-k buffers, so a
@@ -30,8 +34,10 @@ from spd.attributions.shard import load_shard, shard_path
 from spd.attributions.store import DEFINITION, EdgeArrays, write_store
 from spd.attributions.topk import RunningTopK
 from spd.models import load_decomposition
+from spd.shard_checksums import ShardsCorrupt, ShardsMissing, unreadable_shard, verify_shards
 
 ROW_CHUNK = 1024  # source rows per output-logit chunk: ROW_CHUNK x vocab float64 in memory at a time
+WHAT = "attributions merge"
 
 
 @dataclass(frozen=True)
@@ -47,22 +53,36 @@ def _load_all(shard_dir: Path, num_tasks: int) -> list[dict[str, Any]]:
     missing = [(i, p.name) for i, p in enumerate(paths) if not p.is_file()]
     if missing:
         names = ", ".join(f"task {i} ({name})" for i, name in missing)
-        raise FileNotFoundError(
-            f"attributions merge: {len(missing)} of {num_tasks} shard(s) missing in {shard_dir}: {names}"
+        raise ShardsMissing(
+            f"{WHAT}: {len(missing)} of {num_tasks} shard(s) missing in {shard_dir}: {names}", [i for i, _ in missing]
         )
-    shards = [load_shard(p) for p in paths]
+    verify_shards(dict(enumerate(paths)), WHAT)  # every shard, before any is loaded
+    shards = [_load_verified(p, i, num_tasks) for i, p in enumerate(paths)]
     first = shards[0]
     for i, shard in enumerate(shards):
-        if shard["task"] != i or shard["num_tasks"] != num_tasks:
-            raise ValueError(
-                f"{paths[i].name} is task {shard['task']} of {shard['num_tasks']}, expected {i} of {num_tasks}"
-            )
         for field in ("layout", "settings", "alive_source"):
             if shard[field] != first[field]:
                 raise ValueError(
                     f"{paths[i].name} disagrees with {paths[0].name} on {field}: shards of different runs?"
                 )
     return shards
+
+
+def _load_verified(path: Path, task: int, num_tasks: int) -> dict[str, Any]:
+    """Load a verified shard; one that does not parse, or holds another task, is that task's bad output."""
+    try:
+        shard = load_shard(path)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise unreadable_shard(WHAT, task, path, e) from e
+    if shard.get("task") != task or shard.get("num_tasks") != num_tasks:
+        raise ShardsCorrupt(
+            f"{WHAT}: {path.name} is task {shard.get('task')} of {shard.get('num_tasks')}, "
+            f"expected {task} of {num_tasks}",
+            [task],
+        )
+    return shard
 
 
 def _mean_block(shards: list[dict[str, Any]], key: str, n_tokens: int) -> Tensor:

@@ -1,7 +1,8 @@
 """One array task: attributions summed over its disjoint slice of the data, written as one shard file.
 
 Shard file `shards/shard-<task:05d>.pt` (torch.save through a temp file + rename; a rerun recomputes it
-from scratch and replaces it whole):
+from scratch and replaces it whole), followed by its checksum record `shards/checksums/shard-<task:05d>.pt.json`
+(size and sha256, spd.shard_checksums), which the merge verifies before it loads the shard:
 
     format        SHARD_FORMAT
     task, num_tasks
@@ -39,6 +40,7 @@ from spd.attributions.endpoints import (
 from spd.attributions.layout import Layout
 from spd.models import load_decomposition
 from spd.models.component_model import ComponentModel
+from spd.shard_checksums import write_checksum
 from spd.utils import atomic_torch_save, resolve_device, set_seed
 
 SHARD_FORMAT = "spd-attributions-shard/1"
@@ -115,6 +117,7 @@ def compute_shard(
     }
     path = shard_path(shard_dir, task)
     atomic_torch_save(path, payload)
+    write_checksum(path)  # after the shard: a record never describes a file that is not in place
     return path
 
 

@@ -1,9 +1,13 @@
-"""The merge: check every expected shard is there and consistent, fold them in one at a time, build the store.
+"""The merge: check every expected shard is there, intact and consistent, fold them in one at a time, build the store.
 
 Peak memory is the running totals plus one shard, whatever the number of tasks: a shard is loaded, added
 and dropped before the next is read. Sums are exact (int64 counts; fp64 float sums), and example sets are
 merged exactly (bottom-k of the union, spd.harvest.reservoir), so the store does not depend on the number
 of tasks beyond fp64 rounding in the float means.
+
+Before any shard is used, every one is checked against the size and sha256 its task recorded
+(spd.shard_checksums). A missing, truncated, altered or unreadable shard raises an error that names the file and
+carries `invalid_tasks`, so the orchestrator drops those tasks' markers and `rerun` redoes exactly them.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ from spd.harvest.accumulators import divmod_keys
 from spd.harvest.counters import make_counter
 from spd.harvest.reservoir import ExampleSelection
 from spd.harvest.shard import SUM_NAMES, ShardData, read_shard, shard_path
+from spd.shard_checksums import ShardsCorrupt, ShardsMissing, unreadable_shard, verify_shards
 
 # Meta fields that must agree between shards of one harvest, and the data-slice fields shared by all tasks.
 CONSISTENT_META = ("n_tasks", "seed", "settings", "vocab_size", "layers", "decomposition")
 SHARED_SLICE = ("split", "seq_len", "batch_size", "dataset_seed", "n_batches", "n_tasks")
 
 
-class ShardMissingError(FileNotFoundError):
-    """The merge refuses to build a store from an incomplete set of shards."""
+WHAT = "harvest merge"
+
+
+class ShardMissingError(ShardsMissing):
+    """The merge refuses to build a store from an incomplete set of shards (a FileNotFoundError)."""
 
 
 def expected_shards(out_dir: Path, n_tasks: int) -> list[Path]:
@@ -35,10 +43,35 @@ def expected_shards(out_dir: Path, n_tasks: int) -> list[Path]:
     if missing:
         names = ", ".join(f"{p.name} (task {i})" for i, p in missing)
         raise ShardMissingError(
-            f"harvest merge: {len(missing)} of {n_tasks} shards missing in {paths[0].parent}: {names}; "
-            "rerun those tasks (python run.py rerun <run> --stage harvest) before merging"
+            f"{WHAT}: {len(missing)} of {n_tasks} shards missing in {paths[0].parent}: {names}; "
+            "rerun those tasks (python run.py rerun <run> --stage harvest) before merging",
+            [i for i, _ in missing],
         )
     return paths
+
+
+def verified_shards(out_dir: Path, n_tasks: int) -> list[Path]:
+    """Paths of all n_tasks shards once each is present and matches its checksum record (else an error naming them)."""
+    paths = expected_shards(out_dir, n_tasks)
+    verify_shards(dict(enumerate(paths)), WHAT)
+    return paths
+
+
+def load_verified_shard(path: Path, task: int, n_tasks: int) -> ShardData:
+    """Parse a verified shard; a file that does not parse, or holds another task, is that task's bad output."""
+    try:
+        shard = read_shard(path)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise unreadable_shard(WHAT, task, path, e) from e
+    if shard.meta.get("task") != task or shard.meta.get("n_tasks") != n_tasks:
+        raise ShardsCorrupt(
+            f"{WHAT}: {path.name} holds task {shard.meta.get('task')} of {shard.meta.get('n_tasks')}, "
+            f"expected task {task} of {n_tasks}",
+            [task],
+        )
+    return shard
 
 
 class MergedHarvest:
@@ -108,16 +141,13 @@ class MergedHarvest:
 
 
 def merge_shards(out_dir: Path, n_tasks: int, log=print) -> MergedHarvest:
-    """Fold all shards of out_dir into running totals, one shard in memory at a time."""
+    """Verify every shard of out_dir, then fold them into running totals, one shard in memory at a time."""
     merged: MergedHarvest | None = None
-    for task, path in enumerate(expected_shards(out_dir, n_tasks)):
+    paths = verified_shards(out_dir, n_tasks)  # refuse before doing any work
+    log(f"verified the checksums of {n_tasks} shard(s)")
+    for task, path in enumerate(paths):
         started = time.monotonic()
-        shard = read_shard(path)
-        if shard.meta["task"] != task or shard.meta["n_tasks"] != n_tasks:
-            raise ValueError(
-                f"harvest merge: {path.name} holds task {shard.meta['task']} of {shard.meta['n_tasks']}, "
-                f"expected task {task} of {n_tasks}"
-            )
+        shard = load_verified_shard(path, task, n_tasks)
         if merged is None:
             merged = MergedHarvest(shard.meta)
         merged.add(shard, path)
@@ -133,8 +163,7 @@ def merge_harvest(out_dir: Path, n_tasks: int, decomposition_dir: Path, log=prin
 
     started = time.monotonic()
     out_dir = Path(out_dir)
-    expected_shards(out_dir, n_tasks)  # refuse before doing any work
-    merged = merge_shards(out_dir, n_tasks, log)
+    merged = merge_shards(out_dir, n_tasks, log)  # checks every shard before it uses any
     path = build_store(out_dir, merged, Path(decomposition_dir), merge_started=started, log=log)
     log(f"harvest store {path} built in {time.monotonic() - started:.1f}s")
     return path

@@ -9,6 +9,9 @@ Atomicity: the arrays are written member by member into `.shard-NNNNN.npz.<pid>.
 directory, fsync'd, then os.replace'd to `shard-NNNNN.npz`. A killed task leaves at most a temp file, which
 no reader looks at and the task's next attempt deletes. Between two members the writer calls the fault
 injection point of spd.harvest.faults (a no-op unless a test sets its environment variable).
+
+Checksum: once the shard is in place, its size and sha256 go to `checksums/shard-NNNNN.npz.json` (atomic, written
+after the shard; spd.shard_checksums). The merge verifies them before it reads a shard.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import Tensor
 
 from spd.harvest.faults import shard_write_fault_point
 from spd.harvest.reservoir import ExampleRows
+from spd.shard_checksums import write_checksum
 
 SHARD_FORMAT = "spd-harvest-shard"
 SHARD_FORMAT_VERSION = 1
@@ -108,7 +112,7 @@ def remove_stale_temps(path: Path) -> list[Path]:
 
 
 def write_shard(path: Path, shard: ShardData, task: int) -> None:
-    """Write the shard atomically (temp file in the same directory, fsync, os.replace, fsync dir)."""
+    """Write the shard atomically (temp file in the same directory, fsync, os.replace, fsync dir), then its checksum."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -131,6 +135,7 @@ def write_shard(path: Path, shard: ShardData, task: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    write_checksum(path)
 
 
 def read_shard(path: Path) -> ShardData:
