@@ -180,7 +180,9 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", help="Refresh in place until nothing is running or queued.")
     ] = False,
-    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between refreshes (--watch).")] = 5.0,
+    interval: Annotated[
+        float, typer.Option("--interval", min=1.0, help="Seconds between refreshes (--watch; each is one sacct call).")
+    ] = 5.0,
     out_dir: OutDirOpt = Path("runs"),
 ) -> None:
     """What is queued, running, done or failed, with log locations. Exit 1 if a stage failed."""
@@ -261,8 +263,13 @@ def logs(
     label = task or next(iter(run_dir.failed_labels(stage)), "0")
     if label != MERGE and not label.isdigit():
         raise UserError(f"--task: {label!r} is neither a task index nor 'merge'")
+    num_tasks = next(int(s["num_tasks"]) for s in run_dir.read_plan()["stages"] if s["name"] == stage)
+    if label.isdigit() and int(label) >= num_tasks:
+        raise UserError(f"--task: {stage} has tasks 0..{num_tasks - 1} (and 'merge' when it has several)")
     path = run_dir.task_log(stage, label)
     if follow:
+        if not path.exists() and not _stage_live(run_dir, stage):
+            raise UserError(f"no log for {stage} task {label} ({path}) and the stage is not running or queued")
         _follow_log(run_dir, stage, path)
         return
     if not path.exists():
@@ -285,6 +292,8 @@ def _follow_log(run_dir: RunDir, stage: str, path: Path, poll_s: float = 0.5, st
             if time.monotonic() - last_check >= status_every_s:
                 live, last_check = _stage_live(run_dir, stage), time.monotonic()
             if path.exists():
+                if path.stat().st_size < position:  # a rerun started the log afresh
+                    position = 0
                 with path.open("rb") as f:
                     f.seek(position)
                     chunk = f.read()

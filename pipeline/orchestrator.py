@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.config import load_pipeline, resolve_out_dir
 from pipeline.dag import Plan, build_plan
@@ -205,6 +207,7 @@ def _rerun_locked(
             f"cannot rerun {name!r}: its upstream {upstream!r} is not done; rerun it too "
             f"(--stage {upstream} --downstream)"
         )
+    _revalidate(plan, targets)
     snapshot = snapshot_code(run.code_dir)
     record["code"] = {**git_state(), "snapshot": str(snapshot)}
     done_targets = {s for s in targets if run.is_done(s, plan.stages[s].key)}
@@ -215,6 +218,21 @@ def _rerun_locked(
     wait = executor_name == "local" if wait is None else wait
     ok = executor.launch(run, plan, work, wait) if work else True
     return Launch(run, executor_name, work, [], wait, ok)
+
+
+def _revalidate(plan: Plan, targets: set[str]) -> None:
+    """Validate the recorded configs again before anything is moved aside: checks that depend on this shell
+    (an LLM stage's API key in the environment) must fail here, not in a job after a finished stage was superseded."""
+    registry = stage_registry()
+    for name in sorted(targets):
+        spec = registry.get(name)
+        if spec is None:
+            raise UserError(f"stage {name!r} of this run is no longer registered (stage modules: check the install)")
+        try:
+            spec.config_type.model_validate(plan.stages[name].config)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or name}: {err['msg']}" for err in e.errors())
+            raise UserError(f"cannot rerun {name!r}: stages.{name}: {problems}") from None
 
 
 def status(run: RunDir) -> RunStatus:

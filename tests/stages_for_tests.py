@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stages.base import StageConfig, StageContext, StageSpec
 
@@ -51,6 +51,13 @@ def source_merge(config: SourceConfig, ctx: StageContext) -> None:
 class SinkConfig(StageConfig):
     scale: int = 1
     sleep_s: float = 0.0
+    require_env: str | None = Field(None, description="like an LLM stage's API key: must be set where validated")
+
+    @model_validator(mode="after")
+    def _env_present(self) -> SinkConfig:
+        if self.require_env and not os.environ.get(self.require_env):
+            raise ValueError(f"environment variable {self.require_env} is not set")
+        return self
 
 
 def sink_task(config: SinkConfig, ctx: StageContext, index: int) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from spd.harvest import HarvestSettings, merge_harvest, run_harvest_task
@@ -262,6 +264,24 @@ def test_rerun_asks_only_for_components_without_a_label(
     assert max(Counter(r.prompt for r in server.records).values()) == 1
     with LabelsStore.open(tmp_path) as labels:
         assert len(labels.labels(include_failed=False)) == 9
+
+
+def test_answers_kept_in_the_journal_are_not_reused_for_a_different_harvest(
+    harvest_dir: Path, tmp_path: Path, server: LLMTestServer
+) -> None:
+    """A redo keeps the journal; if the harvest it reads has changed (redone with other results, or an external
+    directory rewritten), the kept answers were about other evidence: every component is asked again."""
+    settings = AutointerpSettings(llm=llm(server), limit=4)
+    run_autointerp(harvest_dir, tmp_path / "out", settings, seed=0, log=quiet)
+    assert len(server.records) == 4
+    changed = tmp_path / "harvest"
+    shutil.copytree(harvest_dir, changed)
+    with duckdb.connect(str(changed / "harvest.duckdb")) as con:  # same components, other bytes
+        con.execute("CREATE TABLE touched AS SELECT 1 AS x")
+    again = run_autointerp(changed, tmp_path / "out", settings, seed=0, log=quiet)
+    assert again.n_already_labelled == 0 and again.run.n_requests == 4 and len(server.records) == 8
+    same = run_autointerp(changed, tmp_path / "out", settings, seed=0, log=quiet)
+    assert same.run.n_requests == 0  # and for the same harvest nothing is asked twice
 
 
 def test_stage_config_checks_key_and_price_when_loaded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,6 +166,19 @@ def test_rerun_of_a_done_stage_redoes_it_and_keeps_the_old_one(tmp_path: Path) -
     assert _states(tmp_path)["t_after"] == "COMPLETED"
 
 
+def test_rerun_revalidates_before_moving_a_finished_stage_aside(tmp_path: Path) -> None:
+    """A check that depends on the shell (an API key) fails the rerun with exit 2; the finished stage stays."""
+    data = _pipeline(tmp_path)
+    data["stages"]["t_sink"]["require_env"] = "T_SINK_TOKEN"
+    write_pipeline(tmp_path / "p.yaml", data)
+    assert run_cli("p.yaml", cwd=tmp_path, env={"T_SINK_TOKEN": "x"}).returncode == 0
+    refused = run_cli("rerun", "demo", "--stage", "t_sink", cwd=tmp_path)
+    assert refused.returncode == 2 and "T_SINK_TOKEN" in refused.stderr and "Traceback" not in refused.stderr
+    assert _states(tmp_path)["t_sink"] == "COMPLETED"
+    assert not (tmp_path / "runs/demo/superseded").exists()
+    assert run_cli("rerun", "demo", "--stage", "t_sink", cwd=tmp_path, env={"T_SINK_TOKEN": "x"}).returncode == 0
+
+
 def test_rerun_keeps_the_stage_journal_and_force_drops_it(tmp_path: Path) -> None:
     """An LLM stage's answers are paid for: a same-key redo copies its journal back (the superseded copy stays
     whole), so nothing is asked twice; --force starts from an empty journal."""
@@ -369,7 +382,7 @@ def test_status_watch_and_logs_follow_return_when_the_run_ends(tmp_path: Path) -
         stderr=subprocess.PIPE,
         text=True,
     )
-    watch = run_cli("status", "demo", "--watch", "--interval", "0.5", cwd=tmp_path, timeout=120)
+    watch = run_cli("status", "demo", "--watch", "--interval", "1", cwd=tmp_path, timeout=120)
     assert watch.returncode == 0, watch.stderr
     assert _states(tmp_path) == {"t_source": "COMPLETED", "t_sink": "COMPLETED", "t_after": "COMPLETED"}
     assert watch.stdout.count("COMPLETED") >= 3  # the last table drawn shows every stage done
@@ -378,3 +391,5 @@ def test_status_watch_and_logs_follow_return_when_the_run_ends(tmp_path: Path) -
     assert "source task 2 of 3" in stdout and "following" in stderr
     refused = run_cli("status", "demo", "--watch", "--json", cwd=tmp_path)
     assert refused.returncode == 2 and "--watch" in refused.stderr
+    no_such_task = run_cli("logs", "demo", "--stage", "t_source", "--task", "7", "--follow", cwd=tmp_path)
+    assert no_such_task.returncode == 2 and "tasks 0..2" in no_such_task.stderr

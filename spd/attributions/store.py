@@ -182,7 +182,12 @@ class AttributionsStore:
             path = path / STORE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no attributions store at {path}")
-        return cls(duckdb.connect(str(path), read_only=True), path)
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            return cls(con, path)
+        except BaseException:  # not an attributions store (or unreadable): never leak the connection
+            con.close()
+            raise
 
     def close(self) -> None:
         self._con.close()

@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from spd.data.io import sha256_file
 from spd.harvest.schema import ComponentSummary
 from spd.harvest.store import HarvestStore
 from spd.interp.autointerp.config import AutointerpSettings
 from spd.interp.autointerp.evidence import ComponentEvidence, gather_evidence
 from spd.interp.autointerp.prompts import prompt_renderer
 from spd.interp.autointerp.select import select_components
-from spd.interp.autointerp.store import label_records
+from spd.interp.autointerp.store import journal_key, label_records
 from spd.interp.labels_store import LABELS_FILE, write_labels_store
 from spd.interp.llm import LLMClient, RunSummary
 from spd.interp.results import ResultJournal, final_rows
@@ -49,7 +50,7 @@ class AutointerpSummary:
 
 
 def _work_item(
-    store: HarvestStore, summary: ComponentSummary, settings: AutointerpSettings, seed: int
+    store: HarvestStore, summary: ComponentSummary, settings: AutointerpSettings, seed: int, harvest_id: str
 ) -> WorkItem[ComponentEvidence]:
     evidence, examples = gather_evidence(store, summary, settings, seed)
     meta = {
@@ -59,11 +60,11 @@ def _work_item(
         "example_ids": [f"{e.kind}:{e.rank}" for e in examples],
         "example_positions": [e.stream_position for e in examples],
     }
-    return WorkItem(summary.key, evidence, meta)
+    return WorkItem(journal_key(summary.key, harvest_id), evidence, meta)
 
 
 async def work_items(
-    store: HarvestStore, components: list[ComponentSummary], settings: AutointerpSettings, seed: int
+    store: HarvestStore, components: list[ComponentSummary], settings: AutointerpSettings, seed: int, harvest_id: str
 ) -> AsyncIterator[WorkItem[ComponentEvidence]]:
     """One work item per component, built only when the client takes it (reads that component only).
 
@@ -73,7 +74,7 @@ async def work_items(
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="harvest-reader") as reader:
         for summary in components:
-            yield await loop.run_in_executor(reader, _work_item, store, summary, settings, seed)
+            yield await loop.run_in_executor(reader, _work_item, store, summary, settings, seed, harvest_id)
 
 
 def _remove_stale_temps(out_dir: Path) -> None:
@@ -98,24 +99,25 @@ def run_autointerp(
     example_seed = settings.seed if settings.seed is not None else seed
     task = label_task(prompt_renderer(settings), name=LABEL_TASK)
     with HarvestStore.open(harvest) as store:
+        harvest_id = sha256_file(store.path)[:16]
         selected = select_components(store, settings)
         with ResultJournal(journal_dir) as journal:
             client = LLMClient(settings.llm, journal)  # checks key and price before anything is sent
             done = journal.completed_keys(task.name, include_failed=not settings.llm.retry_failed)
-            todo = [c for c in selected if c.key not in done]
+            todo = [c for c in selected if journal_key(c.key, harvest_id) not in done]
             log(
                 f"autointerp: {len(selected)} components selected ({settings.strategy}, provider "
                 f"{settings.llm.provider}, model {settings.llm.model_name}); {len(selected) - len(todo)} already "
                 f"answered in {journal_dir}, {len(todo)} to ask"
             )
-            items = work_items(store, todo, settings, example_seed)
+            items = work_items(store, todo, settings, example_seed, harvest_id)
             run = asyncio.run(client.run(task, items, total=len(todo)))  # type: ignore[arg-type]
     log(
         f"autointerp: {run.n_ok} answered, {run.n_failed} failed, {run.n_skipped} skipped (budget) in "
         f"{run.elapsed_s:.1f}s; {run.n_requests} requests, cost "
         f"{'unknown' if run.cost_usd is None else f'${run.cost_usd:.4f}'}"
     )
-    records = label_records(final_rows(journal_dir, task.name), selected, settings.strategy)
+    records = label_records(final_rows(journal_dir, task.name), selected, settings.strategy, harvest_id)
     n_failed = sum(1 for r in records if r.label is None)
     meta = {
         "strategy": settings.strategy,

@@ -50,14 +50,22 @@ def label_record(row: ResultRow, summary: ComponentSummary, strategy: str) -> La
     )
 
 
-def label_records(rows: Iterable[ResultRow], selected: list[ComponentSummary], strategy: str) -> list[LabelRecord]:
+def journal_key(component_key: str, harvest_id: str) -> str:
+    """A question's journal key: the component AND the harvest it was asked about, so answers kept across a
+    redo are reused only for the very same evidence (a harvest redone with other results asks again)."""
+    return f"{component_key}@{harvest_id}"
+
+
+def label_records(
+    rows: Iterable[ResultRow], selected: list[ComponentSummary], strategy: str, harvest_id: str
+) -> list[LabelRecord]:
     """One record per selected component, in selection order. A selected component without a journal row
-    means the run did not finish: that raises, rather than inventing a row."""
+    (for this harvest) means the run did not finish: that raises, rather than inventing a row."""
     by_key = {row.key: row for row in rows}
-    missing = [c.key for c in selected if c.key not in by_key]
+    missing = [c.key for c in selected if journal_key(c.key, harvest_id) not in by_key]
     if missing:
         raise RuntimeError(
             f"{len(missing)} selected components have no row in the LLM journal (first: {missing[:3]}); "
             "the labelling run did not finish"
         )
-    return [label_record(by_key[c.key], c, strategy) for c in selected]
+    return [label_record(by_key[journal_key(c.key, harvest_id)], c, strategy) for c in selected]
