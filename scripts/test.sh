@@ -19,4 +19,4 @@ bash scripts/install_chromium.sh  # the report's browser test (headless Chromium
 
 .venv/bin/ruff check pipeline stages spd tests benchmarks run.py
 .venv/bin/ruff format --check pipeline stages spd tests benchmarks run.py
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=15 "$@"

@@ -1,7 +1,7 @@
 """The whole quickstart pipeline through the SLURM executor on the local cluster (issue 12).
 
-examples/quickstart.yaml as a researcher would run it on a cluster, only with `executor: slurm` and the local
-profile: every stage, arrays of several tasks with their merge jobs, afterok dependencies. Then a second `run`
+examples/quickstart.yaml as a researcher would run it on a cluster, only with `executor: slurm`, the local
+profile and shorter training (100 instead of 300 steps): every stage, arrays of several tasks with their merge jobs, afterok dependencies. Then a second `run`
 is fully CACHED and submits nothing, `rerun --stage fuzzing` submits fuzzing and nothing else, and detection and
 fuzzing rerun at the same time leave the stores they read byte-identical.
 """
@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.runs import RunDir
 from tests.conftest import REPO_ROOT, run_cli, write_pipeline
-from tests.slurm_support import cancel_names
+from tests.slurm_support import cancel_names, wait_for
 from tests.test_slurm import check, slurm, slurm_cluster, submitted, wait_states  # noqa: F401 (fixture)
 
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
@@ -32,6 +32,12 @@ def _quickstart_on_slurm(tmp_path: Path, run_id: str) -> Path:
     data["executor"] = "slurm"
     # torch + a tiny LM need more than the local profile's 0.5 GB
     data["slurm"] = {"profile": "local", "resources": {s: {"mem_gb": 2} for s in data["stages"]}}
+    # shorter LM and SPD training than the quickstart's 300 steps each: the subject here is the orchestration of
+    # every stage, and the suite must stay within CI's time
+    data["stages"]["decompose"]["target"]["train"]["steps"] = 100
+    data["stages"]["decompose"]["spd"]["steps"] = 100
+    data["stages"]["decompose"]["spd"]["faithfulness_warmup_steps"] = 100
+    data["stages"]["decompose"]["spd"]["eval_freq"] = 100
     return write_pipeline(tmp_path / "quickstart_slurm.yaml", data)
 
 
@@ -105,10 +111,17 @@ def test_quickstart_end_to_end_on_slurm_then_cached_then_rerun_one_stage(tmp_pat
         assert "lock" not in log and "corrupt" not in log and "traceback" not in log, log[-2000:]
 
 
-def _job_span(job_id: str) -> tuple[datetime, datetime]:
-    """Start and end of a finished job as sacct records them."""
-    out = subprocess.run(
-        ["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "Start,End"], capture_output=True, text=True, timeout=30
-    ).stdout.split()
-    start, end = out[0].split("|")
-    return datetime.fromisoformat(start), datetime.fromisoformat(end)
+def _job_span(job_id: str, timeout: float = 120) -> tuple[datetime, datetime]:
+    """Start and end of a finished job as sacct records them (accounting may lag the job's end: wait for it)."""
+
+    def span() -> tuple[datetime, datetime] | None:
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "Start,End"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        try:
+            start, end = out[0].split("|")
+            return datetime.fromisoformat(start), datetime.fromisoformat(end)
+        except (IndexError, ValueError):  # not recorded yet, or 'Unknown'
+            return None
+
+    return wait_for(span, timeout, what=f"sacct start/end of job {job_id}")  # type: ignore[return-value]
