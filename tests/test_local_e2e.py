@@ -71,6 +71,7 @@ def test_success_records_outputs_markers_and_provenance(tmp_path: Path) -> None:
     assert json.loads((run_dir / "stages/t_sink/config.json").read_text()) == {
         "scale": 10,
         "sleep_s": 0.0,
+        "require_env": None,
         "inputs": {},
     }
     snapshot = Path(plan["code"]["snapshot"])
