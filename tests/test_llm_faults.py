@@ -215,5 +215,8 @@ def test_prompts_are_built_only_as_requests_go_out(server: LLMTestServer, tmp_pa
 
     asyncio.run(main())
     assert (pulled, rendered, completed) == (40, 40, 40)
-    assert worst_gap <= max_concurrent, "items were taken ahead of free request slots"
+    # Lazy: never more items taken than slots. Plus one: the server marks a request finished after it has sent the
+    # answer, so the client may already have freed that slot and taken the next item when we count (a race in the
+    # measurement, seen once in CI). Building all prompts up front would give a gap of 40.
+    assert worst_gap <= max_concurrent + 1, "items were taken ahead of free request slots"
     assert server.max_in_flight == max_concurrent
