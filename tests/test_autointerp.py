@@ -217,7 +217,10 @@ def test_heuristic_labels_every_selected_component_from_its_top_tokens(harvest_d
                     normalize_token(t.text) for t in harvest.token_stats(record.key, "output", by="pmi", top_k=10)
                 }
                 assert label_terms(predicted) <= top_out
-            assert 1 <= len(record.example_ids) <= 8 and len(record.example_positions) == len(record.example_ids)
+            shown = {e.stream_position for e in harvest.examples(record.key, "uniform", limit=6)}
+            shown |= {e.stream_position for e in harvest.examples(record.key, "top", limit=2)}
+            assert sorted(record.example_positions) == sorted(shown)  # exactly the 6 uniform + 2 top, none twice
+            assert len(record.example_ids) == len(record.example_positions)
             for example_id, position in zip(record.example_ids, record.example_positions, strict=True):
                 kind, rank = example_id.split(":")
                 assert harvest.example(record.key, int(rank), kind).stream_position == position  # type: ignore[arg-type]

@@ -56,7 +56,10 @@ def test_relative_density_donors_are_within_tolerance(harvest: Path, tmp_path: P
     for t in truths:
         assert abs(t["donor_density"] - t["density"]) <= 0.3 * t["density"], t
         assert t["donor"] != t["component"]
-        assert 1 <= t["answer"] <= 5 and t["n_shown"] == 5
+        assert t["n_shown"] == len(t["windows"]) == 5
+        intruder = t["windows"][t["answer"] - 1]["component"]  # the answer is where the donor's window is
+        others = {w["component"] for i, w in enumerate(t["windows"]) if i != t["answer"] - 1}
+        assert len(others) == 1 and intruder not in others  # four windows of the component, one of another
         assert t["windows"][t["answer"] - 1]["component"] != t["windows"][0 if t["answer"] != 1 else 1]["component"]
     with ScoreStore.open(path) as store:
         rows = store.scores()
