@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,7 +22,10 @@ from pathlib import Path
 
 import torch
 
-from spd.attributions import (
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from spd.attributions import (  # noqa: E402
     AttributionAccumulator,
     AttributionSettings,
     all_alive,
@@ -29,49 +33,29 @@ from spd.attributions import (
     compute_shard,
     merge_shards,
 )
-from spd.attributions.data import attribution_batches
-from spd.models import MaskInfo, load_decomposition
-from stages.base import StageContext
-from stages.decompose import STAGE as DECOMPOSE
-from stages.decompose import DecomposeConfig
+from spd.attributions.data import attribution_batches  # noqa: E402
+from spd.models import MaskInfo, load_decomposition  # noqa: E402
+from stages.decompose import DecomposeConfig  # noqa: E402
+from tests.lm_fixtures import build_tiny_lm_decomposition, tiny_lm_decompose_config  # noqa: E402
 
 
 def quickstart_shaped_config(spd_steps: int, default_c: int) -> DecomposeConfig:
     """The quickstart's architecture (2 layers, d_model 64, d_mlp 256, C = 64 on 4 MLP projections), few steps:
     timings depend on shapes, not on how well the decomposition is trained."""
-    return DecomposeConfig.model_validate(
-        {
-            "device": "cpu",
-            "target": {
-                "kind": "tiny_lm",
-                "corpus": {"seed": 0, "n_docs": 600, "vocab_size": 1024},
-                "train": {
-                    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_mlp": 256, "n_ctx": 64},
-                    "steps": 30,
-                    "batch_size": 8,
-                    "seed": 0,
-                    "dataset_seed": 0,
-                },
-                "data": {"seq_len": 64, "dataset_seed": 0},
-            },
-            "spd": {
-                "default_C": default_c,
-                "ci_fn": {"fn_type": "shared_mlp", "hidden_dims": [64]},
-                "output_loss_type": "kl",
-                "losses": [
-                    {"classname": "ImportanceMinimalityLoss", "coeff": 1e-3, "pnorm": 2.0},
-                    {"classname": "StochasticReconLoss", "coeff": 1.0},
-                    {"classname": "FaithfulnessLoss", "coeff": 1e3},
-                ],
-                "lr_schedule": {"start_val": 3e-3, "fn_type": "constant", "final_val_frac": 1.0},
-                "steps": spd_steps,
-                "batch_size": 4,
-                "faithfulness_warmup_steps": 10,
-                "eval_freq": spd_steps,
-                "n_eval_steps": 1,
-                "train_log_freq": spd_steps,
-            },
-        }
+    return tiny_lm_decompose_config(
+        n_docs=600,
+        vocab_size=1024,
+        spd_steps=spd_steps,
+        default_c=default_c,
+        seq_len=64,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_mlp=256,
+        lm_steps=30,
+        ci_hidden=64,
+        faithfulness_warmup_steps=10,
+        train_log_freq=spd_steps,
     )
 
 
@@ -100,12 +84,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         decomposition = args.decomposition
         if decomposition is None:
-            decomposition = Path(tmp) / "decomp"
-            ctx = StageContext(stage="decompose", out_dir=decomposition, upstream_dirs={}, num_tasks=1, seed=0)
-            decomposition.mkdir()
             start = time.perf_counter()
-            assert DECOMPOSE.run_task is not None
-            DECOMPOSE.run_task(quickstart_shaped_config(20, args.components), ctx, 0)
+            decomposition = build_tiny_lm_decomposition(
+                Path(tmp) / "decomp", quickstart_shaped_config(20, args.components)
+            )
             print(f"built a quickstart-shaped decomposition in {time.perf_counter() - start:.1f}s")
         model = load_decomposition(decomposition)
         settings = AttributionSettings(batch_size=args.batch_size)

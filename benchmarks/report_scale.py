@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +29,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from spd.report.data import gather_report  # noqa: E402
 from spd.report.render import write_report  # noqa: E402
-from tests.test_report_support import SyntheticRun, make_synthetic_run  # noqa: E402
+from tests.test_report_support import (  # noqa: E402
+    SyntheticRun,
+    chromium_executables,
+    headless_chromium,
+    make_synthetic_run,
+)
 
 GOAL_S = 60.0
 VOCAB_SIZE = 50_257  # GPT-2's: token ids of 5 digits, as in a real LM's examples
@@ -59,26 +63,13 @@ def page_parts(page: str) -> dict[str, int]:
 
 
 def browser_timings(page: Path) -> dict[str, float] | str:
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver_path:
+    executables = chromium_executables()
+    if executables is None:
         return "chromium/chromedriver not installed (bash scripts/install_chromium.sh)"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = Options()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1600",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = headless_chromium(*executables)
     try:
         driver.get(page.as_uri())
         WebDriverWait(driver, 120).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))

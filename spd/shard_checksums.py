@@ -74,6 +74,11 @@ def file_digest(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """sha256 hex of a file, streamed (the one file hash of spd/: data manifests, provenance, shard records)."""
+    return file_digest(path)[1]
+
+
 def write_checksum(shard: Path) -> dict[str, Any]:
     """Hash the (complete, renamed) shard and write its record atomically. Call it after the shard's rename."""
     shard = Path(shard)

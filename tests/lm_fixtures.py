@@ -15,9 +15,26 @@ from stages.decompose import DecomposeConfig
 
 
 def tiny_lm_decompose_config(
-    *, n_docs: int = 300, vocab_size: int = 300, spd_steps: int = 60, default_c: int = 16, seq_len: int = 32
+    *,
+    n_docs: int = 300,
+    vocab_size: int = 300,
+    spd_steps: int = 60,
+    default_c: int = 16,
+    seq_len: int = 32,
+    d_model: int = 32,
+    n_layers: int = 1,
+    n_heads: int = 2,
+    d_mlp: int = 64,
+    lm_steps: int = 60,
+    ci_hidden: int = 16,
+    faithfulness_warmup_steps: int = 20,
+    train_log_freq: int = 10,
 ) -> DecomposeConfig:
-    """Decompose config of a 1-layer tiny LM on the planted-feature corpus (both MLP projections)."""
+    """Decompose config of a tiny LM on the planted-feature corpus (both MLP projections of every layer).
+
+    The defaults are the tests' 1-layer model; benchmarks/attributions_speed.py asks for the quickstart's
+    shapes through the same builder.
+    """
     return DecomposeConfig.model_validate(
         {
             "device": "cpu",
@@ -25,8 +42,14 @@ def tiny_lm_decompose_config(
                 "kind": "tiny_lm",
                 "corpus": {"seed": 0, "n_docs": n_docs, "vocab_size": vocab_size},
                 "train": {
-                    "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_mlp": 64, "n_ctx": seq_len},
-                    "steps": 60,
+                    "model": {
+                        "d_model": d_model,
+                        "n_layers": n_layers,
+                        "n_heads": n_heads,
+                        "d_mlp": d_mlp,
+                        "n_ctx": seq_len,
+                    },
+                    "steps": lm_steps,
                     "batch_size": 8,
                     "seed": 0,
                     "dataset_seed": 0,
@@ -35,7 +58,7 @@ def tiny_lm_decompose_config(
             },
             "spd": {
                 "default_C": default_c,
-                "ci_fn": {"fn_type": "shared_mlp", "hidden_dims": [16]},
+                "ci_fn": {"fn_type": "shared_mlp", "hidden_dims": [ci_hidden]},
                 "output_loss_type": "kl",
                 "losses": [
                     {"classname": "ImportanceMinimalityLoss", "coeff": 1e-3, "pnorm": 2.0},
@@ -45,10 +68,10 @@ def tiny_lm_decompose_config(
                 "lr_schedule": {"start_val": 3e-3, "fn_type": "constant", "final_val_frac": 1.0},
                 "steps": spd_steps,
                 "batch_size": 4,
-                "faithfulness_warmup_steps": 20,
+                "faithfulness_warmup_steps": faithfulness_warmup_steps,
                 "eval_freq": spd_steps,
                 "n_eval_steps": 1,
-                "train_log_freq": 10,
+                "train_log_freq": train_log_freq,
             },
         }
     )

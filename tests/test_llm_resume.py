@@ -7,11 +7,7 @@ the loopback server in this test process, so the server sees every request of bo
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +20,9 @@ from spd.interp.results import ResultJournal, iter_rows
 from spd.interp.schemas import LabelInput
 from spd.interp.standard_tasks import label_task
 from spd.interp.tasks import WorkItem
+from tests.journal_kill import sigkill_once_saved
 from tests.llm_server import MALFORMED, LLMTestServer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "SPD_TEST_LLM_KEY"
 TASK = label_task(lambda item: f"[key:{item.component_key}] Label this component.")
 N_ITEMS = 80
@@ -63,32 +59,11 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMTestServer]:
         yield srv
 
 
-def saved_lines(journal_dir: Path) -> int:
-    return sum(path.read_bytes().count(b"\n") for path in journal_dir.glob("part-*.jsonl"))
-
-
 def test_sigkill_mid_run_then_rerun_never_asks_twice(server: LLMTestServer, tmp_path: Path) -> None:
     journal_dir = tmp_path / "journal"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.test_llm_resume", str(journal_dir), server.openai_base_url, str(N_ITEMS)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    sigkill_once_saved(
+        ["tests.test_llm_resume", str(journal_dir), server.openai_base_url, str(N_ITEMS)], journal_dir, 12
     )
-    try:
-        deadline = time.monotonic() + 60
-        while saved_lines(journal_dir) < 12:
-            assert child.poll() is None, f"child ended early: {child.stderr.read() if child.stderr else ''}"
-            assert time.monotonic() < deadline, "child saved nothing within 60 s"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == -signal.SIGKILL
     saved = {row.key for row in iter_rows(journal_dir) if row.status == "ok"}
     assert 12 <= len(saved) < N_ITEMS, "the kill landed mid-run"
     asked_before_rerun = Counter(server.counts)

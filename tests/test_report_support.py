@@ -439,7 +439,7 @@ def make_synthetic_run(
 # --- headless Chromium ---------------------------------------------------------------------------------------
 
 
-def _chromium() -> tuple[str, str] | None:
+def chromium_executables() -> tuple[str, str] | None:
     """(browser, driver) executables when both are on PATH."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
@@ -452,24 +452,17 @@ def _missing_browser() -> str | None:
         import selenium  # noqa: F401
     except ImportError:
         return "selenium is not installed (pip install -e '.[dev]')"
-    if _chromium() is None:
+    if chromium_executables() is None:
         return "chromium and chromium-driver are not installed (bash scripts/install_chromium.sh)"
     return None
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium through chromedriver; skipped when absent, failed when absent under CI."""
-    reason = _missing_browser()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the browser test: {reason}")
-        pytest.skip(reason)
+def headless_chromium(chromium: str, chromedriver: str) -> Any:
+    """A headless Chromium WebDriver with the window the report tests and benchmarks/report_scale.py use."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
-    chromium, chromedriver = _chromium()
     options = Options()
     options.binary_location = chromium
     for arg in (
@@ -480,7 +473,20 @@ def browser():
         "--window-size=1400,1600",
     ):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    return webdriver.Chrome(service=Service(chromedriver), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through chromedriver; skipped when absent, failed when absent under CI."""
+    reason = _missing_browser()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the browser test: {reason}")
+        pytest.skip(reason)
+    executables = chromium_executables()
+    assert executables is not None
+    driver = headless_chromium(*executables)
     try:
         yield driver
     finally:

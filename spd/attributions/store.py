@@ -26,14 +26,13 @@ Tables:
                                             for token/output layers, component index otherwise
     view edges_named: edges joined with layers (source_kind, source_module, ..., value)
 
-Written once by the merge: into a temp file in the same directory, CHECKPOINT, closed, renamed (no WAL is
-ever left). Readers open it read_only.
+Written once by the merge through spd.duckdb_store: into a temp file in the same directory, CHECKPOINT, closed,
+renamed (no WAL is ever left). Readers open it read_only.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import numpy as np
 
 from spd.attributions.layout import Layout
 from spd.attributions.nodes import SOURCE_KINDS, TARGET_KINDS, Node, NodeKind
+from spd.duckdb_store import ReadOnlyStore, atomic_duckdb
 
 STORE_FILE = "attributions.duckdb"
 STORE_FORMAT = "spd-attributions/1"
@@ -87,76 +87,54 @@ def _layer_rows(layout: Layout) -> list[tuple[int, str, str, int]]:
 def write_store(
     path: Path, layout: Layout, edges: EdgeArrays, density: dict[str, list[float | None]], meta: dict[str, Any]
 ) -> None:
-    """Build the store in a temp file beside `path`, checkpoint, close and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    for leftover in (tmp, Path(f"{tmp}.wal")):
-        leftover.unlink(missing_ok=True)
+    """Build the store at `path` atomically (spd.duckdb_store: temp file, checkpoint, close, rename)."""
     layer_rows = _layer_rows(layout)
     layer_id = {(kind, module): lid for lid, kind, module, _ in layer_rows}
-    try:
-        con = duckdb.connect(str(tmp))
-        try:
-            con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
-            meta_rows = [("format", json.dumps(STORE_FORMAT))] + [(k, json.dumps(v)) for k, v in sorted(meta.items())]
-            con.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
-            con.execute(
-                "CREATE TABLE layers (layer_id SMALLINT PRIMARY KEY, kind VARCHAR, module VARCHAR, n_nodes INTEGER)"
-            )
-            con.executemany("INSERT INTO layers VALUES (?, ?, ?, ?)", layer_rows)
-            con.execute("CREATE TABLE connections (source_layer SMALLINT, target_layer SMALLINT)")
-            con.executemany(
-                "INSERT INTO connections VALUES (?, ?)",
-                [(layer_id[tuple(s.split(":", 1))], layer_id[tuple(t.split(":", 1))]) for s, t in layout.connections],
-            )
-            con.execute(
-                "CREATE TABLE components (layer_id SMALLINT, module VARCHAR, component INTEGER, alive BOOLEAN, density DOUBLE)"
-            )
-            con.executemany(
-                "INSERT INTO components VALUES (?, ?, ?, ?, ?)",
-                [
-                    (i + 1, m, c, layout.alive[i][c], density.get(m, [None] * n)[c])
-                    for i, (m, n) in enumerate(zip(layout.modules, layout.n_components, strict=True))
-                    for c in range(n)
-                ],
-            )
-            columns = {
-                "source_layer": edges.source_layer.astype(np.int16),
-                "source_index": edges.source_index.astype(np.int32),
-                "target_layer": edges.target_layer.astype(np.int16),
-                "target_index": edges.target_index.astype(np.int32),
-                "value": edges.value.astype(np.float64),
-            }
-            con.register("edges_in", columns)
-            con.execute(
-                "CREATE TABLE edges AS SELECT * FROM edges_in ORDER BY target_layer, target_index, value DESC, "
-                "source_layer, source_index"
-            )
-            con.unregister("edges_in")
-            con.execute(
-                "CREATE VIEW edges_named AS SELECT s.kind AS source_kind, s.module AS source_module, e.source_index, "
-                "t.kind AS target_kind, t.module AS target_module, e.target_index, e.value FROM edges e "
-                "JOIN layers s ON s.layer_id = e.source_layer JOIN layers t ON t.layer_id = e.target_layer"
-            )
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        if Path(f"{tmp}.wal").exists():
-            raise RuntimeError(f"{tmp}.wal left after checkpoint and close")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.wal").unlink(missing_ok=True)
-        raise
+    with atomic_duckdb(path) as con:
+        con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+        meta_rows = [("format", json.dumps(STORE_FORMAT))] + [(k, json.dumps(v)) for k, v in sorted(meta.items())]
+        con.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
+        con.execute(
+            "CREATE TABLE layers (layer_id SMALLINT PRIMARY KEY, kind VARCHAR, module VARCHAR, n_nodes INTEGER)"
+        )
+        con.executemany("INSERT INTO layers VALUES (?, ?, ?, ?)", layer_rows)
+        con.execute("CREATE TABLE connections (source_layer SMALLINT, target_layer SMALLINT)")
+        con.executemany(
+            "INSERT INTO connections VALUES (?, ?)",
+            [(layer_id[tuple(s.split(":", 1))], layer_id[tuple(t.split(":", 1))]) for s, t in layout.connections],
+        )
+        con.execute(
+            "CREATE TABLE components (layer_id SMALLINT, module VARCHAR, component INTEGER, alive BOOLEAN, density DOUBLE)"
+        )
+        con.executemany(
+            "INSERT INTO components VALUES (?, ?, ?, ?, ?)",
+            [
+                (i + 1, m, c, layout.alive[i][c], density.get(m, [None] * n)[c])
+                for i, (m, n) in enumerate(zip(layout.modules, layout.n_components, strict=True))
+                for c in range(n)
+            ],
+        )
+        columns = {
+            "source_layer": edges.source_layer.astype(np.int16),
+            "source_index": edges.source_index.astype(np.int32),
+            "target_layer": edges.target_layer.astype(np.int16),
+            "target_index": edges.target_index.astype(np.int32),
+            "value": edges.value.astype(np.float64),
+        }
+        con.register("edges_in", columns)
+        con.execute(
+            "CREATE TABLE edges AS SELECT * FROM edges_in ORDER BY target_layer, target_index, value DESC, "
+            "source_layer, source_index"
+        )
+        con.unregister("edges_in")
+        con.execute(
+            "CREATE VIEW edges_named AS SELECT s.kind AS source_kind, s.module AS source_module, e.source_index, "
+            "t.kind AS target_kind, t.module AS target_module, e.target_index, e.value FROM edges e "
+            "JOIN layers s ON s.layer_id = e.source_layer JOIN layers t ON t.layer_id = e.target_layer"
+        )
 
 
-class AttributionsStore:
+class AttributionsStore(ReadOnlyStore):
     """Read-only view of an attributions store: top-k partners of a node and the value of a pair.
 
     Nodes are `Node` objects or string keys: '<module>:<index>' (component), 'token:<id>', 'output:<id>'.
@@ -165,8 +143,7 @@ class AttributionsStore:
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
-        self._con = con
-        self.path = path
+        super().__init__(con, path)
         self.meta: dict[str, Any] = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
         if self.meta.get("format") != STORE_FORMAT:
             raise ValueError(f"{path} is not an attributions store (format {self.meta.get('format')!r})")
@@ -182,21 +159,7 @@ class AttributionsStore:
             path = path / STORE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no attributions store at {path}")
-        con = duckdb.connect(str(path), read_only=True)
-        try:
-            return cls(con, path)
-        except BaseException:  # not an attributions store (or unreadable): never leak the connection
-            con.close()
-            raise
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> AttributionsStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return cls.open_read_only(path)  # closes the connection again if it is not an attributions store
 
     # --- facts ---------------------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -12,6 +11,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# sha256_file lives in spd.shard_checksums (one implementation); spd.data.corpus and spd.interp.autointerp
+# import it from here.
+from spd.shard_checksums import sha256_file as sha256_file
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -34,14 +37,6 @@ def jsonl_bytes(rows: list[dict]) -> bytes:
 def gzip_bytes(data: bytes) -> bytes:
     """gzip with a zero timestamp, so equal data give identical bytes (readable by gzip.open and DuckDB)."""
     return gzip.compress(data, compresslevel=6, mtime=0)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -18,19 +18,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# sha256_file lives in spd.shard_checksums (one implementation); spd.harvest.task imports it from here.
+from spd.shard_checksums import sha256_file as sha256_file
+
 SPD_ROOT = Path(__file__).resolve().parent.parent
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import duckdb
 
+from spd.duckdb_store import ReadOnlyStore
 from spd.harvest.schema import (
     STORE_FILE,
     ActivationExample,
@@ -42,12 +43,11 @@ _EXAMPLE_COLUMNS = (
 )
 
 
-class HarvestStore:
+class HarvestStore(ReadOnlyStore):
     """One harvest store, opened read-only. Components are addressed by flat index or by key 'layer:index'."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
-        self._con = con
-        self.path = path
+        super().__init__(con, path)
         self._vocab: list[str] | None = None
         self._keys: dict[str, int] | None = None
         self._provenance: dict[str, Any] | None = None
@@ -64,16 +64,7 @@ class HarvestStore:
             path = found
         if not path.is_file():
             raise FileNotFoundError(f"harvest store {path} does not exist")
-        return cls(duckdb.connect(str(path), read_only=True), path)
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> HarvestStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return cls.open_read_only(path)
 
     # --- metadata -------------------------------------------------------------------------------------
 

@@ -1,16 +1,15 @@
-"""Write merged harvest totals into out/harvest.duckdb: temp file, CHECKPOINT, close, rename.
+"""Write merged harvest totals into out/harvest.duckdb with spd.duckdb_store: temp file, CHECKPOINT, close, rename.
 
-The file appears under its final name only complete and closed: DuckDB writes `.harvest.duckdb.<pid>.tmp`
-(and its `.wal`), the merge checkpoints and closes it, checks no WAL is left, and os.replace's it into
-place. A killed merge leaves only temp files, which the next merge attempt deletes. A full disk deletes the
-temp files and raises StoreDiskFullError naming the store and the filesystem's free space, so the failure
+The file appears under its final name only complete and closed: DuckDB writes `.harvest.duckdb.<pid>.<random>.tmp`
+(and its `.wal`); atomic_duckdb checkpoints and closes it, checks no WAL is left, and os.replace's it into place.
+A killed merge leaves only temp files, which the next merge attempt deletes. A full disk deletes the temp files
+and raises StoreDiskFullError (spd.duckdb_store) naming the store and the filesystem's free space, so the failure
 record says what happened instead of DuckDB's commit error. Between build steps the merge calls the test-only
 fault point of spd.harvest.faults (a no-op unless a test sets its environment variable).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from spd.data.corpus import Corpus
+from spd.duckdb_store import atomic_duckdb
 from spd.harvest.faults import store_build_fault_point
 from spd.harvest.merge import MergedHarvest
 from spd.harvest.provenance import code_version, now_iso, runtime
@@ -34,29 +34,9 @@ from spd.harvest.windows import PAD_TOKEN
 from spd.models import decomposition_tokenizer_path
 
 EXAMPLE_CHUNK = 50_000  # example rows converted to Python lists per insert
-NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", also the text of DuckDB's IO errors
-
-
-class StoreDiskFullError(OSError):
-    """The filesystem filled up while the store was written; nothing was published under the final name."""
-
-
-def _is_disk_full(error: BaseException) -> bool:
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return True
-    return isinstance(error, duckdb.Error) and NO_SPACE in str(error)
-
-
-def _disk_full_error(final: Path, tmp: Path, error: BaseException) -> StoreDiskFullError:
-    """Why the build failed in words: which store, which temp file, how much space there is without it."""
-    free = shutil.disk_usage(final.parent).free  # after the temp files were deleted
-    return StoreDiskFullError(
-        errno.ENOSPC,
-        f"{NO_SPACE}: the disk filled up while the harvest store {final} was written (temp file {tmp.name}, "
-        f"deleted; {free / 1e6:.1f} MB free there now). Nothing was published under {final.name} and the "
-        f"shards are intact: free some space, then rerun the merge (python run.py rerun <run> --stage harvest). "
-        f"DuckDB said: {error}",
-    )
+DISK_FULL_REMEDY = (
+    "the shards are intact: free some space, then rerun the merge (python run.py rerun <run> --stage harvest)"
+)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
@@ -299,46 +279,24 @@ def build_store(out_dir: Path, merged: MergedHarvest, decomposition_dir: Path, m
     out_dir = Path(out_dir)
     final = out_dir / STORE_FILE
     remove_stale_store_temps(out_dir)
-    tmp = out_dir / f".{STORE_FILE}.{os.getpid()}.tmp"
     spill = out_dir / f".{STORE_FILE}.{os.getpid()}.tmp-spill"
     corpus = decomposition_corpus(decomposition_dir)
     tokenizer = Tokenizer.from_file(str(decomposition_tokenizer_path(decomposition_dir)))
-    con = duckdb.connect(str(tmp))
-    steps = (
-        lambda: [con.execute(ddl) for ddl in TABLES.values()],
-        lambda: _layers_and_components(con, merged),
-        lambda: _vocab(con, merged, tokenizer),
-        lambda: _token_stats(con, merged),
-        lambda: _examples(con, merged, corpus),
-        lambda: _cofiring(con, merged),
-        lambda: _tasks_and_provenance(con, merged, merge_started, now_iso()),
-    )
-    try:
+    with atomic_duckdb(final, temps=[spill], what="harvest store", disk_full_remedy=DISK_FULL_REMEDY) as con:
+        steps = (
+            lambda: [con.execute(ddl) for ddl in TABLES.values()],
+            lambda: _layers_and_components(con, merged),
+            lambda: _vocab(con, merged, tokenizer),
+            lambda: _token_stats(con, merged),
+            lambda: _examples(con, merged, corpus),
+            lambda: _cofiring(con, merged),
+            lambda: _tasks_and_provenance(con, merged, merge_started, now_iso()),
+        )
         con.execute(f"SET threads = {_threads()}")
         spill_sql = str(spill).replace("'", "''")
-        con.execute(f"SET temp_directory = '{spill_sql}'")  # spill files (if any) beside the store, removed below
+        con.execute(f"SET temp_directory = '{spill_sql}'")  # spill files (if any) beside the store, removed after
         for done, step in enumerate(steps, start=1):
             step()
             store_build_fault_point(done)
-        con.execute("CHECKPOINT")
-        con.close()
-    except BaseException as e:
-        try:
-            con.close()
-        finally:
-            remove_stale_store_temps(out_dir)
-        if _is_disk_full(e):
-            raise _disk_full_error(final, tmp, e) from e
-        raise
-    shutil.rmtree(spill, ignore_errors=True)
-    wal = tmp.with_name(tmp.name + ".wal")
-    if wal.exists():
-        raise RuntimeError(f"DuckDB left {wal.name} after CHECKPOINT and close; refusing to publish {final.name}")
-    os.replace(tmp, final)
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB)")
     return final

@@ -23,8 +23,6 @@ per token position, so the position identifies a firing whichever list (uniform 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
+
+from spd.duckdb_store import ReadOnlyStore, atomic_duckdb
 
 LABELS_FILE = "labels.duckdb"
 LABELS_FORMAT = "spd-labels-store"
@@ -146,8 +146,9 @@ def _arrow_table(records: list[LabelRecord]) -> pa.Table:
 def write_labels_store(path: str | Path, records: Iterable[LabelRecord], meta: dict[str, Any] | None = None) -> int:
     """Build a labels store at `path` from `records`, atomically; returns the number of rows.
 
-    The file is written under a temp name in the same directory, checkpointed and closed, then renamed:
-    it is complete under its final name or absent, and no .wal is left. Rows are sorted by component.
+    The file is written under a temp name in the same directory, checkpointed and closed, then renamed
+    (spd.duckdb_store): it is complete under its final name or absent, and no .wal is left. Rows are sorted
+    by component.
     `meta` (JSON-able: strategy, LLM settings, counts) is kept in the one-row `meta` table.
     Raises ValueError for a row with both or neither of label and error, or a repeated key.
     """
@@ -160,48 +161,36 @@ def write_labels_store(path: str | Path, records: Iterable[LabelRecord], meta: d
     keys = [r.key for r in rows]
     if len(set(keys)) != len(keys):
         raise ValueError("repeated component keys in labels")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        con = duckdb.connect(str(tmp))
-        try:
-            columns = ", ".join(f'"{name}" {sql}' for name, sql, _ in _COLUMNS)
-            con.execute(f"CREATE TABLE labels ({columns})")
-            if rows:
-                con.register("incoming_labels", _arrow_table(rows))
-                con.execute(f"INSERT INTO labels SELECT {', '.join(_NAMES)} FROM incoming_labels")
-                con.unregister("incoming_labels")
-            con.execute(
-                "CREATE TABLE meta (format VARCHAR NOT NULL, format_version INTEGER NOT NULL, "
-                "n_labels INTEGER NOT NULL, n_failed INTEGER NOT NULL, meta_json VARCHAR NOT NULL)"
-            )
-            n_failed = sum(1 for r in rows if r.label is None)
-            con.execute(
-                "INSERT INTO meta VALUES (?, ?, ?, ?, ?)",
-                [
-                    LABELS_FORMAT,
-                    LABELS_FORMAT_VERSION,
-                    len(rows) - n_failed,
-                    n_failed,
-                    json.dumps(meta or {}, sort_keys=True, default=str),
-                ],
-            )
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, Path(f"{tmp}.wal")):
-            leftover.unlink(missing_ok=True)
+    with atomic_duckdb(path) as con:
+        columns = ", ".join(f'"{name}" {sql}' for name, sql, _ in _COLUMNS)
+        con.execute(f"CREATE TABLE labels ({columns})")
+        if rows:
+            con.register("incoming_labels", _arrow_table(rows))
+            con.execute(f"INSERT INTO labels SELECT {', '.join(_NAMES)} FROM incoming_labels")
+            con.unregister("incoming_labels")
+        con.execute(
+            "CREATE TABLE meta (format VARCHAR NOT NULL, format_version INTEGER NOT NULL, "
+            "n_labels INTEGER NOT NULL, n_failed INTEGER NOT NULL, meta_json VARCHAR NOT NULL)"
+        )
+        n_failed = sum(1 for r in rows if r.label is None)
+        con.execute(
+            "INSERT INTO meta VALUES (?, ?, ?, ?, ?)",
+            [
+                LABELS_FORMAT,
+                LABELS_FORMAT_VERSION,
+                len(rows) - n_failed,
+                n_failed,
+                json.dumps(meta or {}, sort_keys=True, default=str),
+            ],
+        )
     return len(rows)
 
 
-class LabelsStore:
+class LabelsStore(ReadOnlyStore):
     """A labels store opened read-only; records are loaded once (a few thousand small rows)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
-        self._con = con
-        self.path = path
+        super().__init__(con, path)
         self._records: list[LabelRecord] | None = None
         self._by_key: dict[str, LabelRecord] = {}
         self._by_index: dict[int, LabelRecord] = {}
@@ -218,16 +207,7 @@ class LabelsStore:
             path = found
         if not path.is_file():
             raise FileNotFoundError(f"labels store {path} does not exist")
-        return cls(duckdb.connect(str(path), read_only=True), path)
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> LabelsStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return cls.open_read_only(path)
 
     def _load(self) -> list[LabelRecord]:
         if self._records is None:

@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from spd.duckdb_store import atomic_duckdb, fsync_path
+
 Status = Literal["ok", "failed", "skipped"]
 PART_GLOB = "part-*.jsonl"
 
@@ -193,7 +195,7 @@ class ResultJournal:
     def _write_loop(self) -> None:
         try:
             fd = os.open(self.part_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            _fsync_dir(self.directory)  # the new part's name survives a crash too
+            fsync_path(self.directory)  # the new part's name survives a crash too
         except OSError as e:
             with self._cv:
                 self._error = e
@@ -222,14 +224,6 @@ class ResultJournal:
                 self._cv.notify_all()
         finally:
             os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the final store ---------------------------------------------------------------------------------------
@@ -269,37 +263,22 @@ def write_rows_duckdb(rows: Iterable[ResultRow], path: Path, table: str = "llm_r
 
     Returns the number of rows. The file appears complete under its name or not at all, with no WAL left.
     Rows go in through a temporary NDJSON file and DuckDB's `read_json` (row-by-row inserts from Python
-    take minutes for ten thousand rows).
+    take minutes for ten thousand rows). The atomic steps are spd.duckdb_store's.
     """
-    import duckdb  # local: only store builders need it
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(4)
-    tmp = path.parent / f".{path.name}.{token}.tmp"
-    staging = path.parent / f".{path.name}.{token}.ndjson"
+    staging = path.parent / f".{path.name}.{secrets.token_hex(4)}.ndjson"
     n_rows = 0
-    try:
+    with atomic_duckdb(path, temps=[staging]) as con:
         with open(staging, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row_record(row), ensure_ascii=False) + "\n")
                 n_rows += 1
-        con = duckdb.connect(str(tmp))
-        try:
-            columns = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS)
-            con.execute(f"CREATE TABLE {table} ({columns}, PRIMARY KEY (task, key))")
-            if n_rows:
-                types = ", ".join(f"'{name}': '{kind.removesuffix(' NOT NULL')}'" for name, kind in RESULT_COLUMNS)
-                con.execute(
-                    f"INSERT INTO {table} SELECT * FROM read_json(?, format = 'newline_delimited', "
-                    f"columns = {{{types}}})",
-                    [str(staging)],
-                )
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, Path(f"{tmp}.wal"), staging):
-            leftover.unlink(missing_ok=True)
+        columns = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS)
+        con.execute(f"CREATE TABLE {table} ({columns}, PRIMARY KEY (task, key))")
+        if n_rows:
+            types = ", ".join(f"'{name}': '{kind.removesuffix(' NOT NULL')}'" for name, kind in RESULT_COLUMNS)
+            con.execute(
+                f"INSERT INTO {table} SELECT * FROM read_json(?, format = 'newline_delimited', columns = {{{types}}})",
+                [str(staging)],
+            )
     return n_rows

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spd.losses.pgd import MaskScope, PGDInit, pgd_sources, source_mask_infos
+from spd.losses.pgd import MaskScope, PGDInit, PGDSettings, source_mask_infos
 from spd.models import masks as mask_lib
 from spd.models.component_model import ComponentModel
 from spd.models.masks import MaskInfo
@@ -28,13 +28,21 @@ def hidden_acts_recon(
     if target_outputs is None:
         with torch.no_grad():
             _, target_outputs = model.forward_with_outputs(batch)
-    _, outputs = model.forward_with_outputs(batch, mask_infos)
-    total, count, per_module = 0.0, 0, {}
-    for path in mask_infos:
-        sq = ((outputs[path] - target_outputs[path]) ** 2).sum()
-        total, count = total + sq, count + target_outputs[path].numel()
-        per_module[path] = float(sq.detach()) / target_outputs[path].numel()
+    total, count, squared = _squared_errors(model, batch, mask_infos, target_outputs)
+    per_module = {path: float(sq.detach()) / target_outputs[path].numel() for path, sq in squared.items()}
     return total / count, per_module
+
+
+def _squared_errors(
+    model: ComponentModel, batch: Tensor, mask_infos: dict[str, MaskInfo], target_outputs: dict[str, Tensor]
+) -> tuple[Tensor, int, dict[str, Tensor]]:
+    """(Σ squared errors over the masked modules, their number of elements, Σ squared errors per module)."""
+    _, outputs = model.forward_with_outputs(batch, mask_infos)
+    total, count, squared = 0.0, 0, {}
+    for path in mask_infos:
+        squared[path] = ((outputs[path] - target_outputs[path]) ** 2).sum()
+        total, count = total + squared[path], count + target_outputs[path].numel()
+    return total, count, squared
 
 
 def stochastic_hidden_acts_recon_loss(
@@ -79,8 +87,9 @@ def pgd_hidden_acts_recon_loss(
     with torch.no_grad():
         _, target_outputs = model.forward_with_outputs(batch)
 
-    def mse(c: dict[str, Tensor], d: dict[str, Tensor] | None, src: dict[str, Tensor]) -> Tensor:
-        return hidden_acts_recon(model, batch, source_mask_infos(c, d, src), target_outputs)[0]
+    def squared_error(c: dict[str, Tensor], d: dict[str, Tensor] | None, src: dict[str, Tensor]) -> tuple[Tensor, int]:
+        total, count, _ = _squared_errors(model, batch, source_mask_infos(c, d, src), target_outputs)
+        return total, count
 
-    sources = pgd_sources(mse, ci, deltas, init, step_size, n_steps, mask_scope)
-    return mse(ci, deltas, sources)
+    total, count = PGDSettings(init, step_size, n_steps, mask_scope).sum_and_count(squared_error, ci, deltas)
+    return total / count

@@ -4,12 +4,14 @@ A module's sources s ∈ [0, 1] have width C (+1 when the delta component is on:
 They give masks g + (1 - g) s[..., :C] (the reference's form, not max(g, s)) and δ mask s[..., C]. A PGD loss
 re-initialises its sources on every call, takes `n_steps` signed ascent steps with the CIs and deltas held
 fixed, and returns the loss of one more forward in which the sources are constants, so the outer gradient
-reaches the CI functions and the components only.
+reaches the CI functions and the components only. `PGDSettings.sum_and_count` is that whole recipe for a loss
+given as (sum, count), which the output-divergence and hidden-activation PGD losses both are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -19,6 +21,10 @@ from spd.models.masks import MaskInfo
 
 PGDInit = Literal["random", "ones", "zeroes"]
 MaskScope = Literal["unique_per_datapoint", "shared_across_batch"]
+Objective = Callable[[dict[str, Tensor], dict[str, Tensor] | None, dict[str, Tensor]], Tensor]
+"""objective(ci, deltas, sources) -> the loss the ascent maximises."""
+SumAndCount = Callable[[dict[str, Tensor], dict[str, Tensor] | None, dict[str, Tensor]], tuple[Tensor, int]]
+"""objective(ci, deltas, sources) -> (sum of per-element losses, their count): the loss is sum / count."""
 
 
 def source_mask_infos(
@@ -61,7 +67,7 @@ def init_sources(ci: dict[str, Tensor], with_delta: bool, init: PGDInit, mask_sc
 
 
 def pgd_sources(
-    objective: Callable[[dict[str, Tensor], dict[str, Tensor] | None, dict[str, Tensor]], Tensor],
+    objective: Objective,
     ci: dict[str, Tensor],
     deltas: dict[str, Tensor] | None,
     init: PGDInit,
@@ -84,3 +90,28 @@ def pgd_sources(
             for s, g in zip(sources.values(), grads, strict=True):
                 s.add_(step_size * g.sign()).clamp_(0.0, 1.0)
     return {k: v.detach() for k, v in sources.items()}
+
+
+@dataclass(frozen=True)
+class PGDSettings:
+    """The knobs of a fresh-each-call PGD (reference spec 6), as every PGD loss takes them."""
+
+    init: PGDInit = "random"
+    step_size: float = 1.0
+    n_steps: int = 1
+    mask_scope: MaskScope = "shared_across_batch"
+
+    def sum_and_count(
+        self, objective: SumAndCount, ci: dict[str, Tensor], deltas: dict[str, Tensor] | None
+    ) -> tuple[Tensor, int]:
+        """Ascend on sum / count from fresh sources, then return (sum, count) at the sources found.
+
+        (sum, count) rather than the mean, so a layerwise loss can pool several PGDs: Σ sums / Σ counts.
+        """
+
+        def mean(c: dict[str, Tensor], d: dict[str, Tensor] | None, src: dict[str, Tensor]) -> Tensor:
+            total, n = objective(c, d, src)
+            return total / n
+
+        sources = pgd_sources(mean, ci, deltas, self.init, self.step_size, self.n_steps, self.mask_scope)
+        return objective(ci, deltas, sources)

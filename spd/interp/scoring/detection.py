@@ -10,27 +10,24 @@ judged windows pooled over successful trials (chance 0.5), with a confidence int
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 
 from spd.harvest.store import HarvestStore
-from spd.interp.labels_store import LabelsStore
+from spd.interp.labels_store import LabelRecord
 from spd.interp.schemas import DetectionInput
-from spd.interp.scoring.common import ScoringSettings, content_digest, crop_window, trial_rng
+from spd.interp.scoring.common import crop_window, trial_rng
 from spd.interp.scoring.labelled import (
-    balanced_accuracy_summary,
-    class_outcome,
-    component_plan,
+    ComponentTrials,
+    LabelledScorer,
+    LabelledScoringSettings,
     held_out_examples,
-    labelled_components,
-    sources_meta,
+    label_judging_prompt,
+    trial_item,
 )
 from spd.interp.scoring.negatives import NegativePool, TrueNegativeSampler
-from spd.interp.scoring.render import numbered_excerpts, shown_example
-from spd.interp.scoring.runner import ComponentPlan, run_scoring
+from spd.interp.scoring.render import shown_example
 from spd.interp.standard_tasks import detection_task
 from spd.interp.tasks import WorkItem
 
@@ -38,10 +35,9 @@ KIND = "detection"
 PROMPT_VERSION = "detection-v1"
 
 
-class DetectionSettings(ScoringSettings):
+class DetectionSettings(LabelledScoringSettings):
     """How many trials per label, and what each shows."""
 
-    n_trials: int = Field(default=5, ge=1, le=100, description="Trials (LLM calls) per component.")
     n_activating: int = Field(
         default=5, ge=1, le=50, description="Windows around held-out firings per trial (fewer if fewer exist)."
     )
@@ -65,37 +61,30 @@ class DetectionSettings(ScoringSettings):
 
 def detection_prompt(item: DetectionInput) -> str:
     """Label + numbered plain excerpts; asks for the numbers of the excerpts where the component fires."""
-    n = len(item.examples)
-    return (
-        "We are studying one component of a neural network language model. It has been described by this label:\n"
-        f'"{item.label}"\n\n'
-        f"Below are {n} text excerpts from the model's training data. In some of them the component fires on at "
-        "least one token; in the others it fires on no token at all.\n\n"
-        f"{numbered_excerpts(item.examples)}\n\n"
+    return label_judging_prompt(
+        item.label,
+        item.examples,
+        f"Below are {len(item.examples)} text excerpts from the model's training data. In some of them the component "
+        "fires on at least one token; in the others it fires on no token at all.",
         "Judging only by the label, in which excerpts does the component fire? Respond with a JSON object "
-        '{"activating": [excerpt numbers]}, using [] if it fires in none.'
+        '{"activating": [excerpt numbers]}, using [] if it fires in none.',
     )
 
 
-def detection_items(
-    harvest: HarvestStore, labels: LabelsStore, settings: DetectionSettings, seed: int, plans: list[ComponentPlan]
-) -> Iterator[WorkItem[DetectionInput]]:
-    """One item per trial of every labelled component; appends each component's plan to `plans`."""
+def detection_trials(harvest: HarvestStore, settings: DetectionSettings, seed: int) -> ComponentTrials:
+    """Builds each labelled component's trials: held-out firings mixed with certified true negatives."""
     pool: NegativePool | None = None  # built when the first component needs negatives
-    for summary, record in labelled_components(harvest, labels, settings.limit):
-        plan = component_plan(summary, record)
-        plans.append(plan)
-        if plan.error is not None:
-            continue
+
+    def component_trials(record: LabelRecord) -> list[WorkItem[DetectionInput]] | str:
+        nonlocal pool
         assert record.label is not None
         own = {kind: harvest.examples(record.key, kind) for kind in ("uniform", "top")}
         fresh = held_out_examples(own[settings.example_kind], record)
         if not fresh:
-            plan.error = (
+            return (
                 f"no {settings.example_kind} example left after holding out the {len(record.example_ids)} "
                 "the label was written from"
             )
-            continue
         if pool is None:
             pool = NegativePool(
                 harvest, settings.example_kind, settings.negative_pool_size, settings.context_tokens, seed
@@ -118,37 +107,18 @@ def detection_items(
             shown = [(w, True) for w in positives] + [(w, False) for w in negatives]
             rng.shuffle(shown)
             examples = [shown_example(harvest.decode(list(w.tokens))) for w, _ in shown]
-            item_input = DetectionInput(label=record.label, examples=examples)
-            meta: dict[str, Any] = {
-                "component": record.key,
-                "trial": t,
-                "n_shown": len(shown),
-                "positives": [i for i, (_, pos) in enumerate(shown, start=1) if pos],
-                "negatives": [i for i, (_, pos) in enumerate(shown, start=1) if not pos],
-                "windows": [w.record() for w, _ in shown],
-            }
-            key = f"{record.key}/trial{t}/{content_digest(item_input.model_dump_json())}"
-            trials.append(WorkItem(key, item_input, meta))
-        if not trials:
-            plan.error = (
-                f"no true negative among {tried} candidate windows (the component fires on "
-                f"{len(sampler.fired_tokens)} token types)"
-            )
-            continue
-        plan.trial_keys = [item.key for item in trials]
-        yield from trials
+            trials.append(trial_item(record.key, t, DetectionInput(label=record.label, examples=examples), shown))
+        return trials or (
+            f"no true negative among {tried} candidate windows (the component fires on "
+            f"{len(sampler.fired_tokens)} token types)"
+        )
+
+    return component_trials
+
+
+SCORER = LabelledScorer(KIND, PROMPT_VERSION, detection_task(detection_prompt), detection_trials, "activating")
 
 
 def run_detection(settings: DetectionSettings, harvest_dir: Path, labels_dir: Path, out_dir: Path, seed: int) -> Path:
     """Score every label of `labels_dir` on the harvest of `harvest_dir`; writes out_dir/detection.duckdb."""
-    with HarvestStore.open(harvest_dir) as harvest, LabelsStore.open(labels_dir) as labels:
-        return run_scoring(
-            KIND,
-            settings,
-            detection_task(detection_prompt),
-            lambda plans: detection_items(harvest, labels, settings, seed, plans),
-            class_outcome("activating"),
-            balanced_accuracy_summary(settings.confidence_level),
-            out_dir,
-            {"prompt_version": PROMPT_VERSION, "seed": seed, "sources": sources_meta(harvest, labels)},
-        )
+    return SCORER.run(settings, harvest_dir, labels_dir, out_dir, seed)

@@ -1,8 +1,8 @@
 """The score stores: out/detection.duckdb, out/fuzzing.duckdb, out/intruder.duckdb (one per stage, same schema).
 
-Written once by the stage's single writer (`write_score_store`: temp file in the same directory, CHECKPOINT,
-close, rename; no WAL left) after the LLM layer's journal holds every answer, and only read afterwards
-(`ScoreStore.open`, DuckDB `read_only=True`). Tables:
+Written once by the stage's single writer (`write_score_store` through spd.duckdb_store: temp file in the
+same directory, CHECKPOINT, close, rename; no WAL left) after the LLM layer's journal holds every answer, and
+only read afterwards (`ScoreStore.open`, DuckDB `read_only=True`). Tables:
 
 - `scores`: one row per component considered. `score` is NULL when the component could not be scored
   (`error` says why: no label, no held-out examples, no true negatives, no density-matched donor, every trial
@@ -19,8 +19,6 @@ close, rename; no WAL left) after the LLM layer's journal holds every answer, an
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+
+from spd.duckdb_store import ReadOnlyStore, atomic_duckdb
 
 SCORE_KINDS = ("detection", "fuzzing", "intruder")
 SCORE_FORMAT = "spd-score-store"
@@ -205,44 +205,24 @@ def write_score_store(
         "cost_usd": sum(costs) if costs else None,
         "meta_json": json.dumps(meta, sort_keys=True, default=str),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        con = duckdb.connect(str(tmp))
-        try:
-            _create(con, "scores", _SCORE_COLUMNS)
-            _create(con, "trials", _TRIAL_COLUMNS)
-            con.execute(
-                "CREATE TABLE meta (format VARCHAR NOT NULL, format_version INTEGER NOT NULL, "
-                "kind VARCHAR NOT NULL, prompt_version VARCHAR NOT NULL, provider VARCHAR NOT NULL, "
-                "model VARCHAR NOT NULL, seed BIGINT NOT NULL, n_components INTEGER NOT NULL, "
-                "n_scored INTEGER NOT NULL, n_trials INTEGER NOT NULL, n_trials_ok INTEGER NOT NULL, "
-                "cost_usd DOUBLE, meta_json VARCHAR NOT NULL)"
-            )
-            _insert(con, "scores", _arrow(score_rows, _SCORE_COLUMNS))
-            _insert(con, "trials", _arrow(trial_rows, _TRIAL_COLUMNS))
-            con.execute(f"INSERT INTO meta VALUES ({', '.join('?' for _ in row)})", list(row.values()))
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        for leftover in (tmp, Path(f"{tmp}.wal")):
-            leftover.unlink(missing_ok=True)
+    with atomic_duckdb(path) as con:
+        _create(con, "scores", _SCORE_COLUMNS)
+        _create(con, "trials", _TRIAL_COLUMNS)
+        con.execute(
+            "CREATE TABLE meta (format VARCHAR NOT NULL, format_version INTEGER NOT NULL, "
+            "kind VARCHAR NOT NULL, prompt_version VARCHAR NOT NULL, provider VARCHAR NOT NULL, "
+            "model VARCHAR NOT NULL, seed BIGINT NOT NULL, n_components INTEGER NOT NULL, "
+            "n_scored INTEGER NOT NULL, n_trials INTEGER NOT NULL, n_trials_ok INTEGER NOT NULL, "
+            "cost_usd DOUBLE, meta_json VARCHAR NOT NULL)"
+        )
+        _insert(con, "scores", _arrow(score_rows, _SCORE_COLUMNS))
+        _insert(con, "trials", _arrow(trial_rows, _TRIAL_COLUMNS))
+        con.execute(f"INSERT INTO meta VALUES ({', '.join('?' for _ in row)})", list(row.values()))
     return path
 
 
-class ScoreStore:
+class ScoreStore(ReadOnlyStore):
     """One score store opened read-only."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
-        self._con = con
-        self.path = path
 
     @classmethod
     def open(cls, path: str | Path, kind: str | None = None) -> ScoreStore:
@@ -261,16 +241,7 @@ class ScoreStore:
             path = found[0]
         if not path.is_file():
             raise FileNotFoundError(f"score store {path} does not exist")
-        return cls(duckdb.connect(str(path), read_only=True), path)
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> ScoreStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return cls.open_read_only(path)
 
     def _select(self, table: str, record: type[Any], where: str = "", params: list[Any] | None = None) -> list[Any]:
         names = [f.name for f in fields(record)]
