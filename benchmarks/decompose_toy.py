@@ -92,9 +92,6 @@ def main() -> None:
             train_batch_size=v["train_batch_size"],
             seed=args.target_seed,
             seed_search=args.seed_search,
-            # 40 features in 10 dims: superposition shrinks every output (a trained 40-10 target gives 0.58-0.63 on
-            # 0.75·e_i, 0 elsewhere); a dropped feature gives ~0, so a looser tolerance still catches it
-            feature_check_tol=0.25 if v["n_features"] == 40 else 0.1,
         )
     t0 = time.perf_counter()
     target, info = train_target(tc, args.device)

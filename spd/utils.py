@@ -13,11 +13,16 @@ from typing import Any
 import torch
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the umask: what a plain open() would give (mkstemp's 0o600 hides outputs from colleagues)."""
+def _read_umask() -> int:
+    """The process umask. Reading it means setting it and setting it back, which is process-wide and races with
+    other threads creating files, so it is done once, at import, never per write."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+# 0o666 minus the umask: what a plain open() would give (mkstemp's 0o600 would hide outputs from colleagues).
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -31,7 +36,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, _default_file_mode())
+        os.chmod(tmp, FILE_MODE)
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -34,6 +34,7 @@ from spd.attributions import (
 )
 from spd.attributions.data import attribution_batches
 from spd.attributions.endpoints import unembedding_matrix
+from spd.harvest.schema import TABLES as HARVEST_TABLES
 from spd.models import MaskInfo, load_decomposition
 from spd.shard_checksums import write_checksum
 from stages.attributions import STAGE, AttributionsConfig
@@ -268,21 +269,22 @@ def test_merge_names_missing_shards_and_refuses_zero_tokens(decomposition: Path,
 # --- alive masks ---------------------------------------------------------------------------------------
 
 
-def _harvest_store(
-    path: Path, rows: list[tuple], columns: str = "module VARCHAR, component INTEGER, density DOUBLE"
-) -> None:
+def _harvest_store(path: Path, rows: list[tuple[str, int, float]], n_tokens: int = 1000) -> None:
+    """A harvest store with spd/harvest's own `components` table (all the alive reader needs); rows are
+    (module, index in the module, firing density), the flat index is the row's position."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
-    con.execute(f"CREATE TABLE components ({columns})")
-    con.executemany(f"INSERT INTO components VALUES ({', '.join('?' for _ in rows[0])})", rows)
-    con.close()
+    with duckdb.connect(str(path)) as con:
+        con.execute(HARVEST_TABLES["components"])
+        con.executemany(
+            "INSERT INTO components VALUES (?, ?, ?, ?, ?, ?, 0, NULL, 0, NULL, 0, 0, 0)",
+            [(flat, f"{m}:{i}", m, i, round(d * n_tokens), d) for flat, (m, i, d) in enumerate(rows)],
+        )
 
 
 def test_alive_masks_from_harvest_drop_dead_components(decomposition: Path, tmp_path: Path) -> None:
     dead_up, dead_down = {0, 1, 2}, {5}
     rows = [(UP, c, 0.0 if c in dead_up else 0.2) for c in range(16)]
     rows += [(DOWN, c, 0.0 if c in dead_down else 0.1) for c in range(16) if c != 9]  # 9: no row -> dead
-    rows[3] = (UP, 3, None)  # NULL density (not measured) -> alive
     harvest = tmp_path / "harvest_out"
     _harvest_store(harvest / "harvest.duckdb", rows)
     before = _digests(harvest)
@@ -305,9 +307,9 @@ def test_alive_masks_from_harvest_drop_dead_components(decomposition: Path, tmp_
         assert store.top_sources(f"{DOWN}:0", k=3, kinds=("component",))  # alive ones still have edges
 
 
-def test_alive_reader_accepts_other_spellings_and_rejects_unknown_modules(tmp_path: Path) -> None:
+def test_alive_reader_thresholds_densities_and_rejects_a_mismatched_harvest(tmp_path: Path) -> None:
     db = tmp_path / "h" / "harvest.duckdb"
-    _harvest_store(db, [("a", 0, 0.5), ("a", 1, 0.0)], "layer VARCHAR, component_idx BIGINT, firing_density DOUBLE")
+    _harvest_store(db, [("a", 0, 0.5), ("a", 1, 0.0)])
     masks = alive_from_harvest(db, {"a": 3})
     assert masks.alive == {"a": [True, False, False]} and masks.density == {"a": [0.5, 0.0, None]}
     assert alive_from_harvest(db, {"a": 2}, min_density=0.6).alive == {"a": [False, False]}
@@ -315,14 +317,9 @@ def test_alive_reader_accepts_other_spellings_and_rejects_unknown_modules(tmp_pa
         alive_from_harvest(db, {"a": 2, "b": 4})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         alive_from_harvest(tmp_path / "nope.duckdb", {"a": 2})
-    # spd/harvest's layout: `component` is a flat index across modules, `layer_index` the index in the module
+    # the index within the module (layer_index) counts, not the flat index across modules (component)
     flat = tmp_path / "flat" / "harvest.duckdb"
-    columns = "component INTEGER, key VARCHAR, layer VARCHAR, layer_index INTEGER, firing_density DOUBLE"
-    _harvest_store(
-        flat,
-        [(0, "a:0", "a", 0, 0.0), (1, "a:1", "a", 1, 0.3), (2, "b:0", "b", 0, 0.2), (3, "b:1", "b", 1, 0.0)],
-        columns,
-    )
+    _harvest_store(flat, [("a", 0, 0.0), ("a", 1, 0.3), ("b", 0, 0.2), ("b", 1, 0.0)])
     assert alive_from_harvest(flat, {"a": 2, "b": 2}).alive == {"a": [False, True], "b": [True, False]}
     _harvest_store(tmp_path / "bad" / "harvest.duckdb", [("a", 5, 0.1)])
     with pytest.raises(ValueError, match="outside their module's range"):

@@ -18,6 +18,7 @@ from spd.attributions.store import AttributionsStore
 from spd.harvest import HarvestStore
 from spd.interp.results import ResultJournal, ResultRow
 from spd.report import ReportOptions, build_report, gather_report
+from spd.report import data as report_data
 from spd.report.harvest_data import quantize_ci
 from spd.report.render import render_html, unpack
 from tests.test_report_support import browser, make_synthetic_run, screenshot  # noqa: F401 - pytest fixture
@@ -162,6 +163,21 @@ def test_unreadable_store_is_reported_in_place(tmp_path: Path) -> None:
     assert model["sections"]["autointerp"]["reason"].startswith("cannot read: ")
     assert [r[0] for r in model["rows"]] == run.alive  # the rest of the report is intact
     assert "cannot read: " in render_html(model)
+
+
+def test_a_reader_bug_is_raised_not_shown_as_an_unreadable_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only damaged or foreign stores become "cannot read"; a KeyError or TypeError of a reader must surface."""
+    run = make_synthetic_run(tmp_path / "bug", stores=("decompose", "harvest", "autointerp"))
+    for bug in (KeyError("label"), TypeError("'NoneType' object is not subscriptable")):
+
+        def read_labels(out_dir: Path | None, bug: Exception = bug) -> None:
+            raise bug
+
+        monkeypatch.setattr(report_data, "read_labels", read_labels)
+        with pytest.raises(type(bug)):
+            gather_report(run.root, run.status)
 
 
 def test_hostile_labels_and_tokens_stay_text(tmp_path: Path) -> None:

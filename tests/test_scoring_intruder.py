@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,15 +20,15 @@ import pytest
 from spd.harvest.store import HarvestStore
 from spd.interp.results import iter_rows
 from spd.interp.scoring import IntruderSettings, ScoreStore, run_intruder
-from spd.interp.scoring.intruder import DensityMatch, DonorIndex, DonorOutsideToleranceError
+from spd.interp.scoring.intruder import DensityMatch, DonorIndex
 from stages.base import StageContext
 from stages.intruder import STAGE as INTRUDER
 from stages.intruder import IntruderConfig
+from tests.journal_kill import sigkill_once_saved
 from tests.llm_server import LLMTestServer
 from tests.lm_fixtures import build_tiny_lm_decomposition
 from tests.test_scoring import build_harvest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "SPD_SCORING_TEST_KEY"
 QUIET = {"progress": False}
 
@@ -103,11 +99,21 @@ def test_quantile_donors_are_within_the_window_and_no_tolerance_means_no_random_
 
     with HarvestStore.open(harvest) as store:
         index = DonorIndex(store, "uniform", DensityMatch(rel_tol=0.1))
-        dense, sparse = summaries[0], min(summaries, key=lambda s: s.firing_density if s.n_examples else 2.0)
+        dense = summaries[0]
         far = max(summaries, key=lambda s: abs(s.firing_density - dense.firing_density))
-        with pytest.raises(DonorOutsideToleranceError):
-            index.check(dense, far)
-        assert all(index.within(sparse, d) for d in index.donors(sparse))
+        assert far.component not in {d.component for d in index.donors(dense)}
+        n_with_donors = 0
+        for c in summaries:  # exactly the components the rule admits, computed here independently
+            expected = [
+                s.component
+                for s in summaries
+                if s.n_examples > 0
+                and s.component != c.component
+                and abs(s.firing_density - c.firing_density) <= 0.1 * c.firing_density
+            ]
+            assert [d.component for d in index.donors(c)] == expected, c.key
+            n_with_donors += bool(expected)
+        assert n_with_donors > 0
 
 
 def _answer_one(key: str, prompt: str) -> str:
@@ -143,34 +149,11 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMTestServer]:
         yield srv
 
 
-def _saved(journal: Path) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in journal.glob("part-*.jsonl"))
-
-
 def test_sigkill_mid_run_then_rerun_loses_nothing_and_repeats_no_request(
     harvest: Path, server: LLMTestServer, tmp_path: Path
 ) -> None:
     out_dir, journal = tmp_path / "out", tmp_path / "out/llm"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.test_scoring_intruder", str(harvest), str(out_dir), server.openai_base_url],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while _saved(journal) < 20:
-            assert child.poll() is None, f"child ended early: {child.stderr.read() if child.stderr else ''}"
-            assert time.monotonic() < deadline, "child saved nothing within 60 s"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == -signal.SIGKILL
+    sigkill_once_saved(["tests.test_scoring_intruder", str(harvest), str(out_dir), server.openai_base_url], journal, 20)
     assert not (out_dir / "intruder.duckdb").exists()  # killed before the store: nothing half-written
     before = [row for row in iter_rows(journal) if row.status == "ok"]
     assert len(before) >= 20

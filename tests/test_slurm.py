@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 
 from pipeline import orchestrator
 from pipeline.dag import Plan, PlannedStage
+from pipeline.errors import UserError
 from pipeline.executors import slurm as slurm_executor
 from pipeline.executors.base import TaskView
 from pipeline.executors.slurm import (
@@ -176,6 +178,53 @@ def test_huge_stages_are_split_into_arrays_below_max_array_size_and_the_merge_wa
         (["merge"], "merge", "afterok:101:102:103"),
     ]
     assert final == "104"
+
+
+class _FakeSbatch:
+    """Stands in for submitit's executor: queues arrays as job 41, refuses merge jobs when told to."""
+
+    def __init__(self, folder: Path, params: dict[str, Any], refuse: str) -> None:
+        self.folder, self.refused = folder, params["job_name"].endswith(refuse)
+
+    def map_array(self, fn: Callable[..., Any], tasks: list[StageTask]) -> list[SimpleNamespace]:
+        if self.refused:
+            raise RuntimeError("sbatch: error: invalid partition specified")
+        return [
+            SimpleNamespace(job_id=f"41_{i}", paths=SimpleNamespace(stdout=self.folder / f"41_{i}.out"))
+            for i in range(len(tasks))
+        ]
+
+
+@pytest.mark.parametrize(("refuse", "rolled_back"), [(".merge", [["s"]]), (".s", [])])
+def test_a_refused_sbatch_cancels_whatever_the_launch_queued_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refuse: str, rolled_back: list[list[str]]
+) -> None:
+    """The first stage's array queued, then its merge job refused: the array must not stay queued
+    alone. When the very first sbatch is refused this launch queued nothing, so nothing is
+    cancelled, whatever an earlier attempt (job 40) left in jobs.jsonl."""
+    planned = PlannedStage(
+        name="s",
+        module="m",
+        config={},
+        upstreams=(),
+        external={},
+        key="k",
+        seed=0,
+        num_tasks=2,
+        resources=Resources(),
+        merge_resources=Resources(),
+    )
+    run = RunDir(tmp_path / "run")
+    earlier = {"executor": "slurm", "job_name": "run.s", "submission": "1-tasks", "attempt": 1, "tasks": ["0"]}
+    run.record_job("s", {**earlier, "event": "submitted", "job_id": "40", "task_jobs": {"0": "40"}})
+    executor = SlurmExecutor(snapshot=tmp_path)
+    monkeypatch.setattr(executor, "_executor", lambda folder, params: _FakeSbatch(folder, params, refuse))
+    cancelled: list[list[str]] = []
+    monkeypatch.setattr(executor, "cancel", lambda run, plan, stages: cancelled.append(list(stages)) or [])
+    with pytest.raises(UserError, match="sbatch refused stage 's'"):
+        executor.launch(run, Plan({"s": planned}), {"s": [0, 1]}, wait=False)
+    assert cancelled == rolled_back
+    assert read_stage_jobs(run, "s").job_ids == (["40", "41"] if rolled_back else ["40"])
 
 
 def test_worker_setup_puts_the_snapshot_before_the_callers_path(tmp_path: Path) -> None:

@@ -9,13 +9,38 @@ import pytest
 import torch
 
 from spd.models import load_decomposition
-from spd.targets import DegenerateTargetError, TMSModel, TMSTargetConfig, train_target
+from spd.targets import DegenerateTargetError, TMSModel, TMSTargetConfig, feature_check, train_target
 from spd.train import SPDConfig, decompose
 
 
 def test_untrained_target_is_rejected_with_clear_message() -> None:
     with pytest.raises(DegenerateTargetError, match="represents every feature"):
         train_target(TMSTargetConfig(train_steps=0, seed_search=2), log=lambda _: None)
+
+
+def _tms_with_columns(w: torch.Tensor) -> TMSModel:
+    """A TMS target whose linear1 columns (feature directions) are `w`'s columns, zero bias."""
+    n_hidden, n_features = w.shape
+    model = TMSModel(TMSTargetConfig(n_features=n_features, n_hidden=n_hidden, bias_init="zero"))
+    with torch.no_grad():
+        model.linear1.weight.copy_(w)
+    return model
+
+
+def test_feature_check_is_one_sided_and_needs_the_other_outputs_near_zero() -> None:
+    # Orthogonal directions of squared norm 0.8: output_i = 0.6 on 0.75·e_i, like a trained 40-10 in
+    # superposition (0.58-0.63), 0 elsewhere. The reference's |v - 0.75| <= 0.1 would reject it; it is represented.
+    assert feature_check(_tms_with_columns(0.8**0.5 * torch.eye(3)), 0.5) == []
+    assert feature_check(_tms_with_columns(0.8**0.5 * torch.eye(3)), 0.9) == [0, 1, 2]  # 0.6 < 0.9·0.75
+    dropped = torch.eye(3)
+    dropped[:, 1] = 0.0  # a feature the target dropped: output_1 = 0
+    assert feature_check(_tms_with_columns(dropped), 0.5) == [1]
+    shared = torch.eye(3)
+    shared[:, 2] = shared[:, 0]  # features 0 and 2 share a direction: each probe lights the other up fully
+    assert feature_check(_tms_with_columns(shared), 0.5) == [0, 2]
+    leaky = torch.eye(3)
+    leaky[1, 0] = 0.6  # 0.75·e_0 also gives output_1 = 0.45 > 0.375, and (Wᵀ W is symmetric) 0.75·e_1 output_0
+    assert feature_check(_tms_with_columns(leaky), 0.5) == [0, 1]
 
 
 def test_tms_id_variant_has_fixed_identity_and_tied_linear2() -> None:

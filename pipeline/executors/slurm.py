@@ -404,6 +404,7 @@ class SlurmExecutor:
         self.snapshot = snapshot  # None for read-only uses (status, cancel)
         self.console = console or Console(stderr=True)
         self._last: _Snapshot | None = None
+        self.queued: list[str] = []  # job ids the current launch has queued (what a roll-back cancels)
 
     # --- launch ---------------------------------------------------------------------------
     def launch(self, run: RunDir, plan: Plan, work: dict[str, list[int]], wait: bool) -> bool:
@@ -413,6 +414,7 @@ class SlurmExecutor:
             sbatch_parameters(plan.stages[name].merge_resources, name, None)
         final_jobs: dict[str, str] = {}
         attempted: list[str] = []
+        self.queued = []
         for name in plan.order():
             if name not in work:
                 continue
@@ -421,7 +423,7 @@ class SlurmExecutor:
                 after = self._upstream_jobs(run, plan, name, final_jobs)
                 final_jobs[name] = self.submit_stage(run, plan, name, work[name], after)
             except Exception:
-                if final_jobs:  # something is queued already
+                if self.queued:  # not final_jobs: a stage's array may be queued when its merge job fails
                     self._roll_back(run, plan, attempted)
                 raise
         return self._wait(run, plan, work) if wait else True
@@ -512,6 +514,7 @@ class SlurmExecutor:
             run.record_job(stage, {"event": "submit_failed", **record, "error": str(e)[-2000:]})
             raise UserError(f"sbatch refused stage {stage!r} ({record['submission']}): {str(e).strip()[-1000:]}") from e
         job_id = master_id(str(jobs[0].job_id))
+        self.queued.append(job_id)
         task_jobs = {t.label: str(j.job_id) for t, j in zip(tasks, jobs, strict=True)}
         logs = {t.label: os.path.relpath(j.paths.stdout, stage_dir) for t, j in zip(tasks, jobs, strict=True)}
         run.record_job(stage, {"event": "submitted", **record, "job_id": job_id, "task_jobs": task_jobs, "logs": logs})

@@ -64,10 +64,6 @@ class Layout:
         connected = {s for s, t in self.connections if t == target.key}
         return [s for s in self.sources if s.key in connected]
 
-    def targets_of(self, source: Layer) -> list[Layer]:
-        connected = {t for s, t in self.connections if s == source.key}
-        return [t for t in self.targets if t.key in connected]
-
     def alive_mask(self, layer: Layer) -> Tensor:
         """Bool mask over the layer's nodes: components from the alive masks, tokens and outputs all alive."""
         if layer.kind == "component":

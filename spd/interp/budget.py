@@ -34,9 +34,6 @@ class Budget:
         self.n_in_flight = 0
         self._waiters: list[asyncio.Future[None]] = []
 
-    def remaining(self) -> float | None:
-        return None if self.limit is None else self.limit - self.spent - self.reserved
-
     def exhausted_for(self, amount: float) -> bool:
         """True when `amount` can never fit again, whatever the requests in flight turn out to cost."""
         return self.limit is not None and self.spent + amount > self.limit + _EPS

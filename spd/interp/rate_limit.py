@@ -62,9 +62,6 @@ class PauseGate:
         self.n_pauses += 1
         self.resume_at = max(self.resume_at, self._clock() + seconds)
 
-    def remaining(self) -> float:
-        return max(0.0, self.resume_at - self._clock())
-
     async def wait(self) -> None:
         while (delay := self.resume_at - self._clock()) > 0:
             await asyncio.sleep(delay)

@@ -31,9 +31,11 @@ from spd.report.locate import LLM_STAGES, SPD_STAGES, RunLayout
 from spd.report.options import ReportOptions
 
 REPORT_FORMAT = "spd-report/1"
-# What reading a store can raise when it is damaged, of another format, or from another version of a stage:
-# the report shows it in place of that store's data instead of failing.
-READ_ERRORS: tuple[type[BaseException], ...] = (duckdb.Error, OSError, ValueError, KeyError, TypeError)
+# What reading a store can raise when it is damaged, of another format, or from another version of a stage
+# (DuckDB's errors, the file system's, and the stores' own format errors, which are ValueErrors: "not an
+# attributions store", a JSON column that does not parse): the report shows it in place of that store's
+# data instead of failing. Anything else (KeyError, TypeError, ...) is a bug of a reader and must surface.
+READ_ERRORS: tuple[type[BaseException], ...] = (duckdb.Error, OSError, ValueError)
 T = TypeVar("T")
 COLUMNS: list[dict[str, str]] = [
     {"id": "key", "title": "component", "type": "text"},

@@ -11,15 +11,16 @@ away. The reference matched firing densities (~1e-4..1e-2) with an absolute tole
 admits nearly every component, i.e. random donors. Here either
 - `relative`: |d_donor - d| <= rel_tol * d, or
 - `quantile`: the donor's density quantile among all components with examples is within
-  `quantile_window` of the component's,
-and every donor used is checked against the rule (`DonorOutsideToleranceError` otherwise). A component
+  `quantile_window` of the component's.
+Each rule is written once: `relative` is HarvestStore.density_matched_components (SQL), `quantile` is
+DonorIndex.donors; a component's donors are drawn only from the list that rule returns. A component
 without any donor inside the tolerance is not scored (its row says so); it never falls back to random donors.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -48,10 +49,6 @@ from spd.interp.tasks import WorkItem
 KIND = "intruder"
 PROMPT_VERSION = "intruder-v1"
 DONOR_CACHE = 1024
-
-
-class DonorOutsideToleranceError(AssertionError):
-    """A donor was about to be used whose density is outside the stated tolerance (a bug, never data)."""
 
 
 class DensityMatch(BaseModel):
@@ -88,9 +85,10 @@ class DonorIndex:
         self.match = match
         count = (lambda s: s.n_examples) if kind == "uniform" else (lambda s: s.n_top_examples)
         self.eligible = {s.component: s for s in harvest.summaries() if count(s) > 0}
-        self._examples: OrderedDict[int, list[ActivationExample]] = OrderedDict()
         self.n_examples = {c: count(s) for c, s in self.eligible.items()}
         self._sorted = sorted(s.firing_density for s in self.eligible.values())
+        # donors' example lists, fetched whole and kept for the most recently used DONOR_CACHE donors
+        self._examples = functools.lru_cache(maxsize=DONOR_CACHE)(lambda donor: harvest.examples(donor, kind))
 
     def quantile(self, density: float) -> float:
         """Mid-rank quantile of a density among the eligible components (ties share one quantile)."""
@@ -100,51 +98,30 @@ class DonorIndex:
         lo, hi = bisect.bisect_left(self._sorted, density), bisect.bisect_right(self._sorted, density)
         return ((lo + hi - 1) / 2) / (n - 1)
 
-    def within(self, component: ComponentSummary, donor: ComponentSummary) -> bool:
-        """The matching rule, as the check applied to every donor used."""
-        if donor.component == component.component:
-            return False
-        if self.match.exclude_same_layer and donor.layer == component.layer:
-            return False
-        if self.match.mode == "relative":
-            return abs(donor.firing_density - component.firing_density) <= self.match.rel_tol * component.firing_density
-        gap = abs(self.quantile(donor.firing_density) - self.quantile(component.firing_density))
-        return gap <= self.match.quantile_window + 1e-12
-
     def donors(self, component: ComponentSummary) -> list[ComponentSummary]:
-        """Every eligible donor of `component`, in flat order."""
-        if self.match.mode == "relative":
+        """Every eligible donor of `component` under the matching rule, in flat order: the only list donors
+        are drawn from."""
+        match = self.match
+        if match.mode == "relative":
             ids = self.harvest.density_matched_components(
-                component.component, self.match.rel_tol, self.match.exclude_same_layer, self.kind
+                component.component, match.rel_tol, match.exclude_same_layer, self.kind
             )
-            found = [self.eligible[c] for c in ids if c in self.eligible]
-        else:
-            found = [s for s in self.eligible.values() if self.within(component, s)]
-        for donor in found:
-            self.check(component, donor)
-        return sorted(found, key=lambda s: s.component)
+            return [self.eligible[c] for c in ids]
+        q = self.quantile(component.firing_density)
+        return [
+            s
+            for s in self.eligible.values()
+            if s.component != component.component
+            and not (match.exclude_same_layer and s.layer == component.layer)
+            and abs(self.quantile(s.firing_density) - q) <= match.quantile_window + 1e-12
+        ]
 
     def example(self, donor: int, rank: int) -> ActivationExample:
-        """A donor's example; donors' example lists are fetched whole and kept for the most recent 1024."""
-        examples = self._examples.get(donor)
-        if examples is None:
-            examples = self.harvest.examples(donor, self.kind)
-            self._examples[donor] = examples
-            if len(self._examples) > DONOR_CACHE:
-                self._examples.popitem(last=False)
-        else:
-            self._examples.move_to_end(donor)
-        example = examples[rank]
+        """A donor's example of rank `rank`."""
+        example = self._examples(donor)[rank]
         if example.rank != rank:  # ranks are 0..n-1 in order (HarvestStore.examples); never pick a wrong one
             raise LookupError(f"component {donor}: example at index {rank} has rank {example.rank}")
         return example
-
-    def check(self, component: ComponentSummary, donor: ComponentSummary) -> None:
-        if not self.within(component, donor):
-            raise DonorOutsideToleranceError(
-                f"donor {donor.key} (density {donor.firing_density:.3g}) of {component.key} (density "
-                f"{component.firing_density:.3g}) is outside the {self.match.mode} tolerance {self.match}"
-            )
 
 
 def intruder_prompt(item: IntruderInput) -> str:
@@ -186,7 +163,6 @@ def intruder_items(
             rng = trial_rng(KIND, seed, summary.key, t)
             real = rng.sample(examples, settings.n_real)
             donor = rng.choice(donors)
-            index.check(summary, donor)
             intruder = crop_window(
                 index.example(donor.component, rng.randrange(index.n_examples[donor.component])),
                 settings.context_tokens,
