@@ -7,6 +7,7 @@
 
 Throughput: the same batches (already on the device) go through
 - bare: the target forward + the CI functions (`ActivationReader.bare_forward`), nothing else;
+- read: what the harvest reads of a batch (bare + component activations + the target's top-m predictions);
 - harvest: what a harvest task does per batch (forward, CI, component activations, top-m predictions, every
   accumulator and both example sets), plus writing the shard's contents out at the end;
 each timed `--repeats` times after a warm-up, in this one process; tokens/s and their ratio are printed.
@@ -87,17 +88,22 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int) -> 
         for _, tokens, _ in batches:
             reader.bare_forward(tokens)
 
+    def read() -> None:  # what the harvest reads of each batch, before any accumulation
+        for _, tokens, _ in batches:
+            reader(tokens)
+
     def harvest() -> None:
         acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, 0, device)
         for index, tokens, starts in batches:
             acc.process(index, starts, spec.seq_len, reader(tokens))
         acc.to_shard({})
 
-    times: dict[str, list[float]] = {"bare": [], "harvest": []}
-    for fn in (bare, harvest):  # warm-up (kernels, allocator, caches)
+    variants = {"bare": bare, "read": read, "harvest": harvest}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up (kernels, allocator, caches)
         fn()
     for _ in range(repeats):
-        for name, fn in (("bare", bare), ("harvest", harvest)):
+        for name, fn in variants.items():
             _sync(device)
             t = time.perf_counter()
             fn()
@@ -110,6 +116,7 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int) -> 
         "vocab": corpus.vocab_size,
         "tokens": n_tokens,
         "bare_tokens_per_s": n_tokens / median["bare"],
+        "read_tokens_per_s": n_tokens / median["read"],
         "harvest_tokens_per_s": n_tokens / median["harvest"],
         "ratio": median["bare"] / median["harvest"],
         "times": times,
@@ -183,6 +190,7 @@ def report_throughput(decomposition: Path, r: dict) -> None:
         f"{r['tokens']} tokens per pass, threads {torch.get_num_threads()}"
     )
     print(f"  bare forward (target + CI functions): {r['bare_tokens_per_s']:>12,.0f} tokens/s")
+    print(f"  ... + component acts, top-m outputs:  {r['read_tokens_per_s']:>12,.0f} tokens/s")
     print(f"  harvest task loop:                    {r['harvest_tokens_per_s']:>12,.0f} tokens/s")
     print(f"  ratio harvest / bare:                 {r['ratio']:.3f}   (goal >= 0.6)")
     print(f"  seconds per pass: {json.dumps({k: [round(x, 3) for x in v] for k, v in r['times'].items()})}")

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from spd.data.batches import BatchConfig, BatchStream
-from spd.harvest import HarvestSettings, HarvestStore, ShardMissingError, merge_harvest, run_harvest_task
+from spd.harvest import HarvestSettings, HarvestStore, ShardMissingError, counters, merge_harvest, run_harvest_task
 from spd.harvest.activations import ActivationReader
-from spd.harvest.counters import DenseCounter, SparseCounter
+from spd.harvest.counters import DenseCounter, DenseTokenFiringCounter, SparseCounter, SparseTokenFiringCounter
 from spd.harvest.data import CorpusSlice
 from spd.harvest.keys import firing_keys, firing_keys_py, hash64, hash64_py, magnitude_keys
 from spd.harvest.planted import feature_token_sets, match_rate, planted_feature_matches
@@ -117,6 +117,27 @@ def test_counters_count_exactly(make) -> None:
     assert counter.keys().tolist() == sorted(truth)
 
 
+@pytest.mark.parametrize("counter_class", [DenseTokenFiringCounter, SparseTokenFiringCounter])
+def test_token_firing_counters_count_exactly(counter_class, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways of counting (component, token) firings agree with a plain loop, across float32 flushes."""
+    monkeypatch.setattr(counters, "EXACT_FP32_LIMIT", 100)  # flush the dense float32 window every few batches
+    gen = torch.Generator().manual_seed(3)
+    C, V, m = 7, 11, 2
+    counter = counter_class(C, V)
+    truth: Counter[tuple[int, int]] = Counter()
+    for _ in range(25):
+        n = int(torch.randint(1, 30, (1,), generator=gen))
+        firing = torch.rand(n, C, generator=gen) < 0.3
+        tokens = torch.stack([torch.randperm(V, generator=gen)[:m] for _ in range(n)])  # m distinct per position
+        row, comp = firing.nonzero(as_tuple=True)
+        counter.add(tokens, firing.float(), row, comp)
+        for r, c in zip(row.tolist(), comp.tolist(), strict=True):
+            truth.update((c, t) for t in tokens[r].tolist())
+    keys = counter.keys().tolist()
+    assert keys == sorted(c * V + t for c, t in truth)
+    assert dict(zip(keys, counter.counts().tolist(), strict=True)) == {c * V + t: n for (c, t), n in truth.items()}
+
+
 def _rows(keys: torch.Tensor, tag: torch.Tensor, window: int = 3) -> ExampleRows:
     n = keys.numel()
     return ExampleRows(
@@ -151,6 +172,9 @@ def test_selection_keeps_the_k_smallest_keys_per_component_and_merges_exactly() 
 
         parts[step % 2].offer(comp, keys, fetch)
         assert len(fetched) == len(set(fetched))  # a candidate's window is extracted at most once
+        # ... and only when it is among the k smallest keys its component got in this offer
+        for i in fetched:
+            assert int(((comp == comp[i]) & (keys < keys[i])).sum()) < k
         everything += list(zip(comp.tolist(), keys.tolist(), tags.tolist(), strict=True))
     merged = ExampleSelection(C, k, 3)
     for part in parts:

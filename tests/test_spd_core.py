@@ -132,3 +132,28 @@ def test_spd_imports_neither_pipeline_nor_stages() -> None:
         text = path.read_text()
         for bad in ("import pipeline", "from pipeline", "import stages", "from stages"):
             assert bad not in text, f"{path} contains {bad!r}"
+
+
+@pytest.mark.parametrize("kind", ["mlp", "vector_mlp"])
+def test_ci_fns_compute_all_zero_rows_once_with_identical_values_and_gradients(kind: str) -> None:
+    """Sparse toy inputs: all-zero rows go through the per-subcomponent MLPs once; nothing else changes."""
+    from spd.models.ci_fns import make_ci_fn
+
+    torch.manual_seed(0)
+    C, d = 6, 4
+    fn = make_ci_fn(kind, C, d, [5]).double()
+    x = torch.randn(2, 100, C if kind == "mlp" else d, dtype=torch.float64)
+    x[:, torch.randperm(100)[:70]] = 0.0
+    x.requires_grad_(True)
+    seen: list[int] = []
+    plain = fn._mlp
+    fn._mlp = lambda rows: (seen.append(rows.reshape(-1, rows.shape[-1]).shape[0]), plain(rows))[1]
+    out = fn(x)
+    assert seen == [2 * 30 + 1]  # the non-zero rows plus one zero row
+    expected = plain(x)
+    assert torch.equal(out, expected)
+    params = [x, *fn.parameters()]
+    got = torch.autograd.grad((out * expected.detach()).sum(), params)
+    want = torch.autograd.grad((expected * expected.detach()).sum(), params)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)

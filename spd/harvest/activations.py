@@ -76,7 +76,8 @@ class ActivationReader:
             comp_acts = self.model.components(span.name).component_acts(x).float()
             act_parts.append(comp_acts * self.u_norms[span.name])
             ci_parts.append(ci[span.name].float())
-        top_next = logits.float().topk(self.output_top_m, dim=-1).indices
+        # unsorted: the statistics count membership in the top m, and skipping the sort saves ~20% of the top-k
+        top_next = logits.float().topk(self.output_top_m, dim=-1, sorted=False).indices
         return BatchActivations(
             tokens=tokens,
             ci=torch.cat(ci_parts, dim=-1),

@@ -10,7 +10,8 @@ zeros). How they hold counts while accumulating differs:
 - DenseCounter holds a flat int64 table of all n_keys and adds with index_add_: O(n) per batch, much faster
   (no sort), and used when the table is small (`make_counter`, below DENSE_LIMIT keys: 128 MB).
 
-The merge uses SparseCounter to sum shards.
+The merge uses SparseCounter to sum shards. A harvest task counts (component, token) firings with the
+TokenFiringCounter pair at the end of this module, which take the batch's firing rows rather than keys.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 DENSE_LIMIT = 1 << 24  # keys; a dense int64 table up to 128 MB
+EXACT_FP32_LIMIT = 1 << 24  # integers up to this are exact in float32
 
 
 class SparseCounter:
@@ -92,3 +94,70 @@ class DenseCounter:
 def make_counter(n_keys: int, device: torch.device | str = "cpu") -> SparseCounter | DenseCounter:
     """A dense counter when n_keys is small enough, else a sparse one."""
     return DenseCounter(n_keys, device) if n_keys <= DENSE_LIMIT else SparseCounter(device)
+
+
+class DenseTokenFiringCounter:
+    """(component, token) firing counts for a task, added row-wise: one index_add_ of the batch's [N, C] firing
+    rows into a [V, C] table per token column, instead of one scattered add per firing (~10x faster on CPU).
+
+    The table is float32 for speed and exact: a batch adds at most N to an entry (a position's m predicted
+    tokens are distinct), so it is flushed into an int64 total before it could pass 2**24.
+    """
+
+    def __init__(self, n_components: int, vocab_size: int, device: torch.device | str = "cpu") -> None:
+        self.C, self.V = n_components, vocab_size
+        self.window = torch.zeros((vocab_size, n_components), dtype=torch.float32, device=device)
+        self.total = torch.zeros((vocab_size, n_components), dtype=torch.int64, device=device)
+        self._window_bound = 0  # the largest value an entry of `window` can hold now
+
+    def add(self, token_ids: Tensor, firing_rows: Tensor, fired_row: Tensor, fired_comp: Tensor) -> None:
+        """token_ids [N, m]: the m distinct tokens of each position; firing_rows [N, C] float32 0/1; the firings
+        as (fired_row, fired_comp) pairs (what the sparse counter reads)."""
+        n = token_ids.shape[0]
+        if self._window_bound + n >= EXACT_FP32_LIMIT:
+            self._flush()
+        for j in range(token_ids.shape[1]):
+            self.window.index_add_(0, token_ids[:, j], firing_rows)
+        self._window_bound += n
+
+    def _flush(self) -> None:
+        self.total += self.window.round().to(torch.int64)
+        self.window.zero_()
+        self._window_bound = 0
+
+    def _by_key(self) -> Tensor:
+        """The counts as a flat table indexed by the composite key component * V + token."""
+        self._flush()
+        return self.total.T.reshape(-1)
+
+    def keys(self) -> Tensor:
+        return self._by_key().nonzero().squeeze(1)
+
+    def counts(self) -> Tensor:
+        table = self._by_key()
+        return table[table != 0]
+
+
+class SparseTokenFiringCounter:
+    """(component, token) firing counts for large C x V: one composite key per (firing, token), counted sparse."""
+
+    def __init__(self, n_components: int, vocab_size: int, device: torch.device | str = "cpu") -> None:
+        self.V = vocab_size
+        self.counter = SparseCounter(device)
+
+    def add(self, token_ids: Tensor, firing_rows: Tensor, fired_row: Tensor, fired_comp: Tensor) -> None:
+        self.counter.add(fired_comp.unsqueeze(1) * self.V + token_ids[fired_row])
+
+    def keys(self) -> Tensor:
+        return self.counter.keys()
+
+    def counts(self) -> Tensor:
+        return self.counter.counts()
+
+
+def make_token_firing_counter(
+    n_components: int, vocab_size: int, device: torch.device | str = "cpu"
+) -> DenseTokenFiringCounter | SparseTokenFiringCounter:
+    """Dense row-wise counting while a [V, C] table is small enough, sparse keys beyond."""
+    cls = DenseTokenFiringCounter if n_components * vocab_size <= DENSE_LIMIT else SparseTokenFiringCounter
+    return cls(n_components, vocab_size, device)

@@ -38,7 +38,7 @@ class ExampleRows:
     batch: Tensor  # [n] int64: global batch index
 
     def index(self, idx: Tensor) -> ExampleRows:
-        return ExampleRows(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+        return ExampleRows(**{f.name: getattr(self, f.name).index_select(0, idx) for f in fields(self)})
 
     def to(self, device: torch.device | str) -> ExampleRows:
         return ExampleRows(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -81,12 +81,19 @@ class ExampleSelection:
         if self.k == 0 or comp.numel() == 0:
             return
         comp, key = comp.to(self.device, torch.int64), key.to(self.device, torch.int64)
-        admitted = (key < self.threshold[comp]).nonzero().squeeze(1)
+        admitted = (key < self.threshold.index_select(0, comp)).nonzero().squeeze(1)
         if admitted.numel() == 0:
             return
+        comp_admitted, key_admitted = comp.index_select(0, admitted), key.index_select(0, admitted)
+        if int(torch.bincount(comp_admitted).max()) > self.k:
+            # only the k smallest keys of this offer can enter a component's selection: drop the rest before
+            # paying for their windows (while reservoirs fill, e.g. the first batch, that is most candidates)
+            order, rank = order_within_groups(comp_admitted, key_admitted)
+            keep = torch.sort(order[rank < self.k]).values
+            admitted, comp_admitted, key_admitted = admitted[keep], comp_admitted[keep], key_admitted[keep]
         rows = fetch(admitted).to(self.device)
-        rows.key = key[admitted]
-        self._pending.append((comp[admitted], rows))
+        rows.key = key_admitted
+        self._pending.append((comp_admitted, rows))
         self._pending_rows += admitted.numel()
         if self._pending_rows >= self.fold_size:
             self.fold()
@@ -114,11 +121,7 @@ class ExampleSelection:
         source = torch.cat(
             [torch.arange(k, device=self.device).repeat(A), torch.arange(comp_new.numel(), device=self.device)]
         )
-        by_key = torch.argsort(all_key, stable=True)
-        order = by_key[torch.argsort(all_comp[by_key], stable=True)]  # by component, then key
-        group_sizes = torch.unique_consecutive(all_comp[order], return_counts=True)[1]
-        group_starts = torch.cumsum(group_sizes, 0) - group_sizes
-        rank = torch.arange(order.numel(), device=self.device) - group_starts.repeat_interleave(group_sizes)
+        order, rank = order_within_groups(all_comp, all_key)
         kept = rank < k
         # per component, as many current slots fall out of the k smallest as newcomers get in; both lists are
         # grouped by component in the same order, so the i-th winner takes the i-th evicted slot
@@ -146,11 +149,16 @@ class ExampleSelection:
         """(component, rank, rows) of the filled slots, ordered by component, then key (rank 0 = smallest)."""
         self.fold()
         comp, slot = (self.rows.key != EMPTY_KEY).nonzero(as_tuple=True)
-        keys = self.rows.key[comp, slot]
-        by_key = torch.argsort(keys, stable=True)
-        order = by_key[torch.argsort(comp[by_key], stable=True)]
+        order, rank = order_within_groups(comp, self.rows.key[comp, slot])
         comp, slot = comp[order], slot[order]
-        sizes = torch.bincount(comp, minlength=self.C)
-        starts = torch.cumsum(sizes, 0) - sizes
-        rank = torch.arange(comp.numel(), device=self.device) - starts[comp]
         return comp, rank, ExampleRows(**{f.name: getattr(self.rows, f.name)[comp, slot] for f in fields(self.rows)})
+
+
+def order_within_groups(group: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+    """`order` sorts the items by group, then key (stable); rank[i] is item order[i]'s place within its group."""
+    by_key = torch.argsort(key, stable=True)
+    order = by_key[torch.argsort(group[by_key], stable=True)]
+    group_sizes = torch.unique_consecutive(group[order], return_counts=True)[1]
+    group_starts = torch.cumsum(group_sizes, 0) - group_sizes
+    rank = torch.arange(order.numel(), device=key.device) - group_starts.repeat_interleave(group_sizes)
+    return order, rank

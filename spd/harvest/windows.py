@@ -33,10 +33,15 @@ def extract_windows(
     offsets = torch.arange(-side, side + 1, device=tokens.device)
     positions = pos.unsqueeze(1) + offsets  # [n, W]
     inside = (positions >= 0) & (positions < S)
-    token_index = row.unsqueeze(1) * S + positions.clamp(0, S - 1)  # flat [B * S] index, 1-D gathers are cheapest
+    token_index = row.unsqueeze(1) * S + positions.clamp(0, S - 1)  # flat [B * S] index: 1-D gathers are cheapest
     value_index = token_index * C + comp.unsqueeze(1)
-    window_tokens = torch.where(inside, tokens.reshape(-1)[token_index], PAD_TOKEN).to(torch.int32)
+    window_tokens = torch.where(inside, _gather(tokens, token_index), PAD_TOKEN).to(torch.int32)
     zero = torch.zeros((), dtype=torch.float32, device=tokens.device)
-    window_ci = torch.where(inside, ci.reshape(-1)[value_index].float(), zero)
-    window_act = torch.where(inside, act.reshape(-1)[value_index].float(), zero)
+    window_ci = torch.where(inside, _gather(ci, value_index).float(), zero)
+    window_act = torch.where(inside, _gather(act, value_index).float(), zero)
     return Windows(window_tokens, window_ci, window_act)
+
+
+def _gather(values: Tensor, flat_index: Tensor) -> Tensor:
+    """values.reshape(-1)[flat_index] via index_select (several times faster than advanced indexing on CPU)."""
+    return values.reshape(-1).index_select(0, flat_index.reshape(-1)).view(flat_index.shape)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -53,6 +54,33 @@ class PlainLinear(nn.Module):
         return x @ self.W + self.b
 
 
+ZERO_ROW_SHARE = 0.5  # compute all-zero input rows once when at least this share of the rows is all zero
+
+
+def _zero_rows_once(mlp: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """mlp(x) with every all-zero row of x computed once: exactly the same values and gradients (up to
+    summation order), a fraction of the cost on sparse toy data.
+
+    Why: in TMS about 77% of samples are all-zero (5 features, each active with probability 0.05), so their
+    module inputs and component activations are exactly zero, and a per-row function maps them all to one
+    row. The per-subcomponent MLPs are ~85% of a TMS training step on CPU. Skipped on accelerators (finding
+    the rows needs a host sync, and the MLP is cheap there) and when too few rows are zero to pay back the
+    gather and scatter.
+    """
+    rows = x.reshape(-1, *x.shape[-1:]) if x.dim() != 2 else x
+    if x.device.type != "cpu" or rows.shape[0] < 64:
+        return mlp(x)
+    nonzero = rows.ne(0).any(dim=-1)
+    n_nonzero = int(nonzero.sum())
+    if rows.shape[0] - n_nonzero < ZERO_ROW_SHARE * rows.shape[0]:
+        return mlp(x)
+    idx = nonzero.nonzero().squeeze(1)
+    out = mlp(torch.cat([rows[idx], rows.new_zeros(1, rows.shape[-1])]))  # the zero row last
+    shared = out[-1:].expand(rows.shape[0], *out.shape[1:])
+    result = shared.index_copy(0, idx, out[:-1])  # differentiable in both: the zero row gets the rest's gradient
+    return result.reshape(*x.shape[:-1], *out.shape[1:])
+
+
 class MLPCiFn(nn.Module):
     """Per-subcomponent scalar MLP 1 -> hidden... -> 1 on h = xV (input: component activations)."""
 
@@ -67,6 +95,9 @@ class MLPCiFn(nn.Module):
         )
 
     def forward(self, h: Tensor) -> Tensor:
+        return _zero_rows_once(self._mlp, h)
+
+    def _mlp(self, h: Tensor) -> Tensor:
         x = h.unsqueeze(-1)
         for i, layer in enumerate(self.layers):
             x = layer(x)
@@ -90,6 +121,9 @@ class VectorMLPCiFn(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        return _zero_rows_once(self._mlp, x)
+
+    def _mlp(self, x: Tensor) -> Tensor:
         first = self.layers[0]
         y = torch.einsum("...i,cio->...co", x, first.W) + first.b
         for layer in self.layers[1:]:
