@@ -165,10 +165,15 @@ def start_run(
 
 def _start_locked(planned: PlannedRun, targets: list[str], force: bool, wait: bool | None) -> Launch:
     plan, run = planned.plan, planned.run
-    if run.exists():  # the executor that ran it last knows what is live, whatever the file says now
+    # The executor that ran it last knows what is live, whatever the file says now; the planned one is asked
+    # too when it differs. One query per distinct executor (each is a sacct call under SLURM).
+    executors: dict[str, dict[str, Any]] = {}
+    if run.exists():
         recorded = run.read_plan()
-        _assert_not_active(run, make_executor(recorded["executor"], recorded))
-    _assert_not_active(run, make_executor(planned.executor, {"local": planned.config.local.model_dump()}))
+        executors[recorded["executor"]] = recorded
+    executors.setdefault(planned.executor, {"local": planned.config.local.model_dump()})
+    for name, record in executors.items():
+        _assert_not_active(run, make_executor(name, record))
 
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.pipeline_yaml, planned.text)

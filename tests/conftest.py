@@ -1,4 +1,4 @@
-"""Shared fixtures: the test-only stage plugin, a pipeline-file writer and a CLI runner.
+"""Shared fixtures: the test-only stage plugin, a pipeline-file writer, a CLI runner and headless Chromium.
 
 The CLI is run as a real subprocess (`python run.py ...`) so exit codes, stdout/stderr and the
 absence of tracebacks are checked exactly as a user sees them.
@@ -61,3 +61,22 @@ def write_pipeline(path: Path, data: dict[str, Any]) -> Path:
 def _plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process tests see the test-only stages too."""
     monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGIN)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through chromedriver; skipped when absent, failed when absent under CI."""
+    from tests.report_support import chromium_executables, headless_chromium, missing_browser  # report tests only
+
+    reason = missing_browser()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the browser test: {reason}")
+        pytest.skip(reason)
+    executables = chromium_executables()
+    assert executables is not None
+    driver = headless_chromium(*executables)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -20,7 +20,7 @@ from spd.report.render import unpack
 from stages.report import build_report
 from tests.conftest import run_cli, write_pipeline
 from tests.lm_fixtures import tiny_lm_decompose_config
-from tests.test_report_support import browser, screenshot  # noqa: F401 - pytest fixture
+from tests.report_support import screenshot
 
 HARVEST = {
     "n_tasks": 2,
@@ -101,7 +101,7 @@ def test_report_embeds_one_row_per_alive_component_with_its_examples(pipeline_ru
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<link" not in page
 
 
-def test_report_page_in_headless_chromium(pipeline_run, browser) -> None:  # noqa: F811 - the fixture
+def test_report_page_in_headless_chromium(pipeline_run, browser) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait

@@ -1,4 +1,4 @@
-"""The report on synthetic runs (tests/test_report_support.py): every store present, stages missing or still
+"""The report on synthetic runs (tests/report_support.py): every store present, stages missing or still
 running, a harvest given from elsewhere, hostile text, and the page's sorting and filtering in Chromium.
 
 The report reads lists for all components in bulk SQL instead of the stores' per-component calls; these tests
@@ -21,7 +21,7 @@ from spd.report import ReportOptions, build_report, gather_report
 from spd.report import data as report_data
 from spd.report.harvest_data import quantize_ci
 from spd.report.render import render_html, unpack
-from tests.test_report_support import browser, make_synthetic_run, screenshot  # noqa: F401 - pytest fixture
+from tests.report_support import make_synthetic_run, screenshot
 
 
 def _script(page: str, element_id: str) -> str:
@@ -210,7 +210,7 @@ def test_quantized_ci_keeps_the_firing_side() -> None:
         assert np.abs(q - 100 * ci).max() <= 1.5
 
 
-def test_sort_filter_and_hostile_text_in_chromium(tmp_path: Path, browser) -> None:  # noqa: F811
+def test_sort_filter_and_hostile_text_in_chromium(tmp_path: Path, browser) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait

@@ -144,10 +144,9 @@ def test_sbatch_parameters_come_from_resources_and_always_kill_on_invalid_depend
     assert dependency_spec(["12_3", "12_4", "9"]) == "afterok:9:12"
 
 
-def test_huge_stages_are_split_into_arrays_below_max_array_size_and_the_merge_waits_for_all(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    planned = PlannedStage(
+def _sharded_stage(num_tasks: int) -> PlannedStage:
+    """A planned stage 's' with num_tasks array tasks and a merge, default resources."""
+    return PlannedStage(
         name="s",
         module="m",
         config={},
@@ -155,10 +154,16 @@ def test_huge_stages_are_split_into_arrays_below_max_array_size_and_the_merge_wa
         external={},
         key="k",
         seed=0,
-        num_tasks=5,
+        num_tasks=num_tasks,
         resources=Resources(),
         merge_resources=Resources(),
     )
+
+
+def test_huge_stages_are_split_into_arrays_below_max_array_size_and_the_merge_waits_for_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planned = _sharded_stage(5)
     calls: list[tuple[list[str], str, str | None]] = []
 
     def fake_submit(
@@ -202,18 +207,7 @@ def test_a_refused_sbatch_cancels_whatever_the_launch_queued_before_it(
     """The first stage's array queued, then its merge job refused: the array must not stay queued
     alone. When the very first sbatch is refused this launch queued nothing, so nothing is
     cancelled, whatever an earlier attempt (job 40) left in jobs.jsonl."""
-    planned = PlannedStage(
-        name="s",
-        module="m",
-        config={},
-        upstreams=(),
-        external={},
-        key="k",
-        seed=0,
-        num_tasks=2,
-        resources=Resources(),
-        merge_resources=Resources(),
-    )
+    planned = _sharded_stage(2)
     run = RunDir(tmp_path / "run")
     earlier = {"executor": "slurm", "job_name": "run.s", "submission": "1-tasks", "attempt": 1, "tasks": ["0"]}
     run.record_job("s", {**earlier, "event": "submitted", "job_id": "40", "task_jobs": {"0": "40"}})

@@ -12,9 +12,8 @@ from torch import nn
 from spd.models import ComponentModel, LinearComponents, MaskInfo, insert_identity_operations
 from spd.models.component_model import expand_module_patterns
 from spd.models.sigmoids import lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
+from spd.schedules import ScheduleConfig, coeff_warmup_factor, scheduled_value
 from spd.train.assignment import min_cost_assignment
-from spd.train.config import ScheduleConfig
-from spd.train.schedules import coeff_warmup_factor, scheduled_value
 
 
 def test_lower_leaky_forward_clamps_and_backward_leaks_only_upward() -> None:

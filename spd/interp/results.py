@@ -148,9 +148,6 @@ class ResultJournal:
         """Everything charged in this journal so far (all sessions, this one included)."""
         return self._spent
 
-    def status_of(self, task: str, key: str) -> Status | None:
-        return self._status.get((task, key))
-
     # -- writing ---------------------------------------------------------------------------------------
     def append(self, row: ResultRow) -> None:
         """Queue a row for the writer thread; it is durable after the next group commit (see `flush`)."""

@@ -6,10 +6,26 @@ target module's original output.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
+
+
+class RoutingConfig(BaseModel):
+    """Router of the subset losses (reference 4.2): uniform_k_subset, or each module with probability p."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["uniform_k_subset", "static_probability"] = "uniform_k_subset"
+    p: float | None = Field(None, gt=0, le=1, description="static_probability only.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RoutingConfig:
+        if (self.type == "static_probability") != (self.p is not None):
+            raise ValueError("p is required for static_probability routing and only allowed there")
+        return self
 
 
 def uniform_k_subset_routing(
@@ -30,10 +46,10 @@ def static_probability_routing(
     return {path: torch.rand(leading_shape, device=device) < p for path in paths}
 
 
-def route(routing: str | Any, ci: dict[str, Tensor]) -> dict[str, Tensor] | None:
+def route(routing: str | RoutingConfig, ci: dict[str, Tensor]) -> dict[str, Tensor] | None:
     """Fresh routing masks over the CI's leading dims; None means every module at every position.
 
-    `routing` is "all", "uniform_k_subset", or a routing config with `type` and `p` (spd.train.config.RoutingConfig).
+    `routing` is "all", "uniform_k_subset", or a RoutingConfig.
     """
     kind = routing if isinstance(routing, str) else routing.type
     if kind == "all":

@@ -1,4 +1,8 @@
-"""SPD hyper-parameters (reference spec section 10, minimal subset), defaults from the tms_5-2 config (11.4)."""
+"""SPD hyper-parameters (reference spec section 10, minimal subset), defaults from the tms_5-2 config (11.4).
+
+The loss-side configs (PPGDScope, PPGDOptimizer, PersistentPGDConfig, RoutingConfig, ScheduleConfig) are defined
+below both spd.losses and spd.train, so the losses never import the training package; they are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from spd.losses.divergence import OutputLossType
+from spd.losses.persistent_pgd import PersistentPGDConfig
+from spd.losses.persistent_pgd import PPGDOptimizer as PPGDOptimizer
+from spd.losses.persistent_pgd import PPGDScope as PPGDScope
 from spd.models.ci_fns import CiFnType
 from spd.models.global_ci import GlobalCiFnConfig
 from spd.models.masks import Sampling
+from spd.models.routing import RoutingConfig
 from spd.models.sigmoids import SigmoidType
+from spd.schedules import ScheduleConfig
 
 
 class _Strict(BaseModel):
@@ -42,21 +51,6 @@ AnyCiFnConfig = Annotated[
     Annotated[CiFnConfig, Tag("layerwise")] | Annotated[GlobalCiFnConfig, Tag("global")],
     Discriminator(_ci_mode),
 ]
-
-
-class ScheduleConfig(_Strict):
-    """start_val with optional linear warm-up, then constant / linear / cosine decay to final_val_frac·start."""
-
-    start_val: float = Field(1e-3, gt=0)
-    warmup_pct: float = Field(0.0, ge=0, le=1)
-    final_val_frac: float = Field(0.0, ge=0)
-    fn_type: Literal["constant", "linear", "cosine"] = "cosine"
-
-    @model_validator(mode="after")
-    def _constant_means_constant(self) -> ScheduleConfig:
-        if self.fn_type == "constant" and self.final_val_frac != 1.0:
-            raise ValueError("a constant schedule needs final_val_frac == 1.0")
-        return self
 
 
 class _LossBase(_Strict):
@@ -97,52 +91,6 @@ class FaithfulnessLossConfig(_LossBase):
 
 
 # --- persistent PGD (reference spec 7) ---------------------------------------------------------------
-
-
-class PPGDScope(_Strict):
-    """Which positions share a source: see spd/losses/persistent_pgd.py for the shapes."""
-
-    type: Literal["single_mask", "broadcast_across_batch", "repeat_across_batch", "per_batch_per_position"] = (
-        "single_mask"
-    )
-    n_sources: int | None = Field(None, ge=1, description="repeat_across_batch only: sources tiled along the batch.")
-
-    @model_validator(mode="after")
-    def _check(self) -> PPGDScope:
-        if (self.type == "repeat_across_batch") != (self.n_sources is not None):
-            raise ValueError("n_sources is required for repeat_across_batch and only allowed there")
-        return self
-
-
-class PPGDOptimizer(_Strict):
-    """Ascent rule of the sources: sign (s += lr·sign g) or Adam with bias correction; its own lr schedule."""
-
-    type: Literal["sign", "adam"] = "adam"
-    lr_schedule: ScheduleConfig = Field(
-        default_factory=lambda: ScheduleConfig(start_val=0.1, fn_type="constant", final_val_frac=1.0)
-    )
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-
-
-class PersistentPGDConfig(_Strict):
-    scope: PPGDScope = Field(default_factory=PPGDScope)
-    optimizer: PPGDOptimizer = Field(default_factory=PPGDOptimizer)
-    n_warmup_steps: int = Field(0, ge=0, description="Extra inner ascent steps on the current batch.")
-
-
-class RoutingConfig(_Strict):
-    """Router of the subset losses (reference 4.2): uniform_k_subset, or each module with probability p."""
-
-    type: Literal["uniform_k_subset", "static_probability"] = "uniform_k_subset"
-    p: float | None = Field(None, gt=0, le=1, description="static_probability only.")
-
-    @model_validator(mode="after")
-    def _check(self) -> RoutingConfig:
-        if (self.type == "static_probability") != (self.p is not None):
-            raise ValueError("p is required for static_probability routing and only allowed there")
-        return self
 
 
 class PersistentPGDReconLossConfig(_LossBase, PersistentPGDConfig):

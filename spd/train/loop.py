@@ -37,6 +37,7 @@ from spd.losses.pgd_recon import pgd_recon_layerwise_loss, pgd_recon_loss
 from spd.models.checkpoint import TARGET_DIR, save_model_state, save_run_config
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.models.identity import insert_identity_operations
+from spd.schedules import coeff_warmup_factor, scheduled_value
 from spd.targets import TargetModelConfig, save_target
 from spd.targets.lm import LMData, ToyData, tiny_lm_module_info
 from spd.train import metrics as M
@@ -48,7 +49,6 @@ from spd.train.config import (
     SPDConfig,
 )
 from spd.train.lm_metrics import add_ce_unrecovered, ce_and_kl
-from spd.train.schedules import coeff_warmup_factor, scheduled_value
 from spd.utils import atomic_write_json, set_seed
 
 Log = Callable[[str], None]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,29 @@ def _trial_record(
 ) -> tuple[TrialRecord, dict[str, Any] | None]:
     if row is None:
         record = TrialRecord(
-            item_key, plan.component, plan.key, index, "missing", 0, "{}", None, None,
-            None, None, None, None, None, None, None, None, None,
-            "missing", "no row for this trial in the results journal", None, None,
-        )  # fmt: skip
+            item_key=item_key,
+            component=plan.component,
+            key=plan.key,
+            trial=index,
+            status="missing",
+            n_shown=0,
+            truth_json="{}",
+            answer_json=None,
+            outcome_json=None,
+            provider=None,
+            model=None,
+            prompt=None,
+            raw_response=None,
+            input_tokens=None,
+            output_tokens=None,
+            cost_usd=None,
+            latency_s=None,
+            attempts=None,
+            error_kind="missing",
+            error="no row for this trial in the results journal",
+            finished_at=None,
+            session=None,
+        )
         return record, None
     status, error_kind, error = row.status, row.error_kind, row.error
     result: dict[str, Any] | None = None
@@ -142,9 +161,9 @@ def run_scoring(
         if score.score is None and score.error is None:
             raise AssertionError("summarize returned neither a score nor an error")
         if score.score is None and not outcomes:
-            score = _with_error(score, failure_summary(records))
+            score = replace(score, error=failure_summary(records))
         costs = [r.cost_usd for r in records if r.cost_usd is not None]
-        scores.append(_with_cost(score, sum(costs) if costs else None))
+        scores.append(replace(score, cost_usd=sum(costs) if costs else None))
     full_meta = {
         **meta,
         "kind": kind,
@@ -156,15 +175,3 @@ def run_scoring(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return write_score_store(out_dir / store_file(kind), kind, scores, trials, full_meta)
-
-
-def _with_error(score: ScoreRecord, error: str) -> ScoreRecord:
-    values = asdict(score)
-    values["error"] = error
-    return ScoreRecord(**values)
-
-
-def _with_cost(score: ScoreRecord, cost: float | None) -> ScoreRecord:
-    values = asdict(score)
-    values["cost_usd"] = cost
-    return ScoreRecord(**values)

@@ -2,7 +2,8 @@
 with the stores' own writers (labels, scores, attributions) or, for the harvest (whose writer needs real
 shards), with the harvest store's own schema (spd.harvest.schema.TABLES) filled with synthetic rows.
 
-No test lives here; tests/test_report_units.py and benchmarks/report_scale.py use `make_synthetic_run`.
+No test lives here; tests/test_report_units.py and benchmarks/report_scale.py use `make_synthetic_run`, and the
+`browser` fixture (tests/conftest.py) uses the headless-Chromium helpers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from spd.attributions.layout import Layout
 from spd.attributions.store import STORE_FILE as ATTRIBUTIONS_FILE
@@ -446,7 +446,7 @@ def chromium_executables() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def _missing_browser() -> str | None:
+def missing_browser() -> str | None:
     """Why the browser test cannot run here, or None when it can."""
     try:
         import selenium  # noqa: F401
@@ -474,23 +474,6 @@ def headless_chromium(chromium: str, chromedriver: str) -> Any:
     ):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(chromedriver), options=options)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium through chromedriver; skipped when absent, failed when absent under CI."""
-    reason = _missing_browser()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the browser test: {reason}")
-        pytest.skip(reason)
-    executables = chromium_executables()
-    assert executables is not None
-    driver = headless_chromium(*executables)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def screenshot(driver: Any, name: str) -> Path:
