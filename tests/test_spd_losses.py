@@ -101,7 +101,7 @@ def test_layerwise_with_mocked_masks(monkeypatch: pytest.MonkeyPatch) -> None:
     for s in samples:
         total += ((target.b(ca(x, s["a"].mask)) - out) ** 2).sum()
         total += ((cb(target.a(x), s["b"].mask) - out) ** 2).sum()
-    assert float(loss) == pytest.approx(float(total) / (2 * 2 * out.numel()), rel=1e-6)
+    assert loss.item() == pytest.approx(total.item() / (2 * 2 * out.numel()), rel=1e-6)
 
 
 def test_single_layer_layerwise_equals_full() -> None:
@@ -114,7 +114,7 @@ def test_single_layer_layerwise_equals_full() -> None:
     full = stochastic_recon_loss(model, x, out, ci, deltas)
     torch.manual_seed(5)
     layerwise = stochastic_recon_layerwise_loss(model, x, out, ci, deltas)
-    assert float(full) == pytest.approx(float(layerwise))
+    assert full.item() == pytest.approx(layerwise.item())
 
 
 def _perfect(model: ComponentModel) -> None:
