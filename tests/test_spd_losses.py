@@ -134,7 +134,7 @@ def test_perfect_init_reconstructs_and_random_does_not() -> None:
         ci_masked_recon_loss(model, x, out, ones),
         unmasked_recon_loss(model, x, out, ones),
     ]
-    assert all(float(v) > 0.01 for v in random_losses)
+    assert all(v.item() > 0.01 for v in random_losses)
     _perfect(model)
     deltas = model.deltas()
     perfect = [
@@ -144,7 +144,7 @@ def test_perfect_init_reconstructs_and_random_does_not() -> None:
         unmasked_recon_loss(model, x, out, ones),
         faithfulness_loss(deltas),
     ]
-    assert all(float(v) < 1e-5 for v in perfect)
+    assert all(v.item() < 1e-5 for v in perfect)
 
 
 def test_kl_divergence_zero_for_identical_logits() -> None:
