@@ -406,3 +406,22 @@ def test_alive_masks_agree_with_the_real_harvest_store(decomposition: Path, tmp_
     finally:
         store.close()
     assert ours == theirs and 0 < len(ours) <= 32
+
+
+def test_batched_backward_out_of_memory_is_raised_not_turned_into_the_slow_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a missing batching rule falls back to one backward per target; running out of memory must surface."""
+    from spd.attributions import compute
+
+    acc = compute.AttributionAccumulator.__new__(compute.AttributionAccumulator)
+    acc._batched = True
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(compute.torch.autograd, "grad", oom)
+    leaf = torch.zeros(2, requires_grad=True)
+    with pytest.raises(torch.OutOfMemoryError):
+        acc._grads(leaf * 2, torch.arange(2), [leaf])
+    assert acc._batched

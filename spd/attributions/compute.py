@@ -122,6 +122,8 @@ class AttributionAccumulator:
                 return list(
                     torch.autograd.grad(total, leaves, grad_outputs=one_hot, is_grads_batched=True, retain_graph=True)
                 )
+            except torch.OutOfMemoryError:
+                raise  # not a missing batching rule: the fix is a smaller targets_per_backward, not 16x slower runs
             except (RuntimeError, NotImplementedError) as e:  # an op without a batching rule
                 warnings.warn(f"batched backward failed ({e}); falling back to one backward per target", stacklevel=2)
                 self._batched = False
