@@ -33,9 +33,9 @@ import errno
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     import duckdb
@@ -153,3 +153,16 @@ class ReadOnlyStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def insert_columns(
+    con: duckdb.DuckDBPyConnection, table: str, columns: Mapping[str, Any], relation: object | None = None
+) -> None:
+    """INSERT equal-length columns into `table` by column name. DuckDB scans them in place: a dict of numpy
+    arrays (NaN / masked -> NULL) by default, or `relation` (e.g. an Arrow table of the same columns)."""
+    con.register("_rows", columns if relation is None else relation)
+    try:
+        names = ", ".join(f'"{c}"' for c in columns)
+        con.execute(f'INSERT INTO {table} ({names}) SELECT {names} FROM "_rows"')
+    finally:
+        con.unregister("_rows")

@@ -23,6 +23,7 @@ import pyarrow as pa
 from spd.attributions.layout import Layout
 from spd.attributions.store import STORE_FILE as ATTRIBUTIONS_FILE
 from spd.attributions.store import EdgeArrays, write_store
+from spd.duckdb_store import insert_columns
 from spd.harvest.schema import STORE_FILE as HARVEST_FILE
 from spd.harvest.schema import STORE_FORMAT, STORE_FORMAT_VERSION, TABLES
 from spd.interp.labels_store import LabelRecord, write_labels_store
@@ -61,12 +62,7 @@ def _modules(n_components: int, n_modules: int) -> list[tuple[str, int]]:
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
-    con.register("_rows", pa.table(columns))
-    try:
-        names = ", ".join(f'"{c}"' for c in columns)
-        con.execute(f'INSERT INTO {table} ({names}) SELECT {names} FROM "_rows"')
-    finally:
-        con.unregister("_rows")
+    insert_columns(con, table, columns, pa.table(columns))  # Arrow: the list columns need it
 
 
 def _lists(array: np.ndarray) -> pa.ListArray:

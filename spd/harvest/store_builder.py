@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 from tokenizers import Tokenizer
 
 from spd.data.corpus import Corpus
-from spd.duckdb_store import atomic_duckdb
+from spd.duckdb_store import atomic_duckdb, insert_columns
 from spd.harvest.faults import store_build_fault_point
 from spd.harvest.merge import MergedHarvest
 from spd.harvest.provenance import code_version, now_iso, runtime
@@ -37,16 +36,6 @@ EXAMPLE_CHUNK = 50_000  # example rows converted to Python lists per insert
 DISK_FULL_REMEDY = (
     "the shards are intact: free some space, then rerun the merge (python run.py rerun <run> --stage harvest)"
 )
-
-
-def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
-    """INSERT a dict of equal-length numpy columns (NaN / masked -> NULL) in the table's column order."""
-    con.register("_rows", columns)
-    try:
-        names = ", ".join(f'"{c}"' for c in columns)
-        con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _rows")
-    finally:
-        con.unregister("_rows")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -63,7 +52,7 @@ def _object_rows(array: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
 
 def _layers_and_components(con: duckdb.DuckDBPyConnection, merged: MergedHarvest) -> None:
     layers = merged.meta["layers"]
-    _insert(
+    insert_columns(
         con,
         "layers",
         {
@@ -80,7 +69,7 @@ def _layers_and_components(con: duckdb.DuckDBPyConnection, merged: MergedHarvest
     n = max(merged.n_tokens, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_firing = {k: _np(merged.sums[k]) / count for k in ("ci_sum_firing", "act_sum_firing")}
-    _insert(
+    insert_columns(
         con,
         "components",
         {
@@ -102,7 +91,7 @@ def _layers_and_components(con: duckdb.DuckDBPyConnection, merged: MergedHarvest
 
 
 def _vocab(con: duckdb.DuckDBPyConnection, merged: MergedHarvest, tokenizer: Tokenizer) -> None:
-    _insert(
+    insert_columns(
         con,
         "vocab",
         {
@@ -121,7 +110,7 @@ def _token_stats(con: duckdb.DuckDBPyConnection, merged: MergedHarvest) -> None:
         total = _np(totals).astype(np.float64)[tok]
         f = firing[comp]
         countf = count.astype(np.float64)
-        _insert(
+        insert_columns(
             con,
             "token_stats",
             {
@@ -164,7 +153,7 @@ def _examples(con: duckdb.DuckDBPyConnection, merged: MergedHarvest, corpus: Cor
         doc_position = np.ma.masked_array(stream_position - doc_starts[np.maximum(k, 0)], mask=~in_doc)
         for s in range(0, len(comp), EXAMPLE_CHUNK):
             e = slice(s, s + EXAMPLE_CHUNK)
-            _insert(
+            insert_columns(
                 con,
                 "examples",
                 {
@@ -190,7 +179,7 @@ def _cofiring(con: duckdb.DuckDBPyConnection, merged: MergedHarvest) -> None:
     a, b, count = (_np(t) for t in merged.cofiring_pairs())
     component, other, count = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([count, count])
     order = np.lexsort((other, component))  # one component's partners are one contiguous range
-    _insert(
+    insert_columns(
         con,
         "cofiring",
         {
@@ -205,7 +194,7 @@ def _tasks_and_provenance(
     con: duckdb.DuckDBPyConnection, merged: MergedHarvest, merge_started: float, merged_at: str
 ) -> None:
     tasks = sorted(merged.tasks, key=lambda t: t["task"])
-    _insert(
+    insert_columns(
         con,
         "tasks",
         {

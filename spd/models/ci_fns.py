@@ -67,7 +67,7 @@ def _zero_rows_once(mlp: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     the rows needs a host sync, and the MLP is cheap there) and when too few rows are zero to pay back the
     gather and scatter.
     """
-    rows = x.reshape(-1, *x.shape[-1:]) if x.dim() != 2 else x
+    rows = x.reshape(-1, x.shape[-1])
     if x.device.type != "cpu" or rows.shape[0] < 64:
         return mlp(x)
     nonzero = rows.ne(0).any(dim=-1)
