@@ -68,12 +68,27 @@ def test_keys_match_the_python_reference_and_spread_uniformly() -> None:
     assert [int(v) & (2**64 - 1) for v in hash64(xs)] == [hash64_py(int(x)) for x in xs]
     pos = torch.randint(0, 10**9, (200,), generator=gen)
     comp = torch.randint(0, 40_000, (200,), generator=gen)
-    keys = firing_keys(77, pos, comp, 40_000)
-    assert keys.tolist() == [firing_keys_py(77, int(p), int(c), 40_000) for p, c in zip(pos, comp, strict=True)]
-    many = firing_keys(3, torch.arange(100_000), torch.zeros(100_000, dtype=torch.int64), 7)
+    keys = firing_keys(77, pos, comp)
+    assert keys.tolist() == [firing_keys_py(77, int(p), int(c)) for p, c in zip(pos, comp, strict=True)]
+    many = firing_keys(3, torch.arange(100_000), torch.zeros(100_000, dtype=torch.int64))
     assert int(many.min()) >= 0 and int(many.max()) < 2**62
     deciles = torch.bincount((many // (2**62 // 10)).clamp(max=9), minlength=10)
     assert (deciles - 10_000).abs().max() < 500  # each decile holds ~10% of the keys
+
+
+def test_components_firing_together_get_unrelated_samples() -> None:
+    # every component's key is a bijection of the same position hash; the per-firing mixing round must still
+    # make two components that fire at the same positions pick unrelated samples: the k smallest keys of two
+    # components overlap as two independent uniform k-samples of n would (k^2 / n = 10 positions on average)
+    n, k, n_comp = 100_000, 1000, 40
+    positions = torch.arange(n)
+    samples = [
+        set(torch.topk(firing_keys(5, positions, torch.full((n,), c)), k, largest=False).indices.tolist())
+        for c in range(n_comp)
+    ]
+    overlaps = torch.tensor([len(samples[a] & samples[b]) for a in range(n_comp) for b in range(a + 1, n_comp)])
+    assert 8.5 < float(overlaps.float().mean()) < 11.5, overlaps
+    assert int(overlaps.min()) >= 1 and int(overlaps.max()) <= 25, overlaps  # neither disjoint nor shared
 
 
 def test_magnitude_keys_sort_by_absolute_value_then_tie_break() -> None:
@@ -212,7 +227,7 @@ def _selection_frequencies(cap_per_batch: int | None) -> list[int]:
         for batch in task:
             pos = torch.tensor(batch).repeat(trials)
             comp = torch.arange(trials).repeat_interleave(len(batch))
-            keys = firing_keys(SEED, pos, comp, trials)
+            keys = firing_keys(SEED, pos, comp)
             if cap_per_batch is not None:  # the reference's per-batch cap: only the smallest key per batch
                 keep = torch.zeros_like(keys, dtype=torch.bool)
                 keep[torch.arange(trials) * len(batch) + keys.view(trials, len(batch)).argmin(1)] = True
@@ -280,7 +295,7 @@ def brute_force(decomposition: Path) -> dict:
             firings.append((c, int(positions[t]), float(act[t, c])))
     comp = torch.tensor([f[0] for f in firings])
     pos = torch.tensor([f[1] for f in firings])
-    keys = firing_keys(SEED, pos, comp, C).tolist()
+    keys = firing_keys(SEED, pos, comp).tolist()
     mkeys = magnitude_keys(torch.tensor([f[2] for f in firings]), torch.tensor(keys)).tolist()
     uniform, top_sets = {}, {}
     for c in range(C):

@@ -31,7 +31,7 @@ from spd.harvest.reservoir import ExampleRows
 from spd.shard_checksums import write_checksum
 
 SHARD_FORMAT = "spd-harvest-shard"
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 2: sampling keys mix a per-position hash with a per-component salt
 SUM_NAMES = ("ci_sum", "ci_sum_firing", "act_sum", "act_sum_firing", "act_abs_sum")
 
 
