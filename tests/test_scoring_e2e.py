@@ -22,8 +22,7 @@ import pytest
 from spd.interp.scoring import ScoreStore
 from tests.conftest import run_cli, write_pipeline
 from tests.llm_server import LLMTestServer
-from tests.lm_fixtures import build_tiny_lm_decomposition
-from tests.test_scoring import build_harvest, heuristic_label_records, write_labels
+from tests.test_scoring import build_harvest, build_scoring_decomposition, heuristic_label_records, write_labels
 
 KEY_ENV = "SPD_SCORING_E2E_KEY"
 
@@ -31,7 +30,7 @@ KEY_ENV = "SPD_SCORING_E2E_KEY"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("scoring_e2e")
-    decomposition = build_tiny_lm_decomposition(root / "decomposition")
+    decomposition = build_scoring_decomposition(root / "decomposition")
     harvest = build_harvest(decomposition, root / "harvest")
     labels = write_labels(root / "labels", heuristic_label_records(harvest))
     return {"decomposition": decomposition, "harvest": harvest, "labels": labels}
