@@ -19,9 +19,10 @@ import torch
 from spd.data.batches import BatchConfig, BatchStream
 from spd.harvest import HarvestSettings, HarvestStore, ShardMissingError, counters, merge_harvest, run_harvest_task
 from spd.harvest.activations import ActivationReader
+from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.counters import DenseCounter, DenseTokenFiringCounter, SparseCounter, SparseTokenFiringCounter
 from spd.harvest.data import CorpusSlice
-from spd.harvest.keys import firing_keys, firing_keys_py, hash64, hash64_py, magnitude_keys
+from spd.harvest.keys import EMPTY_KEY, firing_keys, firing_keys_py, hash64, hash64_py, magnitude_floor, magnitude_keys
 from spd.harvest.planted import feature_token_sets, match_rate, planted_feature_matches
 from spd.harvest.reservoir import ExampleRows, ExampleSelection
 from spd.harvest.shard import read_shard, shard_path
@@ -96,6 +97,43 @@ def test_magnitude_keys_sort_by_absolute_value_then_tie_break() -> None:
     tie = torch.tensor([10, 20, 30, 5, 1]) << 40
     order = torch.argsort(magnitude_keys(values, tie)).tolist()
     assert order == [1, 2, 3, 0, 4]  # |-2| > |1| > |0.5| (tie: smaller tie-break key first) > 0
+
+
+def test_magnitude_floor_is_the_smallest_value_a_key_can_beat() -> None:
+    values = torch.tensor([0.5, -2.0, 1e-30, 0.0, 3.25])
+    keys = magnitude_keys(values, torch.tensor([2**61, 5, 2**62 - 1, 7, 0]))
+    assert torch.equal(magnitude_floor(keys), values.abs())
+    assert float(magnitude_floor(torch.tensor([EMPTY_KEY]))[0]) == 0.0  # a free slot: anything can enter
+    # below the floor a key is larger whatever its tie-break, so skipping those values loses no candidate
+    below = magnitude_keys(torch.tensor([0.4999]), torch.tensor([0]))
+    assert bool((below > magnitude_keys(torch.tensor([0.5]), torch.tensor([2**62 - 1]))).all())
+
+
+@pytest.mark.parametrize("method", ["fp32", "int8"])
+@pytest.mark.parametrize("n_components", [5, 130, 300])  # below, across and beyond one 128-row matmul block
+def test_cofiring_counts_pairs_above_the_diagonal_exactly(method: str, n_components: int) -> None:
+    gen = torch.Generator().manual_seed(n_components)
+    counter = CofiringCounter(n_components, "cpu")
+    counter.method = method  # both ways of multiplying must give the same exact counts
+    expected = torch.zeros(n_components, n_components, dtype=torch.int64)
+    for _ in range(3):
+        firing = torch.rand(700, n_components, generator=gen) < 0.3
+        counter.add(firing, firing.float())
+        expected += firing.long().T @ firing.long()
+    a, b, n = counter.pairs()
+    upper = torch.triu(torch.ones(n_components, n_components, dtype=torch.bool), diagonal=1) & (expected > 0)
+    want_a, want_b = upper.nonzero(as_tuple=True)
+    assert torch.equal(a.long(), want_a) and torch.equal(b.long(), want_b)
+    assert torch.equal(n, expected[want_a, want_b])
+
+
+def test_cofiring_picks_an_exact_method_on_the_first_batch() -> None:
+    counter = CofiringCounter(40, "cpu")
+    firing = torch.rand(256, 40) < 0.5
+    counter.add(firing, firing.float())
+    assert counter.method in ("fp32", "int8")
+    _, _, n = counter.pairs()
+    assert int(n.sum()) == int(torch.triu(firing.long().T @ firing.long(), diagonal=1).sum())
 
 
 def test_corpus_slice_reads_exactly_the_batch_stream_shard(decomposition: Path) -> None:

@@ -9,9 +9,8 @@ Per component c (flat index) and token t:
   output_total[t]: all positions where t is among them. Exact integers (spd.harvest.counters: the batch's
   firing rows added into a dense [V, C] table while C x V is small, composite keys counted sparse beyond),
   written sparse.
-- co-firing counts (a, b), a < b: tokens where both fire. F^T F per batch in fp32 is exact (every entry is an
-  integer <= tokens per batch < 2**24) and is added into an fp64 [C, C] accumulator, exact up to 2**53. Only
-  the blocks on and above the diagonal are computed (the pairs a shard stores; ~half the matmul work).
+- co-firing counts (a, b), a < b: tokens where both fire (spd.harvest.cofiring: F^T F per batch, exact, into an
+  int64 table; only the blocks on and above the diagonal are multiplied).
 - the uniform example reservoir and the top-|activation| set (spd.harvest.reservoir).
 """
 
@@ -21,15 +20,13 @@ import torch
 from torch import Tensor
 
 from spd.harvest.activations import BatchActivations
+from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.config import HarvestSettings
 from spd.harvest.counters import EXACT_FP32_LIMIT, make_token_firing_counter
-from spd.harvest.keys import component_salts, magnitude_keys, mix_keys, position_hashes
+from spd.harvest.keys import component_salts, magnitude_floor, magnitude_keys, mix_keys, position_hashes
 from spd.harvest.reservoir import ExampleRows, ExampleSelection
 from spd.harvest.shard import SUM_NAMES, ShardData
 from spd.harvest.windows import extract_windows
-
-COFIRING_ROW_BLOCK = 1024  # rows of the [C, C] accumulator scanned at once when writing the shard
-COFIRING_MATMUL_BLOCK = 128  # rows of F^T F per matmul: smaller blocks skip more of the lower triangle
 
 
 class TaskAccumulator:
@@ -49,9 +46,7 @@ class TaskAccumulator:
         self.output_total = torch.zeros(vocab_size, dtype=torch.int64, device=dev)
         self.input_counts = make_token_firing_counter(n_components, vocab_size, dev)
         self.output_counts = make_token_firing_counter(n_components, vocab_size, dev)
-        self.cofire = (
-            torch.zeros((n_components, n_components), dtype=torch.float64, device=dev) if settings.cofiring else None
-        )
+        self.cofire = CofiringCounter(n_components, dev) if settings.cofiring else None
         window = settings.window
         self.salts = component_salts(seed, torch.arange(n_components, device=dev))  # sampling-key salt per component
         self.uniform = ExampleSelection(n_components, settings.examples_per_component, window, dev)
@@ -66,8 +61,10 @@ class TaskAccumulator:
             raise ValueError(f"a batch of {B * S} tokens is too large for exact fp32 co-firing counts")
         # fp32 whatever the model ran in (sums per batch in fp32, across batches in fp64)
         ci, act = acts.ci.reshape(B * S, C).float(), acts.act.reshape(B * S, C).float()
-        firing = ci > self.settings.ci_threshold  # [B * S, C]
-        firing_rows = firing.float()  # 0/1: the dense sums and matmuls read this
+        firing = ci > self.settings.ci_threshold  # [B * S, C] bool (nonzero of a bool is ~2x faster than of a float)
+        # the same as 0/1 float32 for the dense sums and matmuls (comparing into a float output is ~10x faster than
+        # converting the bool)
+        firing_rows = torch.gt(ci, self.settings.ci_threshold, out=torch.empty_like(ci))
         self.n_tokens += B * S
         self.n_batches += 1
         self.sequences.append((starts // seq_len).to("cpu", torch.int64))
@@ -88,23 +85,21 @@ class TaskAccumulator:
         self.output_total += torch.bincount(top_next.reshape(-1), minlength=V)
 
         # the firings one by one, as (token, component): only the example selections need them
-        token_index, comp = firing.nonzero(as_tuple=True)  # (nonzero of a bool is ~2x faster than of a float)
+        token_index, comp = firing.nonzero(as_tuple=True)
         self.input_counts.add(flat_tokens.unsqueeze(1), firing_rows, token_index, comp)
         self.output_counts.add(top_next, firing_rows, token_index, comp)
         if self.cofire is not None:
-            for r0 in range(0, C, COFIRING_MATMUL_BLOCK):
-                r1 = min(r0 + COFIRING_MATMUL_BLOCK, C)
-                self.cofire[r0:r1, r0:] += firing_rows[:, r0:r1].T @ firing_rows[:, r0:]
+            self.cofire.add(firing, firing_rows)
 
         token_stream_position = (starts.unsqueeze(1) + torch.arange(S, device=starts.device)).reshape(-1)
         position_hash = position_hashes(self.seed, token_stream_position)  # once per token, not per firing
         side = self.settings.context_tokens_per_side
 
-        def fetch_for(selection_keys: Tensor):
+        def fetch_for(tok: Tensor, cmp: Tensor, selection_keys: Tensor):
             def fetch(idx: Tensor) -> ExampleRows:  # only for admitted candidates: row and position computed here
-                chosen = token_index.index_select(0, idx)
+                chosen = tok.index_select(0, idx)
                 row, pos = torch.div(chosen, S, rounding_mode="floor"), torch.remainder(chosen, S)
-                w = extract_windows(tokens, acts.ci, acts.act, row, pos, comp.index_select(0, idx), side)
+                w = extract_windows(tokens, acts.ci, acts.act, row, pos, cmp.index_select(0, idx), side)
                 return ExampleRows(
                     key=selection_keys.index_select(0, idx),
                     tokens=w.tokens,
@@ -119,9 +114,15 @@ class TaskAccumulator:
 
         # index_select: several times faster than advanced indexing on CPU for these 1-D gathers
         keys = mix_keys(position_hash.index_select(0, token_index), self.salts.index_select(0, comp))
-        top_keys = magnitude_keys(act.reshape(-1).index_select(0, token_index * C + comp), keys)
-        self.uniform.offer(comp, keys, fetch_for(keys))
-        self.top.offer(comp, top_keys, fetch_for(top_keys))
+        self.uniform.offer(comp, keys, fetch_for(token_index, comp, keys))
+        # top-|activation| set: a firing below the smallest |activation| held cannot enter, so magnitude keys are
+        # built only for the others (all firings while the set fills, a few once it is full)
+        act_fired = act.reshape(-1).index_select(0, token_index * C + comp)
+        floor = magnitude_floor(self.top.threshold).index_select(0, comp)
+        candidate = (act_fired.abs() >= floor).nonzero().squeeze(1)
+        cand_token, cand_comp = token_index.index_select(0, candidate), comp.index_select(0, candidate)
+        top_keys = magnitude_keys(act_fired.index_select(0, candidate), keys.index_select(0, candidate))
+        self.top.offer(cand_comp, top_keys, fetch_for(cand_token, cand_comp, top_keys))
 
     def to_shard(self, meta: dict) -> ShardData:
         """Everything on the CPU in the compact shard layout (sparse COO, filled example slots only)."""
@@ -154,20 +155,10 @@ class TaskAccumulator:
         )
 
     def _cofiring_pairs(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Non-zero co-firing counts above the diagonal as (a, b, count), a < b, sorted by (a, b)."""
-        empty_i = torch.zeros(0, dtype=torch.int32)
         if self.cofire is None:
+            empty_i = torch.zeros(0, dtype=torch.int32)
             return empty_i, empty_i, torch.zeros(0, dtype=torch.int64)
-        parts_a, parts_b, parts_n = [], [], []
-        cols = torch.arange(self.C, device=self.device)
-        for r0 in range(0, self.C, COFIRING_ROW_BLOCK):
-            block = self.cofire[r0 : r0 + COFIRING_ROW_BLOCK]
-            rows = torch.arange(r0, r0 + block.shape[0], device=self.device)
-            a, b = ((block != 0) & (cols.unsqueeze(0) > rows.unsqueeze(1))).nonzero(as_tuple=True)
-            parts_a.append((a + r0).to("cpu", torch.int32))
-            parts_b.append(b.to("cpu", torch.int32))
-            parts_n.append(block[a, b].round().to("cpu", torch.int64))
-        return torch.cat(parts_a), torch.cat(parts_b), torch.cat(parts_n)
+        return self.cofire.pairs()
 
 
 def divmod_keys(keys: Tensor, base: int) -> tuple[Tensor, Tensor]:

@@ -106,3 +106,13 @@ def magnitude_keys(values: Tensor, tie_break: Tensor) -> Tensor:
     """
     bits = values.detach().abs().to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
     return -bits * (1 << 31) + _shr(tie_break, KEY_BITS - 31)
+
+
+def magnitude_floor(threshold: Tensor) -> Tensor:
+    """The |value| (float32) that magnitude keys `threshold` encode; 0 where a key is EMPTY_KEY (a free slot).
+
+    A value whose |value| is below the floor of a selection's threshold has a larger key whatever its
+    tie-break, so it cannot enter: comparing |value| >= floor finds every candidate before building keys.
+    """
+    value = (-(threshold >> 31)).to(torch.int32).view(torch.float32)
+    return torch.where(threshold == EMPTY_KEY, torch.zeros_like(value), value)

@@ -101,8 +101,9 @@ class ExampleSelection:
     def fold(self) -> None:
         """Merge the queued candidates into the selection: per component, keep the k smallest keys.
 
-        Each newcomer that makes it replaces one evicted slot of its component, so only those slots are
-        written, each exactly once.
+        Each component's newcomers are laid side by side after its k current keys ([C, k + m], padded), one
+        row-wise top-k keeps the k smallest, and each newcomer that makes it replaces one evicted slot of its
+        component: only those slots are written, each exactly once.
         """
         if not self._pending:
             return
@@ -111,28 +112,28 @@ class ExampleSelection:
             **{f.name: torch.cat([getattr(r, f.name) for _, r in self._pending]) for f in fields(ExampleRows)}
         )
         self._pending, self._pending_rows = [], 0
-        affected = torch.unique(comp_new)
-        A, k = affected.numel(), self.k
-        # candidates: the k current slots of every affected component, then the newcomers
-        all_comp = torch.cat([affected.repeat_interleave(k), comp_new])
-        all_key = torch.cat([self.rows.key[affected].reshape(-1), new.key])
-        is_new = torch.zeros(all_comp.numel(), dtype=torch.bool, device=self.device)
-        is_new[A * k :] = True
-        source = torch.cat(
-            [torch.arange(k, device=self.device).repeat(A), torch.arange(comp_new.numel(), device=self.device)]
-        )
-        order, rank = order_within_groups(all_comp, all_key)
-        kept = rank < k
-        # per component, as many current slots fall out of the k smallest as newcomers get in; both lists are
-        # grouped by component in the same order, so the i-th winner takes the i-th evicted slot
-        winners = order[kept & is_new[order]]
-        evicted = order[~kept & ~is_new[order]]
-        if winners.numel():
-            slot_comp, slot = all_comp[evicted], source[evicted]
-            won = new.index(source[winners])
+        k, dev = self.k, self.device
+        order, rank = order_within_groups(comp_new, new.key)
+        m = int(rank.max()) + 1
+        grouped_comp = comp_new.index_select(0, order)
+        padded = torch.full((self.C, m), EMPTY_KEY, dtype=torch.int64, device=dev)
+        padded[grouped_comp, rank] = new.key.index_select(0, order)
+        source = torch.zeros((self.C, m), dtype=torch.int64, device=dev)
+        source[grouped_comp, rank] = order
+        # an empty slot ranks after every real key but before padding, so padding is never kept
+        current = torch.where(self.rows.key == EMPTY_KEY, EMPTY_KEY - 1, self.rows.key)
+        kept_index = torch.topk(torch.cat([current, padded], dim=1), k, dim=1, largest=False, sorted=False).indices
+        kept = torch.zeros((self.C, k + m), dtype=torch.bool, device=dev).scatter_(1, kept_index, True)
+        # per component as many current slots fall out as newcomers get in; nonzero lists both row by row, so the
+        # i-th winner takes the i-th evicted slot
+        win_comp, win_col = kept[:, k:].nonzero(as_tuple=True)
+        slot_comp, slot = (~kept[:, :k]).nonzero(as_tuple=True)
+        if win_comp.numel():
+            won = new.index(source[win_comp, win_col])
             for f in fields(ExampleRows):
                 target = getattr(self.rows, f.name)
                 target[slot_comp, slot] = getattr(won, f.name).to(target.dtype)
+        affected = torch.unique(comp_new)
         self.threshold[affected] = self.rows.key[affected].max(dim=1).values
 
     def offer_rows(self, comp: Tensor, rows: ExampleRows) -> None:
