@@ -101,9 +101,9 @@ class ExampleSelection:
     def fold(self) -> None:
         """Merge the queued candidates into the selection: per component, keep the k smallest keys.
 
-        Each component's newcomers are laid side by side after its k current keys ([C, k + m], padded), one
-        row-wise top-k keeps the k smallest, and each newcomer that makes it replaces one evicted slot of its
-        component: only those slots are written, each exactly once.
+        For each component with newcomers, its k held keys and its (at most k smallest) newcomers' keys side by
+        side ([A, k + m], padded): one row-wise top-k keeps the k smallest, and each newcomer that makes it
+        replaces one evicted slot of its component: only those slots are written, each exactly once.
         """
         if not self._pending:
             return
@@ -113,27 +113,32 @@ class ExampleSelection:
         )
         self._pending, self._pending_rows = [], 0
         k, dev = self.k, self.device
-        order, rank = order_within_groups(comp_new, new.key)
-        m = int(rank.max()) + 1
-        grouped_comp = comp_new.index_select(0, order)
-        padded = torch.full((self.C, m), EMPTY_KEY, dtype=torch.int64, device=dev)
-        padded[grouped_comp, rank] = new.key.index_select(0, order)
-        source = torch.zeros((self.C, m), dtype=torch.int64, device=dev)
-        source[grouped_comp, rank] = order
-        # an empty slot ranks after every real key but before padding, so padding is never kept
-        current = torch.where(self.rows.key == EMPTY_KEY, EMPTY_KEY - 1, self.rows.key)
+        affected, local = torch.unique(comp_new, return_inverse=True)  # the components with newcomers, as rows 0..A-1
+        order, rank = order_within_groups(local, new.key)
+        within_k = rank < k  # a newcomer behind k others of its component cannot get in: at most k per row
+        order, rank = order[within_k], rank[within_k]
+        rows = local.index_select(0, order)
+        padded = torch.full((affected.numel(), int(rank.max()) + 1), EMPTY_KEY, dtype=torch.int64, device=dev)
+        padded[rows, rank] = new.key.index_select(0, order)
+        source = torch.zeros_like(padded)
+        source[rows, rank] = order
+        # an empty slot ranks after every real key but before padding, so padding is never kept (keys are distinct
+        # in practice: hashes, or |activation| with a hash tie-break; which of two equal keys is kept is arbitrary)
+        held = self.rows.key.index_select(0, affected)
+        current = torch.where(held == EMPTY_KEY, EMPTY_KEY - 1, held)
         kept_index = torch.topk(torch.cat([current, padded], dim=1), k, dim=1, largest=False, sorted=False).indices
-        kept = torch.zeros((self.C, k + m), dtype=torch.bool, device=dev).scatter_(1, kept_index, True)
-        # per component as many current slots fall out as newcomers get in; nonzero lists both row by row, so the
+        kept = torch.zeros((affected.numel(), k + padded.shape[1]), dtype=torch.bool, device=dev)
+        kept.scatter_(1, kept_index, True)
+        # per component as many held slots fall out as newcomers get in; nonzero lists both row by row, so the
         # i-th winner takes the i-th evicted slot
-        win_comp, win_col = kept[:, k:].nonzero(as_tuple=True)
-        slot_comp, slot = (~kept[:, :k]).nonzero(as_tuple=True)
-        if win_comp.numel():
-            won = new.index(source[win_comp, win_col])
+        win_row, win_col = kept[:, k:].nonzero(as_tuple=True)
+        slot_row, slot = (~kept[:, :k]).nonzero(as_tuple=True)
+        if win_row.numel():
+            won = new.index(source[win_row, win_col])
+            slot_comp = affected.index_select(0, slot_row)
             for f in fields(ExampleRows):
                 target = getattr(self.rows, f.name)
                 target[slot_comp, slot] = getattr(won, f.name).to(target.dtype)
-        affected = torch.unique(comp_new)
         self.threshold[affected] = self.rows.key[affected].max(dim=1).values
 
     def offer_rows(self, comp: Tensor, rows: ExampleRows) -> None:
