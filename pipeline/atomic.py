@@ -6,6 +6,7 @@ also on NFS), are fsync'd, then renamed over the final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -80,6 +81,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _chmod(path: Path, add: int = 0, remove: int = 0) -> None:
+    """Add/remove mode bits of one entry; an entry gone since it was listed is skipped.
+
+    Array tasks of a stage share its out/ directory: while one task walks it (make_writable at its start), a
+    sibling may rename its temp file into place or delete one, so a listed name can vanish before its chmod.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if not path.is_symlink():
+            path.chmod((path.stat().st_mode | add) & ~remove)
+
+
 def make_read_only(root: Path) -> None:
     """chmod a-w on a directory tree: outputs of a finished stage must not change."""
     root = Path(root)
@@ -87,15 +99,11 @@ def make_read_only(root: Path) -> None:
         return
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
-            p = Path(dirpath) / name
-            if not p.is_symlink():
-                p.chmod(p.stat().st_mode & ~0o222)
+            _chmod(Path(dirpath) / name, remove=0o222)
     for dirpath, dirnames, _ in os.walk(root, topdown=False):
         for name in dirnames:
-            p = Path(dirpath) / name
-            if not p.is_symlink():
-                p.chmod(p.stat().st_mode & ~0o222)
-    root.chmod(root.stat().st_mode & ~0o222)
+            _chmod(Path(dirpath) / name, remove=0o222)
+    _chmod(root, remove=0o222)
 
 
 def make_writable(root: Path) -> None:
@@ -103,9 +111,7 @@ def make_writable(root: Path) -> None:
     root = Path(root)
     if not root.exists():
         return
-    root.chmod(root.stat().st_mode | 0o200)
+    _chmod(root, add=0o200)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            if not p.is_symlink():
-                p.chmod(p.stat().st_mode | 0o200)
+            _chmod(Path(dirpath) / name, add=0o200)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from pipeline.atomic import append_jsonl, atomic_write_json, read_jsonl
+from pipeline.atomic import append_jsonl, atomic_write_json, make_read_only, make_writable, read_jsonl
 from pipeline.errors import UpstreamMissing
 from pipeline.worker import StageTask, run_stage_task
 
@@ -109,3 +110,24 @@ def test_worker_env_puts_snapshot_first_and_limits_threads(tmp_path: Path, monke
     assert env["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     assert worker_env(tmp_path / "snap", threads=2)["OMP_NUM_THREADS"] == "7"
+
+
+@pytest.mark.parametrize("change_mode", [make_writable, make_read_only])
+def test_mode_changes_skip_files_a_sibling_task_renames_away(
+    change_mode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # array tasks share out/: while one task walks it, a sibling renames its temp file into place (seen in CI:
+    # the walk listed .part-0.json.tmp, which was gone before its chmod, and the task failed)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-1.json").write_text("{}")
+    real_walk = os.walk
+
+    def walk_with_a_vanished_file(top, *args, **kwargs):
+        for dirpath, dirnames, filenames in real_walk(top, *args, **kwargs):
+            yield dirpath, dirnames, [*filenames, ".part-0.json.tmp"]  # listed, then renamed away
+
+    monkeypatch.setattr(os, "walk", walk_with_a_vanished_file)
+    change_mode(out)
+    writable = bool((out / "part-1.json").stat().st_mode & 0o200)
+    assert writable == (change_mode is make_writable)
