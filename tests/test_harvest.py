@@ -27,6 +27,7 @@ from spd.harvest.planted import feature_token_sets, match_rate, planted_feature_
 from spd.harvest.reservoir import ExampleRows, ExampleSelection
 from spd.harvest.shard import read_shard, shard_path
 from spd.harvest.task import slice_spec
+from spd.harvest.top_m import chunk_size, top_m_indices
 from spd.models import load_decomposition, load_decomposition_corpus
 from tests.lm_fixtures import build_tiny_lm_decomposition
 
@@ -97,6 +98,21 @@ def test_magnitude_keys_sort_by_absolute_value_then_tie_break() -> None:
     tie = torch.tensor([10, 20, 30, 5, 1]) << 40
     order = torch.argsort(magnitude_keys(values, tie)).tolist()
     assert order == [1, 2, 3, 0, 4]  # |-2| > |1| > |0.5| (tie: smaller tie-break key first) > 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "m"),
+    [((4, 16, 1024), 3), ((64, 5003), 3), ((100, 300), 5), ((7, 1000), 1), ((50, 37), 3), ((64, 5000), 10)],
+)
+def test_top_m_indices_are_the_m_largest_of_each_row(shape: tuple[int, ...], m: int) -> None:
+    # chunked (the chunk size does not divide 5003: a tail chunk) and fallback (V=37 is too small) paths
+    gen = torch.Generator().manual_seed(len(shape) * 1000 + shape[-1])
+    for logits in (torch.randn(*shape, generator=gen), torch.randint(0, 4, shape, generator=gen).float()):  # ties
+        got = top_m_indices(logits, m)
+        assert got.shape == (*shape[:-1], m)
+        assert torch.equal(logits.gather(-1, got).sort(-1).values, logits.topk(m, -1).values.sort(-1).values)
+        assert bool((got.sort(-1).values.diff(dim=-1) > 0).all())  # m distinct entries
+    assert chunk_size(1024) == 64 and chunk_size(50257) == 512
 
 
 def test_magnitude_floor_is_the_smallest_value_a_key_can_beat() -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from spd.harvest.top_m import top_m_indices
 from spd.models.component_model import ComponentModel
 
 
@@ -76,8 +77,8 @@ class ActivationReader:
             comp_acts = self.model.components(span.name).component_acts(x).float()
             act_parts.append(comp_acts * self.u_norms[span.name])
             ci_parts.append(ci[span.name].float())
-        # unsorted: the statistics count membership in the top m, and skipping the sort saves ~20% of the top-k
-        top_next = logits.float().topk(self.output_top_m, dim=-1, sorted=False).indices
+        # unsorted: the statistics count membership in the top m (spd.harvest.top_m: exact, 1.6-8x faster on CPU)
+        top_next = top_m_indices(logits.float(), self.output_top_m)
         return BatchActivations(
             tokens=tokens,
             ci=torch.cat(ci_parts, dim=-1),

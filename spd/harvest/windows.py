@@ -32,13 +32,13 @@ def extract_windows(
     S, C = tokens.shape[1], ci.shape[-1]
     offsets = torch.arange(-side, side + 1, device=tokens.device)
     positions = pos.unsqueeze(1) + offsets  # [n, W]
-    inside = (positions >= 0) & (positions < S)
-    token_index = row.unsqueeze(1) * S + positions.clamp(0, S - 1)  # flat [B * S] index: 1-D gathers are cheapest
+    clamped = positions.clamp(0, S - 1)
+    outside = clamped != positions
+    token_index = row.unsqueeze(1) * S + clamped  # flat [B * S] index: 1-D gathers are cheapest
     value_index = token_index * C + comp.unsqueeze(1)
-    window_tokens = torch.where(inside, _gather(tokens, token_index), PAD_TOKEN).to(torch.int32)
-    zero = torch.zeros((), dtype=torch.float32, device=tokens.device)
-    window_ci = torch.where(inside, _gather(ci, value_index).float(), zero)
-    window_act = torch.where(inside, _gather(act, value_index).float(), zero)
+    window_tokens = _gather(tokens.to(torch.int32), token_index).masked_fill_(outside, PAD_TOKEN)
+    window_ci = _gather(ci.float(), value_index).masked_fill_(outside, 0.0)
+    window_act = _gather(act.float(), value_index).masked_fill_(outside, 0.0)
     return Windows(window_tokens, window_ci, window_act)
 
 
