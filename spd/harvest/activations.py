@@ -64,13 +64,13 @@ class ActivationReader:
     def bare_forward(self, tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Target forward + CI functions only: the baseline the throughput benchmark compares against."""
         logits, inputs = self.model.forward_with_inputs(tokens)
-        ci = self.model.causal_importances(inputs, sampling="continuous").lower_leaky
+        ci = self.model.lower_leaky_ci(inputs)
         return logits, ci
 
     @torch.inference_mode()
     def __call__(self, tokens: Tensor) -> BatchActivations:
         logits, inputs = self.model.forward_with_inputs(tokens)
-        ci = self.model.causal_importances(inputs, sampling="continuous").lower_leaky
+        ci = self.model.lower_leaky_ci(inputs)
         ci_parts, act_parts = [], []
         for span in self.spans:
             x = inputs[span.name]

@@ -31,6 +31,11 @@ class CIOutputs:
     pre_sigmoid: dict[str, Tensor]
 
 
+def _binomial_perturbed(z: Tensor) -> Tensor:
+    """sampling="binomial": the lower sigmoid reads 1.05 z - 0.05 U(0,1) (reference spec section 3)."""
+    return 1.05 * z - 0.05 * torch.rand_like(z)
+
+
 def expand_module_patterns(target: nn.Module, module_info: list[tuple[str, int]]) -> dict[str, int]:
     """fnmatch patterns -> {module path: C}; a pattern matching nothing or a module matched twice is an error."""
     module_to_c: dict[str, int] = {}
@@ -147,11 +152,8 @@ class ComponentModel(nn.Module):
 
     # --- causal importances -----------------------------------------------------------------------
 
-    def causal_importances(
-        self, pre_weight_acts: dict[str, Tensor], sampling: str = "continuous", detach_inputs: bool = False
-    ) -> CIOutputs:
-        """CIs from module inputs: lower-leaky (masks), upper-leaky (penalty), logits."""
-        lower, upper, pre = {}, {}, {}
+    def ci_logits(self, pre_weight_acts: dict[str, Tensor], detach_inputs: bool = False) -> dict[str, Tensor]:
+        """Pre-sigmoid CI logits z of every module from the module inputs."""
         acts = {
             p: pre_weight_acts[p].detach() if detach_inputs else pre_weight_acts[p] for p in self.target_module_paths
         }
@@ -160,19 +162,31 @@ class ComponentModel(nn.Module):
                 p: self.components(p).component_acts(x) if isinstance(self.components(p), EmbeddingComponents) else x
                 for p, x in acts.items()
             }
-            logits = self.ci_fn._global(inputs)
-        else:
-            logits = {}
-            for path, x in acts.items():
-                fn = self.ci_fn._ci_fns[_key(path)]
-                logits[path] = fn(self.components(path).component_acts(x) if fn.takes_component_acts else x)
+            return self.ci_fn._global(inputs)
+        logits = {}
+        for path, x in acts.items():
+            fn = self.ci_fn._ci_fns[_key(path)]
+            logits[path] = fn(self.components(path).component_acts(x) if fn.takes_component_acts else x)
+        return logits
+
+    def causal_importances(
+        self, pre_weight_acts: dict[str, Tensor], sampling: str = "continuous", detach_inputs: bool = False
+    ) -> CIOutputs:
+        """CIs from module inputs: lower-leaky (masks), upper-leaky (penalty), logits."""
+        logits = self.ci_logits(pre_weight_acts, detach_inputs)
+        lower, upper, pre = {}, {}, {}
         for path in self.target_module_paths:
             z = logits[path]
-            z_lo = 1.05 * z - 0.05 * torch.rand_like(z) if sampling == "binomial" else z
-            lower[path] = self._lower(z_lo)
+            lower[path] = self._lower(_binomial_perturbed(z) if sampling == "binomial" else z)
             upper[path] = self._upper(z)
             pre[path] = z
         return CIOutputs(lower, upper, pre)
+
+    def lower_leaky_ci(self, pre_weight_acts: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The mask-side CIs alone, without sampling noise: what inference reads (harvest, eval), without the
+        penalty-side sigmoid that only training needs."""
+        logits = self.ci_logits(pre_weight_acts)
+        return {path: self._lower(logits[path]) for path in self.target_module_paths}
 
     # --- forward ------------------------------------------------------------------------------------
 

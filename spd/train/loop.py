@@ -301,7 +301,7 @@ class Decomposer:
         patterns = self.target.expected_ci_patterns() if hasattr(self.target, "expected_ci_patterns") else {}
         if patterns and hasattr(self.target, "probe_batch"):  # no pattern defined: no error to report (not 0)
             _, acts = model.forward_with_inputs(self.target.probe_batch(self.device))
-            ci = model.causal_importances(acts, "continuous").lower_leaky
+            ci = model.lower_leaky_ci(acts)
             for tol, suffix in ((0.1, ""), (0.2, "_0p2")):
                 for k, v in M.ci_pattern_errors(ci, patterns, tol).items():
                     out[f"eval/identity_ci_error/{k}{suffix}"] = v
