@@ -77,7 +77,7 @@ def mix_keys(position_hash: Tensor, salt: Tensor) -> Tensor:
     odd constant), so its keys are exactly as uniform and independent across positions as the position
     hashes themselves: that is all a component's uniform sample needs. The xor-shift and multiply make the
     orders of different components unrelated (tested: co-firing components' samples overlap as independent
-    samples would), at a third of the cost of a full hash per firing.
+    samples would), at about half the cost of a full hash per firing.
     """
     x = position_hash + salt
     x = (x ^ _shr(x, 32)) * _signed(_M2)
