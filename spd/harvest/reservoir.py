@@ -135,10 +135,12 @@ class ExampleSelection:
         slot_row, slot = (~kept[:, :k]).nonzero(as_tuple=True)
         if win_row.numel():
             won = new.index(source[win_row, win_col])
-            slot_comp = affected.index_select(0, slot_row)
+            flat_slot = affected.index_select(0, slot_row) * k + slot  # into the [C * k] view of every field
             for f in fields(ExampleRows):
                 target = getattr(self.rows, f.name)
-                target[slot_comp, slot] = getattr(won, f.name).to(target.dtype)
+                target.view(self.C * k, *target.shape[2:]).index_copy_(
+                    0, flat_slot, getattr(won, f.name).to(target.dtype)
+                )
         self.threshold[affected] = self.rows.key[affected].max(dim=1).values
 
     def offer_rows(self, comp: Tensor, rows: ExampleRows) -> None:
