@@ -99,7 +99,7 @@ def test_perfect_init_pgd_reconstructs_and_random_does_not() -> None:
         pgd_recon_layerwise_loss(model, x, out, ones, deltas),
         ci_masked_recon_layerwise_loss(model, x, out, ones),
     ):
-        assert float(loss) < 1e-5
+        assert loss.item() < 1e-5
 
 
 def test_layerwise_pgd_and_ci_equal_full_for_a_single_module() -> None:
@@ -108,14 +108,14 @@ def test_layerwise_pgd_and_ci_equal_full_for_a_single_module() -> None:
     model = ComponentModel(target, {"a": 4})
     x = torch.randn(6, 3)
     out, ci = target(x), {"a": torch.rand(6, 4)}
-    assert float(ci_masked_recon_layerwise_loss(model, x, out, ci)) == pytest.approx(
-        float(ci_masked_recon_loss(model, x, out, ci))
+    assert ci_masked_recon_layerwise_loss(model, x, out, ci).item() == pytest.approx(
+        ci_masked_recon_loss(model, x, out, ci).item()
     )
     torch.manual_seed(3)
     full = pgd_recon_loss(model, x, out, ci, model.deltas(), n_steps=2, step_size=0.2)
     torch.manual_seed(3)
     layerwise = pgd_recon_layerwise_loss(model, x, out, ci, model.deltas(), n_steps=2, step_size=0.2)
-    assert float(full) == pytest.approx(float(layerwise))
+    assert full.item() == pytest.approx(layerwise.item())
 
 
 def test_ci_masked_layerwise_is_the_mean_of_one_module_passes() -> None:
@@ -128,7 +128,7 @@ def test_ci_masked_layerwise_is_the_mean_of_one_module_passes() -> None:
     ca, cb = model.components("a"), model.components("b")
     expected = ((target.b(ca(x, ci["a"])) - out) ** 2).sum() + ((cb(target.a(x), ci["b"]) - out) ** 2).sum()
     got = ci_masked_recon_layerwise_loss(model, x, out, ci)
-    assert float(got) == pytest.approx(float(expected) / (2 * out.numel()), rel=1e-6)
+    assert got.item() == pytest.approx(expected.item() / (2 * out.numel()), rel=1e-6)
 
 
 def test_subset_unrouted_rows_add_zero_loss_but_count(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +145,7 @@ def test_subset_unrouted_rows_add_zero_loss_but_count(monkeypatch: pytest.Monkey
     got = ci_masked_recon_loss(model, x, out, ci, routing="uniform_k_subset")
     ca, cb = model.components("a"), model.components("b")
     routed_sq = ((cb(ca(x, ci["a"]), ci["b"]) - out)[:2] ** 2).sum()
-    assert float(got) == pytest.approx(float(routed_sq) / out.numel(), rel=1e-6)
+    assert got.item() == pytest.approx(routed_sq.item() / out.numel(), rel=1e-6)
 
 
 def test_subset_routing_resampled_and_configured() -> None:
@@ -155,10 +155,10 @@ def test_subset_routing_resampled_and_configured() -> None:
     x = torch.randn(64, 3)
     out = target(x)
     ci = {"a": torch.rand(64, 2), "b": torch.rand(64, 3)}
-    values = {float(stochastic_recon_loss(model, x, out, ci, None, routing="uniform_k_subset")) for _ in range(3)}
+    values = {stochastic_recon_loss(model, x, out, ci, None, routing="uniform_k_subset").item() for _ in range(3)}
     assert len(values) == 3
     never = RoutingConfig(type="static_probability", p=1e-9)
-    assert float(ci_masked_recon_loss(model, x, out, ci, routing=never)) == 0.0  # nothing routed: target output
+    assert ci_masked_recon_loss(model, x, out, ci, routing=never).item() == 0.0  # nothing routed: target output
 
 
 def test_new_losses_parse_and_train_a_few_steps(tmp_path) -> None:
