@@ -6,7 +6,7 @@ reduction, ~0.1 ns per element), then the m chunks with the largest maxima, then
 entries (and the last, shorter chunk when S does not divide the vocabulary). Exact: every one of a row's m
 largest entries lies in one of its m chunks with the largest maxima (were it elsewhere, m chunk maxima would
 exceed it). Ties may be broken differently from torch.topk; the returned entries' values are the same.
-Measured on one CPU thread: [2048 x 1024] 1.9 ms against 3.2 ms, [256 x 50176] 1.9 ms against 15.5 ms.
+Measured on one CPU thread: [2048 x 1024] 1.9 ms against 3.2 ms, [256 x 50257] 3.7 ms against 15.5 ms.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ def top_m_indices(logits: Tensor, m: int) -> Tensor:
     lead = logits.shape[:-1]
     rows = logits.reshape(-1, V)
     N = rows.shape[0]
-    chunks = rows[:, : G * S].reshape(N, G, S)  # a view while rows are contiguous
+    chunks = rows[:, : G * S].reshape(N, G, S)  # a view (no copy) even when a tail is left out
     best_chunks = chunks.amax(dim=-1).topk(m, dim=-1, sorted=False).indices  # [N, m]
-    flat_chunks = (torch.arange(N, device=rows.device).unsqueeze(1) * G + best_chunks).reshape(-1)
-    candidates = chunks.reshape(N * G, S).index_select(0, flat_chunks).view(N, m * S)
+    # the chosen chunks' entries: windows of S entries at any flat offset (an overlapping view, no copy), picked at
+    # each chunk's start (reshaping the chunk view instead would copy it whenever S does not divide V)
+    starts = (torch.arange(N, device=rows.device).unsqueeze(1) * V + best_chunks * S).reshape(-1)
+    candidates = rows.reshape(-1).unfold(0, S, 1).index_select(0, starts).view(N, m * S)
     if G * S < V:
         candidates = torch.cat([candidates, rows[:, G * S :]], dim=1)
     pick = candidates.topk(m, dim=-1, sorted=False).indices  # [N, m] positions among the candidates
