@@ -23,6 +23,7 @@ from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.counters import DenseCounter, DenseTokenFiringCounter, SparseCounter, SparseTokenFiringCounter
 from spd.harvest.data import CorpusSlice
 from spd.harvest.keys import EMPTY_KEY, firing_keys, firing_keys_py, hash64, hash64_py, magnitude_floor, magnitude_keys
+from spd.harvest.nonzero import flat_nonzero, split_flat_index
 from spd.harvest.planted import feature_token_sets, match_rate, planted_feature_matches
 from spd.harvest.reservoir import ExampleRows, ExampleSelection
 from spd.harvest.shard import read_shard, shard_path
@@ -113,6 +114,20 @@ def test_top_m_indices_are_the_m_largest_of_each_row(shape: tuple[int, ...], m: 
         assert torch.equal(logits.gather(-1, got).sort(-1).values, logits.topk(m, -1).values.sort(-1).values)
         assert bool((got.sort(-1).values.diff(dim=-1) > 0).all())  # m distinct entries
     assert chunk_size(1024) == 64 and chunk_size(50257) == 512
+
+
+@pytest.mark.parametrize("shape", [(0, 7), (1, 1), (2048, 256), (300, 37)])
+def test_flat_nonzero_lists_true_entries_like_torch(shape: tuple[int, int]) -> None:
+    gen = torch.Generator().manual_seed(shape[0] * 31 + shape[1])
+    for density in (0.0, 0.03, 0.3, 1.0):
+        mask = torch.rand(shape, generator=gen) < density
+        for m in (mask, mask.T):  # contiguous and transposed (non-contiguous) memory
+            flat = flat_nonzero(m)
+            assert flat.dtype == torch.int64
+            assert torch.equal(flat, m.reshape(-1).nonzero().squeeze(1))
+            row, col = split_flat_index(flat, m.shape[1])
+            expected_row, expected_col = m.nonzero(as_tuple=True)
+            assert torch.equal(row, expected_row) and torch.equal(col, expected_col)
 
 
 def test_magnitude_floor_is_the_smallest_value_a_key_can_beat() -> None:

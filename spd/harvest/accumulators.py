@@ -24,6 +24,7 @@ from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.config import HarvestSettings
 from spd.harvest.counters import EXACT_FP32_LIMIT, make_token_firing_counter
 from spd.harvest.keys import component_salts, magnitude_floor, magnitude_keys, mix_keys, position_hashes
+from spd.harvest.nonzero import flat_nonzero, split_flat_index
 from spd.harvest.reservoir import ExampleRows, ExampleSelection
 from spd.harvest.shard import SUM_NAMES, ShardData
 from spd.harvest.windows import extract_windows
@@ -85,7 +86,8 @@ class TaskAccumulator:
         self.output_total += torch.bincount(top_next.reshape(-1), minlength=V)
 
         # the firings one by one, as (token, component): only the example selections need them
-        token_index, comp = firing.nonzero(as_tuple=True)
+        fired = flat_nonzero(firing)  # flat index token * C + component
+        token_index, comp = split_flat_index(fired, C)
         self.input_counts.add(flat_tokens.unsqueeze(1), firing_rows, token_index, comp)
         self.output_counts.add(top_next, firing_rows, token_index, comp)
         if self.cofire is not None:
@@ -117,9 +119,9 @@ class TaskAccumulator:
         self.uniform.offer(comp, keys, fetch_for(token_index, comp, keys))
         # top-|activation| set: a firing below the smallest |activation| held cannot enter, so magnitude keys are
         # built only for the others (all firings while the set fills, a few once it is full)
-        act_fired = act.reshape(-1).index_select(0, token_index * C + comp)
+        act_fired = act.reshape(-1).index_select(0, fired)
         floor = magnitude_floor(self.top.threshold).index_select(0, comp)
-        candidate = (act_fired.abs() >= floor).nonzero().squeeze(1)
+        candidate = flat_nonzero(act_fired.abs() >= floor)
         cand_token, cand_comp = token_index.index_select(0, candidate), comp.index_select(0, candidate)
         top_keys = magnitude_keys(act_fired.index_select(0, candidate), keys.index_select(0, candidate))
         self.top.offer(cand_comp, top_keys, fetch_for(cand_token, cand_comp, top_keys))

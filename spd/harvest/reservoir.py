@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from spd.harvest.keys import EMPTY_KEY
+from spd.harvest.nonzero import flat_nonzero
 from spd.harvest.windows import PAD_TOKEN
 
 
@@ -81,7 +82,7 @@ class ExampleSelection:
         if self.k == 0 or comp.numel() == 0:
             return
         comp, key = comp.to(self.device, torch.int64), key.to(self.device, torch.int64)
-        admitted = (key < self.threshold.index_select(0, comp)).nonzero().squeeze(1)
+        admitted = flat_nonzero(key < self.threshold.index_select(0, comp))
         if admitted.numel() == 0:
             return
         comp_admitted, key_admitted = comp.index_select(0, admitted), key.index_select(0, admitted)
