@@ -30,7 +30,8 @@ def _fp32_block(firing: Tensor, rows: Tensor, r0: int, r1: int) -> Tensor:
 
 def _int8_block(firing: Tensor, rows: Tensor, r0: int, r1: int) -> Tensor:
     as_int8 = firing.view(torch.int8)  # a bool tensor is 0/1 bytes: a free reinterpretation
-    return torch._int_mm(as_int8[:, r0:r1].T.contiguous(), as_int8[:, r0:])
+    # the transposed view as it is: copying it contiguous first cost more than the product (0.95 vs 0.59 ms, C=256)
+    return torch._int_mm(as_int8[:, r0:r1].T, as_int8[:, r0:])
 
 
 class CofiringCounter:
