@@ -89,7 +89,7 @@ def test_sources_persist_ascend_and_stay_in_unit_interval(opt: str) -> None:
         losses.append(float(loss.detach()))
         state.update(torch.autograd.grad(loss, state.sources()), step, 30)
         for s in state.sources():
-            assert float(s.min()) >= 0.0 and float(s.max()) <= 1.0
+            assert s.min().item() >= 0.0 and s.max().item() <= 1.0
     assert losses[-1] > losses[0]  # gradient ascent on the reconstruction loss
     assert any(not torch.equal(a, b) for a, b in zip(before, state.sources(), strict=True))  # sources persisted
     assert state.lr(0, 30) == pytest.approx(0.05)
@@ -130,7 +130,7 @@ def test_subset_routing_unrouted_positions_contribute_zero() -> None:
     assert torch.allclose(out[~routing], target_out[~routing])
     state = PersistentPGDState(model.module_to_c, (6,), PersistentPGDConfig(), use_delta_component=False)
     ci = {p: torch.zeros(6, 5) for p in acts}
-    assert float(ppgd_recon_loss(model, x, target_out, ci, None, state, routing="uniform_k_subset")) >= 0
+    assert ppgd_recon_loss(model, x, target_out, ci, None, state, routing="uniform_k_subset").item() >= 0
 
 
 def test_hidden_acts_recon_exact_value() -> None:
@@ -147,13 +147,13 @@ def test_hidden_acts_recon_exact_value() -> None:
     out_b = (torch.relu(out_a) @ cb.V * 0.5) @ cb.U
     sq_a = ((out_a - target_outputs["a"]) ** 2).sum()
     sq_b = ((out_b - target_outputs["b"]) ** 2).sum()
-    assert float(loss) == pytest.approx(float((sq_a + sq_b) / (20 + 10)), rel=1e-5)
-    assert per["a"] == pytest.approx(float(sq_a / 20), rel=1e-5)
-    assert float(ci_hidden_acts_recon_loss(model, x, g)) == pytest.approx(float(loss), rel=1e-5)
+    assert loss.item() == pytest.approx(((sq_a + sq_b) / (20 + 10)).item(), rel=1e-5)
+    assert per["a"] == pytest.approx((sq_a / 20).item(), rel=1e-5)
+    assert ci_hidden_acts_recon_loss(model, x, g).item() == pytest.approx(loss.item(), rel=1e-5)
     # perfect components (V = Wᵀ, U = I) and g = 1: zero stochastic loss even with the δ term
     perfect = ComponentModel(model.target_model, {"a": 4, "b": 2}, ci_fn_type="shared_mlp", ci_hidden_dims=[])
     for p in ("a", "b"):
         perfect.components(p).V.data = model.target_weight(p).T.clone()
         perfect.components(p).U.data = torch.eye(perfect.module_to_c[p])
     ones = {p: torch.ones(5, c) for p, c in perfect.module_to_c.items()}
-    assert float(stochastic_hidden_acts_recon_loss(perfect, x, ones, perfect.deltas())) < 1e-10
+    assert stochastic_hidden_acts_recon_loss(perfect, x, ones, perfect.deltas()).item() < 1e-10

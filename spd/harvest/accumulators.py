@@ -100,7 +100,7 @@ class TaskAccumulator:
         def fetch_for(tok: Tensor, cmp: Tensor, selection_keys: Tensor):
             def fetch(idx: Tensor) -> ExampleRows:  # only for admitted candidates: row and position computed here
                 chosen = tok.index_select(0, idx)
-                row, pos = torch.div(chosen, S, rounding_mode="floor"), torch.remainder(chosen, S)
+                row, pos = split_flat_index(chosen, S)
                 w = extract_windows(tokens, acts.ci, acts.act, row, pos, cmp.index_select(0, idx), side)
                 return ExampleRows(
                     key=selection_keys.index_select(0, idx),
@@ -128,8 +128,8 @@ class TaskAccumulator:
 
     def to_shard(self, meta: dict) -> ShardData:
         """Everything on the CPU in the compact shard layout (sparse COO, filled example slots only)."""
-        in_comp, in_tok = divmod_keys(self.input_counts.keys(), self.V)
-        out_comp, out_tok = divmod_keys(self.output_counts.keys(), self.V)
+        in_comp, in_tok = split_flat_index(self.input_counts.keys(), self.V)
+        out_comp, out_tok = split_flat_index(self.output_counts.keys(), self.V)
         co_a, co_b, co_n = self._cofiring_pairs()
         u_comp, _, u_rows = self.uniform.flat()
         t_comp, _, t_rows = self.top.flat()
@@ -161,8 +161,3 @@ class TaskAccumulator:
             empty_i = torch.zeros(0, dtype=torch.int32)
             return empty_i, empty_i, torch.zeros(0, dtype=torch.int64)
         return self.cofire.pairs()
-
-
-def divmod_keys(keys: Tensor, base: int) -> tuple[Tensor, Tensor]:
-    """Split composite keys hi * base + lo into (hi, lo)."""
-    return torch.div(keys, base, rounding_mode="floor"), torch.remainder(keys, base)

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from spd.harvest.accumulators import divmod_keys
 from spd.harvest.counters import make_counter
+from spd.harvest.nonzero import split_flat_index
 from spd.harvest.reservoir import ExampleSelection
 from spd.harvest.shard import SUM_NAMES, ShardData, read_shard, shard_path
 from spd.shard_checksums import ShardsCorrupt, ShardsMissing, unreadable_shard, verify_shards
@@ -131,12 +131,12 @@ class MergedHarvest:
     def token_counts(self, direction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(component, token, count) of the non-zero input or output counts, sorted by (component, token)."""
         counter = self.input_counts if direction == "input" else self.output_counts
-        comp, tok = divmod_keys(counter.keys(), self.V)
+        comp, tok = split_flat_index(counter.keys(), self.V)
         return comp, tok, counter.counts()
 
     def cofiring_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a, b, count) with a < b, sorted."""
-        a, b = divmod_keys(self.cofire.keys(), self.C)
+        a, b = split_flat_index(self.cofire.keys(), self.C)
         return a, b, self.cofire.counts()
 
 

@@ -88,6 +88,7 @@ TABLES: dict[str, str] = {
             slice_sha256 VARCHAR NOT NULL,   -- sha256 of its window ids in processing order
             task_seed BIGINT,
             device VARCHAR NOT NULL,
+            cofiring_method VARCHAR,         -- int8 or fp32 (both exact: the faster on its first batch); NULL: off
             host VARCHAR,
             started_at VARCHAR NOT NULL,
             finished_at VARCHAR NOT NULL,

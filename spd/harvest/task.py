@@ -127,6 +127,7 @@ def run_harvest_task(
         "layers": [{"name": s.name, "offset": s.offset, "C": s.C} for s in layer_spans(model)],
         "decomposition": decomposition_identity(decomposition_dir),
         "device": str(device),
+        "cofiring_method": acc.cofire.method if acc.cofire is not None else None,  # both exact; provenance
         "started_at": started_at,
         "finished_at": now_iso(),
         "seconds": round(seconds, 3),
