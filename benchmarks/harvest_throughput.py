@@ -10,7 +10,9 @@ Throughput: the same batches (already on the device) go through
 - read: what the harvest reads of a batch (bare + component activations + the target's top-m predictions);
 - harvest: what a harvest task does per batch (forward, CI, component activations, top-m predictions, every
   accumulator and both example sets), plus writing the shard's contents out at the end;
-each timed `--repeats` times after a warm-up, in this one process; tokens/s and their ratio are printed.
+each timed `--repeats` times after a warm-up, in this one process; tokens/s and their ratio (of the medians) are
+printed, and the ratio of each repeat's own bare and harvest passes (run back to back: robust to slow drifts of a
+shared machine).
 Merge memory: the same data harvested by 1, 4 and 16 tasks (in this process), then each merge runs in a fresh
 subprocess that reports its peak RSS (VmHWM, Linux) and its peak before merging (imports).
 """
@@ -119,6 +121,8 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int) -> 
         "read_tokens_per_s": n_tokens / median["read"],
         "harvest_tokens_per_s": n_tokens / median["harvest"],
         "ratio": median["bare"] / median["harvest"],
+        # the two passes of one repeat run back to back, so their ratio cancels the machine's slow drifts
+        "paired_ratios": [b / h for b, h in zip(times["bare"], times["harvest"], strict=True)],
         "times": times,
     }
 
@@ -193,6 +197,11 @@ def report_throughput(decomposition: Path, r: dict) -> None:
     print(f"  ... + component acts, top-m outputs:  {r['read_tokens_per_s']:>12,.0f} tokens/s")
     print(f"  harvest task loop:                    {r['harvest_tokens_per_s']:>12,.0f} tokens/s")
     print(f"  ratio harvest / bare:                 {r['ratio']:.3f}   (goal >= 0.6)")
+    paired = r["paired_ratios"]
+    print(
+        f"  ratio per repeat (same repeat's passes): median {statistics.median(paired):.3f}, "
+        f"range {min(paired):.3f}-{max(paired):.3f}"
+    )
     print(f"  seconds per pass: {json.dumps({k: [round(x, 3) for x in v] for k, v in r['times'].items()})}")
 
 
