@@ -48,6 +48,45 @@ VARIANTS = {
 }
 
 
+def target_config(variant: str, target_seed: int, seed_search: int) -> TMSTargetConfig | ResidMLPTargetConfig:
+    """The verified-target config of a variant (the trainer searches seeds until every feature is represented)."""
+    v = VARIANTS[variant]
+    if variant.startswith("resid_mlp"):
+        return ResidMLPTargetConfig(**RESID_MLP_PRESETS[variant], seed=target_seed, seed_search=seed_search)
+    return TMSTargetConfig(
+        n_features=v["n_features"],
+        n_hidden=v["n_hidden"],
+        n_hidden_layers=v["n_hidden_layers"],
+        bias_init="zero" if v["n_features"] == 40 else "default",
+        train_batch_size=v["train_batch_size"],
+        seed=target_seed,
+        seed_search=seed_search,
+    )
+
+
+def spd_config(
+    variant: str, steps: int | None = None, batch_size: int | None = None, eval_freq: int = 1000, n_eval_steps: int = 10
+) -> SPDConfig:
+    """The reference SPD hyper-parameters of a variant (spec section 11.4); steps/batch_size None: the reference's."""
+    v = VARIANTS[variant]
+    lr_fn = v.get("lr_fn", "cosine")
+    return SPDConfig(
+        default_C=v["C"],
+        steps=steps or v["steps"],
+        batch_size=batch_size or v.get("batch_size", 4096),
+        eval_freq=eval_freq,
+        n_eval_steps=n_eval_steps,
+        lr_schedule=ScheduleConfig(
+            start_val=v.get("lr", 1e-3), fn_type=lr_fn, final_val_frac=1.0 if lr_fn == "constant" else 0.0
+        ),
+        losses=[
+            ImportanceMinimalityLossConfig(coeff=v["imp"], pnorm=v["p"]),
+            StochasticReconLossConfig(coeff=1.0),
+            StochasticReconLayerwiseLossConfig(coeff=1.0),
+        ],
+    )
+
+
 def resid_criteria(metrics: dict) -> dict[str, bool]:
     return {"identity_ci_error(layers.0.mlp_in) == 0": metrics["eval/identity_ci_error/layers.0.mlp_in"] == 0}
 
@@ -79,40 +118,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     v = VARIANTS[args.variant]
-    if args.variant.startswith("resid_mlp"):
-        tc = ResidMLPTargetConfig(
-            **RESID_MLP_PRESETS[args.variant], seed=args.target_seed, seed_search=args.seed_search
-        )
-    else:
-        tc = TMSTargetConfig(
-            n_features=v["n_features"],
-            n_hidden=v["n_hidden"],
-            n_hidden_layers=v["n_hidden_layers"],
-            bias_init="zero" if v["n_features"] == 40 else "default",
-            train_batch_size=v["train_batch_size"],
-            seed=args.target_seed,
-            seed_search=args.seed_search,
-        )
+    tc = target_config(args.variant, args.target_seed, args.seed_search)
     t0 = time.perf_counter()
     target, info = train_target(tc, args.device)
     target_s = time.perf_counter() - t0
     print(f"target: seed {info['seed']}, loss {info['final_loss']:.3e}, {target_s:.1f}s")
-    lr_fn = v.get("lr_fn", "cosine")
-    cfg = SPDConfig(
-        default_C=v["C"],
-        steps=args.steps or v["steps"],
-        batch_size=args.batch_size or v.get("batch_size", 4096),
-        eval_freq=args.eval_freq,
-        n_eval_steps=args.n_eval_steps,
-        lr_schedule=ScheduleConfig(
-            start_val=v.get("lr", 1e-3), fn_type=lr_fn, final_val_frac=1.0 if lr_fn == "constant" else 0.0
-        ),
-        losses=[
-            ImportanceMinimalityLossConfig(coeff=v["imp"], pnorm=v["p"]),
-            StochasticReconLossConfig(coeff=1.0),
-            StochasticReconLayerwiseLossConfig(coeff=1.0),
-        ],
-    )
+    cfg = spd_config(args.variant, args.steps, args.batch_size, args.eval_freq, args.n_eval_steps)
     out_root = args.out or Path(tempfile.mkdtemp(prefix="spd_bench_"))
     results = []
     for seed in args.seeds:

@@ -19,15 +19,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from decompose_toy import spd_config, target_config  # this folder: the benchmark's own 5-2-id settings
 
-from spd.targets import TMSTargetConfig, train_target
-from spd.train.config import (
-    ImportanceMinimalityLossConfig,
-    ScheduleConfig,
-    SPDConfig,
-    StochasticReconLayerwiseLossConfig,
-    StochasticReconLossConfig,
-)
+from spd.targets import train_target
 from spd.train.loop import Decomposer
 
 
@@ -78,25 +72,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    tc = TMSTargetConfig(
-        n_features=5, n_hidden=2, n_hidden_layers=1, train_batch_size=1024, seed=args.target_seed, seed_search=1
-    )
+    tc = target_config("5-2-id", args.target_seed, seed_search=1)
     target, info = train_target(tc, "cpu")
     basis, min_cos = farthest_from_orthogonal_basis(target.linear1.weight.detach())
     print(f"fixed hidden read directions: min |cos| with the features {min_cos[0]:.3f}, {min_cos[1]:.3f}")
-    cfg = SPDConfig(
-        default_C=20,
-        steps=args.steps,
-        batch_size=4096,
-        eval_freq=1000,
-        n_eval_steps=10,
-        lr_schedule=ScheduleConfig(start_val=1e-3, fn_type="cosine", final_val_frac=0.0),
-        losses=[
-            ImportanceMinimalityLossConfig(coeff=3e-3, pnorm=1.0),
-            StochasticReconLossConfig(coeff=1.0),
-            StochasticReconLayerwiseLossConfig(coeff=1.0),
-        ],
-    )
+    cfg = spd_config("5-2-id", steps=args.steps)
     out = args.out or Path(tempfile.mkdtemp(prefix="spd_fixed_basis_"))
     run = FixedHiddenBasis(target, cfg, out, args.seed, torch.device("cpu"), tc, info, basis=args.scale * basis)
     metrics = run.run()["metrics"]
