@@ -101,7 +101,9 @@ class TaskAccumulator:
             def fetch(idx: Tensor) -> ExampleRows:  # only for admitted candidates: row and position computed here
                 chosen = tok.index_select(0, idx)
                 row, pos = split_flat_index(chosen, S)
-                w = extract_windows(tokens, acts.ci, acts.act, row, pos, cmp.index_select(0, idx), side)
+                w = extract_windows(
+                    tokens, ci, act, row, pos, cmp.index_select(0, idx), side
+                )  # the fp32 [B*S, C] views
                 return ExampleRows(
                     key=selection_keys.index_select(0, idx),
                     tokens=w.tokens,

@@ -28,7 +28,8 @@ class Windows:
 def extract_windows(
     tokens: Tensor, ci: Tensor, act: Tensor, row: Tensor, pos: Tensor, comp: Tensor, side: int
 ) -> Windows:
-    """Windows of the firings (row[i], pos[i]) of components comp[i] from a batch's [B, S(, C)] tensors."""
+    """Windows of the firings (row[i], pos[i]) of components comp[i]: tokens [B, S], ci and act [B, S, C] or
+    [B * S, C] (the same memory)."""
     S, C = tokens.shape[1], ci.shape[-1]
     offsets = torch.arange(-side, side + 1, device=tokens.device)
     positions = pos.unsqueeze(1) + offsets  # [n, W]
