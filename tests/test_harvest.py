@@ -10,6 +10,7 @@ import math
 import os
 import random
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 import duckdb
@@ -18,15 +19,27 @@ import torch
 
 from spd.data.batches import BatchConfig, BatchStream
 from spd.harvest import HarvestSettings, HarvestStore, ShardMissingError, counters, merge_harvest, run_harvest_task
+from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader
+from spd.harvest.batch_scan import Candidates, ScanLimits, scan_batch
 from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.counters import DenseCounter, DenseTokenFiringCounter, SparseCounter, SparseTokenFiringCounter
 from spd.harvest.data import CorpusSlice
-from spd.harvest.keys import EMPTY_KEY, firing_keys, firing_keys_py, hash64, hash64_py, magnitude_floor, magnitude_keys
+from spd.harvest.keys import (
+    EMPTY_KEY,
+    component_salts,
+    firing_keys,
+    firing_keys_py,
+    hash64,
+    hash64_py,
+    magnitude_floor,
+    magnitude_keys,
+    position_hashes,
+)
 from spd.harvest.nonzero import flat_nonzero, split_flat_index
 from spd.harvest.planted import feature_token_sets, match_rate, planted_feature_matches
 from spd.harvest.reservoir import ExampleRows, ExampleSelection
-from spd.harvest.shard import read_shard, shard_path
+from spd.harvest.shard import ShardData, read_shard, shard_path
 from spd.harvest.task import slice_spec
 from spd.harvest.top_m import CHUNK, top_m_indices
 from spd.models import load_decomposition, load_decomposition_corpus
@@ -149,7 +162,7 @@ def test_cofiring_counts_pairs_above_the_diagonal_exactly(method: str, n_compone
     expected = torch.zeros(n_components, n_components, dtype=torch.int64)
     for _ in range(3):
         firing = torch.rand(700, n_components, generator=gen) < 0.3
-        counter.add(firing, firing.float())
+        counter.add(firing)
         expected += firing.long().T @ firing.long()
     a, b, n = counter.pairs()
     upper = torch.triu(torch.ones(n_components, n_components, dtype=torch.bool), diagonal=1) & (expected > 0)
@@ -161,7 +174,7 @@ def test_cofiring_counts_pairs_above_the_diagonal_exactly(method: str, n_compone
 def test_cofiring_picks_an_exact_method_on_the_first_batch() -> None:
     counter = CofiringCounter(40, "cpu")
     firing = torch.rand(256, 40) < 0.5
-    counter.add(firing, firing.float())
+    counter.add(firing)
     assert counter.method in ("fp32", "int8")
     _, _, n = counter.pairs()
     assert int(n.sum()) == int(torch.triu(firing.long().T @ firing.long(), diagonal=1).sum())
@@ -199,6 +212,80 @@ def test_counters_count_exactly(make) -> None:
         truth.update(keys)
     assert dict(zip(counter.keys().tolist(), counter.counts().tolist(), strict=True)) == dict(truth)
     assert counter.keys().tolist() == sorted(truth)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_numba_scan_equals_the_torch_scan(m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled CPU scan gives the torch scan's firings, candidates (same order) and counts; sums to fp32."""
+    monkeypatch.setattr(counters, "EXACT_FP32_LIMIT", 700)  # the float32 count tables flush every other batch
+    gen = torch.Generator().manual_seed(m)
+    N, C, V, seed, threshold = 300, 37, 23, 5, 0.4
+    salts = component_salts(seed, torch.arange(C))
+    tables = {method: (DenseTokenFiringCounter(C, V), DenseTokenFiringCounter(C, V)) for method in ("torch", "numba")}
+    for batch in range(4):
+        ci, act = torch.rand(N, C, generator=gen), torch.randn(N, C, generator=gen)
+        ci[:, 0], ci[:, 1] = 0.0, 1.0  # one component never fires, one always
+        tokens = torch.randint(0, V, (N,), generator=gen)
+        top_next = torch.stack([torch.randperm(V, generator=gen)[:m] for _ in range(N)])
+        stream_position = torch.arange(N) + batch * N
+        position_hash = position_hashes(seed, stream_position)
+        free = torch.rand(C, generator=gen) < 0.3  # components with free slots admit every firing
+        limits = ScanLimits(
+            uniform_threshold=torch.where(free, EMPTY_KEY, torch.randint(0, 2**61, (C,), generator=gen)),
+            top_floor=torch.where(free, 0.0, torch.rand(C, generator=gen) * 2),
+        )
+        scans = {
+            method: scan_batch(
+                method, ci, act, tokens, top_next, position_hash, salts, threshold, limits, *tables[method]
+            )
+            for method in tables
+        }
+        want, got = scans["torch"], scans["numba"]
+        assert torch.equal(got.firing, want.firing) and torch.equal(want.firing, ci > threshold)
+        torch.testing.assert_close(got.sums, want.sums, rtol=1e-5, atol=1e-4)
+        assert torch.equal(want.sums[0], (ci > threshold).sum(0).float())
+        for kind in ("uniform", "top"):
+            for field in fields(Candidates):
+                assert torch.equal(getattr(getattr(got, kind), field.name), getattr(getattr(want, kind), field.name))
+        # the candidates by their definition, from the firing list and the one-call key function
+        row, comp = want.firing.nonzero(as_tuple=True)
+        keys, values = firing_keys(seed, stream_position[row], comp), act[row, comp]
+        uniform = keys < limits.uniform_threshold[comp]
+        top = values.abs() >= limits.top_floor[comp]
+        assert 0 < int(uniform.sum()) < row.numel() and 0 < int(top.sum()) < row.numel()
+        for candidates, where in ((want.uniform, uniform), (want.top, top)):
+            assert torch.equal(candidates.token, row[where]) and torch.equal(candidates.comp, comp[where])
+            assert torch.equal(candidates.key, keys[where]) and torch.equal(candidates.act, values[where])
+    (torch_in, torch_out), (numba_in, numba_out) = tables["torch"], tables["numba"]
+    for want_counter, got_counter in ((torch_in, numba_in), (torch_out, numba_out)):
+        assert torch.equal(got_counter.keys(), want_counter.keys())
+        assert torch.equal(got_counter.counts(), want_counter.counts())
+
+
+def test_numba_and_torch_scans_give_the_same_shard(decomposition: Path) -> None:
+    model = load_decomposition(decomposition)
+    corpus = load_decomposition_corpus(decomposition)
+    settings = HarvestSettings(**SETTINGS)
+    spec = slice_spec(model.run_config, corpus, settings, 0)
+    reader = ActivationReader(model, settings.output_top_m)
+    shards = {}
+    for method in ("torch", "numba"):
+        acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, SEED, "cpu", scan=method)
+        for batch in CorpusSlice(corpus, spec):
+            acc.process(batch.index, batch.starts, spec.seq_len, reader(batch.tokens))
+        shards[method] = acc.to_shard({})
+    assert TaskAccumulator(reader.n_components, corpus.vocab_size, settings, SEED, "cpu").scan_method == "numba"
+    want, got = shards["torch"], shards["numba"]
+    assert int(want.firing_count.sum()) > 0 and want.uniform_rows.key.numel() > 0
+    for field in fields(ShardData):
+        a, b = getattr(want, field.name), getattr(got, field.name)
+        if field.name == "sums":
+            for name in a:
+                torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-6)
+        elif isinstance(a, ExampleRows):
+            assert all(torch.equal(getattr(a, f.name), getattr(b, f.name)) for f in fields(ExampleRows)), field.name
+        elif isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), field.name
 
 
 @pytest.mark.parametrize("counter_class", [DenseTokenFiringCounter, SparseTokenFiringCounter])
@@ -440,6 +527,7 @@ def test_store_is_independent_of_the_number_of_tasks(stores: dict[int, Path]) ->
         assert four.execute("SELECT count(*), sum(n_batches) FROM tasks").fetchone() == (4, 24)
         methods = four.execute("SELECT DISTINCT cofiring_method FROM tasks").fetchall()
         assert methods and {m for (m,) in methods} <= {"int8", "fp32"}
+        assert four.execute("SELECT DISTINCT scan_method FROM tasks").fetchall() == [("numba",)]  # CPU tasks
 
 
 # --- shards, merge, store -----------------------------------------------------------------------------
@@ -452,6 +540,7 @@ def test_shards_are_sparse_and_record_their_slice(stores: dict[int, Path]) -> No
     )
     assert shard.meta["n_batches"] == 6 and len(shard.sequences) == 6 * 8
     assert shard.meta["cofiring_method"] in ("int8", "fp32")  # the exact product this task timed fastest
+    assert shard.meta["scan_method"] == "numba"  # the compiled scan on the CPU (torch on other devices)
     assert shard.input_count.dtype == torch.int64 and shard.input_component.dtype == torch.int32
     assert bool((shard.input_count > 0).all()) and bool((shard.cofire_a < shard.cofire_b).all())
     assert not list(shard_path(stores[4].parent, 2).parent.glob(".*.tmp"))

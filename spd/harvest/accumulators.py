@@ -12,6 +12,9 @@ Per component c (flat index) and token t:
 - co-firing counts (a, b), a < b: tokens where both fire (spd.harvest.cofiring: F^T F per batch, exact, into an
   int64 table; only the blocks on and above the diagonal are multiplied).
 - the uniform example reservoir and the top-|activation| set (spd.harvest.reservoir).
+
+Everything that reads each (token, component) entry of a batch (firings, sums, token counts, the selections'
+candidates) is one scan (spd.harvest.batch_scan: numba on the CPU, torch elsewhere).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import torch
 from torch import Tensor
 
 from spd.harvest.activations import BatchActivations
+from spd.harvest.batch_scan import SCAN_SUMS, Candidates, ScanLimits, ScanMethod, scan_batch, scan_method
 from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.config import HarvestSettings
 from spd.harvest.counters import EXACT_FP32_LIMIT, make_token_firing_counter
-from spd.harvest.keys import component_salts, magnitude_floor, magnitude_keys, mix_keys, position_hashes
-from spd.harvest.nonzero import flat_nonzero, split_flat_index
+from spd.harvest.keys import component_salts, magnitude_floor, magnitude_keys, position_hashes
+from spd.harvest.nonzero import split_flat_index
 from spd.harvest.reservoir import ExampleRows, ExampleSelection
 from spd.harvest.shard import SUM_NAMES, ShardData
 from spd.harvest.windows import extract_windows
@@ -34,7 +38,13 @@ class TaskAccumulator:
     """Accumulates every per-component statistic of one harvest task (see the module docstring)."""
 
     def __init__(
-        self, n_components: int, vocab_size: int, settings: HarvestSettings, seed: int, device: torch.device | str
+        self,
+        n_components: int,
+        vocab_size: int,
+        settings: HarvestSettings,
+        seed: int,
+        device: torch.device | str,
+        scan: ScanMethod | None = None,
     ) -> None:
         self.C, self.V, self.settings, self.seed = n_components, vocab_size, settings, seed
         self.device = dev = torch.device(device)
@@ -48,6 +58,8 @@ class TaskAccumulator:
         self.input_counts = make_token_firing_counter(n_components, vocab_size, dev)
         self.output_counts = make_token_firing_counter(n_components, vocab_size, dev)
         self.cofire = CofiringCounter(n_components, dev) if settings.cofiring else None
+        # numba on the CPU, torch elsewhere (spd.harvest.batch_scan); "torch" forces the reference everywhere
+        self.scan_method: ScanMethod = scan or scan_method(dev, (self.input_counts, self.output_counts))
         window = settings.window
         self.salts = component_salts(seed, torch.arange(n_components, device=dev))  # sampling-key salt per component
         self.uniform = ExampleSelection(n_components, settings.examples_per_component, window, dev)
@@ -62,10 +74,6 @@ class TaskAccumulator:
             raise ValueError(f"a batch of {B * S} tokens is too large for exact fp32 co-firing counts")
         # fp32 whatever the model ran in (sums per batch in fp32, across batches in fp64)
         ci, act = acts.ci.reshape(B * S, C).float(), acts.act.reshape(B * S, C).float()
-        firing = ci > self.settings.ci_threshold  # [B * S, C] bool (nonzero of a bool is ~2x faster than of a float)
-        # the same as 0/1 float32 for the dense sums and matmuls (comparing into a float output is ~10x faster than
-        # converting the bool)
-        firing_rows = torch.gt(ci, self.settings.ci_threshold, out=torch.empty_like(ci))
         self.n_tokens += B * S
         self.n_batches += 1
         self.sequences.append((starts // seq_len).to("cpu", torch.int64))
@@ -73,37 +81,29 @@ class TaskAccumulator:
         top_next = acts.top_next.reshape(B * S, -1)
         if int(torch.maximum(flat_tokens.max(), top_next.max())) >= V:
             raise ValueError(f"token ids exceed the vocabulary size {V}")
-
-        # Per-component sums as dense column sums over [B * S, C] (several times cheaper on CPU than a scattered
-        # add per firing at typical densities); a fp32 sum of 0/1 entries is exact below 2**24 rows.
-        self.firing_count += firing_rows.sum(dim=0).to(torch.int64)
-        self.sums["ci_sum"] += ci.sum(dim=0)
-        self.sums["act_sum"] += act.sum(dim=0)
-        self.sums["act_abs_sum"] += act.abs().sum(dim=0)
-        self.sums["ci_sum_firing"] += (ci * firing_rows).sum(dim=0)
-        self.sums["act_sum_firing"] += (act * firing_rows).sum(dim=0)
         self.input_total += torch.bincount(flat_tokens, minlength=V)
         self.output_total += torch.bincount(top_next.reshape(-1), minlength=V)
 
-        # the firings one by one, as (token, component): only the example selections need them
-        fired = flat_nonzero(firing)  # flat index token * C + component
-        token_index, comp = split_flat_index(fired, C)
-        self.input_counts.add(flat_tokens.unsqueeze(1), firing_rows, token_index, comp)
-        self.output_counts.add(top_next, firing_rows, token_index, comp)
-        if self.cofire is not None:
-            self.cofire.add(firing, firing_rows)
-
         token_stream_position = (starts.unsqueeze(1) + torch.arange(S, device=starts.device)).reshape(-1)
         position_hash = position_hashes(self.seed, token_stream_position)  # once per token, not per firing
+        limits = ScanLimits(self.uniform.threshold, magnitude_floor(self.top.threshold))
+        scan = scan_batch(
+            self.scan_method, ci, act, flat_tokens, top_next, position_hash, self.salts,
+            self.settings.ci_threshold, limits, self.input_counts, self.output_counts,
+        )  # fmt: skip
+        self.firing_count += scan.sums[0].to(torch.int64)  # exact: a fp32 sum of < 2**24 zeros and ones
+        for name, batch_sum in zip(SCAN_SUMS[1:], scan.sums[1:], strict=True):
+            self.sums[name] += batch_sum
+        if self.cofire is not None:
+            self.cofire.add(scan.firing)
+
         side = self.settings.context_tokens_per_side
 
-        def fetch_for(tok: Tensor, cmp: Tensor, selection_keys: Tensor):
+        def offer(selection: ExampleSelection, candidates: Candidates, selection_keys: Tensor) -> None:
             def fetch(idx: Tensor) -> ExampleRows:  # only for admitted candidates: row and position computed here
-                chosen = tok.index_select(0, idx)
-                row, pos = split_flat_index(chosen, S)
-                w = extract_windows(
-                    tokens, ci, act, row, pos, cmp.index_select(0, idx), side
-                )  # the fp32 [B*S, C] views
+                row, pos = split_flat_index(candidates.token.index_select(0, idx), S)
+                comp = candidates.comp.index_select(0, idx)
+                w = extract_windows(tokens, ci, act, row, pos, comp, side)  # the fp32 [B*S, C] views
                 return ExampleRows(
                     key=selection_keys.index_select(0, idx),
                     tokens=w.tokens,
@@ -114,19 +114,11 @@ class TaskAccumulator:
                     batch=torch.full_like(idx, batch_index),
                 )
 
-            return fetch
+            selection.offer(candidates.comp, selection_keys, fetch)
 
-        # index_select: several times faster than advanced indexing on CPU for these 1-D gathers
-        keys = mix_keys(position_hash.index_select(0, token_index), self.salts.index_select(0, comp))
-        self.uniform.offer(comp, keys, fetch_for(token_index, comp, keys))
-        # top-|activation| set: a firing below the smallest |activation| held cannot enter, so magnitude keys are
-        # built only for the others (all firings while the set fills, a few once it is full)
-        act_fired = act.reshape(-1).index_select(0, fired)
-        floor = magnitude_floor(self.top.threshold).index_select(0, comp)
-        candidate = flat_nonzero(act_fired.abs() >= floor)
-        cand_token, cand_comp = token_index.index_select(0, candidate), comp.index_select(0, candidate)
-        top_keys = magnitude_keys(act_fired.index_select(0, candidate), keys.index_select(0, candidate))
-        self.top.offer(cand_comp, top_keys, fetch_for(cand_token, cand_comp, top_keys))
+        offer(self.uniform, scan.uniform, scan.uniform.key)
+        # the top-|activation| set: keys only for the firings at or above its floor (all while it fills, a few after)
+        offer(self.top, scan.top, magnitude_keys(scan.top.act, scan.top.key))
 
     def to_shard(self, meta: dict) -> ShardData:
         """Everything on the CPU in the compact shard layout (sparse COO, filled example slots only)."""

@@ -113,12 +113,17 @@ class DenseTokenFiringCounter:
     def add(self, token_ids: Tensor, firing_rows: Tensor, fired_row: Tensor, fired_comp: Tensor) -> None:
         """token_ids [N, m]: the m distinct tokens of each position; firing_rows [N, C] float32 0/1; the firings
         as (fired_row, fired_comp) pairs (what the sparse counter reads)."""
-        n = token_ids.shape[0]
-        if self._window_bound + n >= EXACT_FP32_LIMIT:
-            self._flush()
+        table = self.table_for(token_ids.shape[0])
         for j in range(token_ids.shape[1]):
-            self.window.index_add_(0, token_ids[:, j], firing_rows)
-        self._window_bound += n
+            table.index_add_(0, token_ids[:, j], firing_rows)
+
+    def table_for(self, n_positions: int) -> Tensor:
+        """The float32 [V, C] table a batch of n positions adds its firing rows into (in place; each position adds
+        at most 1 to an entry): flushed first when those adds could pass exact float32 integers."""
+        if self._window_bound + n_positions >= EXACT_FP32_LIMIT:
+            self._flush()
+        self._window_bound += n_positions
+        return self.window
 
     def _flush(self) -> None:
         self.total += self.window.round().to(torch.int64)

@@ -25,6 +25,7 @@ _M2 = 0x94D049BB133111EB
 _GOLDEN = 0x9E3779B97F4A7C15
 _SALT_TAG = 0x5A175A17  # separates the component-salt stream from the position stream of the same seed
 KEY_BITS = 62  # keys lie in [0, 2**62): never equal to the "empty slot" marker EMPTY_KEY
+MIX_MULTIPLIER = _M2  # the odd constant of mix_keys (also used by spd.harvest.batch_scan_numba)
 EMPTY_KEY = torch.iinfo(torch.int64).max
 
 
@@ -80,7 +81,7 @@ def mix_keys(position_hash: Tensor, salt: Tensor) -> Tensor:
     samples would), at about half the cost of a full hash per firing.
     """
     x = position_hash + salt
-    x = (x ^ _shr(x, 32)) * _signed(_M2)
+    x = (x ^ _shr(x, 32)) * _signed(MIX_MULTIPLIER)
     return _shr(x, 64 - KEY_BITS)
 
 

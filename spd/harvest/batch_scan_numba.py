@@ -1,0 +1,128 @@
+"""`scan_batch` on the CPU as one compiled loop (numba): each (token, component) entry is read once.
+
+Per token row: the column sums and the firing flags in one vectorised loop, the row's firings added into the
+input-token row and the m output-token rows of the counters' tables, then the row's firings listed without
+branches and only those checked against the selections' limits. Results equal `scan_batch_torch`'s (the same
+candidates in the same order, the same counts, the same keys); the fp32 sums differ only in summation order.
+
+Compiled on first use and cached on disk (numba's cache: __pycache__ next to this file, else the user's cache
+directory), so a harvest task pays the few seconds of compilation once per machine, not once per task.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from spd.harvest.batch_scan import BatchScan, Candidates, ScanLimits, TokenFiringCounter
+from spd.harvest.counters import DenseTokenFiringCounter
+from spd.harvest.keys import KEY_BITS, MIX_MULTIPLIER
+
+_MIX = np.uint64(MIX_MULTIPLIER)
+_SHIFT_HALF = np.uint64(32)
+_SHIFT_KEY = np.uint64(64 - KEY_BITS)
+
+
+@numba.njit(nogil=True, cache=True)
+def _grown(values: np.ndarray, needed: int) -> np.ndarray:
+    """`values` copied into an array with room for at least `needed` entries (doubling: amortised O(1))."""
+    out = np.empty(max(2 * values.shape[0], needed), values.dtype)
+    out[: values.shape[0]] = values
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_threshold, top_floor, sums,
+          input_table, output_table, firing):  # fmt: skip
+    N, C = ci.shape
+    m = top_next.shape[1]
+    row_firing = np.empty(C, np.float32)
+    fired = np.empty(C, np.int64)
+    n_uni, n_top, cap = 0, 0, 1024
+    uni_token, uni_comp, uni_key = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)
+    uni_act = np.empty(cap, np.float32)
+    top_token, top_comp, top_key = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)
+    top_act = np.empty(cap, np.float32)
+    count, ci_sum, act_sum, abs_sum, ci_firing, act_firing = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5]
+    for n in range(N):
+        ci_row, act_row, firing_row = ci[n], act[n], firing[n]
+        for c in range(C):  # no branches: vectorised
+            x, a = ci_row[c], act_row[c]
+            f = np.float32(x > threshold)
+            row_firing[c] = f
+            firing_row[c] = x > threshold
+            count[c] += f
+            ci_sum[c] += x
+            act_sum[c] += a
+            abs_sum[c] += abs(a)
+            ci_firing[c] += x * f
+            act_firing[c] += a * f
+        table_row = input_table[tokens[n]]
+        for c in range(C):
+            table_row[c] += row_firing[c]
+        for j in range(m):
+            table_row = output_table[top_next[n, j]]
+            for c in range(C):
+                table_row[c] += row_firing[c]
+        n_fired = 0
+        for c in range(C):  # the row's firing components, listed without a branch per entry
+            fired[n_fired] = c
+            n_fired += ci_row[c] > threshold
+        if n_uni + n_fired > uni_token.shape[0]:
+            uni_token, uni_comp = _grown(uni_token, n_uni + n_fired), _grown(uni_comp, n_uni + n_fired)
+            uni_key, uni_act = _grown(uni_key, n_uni + n_fired), _grown(uni_act, n_uni + n_fired)
+        if n_top + n_fired > top_token.shape[0]:
+            top_token, top_comp = _grown(top_token, n_top + n_fired), _grown(top_comp, n_top + n_fired)
+            top_key, top_act = _grown(top_key, n_top + n_fired), _grown(top_act, n_top + n_fired)
+        h = position_hash[n]
+        for i in range(n_fired):
+            c = fired[i]
+            x = h + salts[c]  # spd.harvest.keys.mix_keys on unsigned 64-bit integers
+            x = (x ^ (x >> _SHIFT_HALF)) * _MIX
+            key = np.int64(x >> _SHIFT_KEY)
+            a = act_row[c]
+            if key < uniform_threshold[c]:
+                uni_token[n_uni], uni_comp[n_uni], uni_key[n_uni], uni_act[n_uni] = n, c, key, a
+                n_uni += 1
+            if abs(a) >= top_floor[c]:
+                top_token[n_top], top_comp[n_top], top_key[n_top], top_act[n_top] = n, c, key, a
+                n_top += 1
+    return (
+        uni_token[:n_uni], uni_comp[:n_uni], uni_key[:n_uni], uni_act[:n_uni],
+        top_token[:n_top], top_comp[:n_top], top_key[:n_top], top_act[:n_top],
+    )  # fmt: skip
+
+
+def scan_batch_numba(
+    ci: Tensor,
+    act: Tensor,
+    tokens: Tensor,
+    top_next: Tensor,
+    position_hash: Tensor,
+    salts: Tensor,
+    threshold: float,
+    limits: ScanLimits,
+    input_counts: TokenFiringCounter,
+    output_counts: TokenFiringCounter,
+) -> BatchScan:
+    """`spd.harvest.batch_scan.scan_batch` on CPU tensors, for dense token counters (see the module docstring)."""
+    if not (isinstance(input_counts, DenseTokenFiringCounter) and isinstance(output_counts, DenseTokenFiringCounter)):
+        raise TypeError("the numba scan adds into dense token counters; use the torch scan for sparse ones")
+    N, C = ci.shape
+    sums = torch.zeros((6, C), dtype=torch.float32)
+    firing = torch.empty((N, C), dtype=torch.bool)
+    parts = _scan(
+        _array(ci), _array(act), _array(tokens), _array(top_next),
+        _array(position_hash).view(np.uint64), _array(salts).view(np.uint64), np.float32(threshold),
+        _array(limits.uniform_threshold), _array(limits.top_floor), sums.numpy(),
+        input_counts.table_for(N).numpy(), output_counts.table_for(N).numpy(), firing.numpy(),
+    )  # fmt: skip
+    uniform, top = (Candidates(*(torch.from_numpy(p) for p in parts[i : i + 4])) for i in (0, 4))
+    return BatchScan(firing=firing, sums=sums, uniform=uniform, top=top)
+
+
+def _array(t: Tensor) -> np.ndarray:
+    """A C-contiguous numpy view of a CPU tensor (a copy only when it is not contiguous)."""
+    return t.detach().contiguous().numpy()
