@@ -4,6 +4,7 @@
     python benchmarks/harvest_throughput.py --from-pipeline examples/quickstart.yaml   # trains the decomposition first
     python benchmarks/harvest_throughput.py --device cuda --batch-size 64 --n-batches 60
     python benchmarks/harvest_throughput.py --no-cofiring --merge-shards        # without the C x C co-firing
+    python benchmarks/harvest_throughput.py --kernels torch --merge-shards      # the torch kernels on the CPU too
 
 Throughput: the same batches (already on the device) go through
 - bare: the target forward + the CI functions (`ActivationReader.bare_forward`), nothing else;
@@ -34,6 +35,7 @@ import yaml
 from spd.harvest import HarvestSettings, run_harvest_task
 from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader
+from spd.harvest.batch_scan import Kernels
 from spd.harvest.data import CorpusSlice
 from spd.harvest.task import decomposition_corpus, slice_spec
 from spd.models import load_decomposition
@@ -77,7 +79,7 @@ def build_decomposition(pipeline_file: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def throughput(decomposition: Path, settings: HarvestSettings, repeats: int) -> dict:
+def throughput(decomposition: Path, settings: HarvestSettings, repeats: int, kernels: Kernels | None) -> dict:
     device = resolve_device(settings.device)
     model = load_decomposition(decomposition, device)
     corpus = decomposition_corpus(decomposition)
@@ -95,11 +97,13 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int) -> 
             reader(tokens)
 
     def harvest() -> None:
-        acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, 0, device)
+        acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, 0, device, kernels)
+        kernels_used.add(acc.kernels)
         for index, tokens, starts in batches:
             acc.process(index, starts, spec.seq_len, reader(tokens))
         acc.to_shard({})
 
+    kernels_used: set[str] = set()
     variants = {"bare": bare, "read": read, "harvest": harvest}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up (kernels, allocator, caches)
@@ -115,6 +119,7 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int) -> 
     return {
         "device": str(device),
         "components": reader.n_components,
+        "kernels": ", ".join(sorted(kernels_used)),
         "vocab": corpus.vocab_size,
         "tokens": n_tokens,
         "bare_tokens_per_s": n_tokens / median["bare"],
@@ -158,6 +163,9 @@ def main() -> None:
     parser.add_argument("--n-batches", type=int, default=None, help="global batches (default: the whole split)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant (0: skip throughput)")
     parser.add_argument("--no-cofiring", action="store_true", help="harvest with cofiring: false")
+    parser.add_argument(
+        "--kernels", choices=["numba", "torch"], default=None, help="per-batch kernels (default: numba on CPU)"
+    )
     parser.add_argument("--merge-shards", type=int, nargs="*", default=[1, 4, 16])
     parser.add_argument("--merge-examples", type=int, default=1000, help="reservoir k for the merge-memory runs")
     args = parser.parse_args()
@@ -174,7 +182,7 @@ def main() -> None:
             device=args.device, batch_size=args.batch_size, n_batches=args.n_batches, cofiring=not args.no_cofiring
         )
         if args.repeats > 0:
-            report_throughput(decomposition, throughput(decomposition, settings, args.repeats))
+            report_throughput(decomposition, throughput(decomposition, settings, args.repeats, args.kernels))
         if args.merge_shards:
             merge_settings = settings.model_copy(
                 update={"examples_per_component": args.merge_examples, "context_tokens_per_side": 20}
@@ -191,7 +199,7 @@ def main() -> None:
 def report_throughput(decomposition: Path, r: dict) -> None:
     print(
         f"decomposition {decomposition}: {r['components']} components, vocab {r['vocab']}, device {r['device']}, "
-        f"{r['tokens']} tokens per pass, threads {torch.get_num_threads()}"
+        f"{r['tokens']} tokens per pass, threads {torch.get_num_threads()}, kernels {r['kernels']}"
     )
     print(f"  bare forward (target + CI functions): {r['bare_tokens_per_s']:>12,.0f} tokens/s")
     print(f"  ... + component acts, top-m outputs:  {r['read_tokens_per_s']:>12,.0f} tokens/s")

@@ -14,11 +14,20 @@ from dataclasses import fields
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 import torch
 
 from spd.data.batches import BatchConfig, BatchStream
-from spd.harvest import HarvestSettings, HarvestStore, ShardMissingError, counters, merge_harvest, run_harvest_task
+from spd.harvest import (
+    HarvestSettings,
+    HarvestStore,
+    ShardMissingError,
+    counters,
+    jit,
+    merge_harvest,
+    run_harvest_task,
+)
 from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader
 from spd.harvest.batch_scan import Candidates, ScanLimits, scan_batch
@@ -38,7 +47,7 @@ from spd.harvest.keys import (
 )
 from spd.harvest.nonzero import flat_nonzero, split_flat_index
 from spd.harvest.planted import feature_token_sets, match_rate, planted_feature_matches
-from spd.harvest.reservoir import ExampleRows, ExampleSelection
+from spd.harvest.reservoir import BatchSource, ExampleRows, ExampleSelection
 from spd.harvest.shard import ShardData, read_shard, shard_path
 from spd.harvest.task import slice_spec
 from spd.harvest.top_m import CHUNK, top_m_indices
@@ -262,6 +271,22 @@ def test_numba_scan_equals_the_torch_scan(m: int, monkeypatch: pytest.MonkeyPatc
         assert torch.equal(got_counter.counts(), want_counter.counts())
 
 
+def test_kernels_compile_where_nothing_is_writable_for_numbas_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_njit = jit.numba.njit
+
+    def njit(*args, cache: bool = False, **kwargs):
+        if cache:  # what numba raises when neither __pycache__ nor the user's cache directory is writable
+            raise RuntimeError("cannot cache function 'add_one': no locator available for file 'x.py'")
+        return real_njit(*args, **kwargs)
+
+    monkeypatch.setattr(jit.numba, "njit", njit)
+
+    def add_one(values):
+        return values + 1
+
+    assert jit.compiled(add_one)(np.arange(3)).tolist() == [1, 2, 3]
+
+
 def test_numba_and_torch_scans_give_the_same_shard(decomposition: Path) -> None:
     model = load_decomposition(decomposition)
     corpus = load_decomposition_corpus(decomposition)
@@ -270,11 +295,11 @@ def test_numba_and_torch_scans_give_the_same_shard(decomposition: Path) -> None:
     reader = ActivationReader(model, settings.output_top_m)
     shards = {}
     for method in ("torch", "numba"):
-        acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, SEED, "cpu", scan=method)
+        acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, SEED, "cpu", kernels=method)
         for batch in CorpusSlice(corpus, spec):
             acc.process(batch.index, batch.starts, spec.seq_len, reader(batch.tokens))
         shards[method] = acc.to_shard({})
-    assert TaskAccumulator(reader.n_components, corpus.vocab_size, settings, SEED, "cpu").scan_method == "numba"
+    assert TaskAccumulator(reader.n_components, corpus.vocab_size, settings, SEED, "cpu").kernels == "numba"
     want, got = shards["torch"], shards["numba"]
     assert int(want.firing_count.sum()) > 0 and want.uniform_rows.key.numel() > 0
     for field in fields(ShardData):
@@ -320,6 +345,31 @@ def _rows(keys: torch.Tensor, tag: torch.Tensor, window: int = 3) -> ExampleRows
         position=torch.zeros(n, dtype=torch.int64),
         batch=torch.zeros(n, dtype=torch.int64),
     )
+
+
+def test_compiled_offer_keeps_what_queue_and_fold_keep() -> None:
+    """The compiled CPU offer and the torch queue-and-fold end with the same examples, windows and provenance,
+    over batches that fill the selections and then replace part of them, with a torch offer in between."""
+    gen = torch.Generator().manual_seed(7)
+    C, k, B, S, side = 9, 5, 4, 16, 2
+    selections = {compiled: ExampleSelection(C, k, 2 * side + 1, fold_size=11) for compiled in (True, False)}
+    for batch in range(12):
+        tokens = torch.randint(0, 50, (B, S), generator=gen)
+        ci, act = torch.rand(B * S, C, generator=gen), torch.randn(B * S, C, generator=gen)
+        source = BatchSource(tokens, ci, act, torch.arange(B) * S + batch * B * S, S, batch, side)
+        n = int(torch.randint(0, 30, (1,), generator=gen))
+        comp = torch.randint(0, C - 1, (n,), generator=gen)  # the last component is never offered anything
+        token, key = torch.randint(0, B * S, (n,), generator=gen), torch.randint(0, 2**62, (n,), generator=gen)
+        for compiled, selection in selections.items():
+            # batch 6 goes through the torch queue in both: the compiled one must fold it in before its next offer
+            selection.offer_firings(comp, key, token, source, compiled and batch != 6)
+    filled = selections[True].filled()
+    assert int(filled[-1]) == 0 and int(filled.max()) == k and bool((filled[:-1] > 0).all())
+    (got_comp, got_rank, got), (want_comp, want_rank, want) = (s.flat() for s in selections.values())
+    assert torch.equal(got_comp, want_comp) and torch.equal(got_rank, want_rank)
+    for field in fields(ExampleRows):
+        assert torch.equal(getattr(got, field.name), getattr(want, field.name)), field.name
+    assert torch.equal(selections[True].threshold, selections[False].threshold)
 
 
 def test_selection_keeps_the_k_smallest_keys_per_component_and_merges_exactly() -> None:
@@ -527,7 +577,7 @@ def test_store_is_independent_of_the_number_of_tasks(stores: dict[int, Path]) ->
         assert four.execute("SELECT count(*), sum(n_batches) FROM tasks").fetchone() == (4, 24)
         methods = four.execute("SELECT DISTINCT cofiring_method FROM tasks").fetchall()
         assert methods and {m for (m,) in methods} <= {"int8", "fp32"}
-        assert four.execute("SELECT DISTINCT scan_method FROM tasks").fetchall() == [("numba",)]  # CPU tasks
+        assert four.execute("SELECT DISTINCT kernels FROM tasks").fetchall() == [("numba",)]  # CPU tasks
 
 
 # --- shards, merge, store -----------------------------------------------------------------------------
@@ -540,7 +590,7 @@ def test_shards_are_sparse_and_record_their_slice(stores: dict[int, Path]) -> No
     )
     assert shard.meta["n_batches"] == 6 and len(shard.sequences) == 6 * 8
     assert shard.meta["cofiring_method"] in ("int8", "fp32")  # the exact product this task timed fastest
-    assert shard.meta["scan_method"] == "numba"  # the compiled scan on the CPU (torch on other devices)
+    assert shard.meta["kernels"] == "numba"  # compiled scan and selections on the CPU (torch on other devices)
     assert shard.input_count.dtype == torch.int64 and shard.input_component.dtype == torch.int32
     assert bool((shard.input_count > 0).all()) and bool((shard.cofire_a < shard.cofire_b).all())
     assert not list(shard_path(stores[4].parent, 2).parent.glob(".*.tmp"))

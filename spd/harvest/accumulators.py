@@ -23,15 +23,14 @@ import torch
 from torch import Tensor
 
 from spd.harvest.activations import BatchActivations
-from spd.harvest.batch_scan import SCAN_SUMS, Candidates, ScanLimits, ScanMethod, scan_batch, scan_method
+from spd.harvest.batch_scan import SCAN_SUMS, Kernels, ScanLimits, default_kernels, scan_batch
 from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.config import HarvestSettings
 from spd.harvest.counters import EXACT_FP32_LIMIT, make_token_firing_counter
 from spd.harvest.keys import component_salts, magnitude_floor, magnitude_keys, position_hashes
 from spd.harvest.nonzero import split_flat_index
-from spd.harvest.reservoir import ExampleRows, ExampleSelection
+from spd.harvest.reservoir import BatchSource, ExampleSelection
 from spd.harvest.shard import SUM_NAMES, ShardData
-from spd.harvest.windows import extract_windows
 
 
 class TaskAccumulator:
@@ -44,7 +43,7 @@ class TaskAccumulator:
         settings: HarvestSettings,
         seed: int,
         device: torch.device | str,
-        scan: ScanMethod | None = None,
+        kernels: Kernels | None = None,
     ) -> None:
         self.C, self.V, self.settings, self.seed = n_components, vocab_size, settings, seed
         self.device = dev = torch.device(device)
@@ -59,7 +58,7 @@ class TaskAccumulator:
         self.output_counts = make_token_firing_counter(n_components, vocab_size, dev)
         self.cofire = CofiringCounter(n_components, dev) if settings.cofiring else None
         # numba on the CPU, torch elsewhere (spd.harvest.batch_scan); "torch" forces the reference everywhere
-        self.scan_method: ScanMethod = scan or scan_method(dev, (self.input_counts, self.output_counts))
+        self.kernels: Kernels = kernels or default_kernels(dev, (self.input_counts, self.output_counts))
         window = settings.window
         self.salts = component_salts(seed, torch.arange(n_components, device=dev))  # sampling-key salt per component
         self.uniform = ExampleSelection(n_components, settings.examples_per_component, window, dev)
@@ -88,7 +87,7 @@ class TaskAccumulator:
         position_hash = position_hashes(self.seed, token_stream_position)  # once per token, not per firing
         limits = ScanLimits(self.uniform.threshold, magnitude_floor(self.top.threshold))
         scan = scan_batch(
-            self.scan_method, ci, act, flat_tokens, top_next, position_hash, self.salts,
+            self.kernels, ci, act, flat_tokens, top_next, position_hash, self.salts,
             self.settings.ci_threshold, limits, self.input_counts, self.output_counts,
         )  # fmt: skip
         self.firing_count += scan.sums[0].to(torch.int64)  # exact: a fp32 sum of < 2**24 zeros and ones
@@ -97,28 +96,12 @@ class TaskAccumulator:
         if self.cofire is not None:
             self.cofire.add(scan.firing)
 
-        side = self.settings.context_tokens_per_side
-
-        def offer(selection: ExampleSelection, candidates: Candidates, selection_keys: Tensor) -> None:
-            def fetch(idx: Tensor) -> ExampleRows:  # only for admitted candidates: row and position computed here
-                row, pos = split_flat_index(candidates.token.index_select(0, idx), S)
-                comp = candidates.comp.index_select(0, idx)
-                w = extract_windows(tokens, ci, act, row, pos, comp, side)  # the fp32 [B*S, C] views
-                return ExampleRows(
-                    key=selection_keys.index_select(0, idx),
-                    tokens=w.tokens,
-                    ci=w.ci,
-                    act=w.act,
-                    sequence=starts.index_select(0, row) // seq_len,
-                    position=pos,
-                    batch=torch.full_like(idx, batch_index),
-                )
-
-            selection.offer(candidates.comp, selection_keys, fetch)
-
-        offer(self.uniform, scan.uniform, scan.uniform.key)
+        source = BatchSource(tokens, ci, act, starts, seq_len, batch_index, self.settings.context_tokens_per_side)
+        compiled = self.kernels == "numba"
+        uniform, top = scan.uniform, scan.top
+        self.uniform.offer_firings(uniform.comp, uniform.key, uniform.token, source, compiled)
         # the top-|activation| set: keys only for the firings at or above its floor (all while it fills, a few after)
-        offer(self.top, scan.top, magnitude_keys(scan.top.act, scan.top.key))
+        self.top.offer_firings(top.comp, magnitude_keys(top.act, top.key), top.token, source, compiled)
 
     def to_shard(self, meta: dict) -> ShardData:
         """Everything on the CPU in the compact shard layout (sparse COO, filled example slots only)."""

@@ -6,9 +6,10 @@ selections) and adds the batch's firings into the two (component, token) counter
 the same result (the sums up to fp32 summation order):
 - `scan_batch_torch`: torch ops, any device; the reference the other is tested against;
 - `spd.harvest.batch_scan_numba`: one compiled loop on the CPU that reads each entry once where the torch
-  version makes ~15 passes over the batch and lists every firing before keeping a few (quickstart harvest,
-  one thread: 0.45 -> 0.27 s of accumulation per 131K tokens; docs/benchmarks.md).
-`scan_method` picks numba on the CPU while the token counters are dense tables, torch otherwise.
+  version makes ~15 passes over the batch and lists every firing before keeping a few.
+A task's `Kernels` choice covers this scan and the example selections' offers (spd.harvest.reservoir_numba):
+`default_kernels` picks numba on the CPU while the token counters are dense tables, torch otherwise (numbers in
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from spd.harvest.counters import DenseTokenFiringCounter, SparseTokenFiringCount
 from spd.harvest.keys import mix_keys
 from spd.harvest.nonzero import flat_nonzero, split_flat_index
 
-ScanMethod = Literal["numba", "torch"]
+Kernels = Literal["numba", "torch"]
 TokenFiringCounter = DenseTokenFiringCounter | SparseTokenFiringCounter
 
 # the rows of BatchScan.sums: per-component sums over the batch's tokens (firing_count: how many fire)
@@ -58,14 +59,14 @@ class ScanLimits:
     top_floor: Tensor  # [C] float32: a firing is a top candidate when its |activation| is at least this
 
 
-def scan_method(device: torch.device, counters: tuple[TokenFiringCounter, ...]) -> ScanMethod:
+def default_kernels(device: torch.device, counters: tuple[TokenFiringCounter, ...]) -> Kernels:
     """numba on the CPU when the token counters are dense tables (the kernel adds rows into them); else torch."""
     dense = all(isinstance(c, DenseTokenFiringCounter) for c in counters)
     return "numba" if device.type == "cpu" and dense else "torch"
 
 
 def scan_batch(
-    method: ScanMethod,
+    kernels: Kernels,
     ci: Tensor,
     act: Tensor,
     tokens: Tensor,
@@ -79,7 +80,7 @@ def scan_batch(
 ) -> BatchScan:
     """Scan one batch: ci, act [N, C] float32; tokens [N] and top_next [N, m] int64 token ids; position_hash [N]
     and salts [C] (the sampling keys' parts); threshold: a component fires where its CI exceeds it."""
-    if method == "numba":
+    if kernels == "numba":
         from spd.harvest.batch_scan_numba import scan_batch_numba  # compiled on first use (cached on disk)
 
         return scan_batch_numba(

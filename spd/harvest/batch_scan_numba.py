@@ -5,19 +5,19 @@ input-token row and the m output-token rows of the counters' tables, then the ro
 branches and only those checked against the selections' limits. Results equal `scan_batch_torch`'s (the same
 candidates in the same order, the same counts, the same keys); the fp32 sums differ only in summation order.
 
-Compiled on first use and cached on disk (numba's cache: __pycache__ next to this file, else the user's cache
-directory), so a harvest task pays the few seconds of compilation once per machine, not once per task.
+Compiled on first use and cached on disk (spd.harvest.jit), so a harvest task pays the few seconds of
+compilation once per machine, not once per task.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
 
 from spd.harvest.batch_scan import BatchScan, Candidates, ScanLimits, TokenFiringCounter
 from spd.harvest.counters import DenseTokenFiringCounter
+from spd.harvest.jit import compiled, numpy_view
 from spd.harvest.keys import KEY_BITS, MIX_MULTIPLIER
 
 _MIX = np.uint64(MIX_MULTIPLIER)
@@ -25,7 +25,7 @@ _SHIFT_HALF = np.uint64(32)
 _SHIFT_KEY = np.uint64(64 - KEY_BITS)
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _grown(values: np.ndarray, needed: int) -> np.ndarray:
     """`values` copied into an array with room for at least `needed` entries (doubling: amortised O(1))."""
     out = np.empty(max(2 * values.shape[0], needed), values.dtype)
@@ -33,7 +33,7 @@ def _grown(values: np.ndarray, needed: int) -> np.ndarray:
     return out
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_threshold, top_floor, sums,
           input_table, output_table, firing):  # fmt: skip
     N, C = ci.shape
@@ -114,15 +114,10 @@ def scan_batch_numba(
     sums = torch.zeros((6, C), dtype=torch.float32)
     firing = torch.empty((N, C), dtype=torch.bool)
     parts = _scan(
-        _array(ci), _array(act), _array(tokens), _array(top_next),
-        _array(position_hash).view(np.uint64), _array(salts).view(np.uint64), np.float32(threshold),
-        _array(limits.uniform_threshold), _array(limits.top_floor), sums.numpy(),
+        numpy_view(ci), numpy_view(act), numpy_view(tokens), numpy_view(top_next),
+        numpy_view(position_hash).view(np.uint64), numpy_view(salts).view(np.uint64), np.float32(threshold),
+        numpy_view(limits.uniform_threshold), numpy_view(limits.top_floor), sums.numpy(),
         input_counts.table_for(N).numpy(), output_counts.table_for(N).numpy(), firing.numpy(),
     )  # fmt: skip
     uniform, top = (Candidates(*(torch.from_numpy(p) for p in parts[i : i + 4])) for i in (0, 4))
     return BatchScan(firing=firing, sums=sums, uniform=uniform, top=top)
-
-
-def _array(t: Tensor) -> np.ndarray:
-    """A C-contiguous numpy view of a CPU tensor (a copy only when it is not contiguous)."""
-    return t.detach().contiguous().numpy()

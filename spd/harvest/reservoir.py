@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from spd.harvest.keys import EMPTY_KEY
-from spd.harvest.nonzero import flat_nonzero
-from spd.harvest.windows import PAD_TOKEN
+from spd.harvest.nonzero import flat_nonzero, split_flat_index
+from spd.harvest.windows import PAD_TOKEN, extract_windows
 
 
 @dataclass
@@ -43,6 +43,33 @@ class ExampleRows:
 
     def to(self, device: torch.device | str) -> ExampleRows:
         return ExampleRows(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class BatchSource:
+    """One batch as example windows are cut from it (spd.harvest.windows) with their provenance."""
+
+    tokens: Tensor  # [B, S] token ids
+    ci: Tensor  # [B * S, C] float32
+    act: Tensor  # [B * S, C] float32
+    starts: Tensor  # [B] int64: stream position of each row's first token
+    seq_len: int  # window length of the split (sequence id = start // seq_len)
+    batch_index: int  # global batch index
+    side: int  # context tokens on each side of a firing
+
+    def rows(self, token: Tensor, comp: Tensor, key: Tensor) -> ExampleRows:
+        """The examples of firings at flat token index token[i] (row * S + position) of components comp[i]."""
+        row, pos = split_flat_index(token, self.tokens.shape[1])
+        w = extract_windows(self.tokens, self.ci, self.act, row, pos, comp, self.side)
+        return ExampleRows(
+            key=key,
+            tokens=w.tokens,
+            ci=w.ci,
+            act=w.act,
+            sequence=self.starts.index_select(0, row) // self.seq_len,
+            position=pos,
+            batch=torch.full_like(token, self.batch_index),
+        )
 
 
 class ExampleSelection:
@@ -66,11 +93,33 @@ class ExampleSelection:
         self.threshold = torch.full((n_components,), EMPTY_KEY, dtype=torch.int64, device=dev)
         self._pending: list[tuple[Tensor, ExampleRows]] = []
         self._pending_rows = 0
+        # [C, k]: each component's slots as a max-heap by key, kept by the compiled offer; None after a fold
+        self.slot_heaps: Tensor | None = None
         self.fold_size = fold_size if fold_size is not None else min(max(n_components * k // 4, 4096), 1 << 18)
 
     @property
     def device(self) -> torch.device:
         return self.rows.key.device
+
+    def offer_firings(self, comp: Tensor, key: Tensor, token: Tensor, source: BatchSource, compiled: bool) -> None:
+        """Offer firings of one batch (component comp[i], key key[i], flat token index token[i] in `source`);
+        windows are cut only for those that get in.
+
+        compiled (CPU only): one numba pass keeps, per component, the k smallest of held and offered keys and
+        writes the winners straight into the slots they evict (spd.harvest.reservoir_numba); otherwise `offer`
+        (queue and fold, any device). The selection ends the same either way.
+        """
+        if compiled:
+            from spd.harvest.reservoir_numba import offer_firings_numba  # compiled on first use (cached on disk)
+
+            self.fold()  # whatever a torch offer queued goes in first
+            offer_firings_numba(self, comp, key, token, source)
+            return
+        self.offer(
+            comp,
+            key,
+            lambda idx: source.rows(token.index_select(0, idx), comp.index_select(0, idx), key.index_select(0, idx)),
+        )
 
     def offer(self, comp: Tensor, key: Tensor, fetch: Callable[[Tensor], ExampleRows]) -> None:
         """Offer candidates (component comp[i], key key[i]); `fetch(idx)` builds the rows of candidates idx.
@@ -113,6 +162,7 @@ class ExampleSelection:
             **{f.name: torch.cat([getattr(r, f.name) for _, r in self._pending]) for f in fields(ExampleRows)}
         )
         self._pending, self._pending_rows = [], 0
+        self.slot_heaps = None  # rebuilt by the next compiled offer
         k, dev = self.k, self.device
         affected, local = torch.unique(comp_new, return_inverse=True)  # the components with newcomers, as rows 0..A-1
         order, rank = order_within_groups(local, new.key)

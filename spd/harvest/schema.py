@@ -89,7 +89,7 @@ TABLES: dict[str, str] = {
             task_seed BIGINT,
             device VARCHAR NOT NULL,
             cofiring_method VARCHAR,         -- int8 or fp32 (both exact: the faster on its first batch); NULL: off
-            scan_method VARCHAR,             -- numba (CPU) or torch: the same per-batch statistics
+            kernels VARCHAR,                 -- numba (CPU) or torch: the same per-batch statistics
             host VARCHAR,
             started_at VARCHAR NOT NULL,
             finished_at VARCHAR NOT NULL,

@@ -210,7 +210,7 @@ def _tasks_and_provenance(
             ),
             "device": np.array([t["device"] for t in tasks], dtype=object),
             "cofiring_method": np.array([t.get("cofiring_method") for t in tasks], dtype=object),
-            "scan_method": np.array([t.get("scan_method") for t in tasks], dtype=object),
+            "kernels": np.array([t.get("kernels") for t in tasks], dtype=object),
             "host": np.array([t["runtime"].get("host") for t in tasks], dtype=object),
             "started_at": np.array([t["started_at"] for t in tasks], dtype=object),
             "finished_at": np.array([t["finished_at"] for t in tasks], dtype=object),

@@ -128,7 +128,7 @@ def run_harvest_task(
         "decomposition": decomposition_identity(decomposition_dir),
         "device": str(device),
         "cofiring_method": acc.cofire.method if acc.cofire is not None else None,  # both exact; provenance
-        "scan_method": acc.scan_method,  # numba or torch: the same statistics (spd.harvest.batch_scan)
+        "kernels": acc.kernels,  # numba or torch: the same statistics (spd.harvest.batch_scan)
         "started_at": started_at,
         "finished_at": now_iso(),
         "seconds": round(seconds, 3),
