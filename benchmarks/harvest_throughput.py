@@ -37,6 +37,7 @@ from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader
 from spd.harvest.batch_scan import Kernels
 from spd.harvest.data import CorpusSlice
+from spd.harvest.malloc import keep_freed_memory
 from spd.harvest.task import decomposition_corpus, slice_spec
 from spd.models import load_decomposition
 from spd.utils import resolve_device
@@ -81,6 +82,7 @@ def build_decomposition(pipeline_file: Path, out_dir: Path) -> Path:
 
 def throughput(decomposition: Path, settings: HarvestSettings, repeats: int, kernels: Kernels | None) -> dict:
     device = resolve_device(settings.device)
+    keep_freed_memory()  # as a harvest task does: bare and harvest passes alike reuse their pages
     model = load_decomposition(decomposition, device)
     corpus = decomposition_corpus(decomposition)
     spec = slice_spec(model.run_config, corpus, settings, 0)

@@ -19,6 +19,7 @@ from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader, layer_spans
 from spd.harvest.config import HarvestSettings
 from spd.harvest.data import CorpusSlice, SliceSpec
+from spd.harvest.malloc import keep_freed_memory
 from spd.harvest.provenance import code_version, now_iso, runtime, sha256_file
 from spd.harvest.shard import SHARD_FORMAT, SHARD_FORMAT_VERSION, remove_stale_temps, shard_path, write_shard
 from spd.models import load_decomposition, load_decomposition_corpus
@@ -92,6 +93,7 @@ def run_harvest_task(
     if task_seed is not None:
         torch.manual_seed(task_seed)  # nothing here draws from torch's RNG; seeded so any future use is reproducible
     device = resolve_device(settings.device)
+    keep_freed_memory()  # each batch reuses the last one's pages (spd.harvest.malloc)
     decomposition_dir = Path(decomposition_dir)
     model = load_decomposition(decomposition_dir, device)
     corpus = decomposition_corpus(decomposition_dir)
