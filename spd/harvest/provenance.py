@@ -57,7 +57,7 @@ def code_version() -> dict[str, Any]:
 def runtime() -> dict[str, Any]:
     """Host and library versions of the running process."""
     found: dict[str, Any] = {"host": socket.gethostname(), "python": platform.python_version()}
-    for dist in ("torch", "numpy", "duckdb"):
+    for dist in ("torch", "numpy", "numba", "duckdb"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[dist] = metadata.version(dist)
     return found

@@ -103,7 +103,8 @@ def run_harvest_task(
     acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, seed, device)
     log(
         f"task {task}/{settings.n_tasks}: {len(data)} of {spec.n_batches} batches of {spec.batch_size} x "
-        f"{spec.seq_len} tokens from split {spec.split!r}, {reader.n_components} components, device {device}"
+        f"{spec.seq_len} tokens from split {spec.split!r}, {reader.n_components} components, device {device}, "
+        f"kernels {acc.kernels}"
     )
     last_log = time.monotonic()
     for i, batch in enumerate(data):
