@@ -32,7 +32,7 @@ from spd.harvest import (
 )
 from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader
-from spd.harvest.batch_scan import Candidates, ScanLimits, scan_batch
+from spd.harvest.batch_scan import BatchEntries, Candidates, ScanRules, scan_batch
 from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.counters import DenseCounter, DenseTokenFiringCounter, SparseCounter, SparseTokenFiringCounter
 from spd.harvest.data import CorpusSlice
@@ -239,18 +239,15 @@ def test_numba_scan_equals_the_torch_scan(m: int, monkeypatch: pytest.MonkeyPatc
         tokens = torch.randint(0, V, (N,), generator=gen)
         top_next = torch.stack([torch.randperm(V, generator=gen)[:m] for _ in range(N)])
         stream_position = torch.arange(N) + batch * N
-        position_hash = position_hashes(seed, stream_position)
         free = torch.rand(C, generator=gen) < 0.3  # components with free slots admit every firing
-        limits = ScanLimits(
+        rules = ScanRules(
+            threshold,
+            salts,
             uniform_threshold=torch.where(free, EMPTY_KEY, torch.randint(0, 2**61, (C,), generator=gen)),
             top_floor=torch.where(free, 0.0, torch.rand(C, generator=gen) * 2),
         )
-        scans = {
-            method: scan_batch(
-                method, ci, act, tokens, top_next, position_hash, salts, threshold, limits, *tables[method]
-            )
-            for method in tables
-        }
+        entries = BatchEntries(ci, act, tokens, top_next, position_hashes(seed, stream_position))
+        scans = {method: scan_batch(method, entries, rules, *tables[method]) for method in tables}
         want, got = scans["torch"], scans["numba"]
         assert torch.equal(got.firing, want.firing) and torch.equal(want.firing, ci > threshold)
         torch.testing.assert_close(got.sums, want.sums, rtol=1e-5, atol=1e-4)
@@ -261,8 +258,8 @@ def test_numba_scan_equals_the_torch_scan(m: int, monkeypatch: pytest.MonkeyPatc
         # the candidates by their definition, from the firing list and the one-call key function
         row, comp = want.firing.nonzero(as_tuple=True)
         keys, values = firing_keys(seed, stream_position[row], comp), act[row, comp]
-        uniform = keys < limits.uniform_threshold[comp]
-        top = values.abs() >= limits.top_floor[comp]
+        uniform = keys < rules.uniform_threshold[comp]
+        top = values.abs() >= rules.top_floor[comp]
         assert 0 < int(uniform.sum()) < row.numel() and 0 < int(top.sum()) < row.numel()
         for candidates, where in ((want.uniform, uniform), (want.top, top)):
             assert torch.equal(candidates.token, row[where]) and torch.equal(candidates.comp, comp[where])

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from spd.harvest.activations import BatchActivations
-from spd.harvest.batch_scan import SCAN_SUMS, Kernels, ScanLimits, default_kernels, scan_batch
+from spd.harvest.batch_scan import SCAN_SUMS, BatchEntries, Kernels, ScanRules, default_kernels, scan_batch
 from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.config import HarvestSettings
 from spd.harvest.counters import EXACT_FP32_LIMIT, make_token_firing_counter
@@ -85,11 +85,11 @@ class TaskAccumulator:
 
         token_stream_position = (starts.unsqueeze(1) + torch.arange(S, device=starts.device)).reshape(-1)
         position_hash = position_hashes(self.seed, token_stream_position)  # once per token, not per firing
-        limits = ScanLimits(self.uniform.threshold, magnitude_floor(self.top.threshold))
-        scan = scan_batch(
-            self.kernels, ci, act, flat_tokens, top_next, position_hash, self.salts,
-            self.settings.ci_threshold, limits, self.input_counts, self.output_counts,
-        )  # fmt: skip
+        entries = BatchEntries(ci, act, flat_tokens, top_next, position_hash)
+        rules = ScanRules(
+            self.settings.ci_threshold, self.salts, self.uniform.threshold, magnitude_floor(self.top.threshold)
+        )
+        scan = scan_batch(self.kernels, entries, rules, self.input_counts, self.output_counts)
         self.firing_count += scan.sums[0].to(torch.int64)  # exact: a fp32 sum of < 2**24 zeros and ones
         for name, batch_sum in zip(SCAN_SUMS[1:], scan.sums[1:], strict=True):
             self.sums[name] += batch_sum

@@ -52,9 +52,22 @@ class BatchScan:
 
 
 @dataclass(frozen=True)
-class ScanLimits:
-    """Per-component admission limits of the example selections at the start of a batch."""
+class BatchEntries:
+    """One batch as the scan reads it (N tokens, C components)."""
 
+    ci: Tensor  # [N, C] float32
+    act: Tensor  # [N, C] float32
+    tokens: Tensor  # [N] int64: the token id at each position
+    top_next: Tensor  # [N, m] int64: the target's m most likely next tokens at each position
+    position_hash: Tensor  # [N] int64: the sampling keys' per-position part (spd.harvest.keys.position_hashes)
+
+
+@dataclass(frozen=True)
+class ScanRules:
+    """What a firing is and which firings each example selection takes, at the start of a batch."""
+
+    threshold: float  # a component fires where its CI exceeds this
+    salts: Tensor  # [C] int64: the sampling keys' per-component part (spd.harvest.keys.component_salts)
     uniform_threshold: Tensor  # [C] int64: a firing is a uniform candidate when its key is below this
     top_floor: Tensor  # [C] float32: a firing is a top candidate when its |activation| is at least this
 
@@ -67,43 +80,24 @@ def default_kernels(device: torch.device, counters: tuple[TokenFiringCounter, ..
 
 def scan_batch(
     kernels: Kernels,
-    ci: Tensor,
-    act: Tensor,
-    tokens: Tensor,
-    top_next: Tensor,
-    position_hash: Tensor,
-    salts: Tensor,
-    threshold: float,
-    limits: ScanLimits,
+    batch: BatchEntries,
+    rules: ScanRules,
     input_counts: TokenFiringCounter,
     output_counts: TokenFiringCounter,
 ) -> BatchScan:
-    """Scan one batch: ci, act [N, C] float32; tokens [N] and top_next [N, m] int64 token ids; position_hash [N]
-    and salts [C] (the sampling keys' parts); threshold: a component fires where its CI exceeds it."""
+    """Scan one batch with the chosen kernels; its firings are added into the two token counters."""
     if kernels == "numba":
         from spd.harvest.batch_scan_numba import scan_batch_numba  # compiled on first use (cached on disk)
 
-        return scan_batch_numba(
-            ci, act, tokens, top_next, position_hash, salts, threshold, limits, input_counts, output_counts
-        )
-    return scan_batch_torch(
-        ci, act, tokens, top_next, position_hash, salts, threshold, limits, input_counts, output_counts
-    )
+        return scan_batch_numba(batch, rules, input_counts, output_counts)
+    return scan_batch_torch(batch, rules, input_counts, output_counts)
 
 
 def scan_batch_torch(
-    ci: Tensor,
-    act: Tensor,
-    tokens: Tensor,
-    top_next: Tensor,
-    position_hash: Tensor,
-    salts: Tensor,
-    threshold: float,
-    limits: ScanLimits,
-    input_counts: TokenFiringCounter,
-    output_counts: TokenFiringCounter,
+    batch: BatchEntries, rules: ScanRules, input_counts: TokenFiringCounter, output_counts: TokenFiringCounter
 ) -> BatchScan:
     """`scan_batch` in torch ops (see the module docstring)."""
+    ci, act, threshold = batch.ci, batch.act, rules.threshold
     C = ci.shape[1]
     firing = ci > threshold  # bool: what nonzero and the int8 co-firing product read (nonzero of a bool is ~2x faster)
     # the same as 0/1 float32 for the dense sums and the counters (comparing into a float output is ~10x faster than
@@ -122,10 +116,10 @@ def scan_batch_torch(
     )
     fired = flat_nonzero(firing)  # flat index token * C + component
     token_index, comp = split_flat_index(fired, C)
-    input_counts.add(tokens.unsqueeze(1), firing_rows, token_index, comp)
-    output_counts.add(top_next, firing_rows, token_index, comp)
+    input_counts.add(batch.tokens.unsqueeze(1), firing_rows, token_index, comp)
+    output_counts.add(batch.top_next, firing_rows, token_index, comp)
     # index_select: several times faster than advanced indexing on CPU for these 1-D gathers
-    keys = mix_keys(position_hash.index_select(0, token_index), salts.index_select(0, comp))
+    keys = mix_keys(batch.position_hash.index_select(0, token_index), rules.salts.index_select(0, comp))
     act_fired = act.reshape(-1).index_select(0, fired)
 
     def candidates(where: Tensor) -> Candidates:
@@ -135,6 +129,6 @@ def scan_batch_torch(
     return BatchScan(
         firing=firing,
         sums=sums,
-        uniform=candidates(keys < limits.uniform_threshold.index_select(0, comp)),
-        top=candidates(act_fired.abs() >= limits.top_floor.index_select(0, comp)),
+        uniform=candidates(keys < rules.uniform_threshold.index_select(0, comp)),
+        top=candidates(act_fired.abs() >= rules.top_floor.index_select(0, comp)),
     )

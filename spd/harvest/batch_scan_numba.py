@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from spd.harvest.batch_scan import BatchScan, Candidates, ScanLimits, TokenFiringCounter
+from spd.harvest.batch_scan import BatchEntries, BatchScan, Candidates, ScanRules, TokenFiringCounter
 from spd.harvest.counters import DenseTokenFiringCounter
 from spd.harvest.jit import compiled, numpy_view
 from spd.harvest.keys import KEY_BITS, MIX_MULTIPLIER
@@ -96,27 +95,18 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
 
 
 def scan_batch_numba(
-    ci: Tensor,
-    act: Tensor,
-    tokens: Tensor,
-    top_next: Tensor,
-    position_hash: Tensor,
-    salts: Tensor,
-    threshold: float,
-    limits: ScanLimits,
-    input_counts: TokenFiringCounter,
-    output_counts: TokenFiringCounter,
+    batch: BatchEntries, rules: ScanRules, input_counts: TokenFiringCounter, output_counts: TokenFiringCounter
 ) -> BatchScan:
     """`spd.harvest.batch_scan.scan_batch` on CPU tensors, for dense token counters (see the module docstring)."""
     if not (isinstance(input_counts, DenseTokenFiringCounter) and isinstance(output_counts, DenseTokenFiringCounter)):
         raise TypeError("the numba scan adds into dense token counters; use the torch scan for sparse ones")
-    N, C = ci.shape
+    N, C = batch.ci.shape
     sums = torch.zeros((6, C), dtype=torch.float32)
     firing = torch.empty((N, C), dtype=torch.bool)
     parts = _scan(
-        numpy_view(ci), numpy_view(act), numpy_view(tokens), numpy_view(top_next),
-        numpy_view(position_hash).view(np.uint64), numpy_view(salts).view(np.uint64), np.float32(threshold),
-        numpy_view(limits.uniform_threshold), numpy_view(limits.top_floor), sums.numpy(),
+        numpy_view(batch.ci), numpy_view(batch.act), numpy_view(batch.tokens), numpy_view(batch.top_next),
+        numpy_view(batch.position_hash).view(np.uint64), numpy_view(rules.salts).view(np.uint64),
+        np.float32(rules.threshold), numpy_view(rules.uniform_threshold), numpy_view(rules.top_floor), sums.numpy(),
         input_counts.table_for(N).numpy(), output_counts.table_for(N).numpy(), firing.numpy(),
     )  # fmt: skip
     uniform, top = (Candidates(*(torch.from_numpy(p) for p in parts[i : i + 4])) for i in (0, 4))
