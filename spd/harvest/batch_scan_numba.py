@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from spd.harvest.batch_scan import BatchEntries, BatchScan, Candidates, ScanRules, TokenFiringCounter
+from spd.harvest.batch_scan import SCAN_SUMS, BatchEntries, BatchScan, Candidates, ScanRules, TokenFiringCounter
 from spd.harvest.counters import DenseTokenFiringCounter
 from spd.harvest.jit import compiled, numpy_view
 from spd.harvest.keys import KEY_BITS, MIX_MULTIPLIER
@@ -101,7 +101,7 @@ def scan_batch_numba(
     if not (isinstance(input_counts, DenseTokenFiringCounter) and isinstance(output_counts, DenseTokenFiringCounter)):
         raise TypeError("the numba scan adds into dense token counters; use the torch scan for sparse ones")
     N, C = batch.ci.shape
-    sums = torch.zeros((6, C), dtype=torch.float32)
+    sums = torch.zeros((len(SCAN_SUMS), C), dtype=torch.float32)  # the kernel writes them in SCAN_SUMS order
     firing = torch.empty((N, C), dtype=torch.bool)
     parts = _scan(
         numpy_view(batch.ci), numpy_view(batch.act), numpy_view(batch.tokens), numpy_view(batch.top_next),
