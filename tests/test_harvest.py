@@ -6,9 +6,11 @@ npz shards and a real DuckDB store.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -284,6 +286,44 @@ def test_kernels_compile_where_nothing_is_writable_for_numbas_cache(monkeypatch:
         return values + 1
 
     assert jit.compiled(add_one)(np.arange(3)).tolist() == [1, 2, 3]
+
+
+KERNEL_CACHE_SCRIPT = """
+import json, torch
+from spd.harvest.batch_scan import BatchEntries, ScanRules, scan_batch
+from spd.harvest.batch_scan_numba import _scan
+from spd.harvest.counters import DenseTokenFiringCounter
+from spd.harvest.keys import EMPTY_KEY
+N, C, V = 16, 4, 8
+entries = BatchEntries(torch.rand(N, C), torch.randn(N, C), torch.randint(0, V, (N,)), torch.randint(0, V, (N, 2)),
+                       torch.arange(N))
+rules = ScanRules(0.5, torch.arange(C), torch.full((C,), EMPTY_KEY), torch.zeros(C))
+scan_batch("numba", entries, rules, DenseTokenFiringCounter(C, V), DenseTokenFiringCounter(C, V))
+stats = _scan.stats
+print(json.dumps({"source": _scan.py_func.__code__.co_filename, "cache": stats.cache_path,
+                  "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
+"""
+
+
+def test_kernels_compiled_for_one_code_snapshot_are_loaded_by_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs import their own copy of the code: the kernels are cached by the code's content, not its path."""
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    found = {}
+    for name in ("run-a", "run-b"):
+        snapshot = tmp_path / name / "code"
+        shutil.copytree(repo / "spd", snapshot / "spd", ignore=shutil.ignore_patterns("__pycache__"))
+        env = {**os.environ, "PYTHONPATH": str(snapshot)}
+        run = subprocess.run(
+            [sys.executable, "-P", "-c", KERNEL_CACHE_SCRIPT], capture_output=True, text=True, check=True, env=env
+        )
+        found[name] = json.loads(run.stdout)
+        assert found[name]["source"].startswith(str(snapshot)), found[name]  # the copy's kernels, not the checkout's
+    assert (found["run-a"]["misses"], found["run-a"]["hits"]) == (1, 0)  # compiled once ...
+    assert (found["run-b"]["misses"], found["run-b"]["hits"]) == (0, 1)  # ... and loaded from another path
+    assert found["run-a"]["cache"] == found["run-b"]["cache"] == str(jit.kernel_cache_dir())
 
 
 FAULTS_SCRIPT = """
