@@ -34,7 +34,8 @@ from spd.harvest import (
 )
 from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader
-from spd.harvest.batch_scan import BatchEntries, Candidates, ScanRules, scan_batch
+from spd.harvest.batch_scan import BatchEntries, Candidates, ScanRules, default_kernels, scan_batch
+from spd.harvest.batch_scan_numba import scan_batch_numba
 from spd.harvest.cofiring import CofiringCounter
 from spd.harvest.counters import DenseCounter, DenseTokenFiringCounter, SparseCounter, SparseTokenFiringCounter
 from spd.harvest.data import CorpusSlice
@@ -354,10 +355,31 @@ def test_kept_freed_memory_is_reused_without_page_faults() -> None:
         assert int(run.stdout) < 100, run.stdout
 
 
-def test_numba_and_torch_scans_give_the_same_shard(decomposition: Path) -> None:
+def test_kernels_are_numba_on_the_cpu_with_dense_token_counters_and_torch_otherwise() -> None:
+    dense, sparse = DenseTokenFiringCounter(4, 8), SparseTokenFiringCounter(4, 8)
+    assert default_kernels(torch.device("cpu"), (dense, dense)) == "numba"
+    assert default_kernels(torch.device("cpu"), (dense, sparse)) == "torch"  # the kernel adds into dense tables only
+    assert default_kernels(torch.device("cuda"), (dense, dense)) == "torch"
+    with pytest.raises(TypeError, match="dense token counters"):
+        scan_batch_numba(
+            BatchEntries(torch.rand(2, 4), torch.rand(2, 4), torch.zeros(2, dtype=torch.int64),
+                         torch.zeros(2, 1, dtype=torch.int64), torch.arange(2)),
+            ScanRules(0.5, torch.arange(4), torch.full((4,), EMPTY_KEY), torch.zeros(4)),
+            sparse, sparse,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"examples_per_component": 1, "top_examples_per_component": 0, "context_tokens_per_side": 0, "output_top_m": 1},
+    ],
+)
+def test_numba_and_torch_scans_give_the_same_shard(decomposition: Path, overrides: dict) -> None:
     model = load_decomposition(decomposition)
     corpus = load_decomposition_corpus(decomposition)
-    settings = HarvestSettings(**SETTINGS)
+    settings = HarvestSettings(**{**SETTINGS, **overrides})
     spec = slice_spec(model.run_config, corpus, settings, 0)
     reader = ActivationReader(model, settings.output_top_m)
     shards = {}
