@@ -5,8 +5,8 @@ it adjusts as it goes, so a batch's temporaries (the forward's activations and l
 activations) may be faulted in afresh on the next batch, or not, depending on the allocation history: on the
 quickstart harvest, 0 to 330K page faults and up to 0.6 s of system time per 131K-token pass, varying from
 pass to pass. With both thresholds fixed, freed blocks under 32 MB come from and go back to the heap and the
-heap is kept: once it has its layout (the first one or two batches) every batch reuses the same pages (no faults). The peak memory is unchanged;
-freed memory is kept up to 1 GB.
+heap is kept: once it has its layout (the first one or two batches) every batch reuses the same pages (no
+faults). The peak memory is unchanged; freed memory is kept up to 1 GB.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Per component with offered firings: the offered firings in ascending key order, each one that is below the
 largest held key written (key, window, provenance) into that slot, found at the top of a max-heap of the
-component's slots by key (`ExampleSelection.slot_heaps`, kept across batches): O(g log k) for g offered. No queue, no fold, no window cut for a firing that does not get in, and the
-admission threshold (the largest key held) is current after every batch. The selection ends as `ExampleSelection.offer` + `fold` leave it: the same
+component's slots by key (`ExampleSelection.slot_heaps`, kept across batches): O(g log k) for g offered. No
+queue, no fold, no window cut for a firing that does not get in, and the admission threshold (the largest key
+held) is current after every batch. The selection ends as `ExampleSelection.offer` + `fold` leave it: the same
 examples, each in some slot (slots are unordered; `flat()` orders them by key).
 """
 
@@ -97,6 +98,7 @@ def offer_firings_numba(
         selection.slot_heaps.numpy(),
         rows.key.numpy(), rows.tokens.numpy(), rows.ci.numpy(), rows.act.numpy(), rows.sequence.numpy(),
         rows.position.numpy(), rows.batch.numpy(), selection.threshold.numpy(),
-        numpy_view(comp), numpy_view(key), numpy_view(token), numpy_view(source.tokens), numpy_view(source.ci), numpy_view(source.act),
-        numpy_view(source.starts), source.seq_len, source.batch_index, source.side,
+        numpy_view(comp), numpy_view(key), numpy_view(token),
+        numpy_view(source.tokens), numpy_view(source.ci), numpy_view(source.act), numpy_view(source.starts),
+        source.seq_len, source.batch_index, source.side,
     )  # fmt: skip
