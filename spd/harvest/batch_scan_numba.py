@@ -26,10 +26,17 @@ _SHIFT_KEY = np.uint64(64 - KEY_BITS)
 
 @compiled
 def _grown(values: np.ndarray, needed: int) -> np.ndarray:
-    """`values` copied into an array with room for at least `needed` entries (doubling: amortised O(1))."""
-    out = np.empty(max(2 * values.shape[0], needed), values.dtype)
-    out[: values.shape[0]] = values
+    """`values` copied into an array with room for at least `needed` entries on its last axis (doubling: amortised
+    O(1))."""
+    out = np.empty(values.shape[:-1] + (max(2 * values.shape[-1], needed),), values.dtype)  # noqa: RUF005 (numba)
+    out[..., : values.shape[-1]] = values
     return out
+
+
+@compiled
+def _put(ids, acts, i, token, comp, key, act):
+    """Candidate i of one selection: ids [3, cap] (token, component, key), acts [cap]."""
+    ids[0, i], ids[1, i], ids[2, i], acts[i] = token, comp, key, act
 
 
 @compiled
@@ -39,19 +46,17 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
     m = top_next.shape[1]
     row_firing = np.empty(C, np.float32)
     fired = np.empty(C, np.int64)
-    n_uni, n_top, cap = 0, 0, 1024
-    uni_token, uni_comp, uni_key = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)
-    uni_act = np.empty(cap, np.float32)
-    top_token, top_comp, top_key = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)
-    top_act = np.empty(cap, np.float32)
+    # candidates of the uniform (0) and top (1) selections: (token, component, key) and activation
+    ids, acts, n_uni, n_top = np.empty((2, 3, 1024), np.int64), np.empty((2, 1024), np.float32), 0, 0
     count, ci_sum, act_sum, abs_sum, ci_firing, act_firing = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5]
     for n in range(N):
         ci_row, act_row, firing_row = ci[n], act[n], firing[n]
         for c in range(C):  # no branches: vectorised
             x, a = ci_row[c], act_row[c]
-            f = np.float32(x > threshold)
+            fires = x > threshold
+            f = np.float32(fires)
             row_firing[c] = f
-            firing_row[c] = x > threshold
+            firing_row[c] = fires
             count[c] += f
             ci_sum[c] += x
             act_sum[c] += a
@@ -68,13 +73,9 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
         n_fired = 0
         for c in range(C):  # the row's firing components, listed without a branch per entry
             fired[n_fired] = c
-            n_fired += ci_row[c] > threshold
-        if n_uni + n_fired > uni_token.shape[0]:
-            uni_token, uni_comp = _grown(uni_token, n_uni + n_fired), _grown(uni_comp, n_uni + n_fired)
-            uni_key, uni_act = _grown(uni_key, n_uni + n_fired), _grown(uni_act, n_uni + n_fired)
-        if n_top + n_fired > top_token.shape[0]:
-            top_token, top_comp = _grown(top_token, n_top + n_fired), _grown(top_comp, n_top + n_fired)
-            top_key, top_act = _grown(top_key, n_top + n_fired), _grown(top_act, n_top + n_fired)
+            n_fired += firing_row[c]
+        if max(n_uni, n_top) + n_fired > acts.shape[1]:
+            ids, acts = _grown(ids, max(n_uni, n_top) + n_fired), _grown(acts, max(n_uni, n_top) + n_fired)
         h = position_hash[n]
         for i in range(n_fired):
             c = fired[i]
@@ -83,15 +84,12 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
             key = np.int64(x >> _SHIFT_KEY)
             a = act_row[c]
             if key < uniform_threshold[c]:
-                uni_token[n_uni], uni_comp[n_uni], uni_key[n_uni], uni_act[n_uni] = n, c, key, a
+                _put(ids[0], acts[0], n_uni, n, c, key, a)
                 n_uni += 1
             if abs(a) >= top_floor[c]:
-                top_token[n_top], top_comp[n_top], top_key[n_top], top_act[n_top] = n, c, key, a
+                _put(ids[1], acts[1], n_top, n, c, key, a)
                 n_top += 1
-    return (
-        uni_token[:n_uni], uni_comp[:n_uni], uni_key[:n_uni], uni_act[:n_uni],
-        top_token[:n_top], top_comp[:n_top], top_key[:n_top], top_act[:n_top],
-    )  # fmt: skip
+    return ids[0, :, :n_uni], acts[0, :n_uni], ids[1, :, :n_top], acts[1, :n_top]
 
 
 def scan_batch_numba(
@@ -109,5 +107,5 @@ def scan_batch_numba(
         np.float32(rules.threshold), numpy_view(rules.uniform_threshold), numpy_view(rules.top_floor), sums.numpy(),
         input_counts.table_for(N).numpy(), output_counts.table_for(N).numpy(), firing.numpy(),
     )  # fmt: skip
-    uniform, top = (Candidates(*(torch.from_numpy(p) for p in parts[i : i + 4])) for i in (0, 4))
+    uniform, top = (Candidates(*torch.from_numpy(ids), torch.from_numpy(acts)) for ids, acts in (parts[:2], parts[2:]))
     return BatchScan(firing=firing, sums=sums, uniform=uniform, top=top)
