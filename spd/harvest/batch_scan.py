@@ -46,6 +46,7 @@ class BatchScan:
     """What the rest of a batch's accumulation needs from its entries."""
 
     firing: Tensor  # [N, C] bool: CI > threshold
+    firing_rows: Tensor | None  # the same as 0/1 float32 where the scan built it (torch), for the fp32 co-firing
     sums: Tensor  # [len(SCAN_SUMS), C] float32
     uniform: Candidates  # firings whose key is below the uniform selection's threshold for their component
     top: Candidates  # firings whose |activation| reaches the top selection's floor for their component
@@ -128,6 +129,7 @@ def scan_batch_torch(
 
     return BatchScan(
         firing=firing,
+        firing_rows=firing_rows,
         sums=sums,
         uniform=candidates(keys < rules.uniform_threshold.index_select(0, comp)),
         top=candidates(act_fired.abs() >= rules.top_floor.index_select(0, comp)),

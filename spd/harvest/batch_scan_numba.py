@@ -108,4 +108,4 @@ def scan_batch_numba(
         input_counts.table_for(N).numpy(), output_counts.table_for(N).numpy(), firing.numpy(),
     )  # fmt: skip
     uniform, top = (Candidates(*torch.from_numpy(ids), torch.from_numpy(acts)) for ids, acts in (parts[:2], parts[2:]))
-    return BatchScan(firing=firing, sums=sums, uniform=uniform, top=top)
+    return BatchScan(firing=firing, firing_rows=None, sums=sums, uniform=uniform, top=top)

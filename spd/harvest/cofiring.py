@@ -37,9 +37,11 @@ def _int8_block(firing: Tensor, r0: int, r1: int) -> Tensor:
 PRODUCTS: dict[str, BlockProduct] = {"fp32": _fp32_block, "int8": _int8_block}
 
 
-def _operand(method: str, firing: Tensor) -> Tensor:
-    """The firing matrix as the product `method` reads it."""
-    return firing.to(torch.float32) if method == "fp32" else firing
+def _operand(method: str, firing: Tensor, firing_rows: Tensor | None) -> Tensor:
+    """The firing matrix as the product `method` reads it (the caller's 0/1 float32 copy when it has one)."""
+    if method == "int8":
+        return firing
+    return firing_rows if firing_rows is not None else firing.to(torch.float32)
 
 
 class CofiringCounter:
@@ -51,21 +53,22 @@ class CofiringCounter:
         self.table = torch.zeros((n_components, n_components), dtype=torch.int64, device=self.device)
         self.method: str | None = None  # "int8" or "fp32", chosen on the first batch
 
-    def add(self, firing: Tensor) -> None:
-        """Count one batch: its [N, C] bool firing matrix (N < 2**24 tokens)."""
+    def add(self, firing: Tensor, firing_rows: Tensor | None = None) -> None:
+        """Count one batch: its [N, C] bool firing matrix (N < 2**24 tokens), and the same as 0/1 float32 when the
+        caller has it (the fp32 product reads that instead of converting the bool again)."""
         if self.method is None:
-            self.method = self._fastest(firing)
-        product, operand = PRODUCTS[self.method], _operand(self.method, firing)
+            self.method = self._fastest(firing, firing_rows)
+        product, operand = PRODUCTS[self.method], _operand(self.method, firing, firing_rows)
         for r0 in range(0, self.C, MATMUL_BLOCK):
             r1 = min(r0 + MATMUL_BLOCK, self.C)
             self.table[r0:r1, r0:] += product(operand, r0, r1)
 
-    def _fastest(self, firing: Tensor) -> str:
+    def _fastest(self, firing: Tensor, firing_rows: Tensor | None) -> str:
         if self.device.type != "cpu":
             return "fp32"
         timings = {}
         for name, product in PRODUCTS.items():
-            operand = _operand(name, firing)
+            operand = _operand(name, firing, firing_rows)
             for _ in range(2):  # the second call is timed: the first pays for allocation and kernel set-up
                 start = time.perf_counter()
                 product(operand, 0, min(MATMUL_BLOCK, self.C))
