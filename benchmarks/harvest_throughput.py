@@ -98,14 +98,15 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int, ker
         for _, tokens, _ in batches:
             reader(tokens)
 
+    def new_accumulator() -> TaskAccumulator:
+        return TaskAccumulator(reader.n_components, corpus.vocab_size, settings, 0, device, kernels)
+
     def harvest() -> None:
-        acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, 0, device, kernels)
-        kernels_used.add(acc.kernels)
+        acc = new_accumulator()
         for index, tokens, starts in batches:
             acc.process(index, starts, spec.seq_len, reader(tokens))
         acc.to_shard({})
 
-    kernels_used: set[str] = set()
     variants = {"bare": bare, "read": read, "harvest": harvest}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up (kernels, allocator, caches)
@@ -121,7 +122,7 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int, ker
     return {
         "device": str(device),
         "components": reader.n_components,
-        "kernels": ", ".join(sorted(kernels_used)),
+        "kernels": new_accumulator().kernels,
         "vocab": corpus.vocab_size,
         "tokens": n_tokens,
         "bare_tokens_per_s": n_tokens / median["bare"],

@@ -3,9 +3,9 @@
 numba's own disk cache lives next to a kernel's source file (or under a directory named after its path), but every
 run's workers import the run's own snapshot of the code (<run>/code/<hash>/), so that cache started empty in every
 run and each run's first harvest tasks paid ~5 s of compilation again. The kernels here are cached instead under
-<cache root>/spd-pipeline-numba/<digest of spd/harvest/*.py>/ (cache root: $NUMBA_CACHE_DIR, else $XDG_CACHE_HOME,
-else ~/.cache): every run, snapshot or checkout with the same harvest code finds them compiled; a change to any
-harvest module starts a new directory. numba writes cache files atomically (temp file, then rename), so array
+<cache root>/spd-pipeline-numba/<digest of the spd/ sources>/ (cache root: $NUMBA_CACHE_DIR, else $XDG_CACHE_HOME,
+else ~/.cache): every run, snapshot or checkout with the same code finds them compiled; a change to any spd/
+module starts a new directory. numba writes cache files atomically (temp file, then rename), so array
 tasks starting together on a shared home directory do not corrupt it.
 
 Where that is not writable numba's usual places are tried, and where nothing is, the kernels are compiled in each
@@ -14,8 +14,6 @@ process instead of failing.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,16 +23,14 @@ import numba
 import numpy as np
 from torch import Tensor
 
+from spd.harvest.provenance import spd_sources_sha256
+
 KERNEL_PACKAGE = Path(__file__).resolve().parent
 
 
-@functools.cache
 def harvest_code_digest() -> str:
-    """sha256 (16 hex digits) of the harvest package's modules: what the compiled kernels depend on."""
-    digest = hashlib.sha256()
-    for path in sorted(KERNEL_PACKAGE.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    """The first 16 hex digits of the spd/ sources' sha256 (what a shard records as its code version)."""
+    return spd_sources_sha256()[:16]
 
 
 def kernel_cache_dir() -> Path:

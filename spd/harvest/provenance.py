@@ -29,13 +29,19 @@ def now_iso() -> str:
 
 
 @lru_cache(maxsize=1)
-def code_version() -> dict[str, Any]:
-    """Package version, sha256 of the spd/ sources, and the git commit if there is one."""
+def spd_sources_sha256() -> str:
+    """sha256 over the spd/ sources that run (their paths under spd/ and contents): the same for every copy."""
     digest = hashlib.sha256()
     for path in sorted(SPD_ROOT.rglob("*.py")):
         if "__pycache__" in path.parts:
             continue
         digest.update(str(path.relative_to(SPD_ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """Package version, sha256 of the spd/ sources, and the git commit if there is one."""
     commit = None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(
@@ -48,7 +54,7 @@ def code_version() -> dict[str, Any]:
         package = None
     return {
         "package": package,
-        "spd_sources_sha256": digest.hexdigest(),
+        "spd_sources_sha256": spd_sources_sha256(),
         "git_commit": commit,
         "spd_root": str(SPD_ROOT),
     }
