@@ -17,6 +17,7 @@ from torch import nn
 
 from spd.lm.model import TinyLM, TinyLMConfig
 from spd.targets.hf import HFCausalLMTargetConfig, build_hf_from_dir, save_hf_architecture
+from spd.targets.llama_simple_mlp import LlamaSimpleMLP, LlamaSimpleMLPConfig
 from spd.targets.resid_mlp import RESID_MLP_PRESETS, ResidMLPModel, ResidMLPTargetConfig, train_resid_mlp
 from spd.targets.seed_search import DegenerateTargetError
 from spd.targets.tms import TMSModel, TMSTargetConfig, feature_check, train_tms
@@ -25,7 +26,8 @@ from spd.utils import atomic_torch_save, atomic_write_json
 ToyTargetConfig = Annotated[TMSTargetConfig | ResidMLPTargetConfig, Field(discriminator="kind")]
 # Every saved target's config: a discriminated union on `kind`.
 TargetModelConfig = Annotated[
-    TMSTargetConfig | ResidMLPTargetConfig | TinyLMConfig | HFCausalLMTargetConfig, Field(discriminator="kind")
+    TMSTargetConfig | ResidMLPTargetConfig | TinyLMConfig | HFCausalLMTargetConfig | LlamaSimpleMLPConfig,
+    Field(discriminator="kind"),
 ]
 _ADAPTER = TypeAdapter(TargetModelConfig)
 
@@ -46,6 +48,8 @@ def build_target(config: TargetModelConfig) -> nn.Module:
         return ResidMLPModel(config)
     if isinstance(config, TinyLMConfig):
         return TinyLM(config)
+    if isinstance(config, LlamaSimpleMLPConfig):
+        return LlamaSimpleMLP(config)
     raise ValueError(f"unknown target config {type(config).__name__}")
 
 
