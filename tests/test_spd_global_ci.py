@@ -33,7 +33,16 @@ def test_output_shapes_per_module(lead: tuple[int, ...]) -> None:
     assert set(out) == set(C)
     for p, c in C.items():
         assert out[p].shape == (*lead, c)
-    assert fn.blocks == [["l1.down", "l1.up"], ["l0.down", "l0.up"]]  # list order, sorted names inside
+    assert fn.blocks == [["l1.up", "l1.down"], ["l0.up", "l0.down"]]  # list order; module order inside
+
+
+def test_block_members_follow_patterns_then_module_order() -> None:
+    """The reference's order: each listed pattern's matches in module order; `name` keeps older checkpoints'."""
+    blocks = [{"name": "b", "patterns": ["l1.down", "l0.*", "l1.*"]}]
+    cfg = GlobalCiFnConfig(d_resid_ci_fn=8, block_groups=blocks)
+    assert GlobalReverseResidualCiFn(cfg, C, D_IN).blocks == [["l1.down", "l0.up", "l0.down", "l1.up"]]
+    by_name = cfg.model_copy(update={"member_order": "name"})
+    assert GlobalReverseResidualCiFn(by_name, C, D_IN).blocks == [["l0.down", "l0.up", "l1.down", "l1.up"]]
 
 
 def test_transition_hidden_dim_shapes_and_last_block_has_none() -> None:
@@ -42,7 +51,7 @@ def test_transition_hidden_dim_shapes_and_last_block_has_none() -> None:
     assert [tuple(layer.W.shape) for layer in with_hidden.transitions[0]] == [(16, 24), (24, 16)]
     plain = GlobalReverseResidualCiFn(_cfg(), C, D_IN)
     assert [tuple(layer.W.shape) for layer in plain.transitions[0]] == [(16, 16)]
-    assert tuple(plain.proj_in[0].W.shape) == (6 + 8, 16)  # l1.down (8) + l1.up (6), sorted
+    assert tuple(plain.proj_in[0].W.shape) == (6 + 8, 16)  # l1.up (6) + l1.down (8)
     assert tuple(plain.readers[1][-1].W.shape) == (12, 2 + 3)
     assert isinstance(plain.reader_norms[0], nn.RMSNorm) and plain.reader_norms[0].weight.requires_grad
 

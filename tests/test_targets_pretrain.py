@@ -137,3 +137,53 @@ def test_refused_options_and_unknown_classes(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="block_size"):
         model(torch.zeros(1, 5, dtype=torch.long))
+
+
+# State-dict keys of one block (i = 0) plus the globals, as the reference's classes name them (read off the
+# reference running on random weights; see the module docstrings for the layouts).
+_LLAMA_BLOCK = ["rms_1.weight", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.o_proj.weight", "rms_2.weight"]  # fmt: skip
+REFERENCE_KEYS = {
+    "LlamaSimpleMLP": ["wte.weight", *(f"h.0.{k}" for k in _LLAMA_BLOCK), "h.0.mlp.c_fc.weight",
+                       "h.0.mlp.down_proj.weight", "ln_f.weight", "lm_head.weight"],
+    "LlamaSimple": ["wte.weight", *(f"h.0.{k}" for k in _LLAMA_BLOCK), "h.0.mlp.gate_proj.weight",
+                    "h.0.mlp.up_proj.weight", "h.0.mlp.down_proj.weight", "ln_f.weight", "lm_head.weight"],
+    "Llama": ["transformer.wte.weight", "transformer.h.0.rms_1.weight", "transformer.h.0.attn.q_attn.weight",
+              "transformer.h.0.attn.kv_attn.weight", "transformer.h.0.attn.c_proj.weight", "transformer.h.0.rms_2.weight",
+              "transformer.h.0.mlp.gate_proj.weight", "transformer.h.0.mlp.up_proj.weight",
+              "transformer.h.0.mlp.down_proj.weight", "transformer.rms_f.weight", "lm_head.weight"],
+    "GPT2Simple": ["wte.weight", "wpe.weight", "h.0.ln_1.weight", "h.0.ln_1.bias",
+                   *(f"h.0.attn.{p}_proj.{w}" for p in "qkvo" for w in ("weight", "bias")),
+                   "h.0.ln_2.weight", "h.0.ln_2.bias", "h.0.mlp.c_fc.weight", "h.0.mlp.c_fc.bias",
+                   "h.0.mlp.down_proj.weight", "h.0.mlp.down_proj.bias", "ln_f.weight", "ln_f.bias", "lm_head.weight"],
+    "GPT2": ["wte.weight", "wpe.weight", "h_torch.0.ln_1.weight", "h_torch.0.ln_1.bias",
+             *(f"h_torch.0.{m}.{w}" for m in ("attn.c_attn", "attn.c_proj") for w in ("weight", "bias")),
+             "h_torch.0.ln_2.weight", "h_torch.0.ln_2.bias",
+             *(f"h_torch.0.{m}.{w}" for m in ("mlp.c_fc", "mlp.c_proj") for w in ("weight", "bias")),
+             "ln_f.weight", "ln_f.bias", "lm_head.weight"],
+}  # fmt: skip
+SMALL = {"n_layer": 1, "n_head": 4, "n_embd": 16, "vocab_size": 23, "block_size": 8}
+SMALL_LLAMA = {**SMALL, "n_intermediate": 24, "n_key_value_heads": 2, "n_ctx": 8, "rotary_dim": 4}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_KEYS))
+def test_every_reference_class_has_reference_keys_and_loads_as_a_pretrain_run(name: str, tmp_path: Path) -> None:
+    config_cls, model_cls = PRETRAIN_MODEL_CLASSES[name]
+    assert PRETRAIN_MODEL_CLASSES[f"spd.pretrain.models.{name}"] == (config_cls, model_cls)
+    reference_yaml = {"model_type": name, **(SMALL if name.startswith("GPT2") else SMALL_LLAMA)}
+    config = config_cls.model_validate(reference_yaml)
+    torch.manual_seed(0)
+    model = model_cls(config).eval()
+    assert list(model.state_dict()) == REFERENCE_KEYS[name]
+    assert model.lm_head.weight is model.state_dict(keep_vars=True)[REFERENCE_KEYS[name][0]]  # tied embedding
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "model_config.yaml").write_text(yaml.safe_dump(reference_yaml))
+    state = model.state_dict()
+    if name == "Llama":  # old Llama checkpoints saved the rotary tables; they are dropped on load
+        state = {**state, "transformer.h.0.attn.rotary_sin": torch.zeros(8, 4)}
+    torch.save(state, tmp_path / "checkpoints" / "model_step_3.pt")
+    loaded, loaded_cfg, _ = load_pretrain_run(tmp_path / "checkpoints" / "model_step_3.pt", model_class=name)
+    assert type(loaded) is model_cls and loaded_cfg == config
+    idx = torch.randint(0, 23, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx), model(idx))
+    assert isinstance(build_target(parse_target_config(config.model_dump(mode="json"))), model_cls)

@@ -66,8 +66,10 @@ def load_decomposition(path: str | Path, device: str | torch.device = "cpu") -> 
     model_file = model_file or latest_model_file(run_dir)
     target, _ = load_target(run_dir / TARGET_DIR)
     insert_identity_operations(target, [s["module_pattern"] for s in config["spd"]["identity_module_info"]])
-    ci = config["spd"]["ci_fn"]
+    ci = dict(config["spd"]["ci_fn"])
     is_global = ci.get("mode", "layerwise") == "global"
+    if is_global:
+        ci.setdefault("member_order", "name")  # written before block members followed the reference's order
     model = ComponentModel(
         target,
         config["module_to_c"],

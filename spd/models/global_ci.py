@@ -12,7 +12,12 @@ output end backwards). A residual r (... x d_resid) starts at zero; for block k:
 so the CIs of an early block can depend on everything read by the blocks after it. As in the reference
 code, block k's transition is applied before its reader and the last block has no transition. Inputs are
 the module inputs x (embeddings: their component activations V[token]). Inside a block, modules are
-ordered by name. RMSNorms have a learnable weight.
+ordered as the reference orders them: the block's patterns in their listed order, and for each pattern the
+decomposed modules it matches in module order (module_info order, then the target's definition order). That
+order decides which input columns the projection reads and how the reader's output is split, so a checkpoint
+read with another order loads without error and computes wrong CIs. Decompositions written before this order
+was adopted ordered members by name; `member_order: name` in their config keeps them loading as trained.
+RMSNorms have a learnable weight.
 """
 
 from __future__ import annotations
@@ -49,6 +54,13 @@ class GlobalCiFnConfig(BaseModel):
     transition_hidden_dim: int | None = Field(
         None, gt=0, description="Transition = Linear-GELU-Linear with this hidden width; None = one Linear."
     )
+    member_order: Literal["config", "name"] = Field(
+        "config",
+        description=(
+            "Order of the modules inside a block: `config` (patterns in listed order, then module order; the "
+            "reference's) or `name` (sorted; decompositions made by versions of this project before it)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> GlobalCiFnConfig:
@@ -58,12 +70,20 @@ class GlobalCiFnConfig(BaseModel):
         return self
 
 
+def block_members(patterns: list[str], paths: list[str], member_order: Literal["config", "name"]) -> list[str]:
+    """The modules of one block in the order its input is concatenated and its reader's output is split."""
+    members: list[str] = []
+    for pattern in patterns:
+        members += [p for p in paths if fnmatch(p, pattern) and p not in members]
+    return sorted(members) if member_order == "name" else members
+
+
 def assign_blocks(config: GlobalCiFnConfig, paths: list[str]) -> list[list[str]]:
-    """Module paths of every block (sorted by name); each module must match exactly one block."""
+    """Module paths of every block (`paths` in module order); each module must match exactly one block."""
     owner: dict[str, str] = {}
     blocks: list[list[str]] = []
     for block in config.block_groups:
-        members = sorted(p for p in paths if any(fnmatch(p, pat) for pat in block.patterns))
+        members = block_members(block.patterns, paths, config.member_order)
         for p in members:
             if p in owner:
                 raise ValueError(f"module {p!r} is matched by blocks {owner[p]!r} and {block.name!r}")

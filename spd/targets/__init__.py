@@ -1,7 +1,9 @@
 """Target models, their trainers and one on-disk format (target_config.json + target.pt [+ tokenizer.json]).
 
 Kinds: `tms` and `resid_mlp` (toys, spd/targets/tms.py and resid_mlp.py), `hf_causal_lm` (a Hugging Face causal LM, spd/targets/hf.py) and `tiny_lm` (the story-corpus LM, spd/lm; its checkpoint directory
-written by spd.lm.save_lm has the same layout plus tokenizer.json). `load_target` dispatches on `kind`.
+written by spd.lm.save_lm has the same layout plus tokenizer.json), and the reference pretrain architectures
+`llama_simple_mlp`, `llama_simple`, `llama`, `gpt2_simple`, `gpt2` (spd/targets/<kind>.py; reference runs load
+with spd.targets.pretrain_run). `load_target` dispatches on `kind`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ from pydantic import Field, TypeAdapter
 from torch import nn
 
 from spd.lm.model import TinyLM, TinyLMConfig
+from spd.targets.gpt2 import GPT2, GPT2Config
+from spd.targets.gpt2_simple import GPT2Simple, GPT2SimpleConfig
 from spd.targets.hf import HFCausalLMTargetConfig, build_hf_from_dir, save_hf_architecture
+from spd.targets.llama import Llama, LlamaConfig
+from spd.targets.llama_simple import LlamaSimple, LlamaSimpleConfig
 from spd.targets.llama_simple_mlp import LlamaSimpleMLP, LlamaSimpleMLPConfig
+from spd.targets.reference_resid_mlp import ReferenceResidMLPConfig, ReferenceResidMLPModel
+from spd.targets.reference_tms import ReferenceTMSConfig, ReferenceTMSModel
 from spd.targets.resid_mlp import RESID_MLP_PRESETS, ResidMLPModel, ResidMLPTargetConfig, train_resid_mlp
 from spd.targets.seed_search import DegenerateTargetError
 from spd.targets.tms import TMSModel, TMSTargetConfig, feature_check, train_tms
@@ -26,7 +34,17 @@ from spd.utils import atomic_torch_save, atomic_write_json
 ToyTargetConfig = Annotated[TMSTargetConfig | ResidMLPTargetConfig, Field(discriminator="kind")]
 # Every saved target's config: a discriminated union on `kind`.
 TargetModelConfig = Annotated[
-    TMSTargetConfig | ResidMLPTargetConfig | TinyLMConfig | HFCausalLMTargetConfig | LlamaSimpleMLPConfig,
+    TMSTargetConfig
+    | ResidMLPTargetConfig
+    | TinyLMConfig
+    | HFCausalLMTargetConfig
+    | LlamaSimpleMLPConfig
+    | LlamaSimpleConfig
+    | LlamaConfig
+    | GPT2SimpleConfig
+    | GPT2Config
+    | ReferenceTMSConfig
+    | ReferenceResidMLPConfig,
     Field(discriminator="kind"),
 ]
 _ADAPTER = TypeAdapter(TargetModelConfig)
@@ -50,6 +68,18 @@ def build_target(config: TargetModelConfig) -> nn.Module:
         return TinyLM(config)
     if isinstance(config, LlamaSimpleMLPConfig):
         return LlamaSimpleMLP(config)
+    if isinstance(config, LlamaSimpleConfig):
+        return LlamaSimple(config)
+    if isinstance(config, LlamaConfig):
+        return Llama(config)
+    if isinstance(config, GPT2SimpleConfig):
+        return GPT2Simple(config)
+    if isinstance(config, GPT2Config):
+        return GPT2(config)
+    if isinstance(config, ReferenceTMSConfig):
+        return ReferenceTMSModel(config)
+    if isinstance(config, ReferenceResidMLPConfig):
+        return ReferenceResidMLPModel(config)
     raise ValueError(f"unknown target config {type(config).__name__}")
 
 

@@ -66,6 +66,25 @@ class LlamaFamilyConfigBase(BaseModel):
         return self.n_embd // self.n_head
 
 
+class GPT2FamilyConfigBase(BaseModel):
+    """Fields shared by the reference's GPT2 and GPT2Simple configs (names and defaults kept)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    block_size: int = Field(1024, ge=1, description="Longest sequence; also the number of learned positions.")
+    vocab_size: int = Field(50257, ge=1)
+    n_layer: int = Field(12, ge=1)
+    n_head: int = Field(12, ge=1)
+    n_embd: int = Field(768, ge=1)
+    flash_attention: bool = Field(True, description="Fused vs explicit causal softmax attention (same math).")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> GPT2FamilyConfigBase:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        return self
+
+
 def gelu_tanh(x: Tensor) -> Tensor:
     """GPT-2's tanh-approximated GELU, spelled out as the reference evaluates it."""
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))

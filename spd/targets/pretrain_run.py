@@ -21,6 +21,10 @@ import yaml
 from pydantic import BaseModel
 from torch import nn
 
+from spd.targets.gpt2 import GPT2, GPT2Config
+from spd.targets.gpt2_simple import GPT2Simple, GPT2SimpleConfig
+from spd.targets.llama import Llama, LlamaConfig
+from spd.targets.llama_simple import LlamaSimple, LlamaSimpleConfig
 from spd.targets.llama_simple_mlp import LlamaSimpleMLP, LlamaSimpleMLPConfig
 
 MODEL_CONFIG_FILE = "model_config.yaml"
@@ -40,6 +44,10 @@ REFERENCE_MODEL_MODULES: dict[str, str] = {
 }
 
 _IMPLEMENTED: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
+    "GPT2": (GPT2Config, GPT2),
+    "GPT2Simple": (GPT2SimpleConfig, GPT2Simple),
+    "Llama": (LlamaConfig, Llama),
+    "LlamaSimple": (LlamaSimpleConfig, LlamaSimple),
     "LlamaSimpleMLP": (LlamaSimpleMLPConfig, LlamaSimpleMLP),
 }
 
@@ -82,7 +90,9 @@ def resolve_pretrain_class(class_path: str) -> tuple[type[BaseModel], type[nn.Mo
 
 def _unwrap_state_dict(obj: object, checkpoint: Path) -> dict[str, torch.Tensor]:
     """The weights of a pretrain checkpoint: a plain state dict, or one nested under a usual key; prefixes
-    added by torch.compile (`_orig_mod.`) or DistributedDataParallel (`module.`) are removed."""
+    added by torch.compile (`_orig_mod.`) or DistributedDataParallel (`module.`) are removed, and so are
+    rotary tables (`*.rotary_sin` / `*.rotary_cos`) that old Llama checkpoints saved: they are derived from
+    the config, and the reference's Llama loader drops them too."""
     if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("model", "state_dict", "model_state_dict"):
             if isinstance(obj.get(key), dict):
@@ -92,6 +102,8 @@ def _unwrap_state_dict(obj: object, checkpoint: Path) -> dict[str, torch.Tensor]
         raise ValueError(f"{checkpoint} does not hold a state dict (got {type(obj).__name__})")
     state = {}
     for key, value in obj.items():
+        if key.endswith((".rotary_sin", ".rotary_cos")):
+            continue
         for prefix in ("_orig_mod.", "module."):
             key = key.removeprefix(prefix)
         state[key.replace("._orig_mod.", ".")] = value

@@ -1,0 +1,1 @@
+"""Everything about runs made by the reference implementation; nothing else in spd/ knows the reference's names."""

@@ -1,0 +1,207 @@
+"""A reference run directory -> a decomposition directory that `load_decomposition` and every later stage read.
+
+Input: what a reference run directory holds, `final_config.yaml` and `model_<step>.pth` (the latest step
+unless a file is named), plus the target its config names (spd/interop/targets.py, paths resolved as
+spd/interop/paths.py says). Output: the layout of spd/models/checkpoint.py, with the reference's module paths
+kept as they are (`h.0.mlp.c_fc`, `transformer.h.1.mlp.c_proj`, `linear1`), and in addition
+
+    reference/final_config.yaml   the run's config as it was
+    import.json                   provenance: source files with sha256, step, warnings of the translation
+
+The directory is built in a temporary sibling and renamed into place only after it loads back with
+`load_decomposition` (strict state dict), so a failed import leaves nothing under DEST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spd.interop.reference_config import ReferenceRun, read_reference_config
+from spd.interop.state_dict import TARGET_PREFIX, convert_reference_state_dict
+from spd.interop.targets import LoadedTarget, load_reference_target
+from spd.models.checkpoint import TARGET_DIR, load_decomposition, save_model_state, save_run_config
+from spd.models.component_model import ComponentModel, expand_module_patterns
+from spd.models.global_ci import GlobalCiFnConfig
+from spd.models.identity import insert_identity_operations
+from spd.targets import save_target
+from spd.utils import atomic_write_json
+
+REFERENCE_CONFIG_FILE = "final_config.yaml"
+IMPORT_RECORD = "import.json"
+_MODEL_RE = re.compile(r"^model_(\d+)\.pth$")
+
+
+class ReferenceImportError(ValueError):
+    """The run cannot be imported as it is; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ReferenceSource:
+    """The files one import reads: the run directory, its config and the chosen checkpoint."""
+
+    run_dir: Path
+    config_file: Path
+    model_file: Path
+    step: int
+
+
+def find_reference_source(src: Path, model_file: Path | None = None) -> ReferenceSource:
+    """SRC is a run directory (latest `model_<step>.pth`) or one of its `model_<step>.pth` files."""
+    src = Path(src).expanduser()
+    if src.is_file():
+        src, model_file = src.parent, model_file or src
+    config = src / REFERENCE_CONFIG_FILE
+    if not config.is_file():
+        raise ReferenceImportError(f"{src} is not a reference SPD run: {REFERENCE_CONFIG_FILE} missing")
+    if model_file is None:
+        steps = [(int(m[1]), p) for p in src.iterdir() if (m := _MODEL_RE.match(p.name))]
+        if not steps:
+            raise ReferenceImportError(f"{src} holds no model_<step>.pth checkpoint")
+        step, model_file = max(steps)
+    else:
+        model_file = Path(model_file).expanduser()
+        model_file = model_file if model_file.is_absolute() or model_file.is_file() else src / model_file
+        m = _MODEL_RE.match(model_file.name)
+        if not model_file.is_file() or m is None:
+            raise ReferenceImportError(f"{model_file}: not a model_<step>.pth checkpoint file")
+        step = int(m[1])
+    return ReferenceSource(src, config, model_file, step)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_digest(src: Path, model_file: Path | None = None) -> str:
+    """sha256 over the run's config and checkpoint: what a cached import is keyed by."""
+    source = find_reference_source(src, model_file)
+    material = f"{sha256_file(source.config_file)}:{sha256_file(source.model_file)}"
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def load_target_weights(target: LoadedTarget, state: dict[str, torch.Tensor]) -> None:
+    """The checkpoint's `target_model.*` into the target, strictly: what the decomposition was trained against
+    (the reference, loading a finished run, also overwrites the target file's weights with these)."""
+    target_state = {k.removeprefix(TARGET_PREFIX): v for k, v in state.items() if k.startswith(TARGET_PREFIX)}
+    try:
+        target.model.load_state_dict(target_state, strict=True)
+    except RuntimeError as err:
+        raise ReferenceImportError(f"the checkpoint's target_model.* does not fit the target: {err}") from None
+    if hasattr(target.model, "check_tied"):
+        target.model.check_tied(atol=1e-6)
+    target.model.eval().requires_grad_(False)
+
+
+def build_reference_model(run: ReferenceRun, target: LoadedTarget, state: dict[str, torch.Tensor]) -> ComponentModel:
+    """Our ComponentModel around the target (already holding the checkpoint's target weights, see
+    `load_target_weights`) with the reference checkpoint's components and CI function (strict)."""
+    spd = run.spd
+    model_info = [(s.module_pattern, s.C) for s in spd.module_info or []]
+    identity = [s.module_pattern for s in spd.identity_module_info]
+    model_info += [(f"{s.module_pattern}.pre_identity", s.C) for s in spd.identity_module_info]
+    identity_paths = insert_identity_operations(target.model, identity)
+    module_to_c = expand_module_patterns(target.model, model_info)
+    is_global = isinstance(spd.ci_fn, GlobalCiFnConfig)
+    model = ComponentModel(
+        target.model,
+        module_to_c,
+        ci_fn_type="mlp" if is_global else spd.ci_fn.fn_type,
+        ci_hidden_dims=[] if is_global else list(spd.ci_fn.hidden_dims),
+        sigmoid_type=spd.sigmoid_type,
+        global_ci=spd.ci_fn if is_global else None,
+    )
+    ours = convert_reference_state_dict(state, spd.ci_fn if is_global else None, identity_paths)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    if missing or unexpected:
+        raise ReferenceImportError(
+            f"the checkpoint does not match the model its config describes: missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]}"
+        )
+    return model.eval().requires_grad_(False)
+
+
+def import_reference_run(
+    src: Path,
+    dest: Path,
+    model_file: Path | None = None,
+    target_path: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Import the reference run at `src` into the decomposition directory `dest` (which must not exist)."""
+    dest = Path(dest).expanduser()
+    if dest.exists() and any(dest.iterdir()):
+        raise ReferenceImportError(f"{dest} exists and is not empty; choose a new directory")
+    source = find_reference_source(src, model_file)
+    run = read_reference_config(source.config_file)
+    for warning in run.warnings:
+        log(f"warning: {warning}")
+    t = run.target
+    target = load_reference_target(
+        t.pretrained_model_class,
+        t.pretrained_model_path,
+        t.pretrained_model_name,
+        t.tokenizer_name,
+        source.run_dir,
+        target_path,
+    )
+    state = torch.load(source.model_file, map_location="cpu", weights_only=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        load_target_weights(target, state)
+        save_target(target.model, target.config, tmp / TARGET_DIR, target.info, tokenizer=target.tokenizer_file)
+        model = build_reference_model(run, target, state)
+        save_model_state(model, tmp, source.step)
+        save_run_config(_run_config(run, model, target), tmp)
+        for name in ("metrics.jsonl",):
+            if (source.run_dir / name).is_file():
+                shutil.copyfile(source.run_dir / name, tmp / name)
+        (tmp / "reference").mkdir()
+        shutil.copyfile(source.config_file, tmp / "reference" / REFERENCE_CONFIG_FILE)
+        atomic_write_json(tmp / IMPORT_RECORD, _import_record(source, run, target))
+        load_decomposition(tmp)  # what every later stage will do: must load strictly
+        if dest.exists():
+            dest.rmdir()
+        tmp.replace(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"imported {source.model_file} ({len(model.module_to_c)} modules, C total {sum(model.module_to_c.values())})")
+    return dest
+
+
+def _run_config(run: ReferenceRun, model: ComponentModel, target: LoadedTarget) -> dict[str, Any]:
+    return {
+        "spd": run.spd.model_dump(mode="json"),
+        "seed": run.seed,
+        "device": "cpu",
+        "module_to_c": model.module_to_c,
+        "tied_weights": [],
+        "target": target.config.model_dump(mode="json"),
+        "target_info": target.info,
+        "data": {"kind": "reference_task", "task_config": run.task.model_dump(mode="json")},
+    }
+
+
+def _import_record(source: ReferenceSource, run: ReferenceRun, target: LoadedTarget) -> dict[str, Any]:
+    files = [source.config_file, source.model_file]
+    return {
+        "source_dir": str(source.run_dir.resolve()),
+        "step": source.step,
+        "files": {str(f.relative_to(source.run_dir)): sha256_file(f) for f in files},
+        "target": target.info,
+        "warnings": list(run.warnings),
+    }
