@@ -322,6 +322,32 @@ def report(run: RunArg, out_dir: OutDirOpt = Path("runs")) -> None:
     out.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
+@app.command("import-reference")
+@cli_errors
+def import_reference(
+    src: Annotated[Path, typer.Argument(help="A reference run directory (final_config.yaml + model_<step>.pth).")],
+    dest: Annotated[Path, typer.Argument(help="The decomposition directory to create (must not exist).")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="A model_<step>.pth of the run instead of the latest.")
+    ] = None,
+    target: Annotated[
+        Path | None, typer.Option("--target", help="The target's file or directory, instead of the run's path.")
+    ] = None,
+) -> None:
+    """Import an SPD run made by the reference implementation (goodfire-ai/spd) as a decomposition directory.
+
+    Later stages read DEST like any decomposition (`stages.<stage>.inputs.decompose: DEST`); a pipeline can
+    also import in its decompose stage (`from_reference: SRC`). docs/reference-runs.md says what is supported.
+    """
+    from stages.decompose import import_reference_run, reference_user_errors  # lazy: torch loads only here
+
+    try:
+        path = import_reference_run(src, dest, model_file=model, target_path=target, log=out.print)
+    except reference_user_errors() as e:
+        raise UserError(str(e)) from None
+    out.print(f"decomposition: {path}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON schema of pipeline files."""

@@ -109,13 +109,25 @@ def stage_seed(run_seed: int, stage: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def stage_key(name: str, config_json: dict[str, Any], seed: int, upstream_keys: dict[str, str]) -> str:
-    material = json.dumps(
-        {"stage": name, "config": config_json, "seed": seed, "upstreams": upstream_keys},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+def stage_key(
+    name: str, config_json: dict[str, Any], seed: int, upstream_keys: dict[str, str], sources: str | None = None
+) -> str:
+    """Content hash of what a stage computes from; `sources` (a digest of files outside the run) only when set,
+    so the keys of stages without it stay as they were."""
+    fields: dict[str, Any] = {"stage": name, "config": config_json, "seed": seed, "upstreams": upstream_keys}
+    if sources is not None:
+        fields["sources"] = sources
+    material = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _source_digest(name: str, spec: Any, stage_config: Any) -> str | None:
+    if spec.source_digest is None:
+        return None
+    try:
+        return spec.source_digest(stage_config)
+    except (OSError, ValueError) as err:  # a file the config names is missing or unreadable: the user's to fix
+        raise UserError(f"stages.{name}: {err}") from None
 
 
 def resolve_external(stage: str, upstream: str, given: Path) -> tuple[Path, str]:
@@ -203,13 +215,14 @@ def build_plan(
             raise UserError(f"stages.{name}: the config gives {num_tasks} tasks; at least 1 is needed")
         resources, merge_resources = resolve_resources(profile, name, resource_override(config, name))
         config_json = stage_config.model_dump(mode="json")
+        sources = _source_digest(name, spec, stage_config)
         plan.stages[name] = PlannedStage(
             name=name,
             module=modules[name],
             config=config_json,
             upstreams=edges[name],
             external=ext_dirs,
-            key=stage_key(name, config_json, seed, upstream_keys),
+            key=stage_key(name, config_json, seed, upstream_keys, sources),
             seed=seed,
             num_tasks=num_tasks,
             resources=resources,

@@ -109,6 +109,9 @@ class StageSpec(Generic[C]):
     # Paths under out/ that `rerun` of a done stage with an unchanged key copies into the fresh directory
     # (LLM stages: their answer journal, so a rerun rebuilds the store without paying again; --force drops them).
     kept_on_redo: tuple[str, ...] = ()
+    # Digest of the files outside the run that the config points at (e.g. a checkpoint to import), or None. It
+    # enters the stage key, so a file replaced under the same path reruns the stage. Computed when planning.
+    source_digest: Callable[[C], str | None] | None = None
 
     @property
     def available(self) -> bool:

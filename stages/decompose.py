@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from spd.data.corpus import Corpus
 from spd.data.io import atomic_directory
@@ -56,8 +56,40 @@ TargetConfig = Annotated[
 ]
 
 
+class ReferenceYamlSpec(BaseModel):
+    """Train from a reference experiment YAML (goodfire-ai/spd Config), translated field by field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reference_yaml: Path = Field(
+        description="The reference experiment YAML; it names the target and data too (paths relative to its directory)."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Top-level reference fields replaced before translation, e.g. {steps: 100, batch_size: 8}.",
+    )
+
+    @model_validator(mode="after")
+    def _translates(self) -> ReferenceYamlSpec:
+        from spd.interop.training import read_reference_yaml  # torch-free callers validate without it at import
+
+        read_reference_yaml(self.reference_yaml, self.overrides)  # a refused field fails here, before any job
+        return self
+
+
+def _spd_kind(value: Any) -> str:
+    has_yaml = "reference_yaml" in value if isinstance(value, dict) else isinstance(value, ReferenceYamlSpec)
+    return "reference" if has_yaml else "ours"
+
+
+SPDSource = Annotated[
+    Annotated[SPDConfig, Tag("ours")] | Annotated[ReferenceYamlSpec, Tag("reference")], Discriminator(_spd_kind)
+]
+
+
 class DecomposeConfig(StageConfig):
-    """Either `target` + `spd` (train a decomposition) or `from_checkpoint` (reuse one)."""
+    """One source: `target` + `spd` (train), `spd.reference_yaml` (train a reference experiment),
+    `from_checkpoint` (reuse one of ours) or `from_reference` (import a reference run)."""
 
     target: TargetConfig | None = Field(
         None,
@@ -66,17 +98,69 @@ class DecomposeConfig(StageConfig):
             "LM (hf_causal_lm), or a saved target (kind: checkpoint)."
         ),
     )
-    spd: SPDConfig = Field(default_factory=SPDConfig, description="SPD hyper-parameters (reference tms_5-2 defaults).")
+    spd: SPDSource = Field(
+        default_factory=SPDConfig,
+        description="SPD hyper-parameters (reference tms_5-2 defaults), or {reference_yaml: PATH} to train a "
+        "reference experiment YAML as it is (docs/reference-runs.md).",
+    )
     from_checkpoint: Path | None = Field(
         None, description="An existing decomposition directory to reuse instead of training (copied into out/)."
+    )
+    from_reference: Path | None = Field(
+        None,
+        description="A run directory made by the reference implementation (final_config.yaml + model_<step>.pth) "
+        "or one of its model_<step>.pth, imported into out/; cached by the sha256 of those files.",
+    )
+    reference_target: Path | None = Field(
+        None, description="from_reference: the target's file or directory, instead of the path the run names."
     )
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available).")
 
     @model_validator(mode="after")
     def _one_source(self) -> DecomposeConfig:
-        if (self.target is None) == (self.from_checkpoint is None):
-            raise ValueError("decompose needs exactly one of `target` (train) or `from_checkpoint` (reuse)")
+        trains_reference = isinstance(self.spd, ReferenceYamlSpec)
+        sources = [self.target is not None, trains_reference, self.from_checkpoint is not None]
+        sources.append(self.from_reference is not None)
+        if sum(sources) != 1:
+            raise ValueError(
+                "decompose needs exactly one of `target` (train), `spd.reference_yaml` (train a reference "
+                "experiment; it names its own target), `from_checkpoint` (reuse) or `from_reference` (import)"
+            )
+        if self.reference_target is not None and self.from_reference is None:
+            raise ValueError("`reference_target` is only used with `from_reference`")
+        if self.from_reference is not None:
+            from spd.interop.importer import find_reference_source
+            from spd.interop.reference_config import read_reference_config
+
+            read_reference_config(find_reference_source(self.from_reference).config_file)  # refused fields: now
         return self
+
+
+def import_reference_run(src: Path, dest: Path, **kwargs: Any) -> Path:
+    """The CLI's `import-reference` (the same import as `from_reference`, into a directory of the user's)."""
+    from spd.interop.importer import import_reference_run as run_import
+
+    return run_import(src, dest, **kwargs)
+
+
+def reference_user_errors() -> tuple[type[Exception], ...]:
+    """What an import raises for input the user can fix (the CLI exits 2 on these, without a traceback)."""
+    from spd.interop import user_errors
+
+    return user_errors()
+
+
+def source_digest(config: DecomposeConfig) -> str | None:
+    """Content of the files outside the run that the stage reads, so editing them reruns it (None: none)."""
+    if config.from_reference is not None:
+        from spd.interop.importer import source_digest as reference_digest
+
+        return reference_digest(config.from_reference)
+    if isinstance(config.spd, ReferenceYamlSpec):
+        from spd.interop.importer import sha256_file
+
+        return sha256_file(Path(config.spd.reference_yaml).expanduser())
+    return None
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -123,7 +207,15 @@ def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
     if config.from_checkpoint is not None:
         _reuse(Path(config.from_checkpoint), out_dir)
         return
+    if config.from_reference is not None:
+        from spd.interop.importer import import_reference_run
+
+        import_reference_run(config.from_reference, out_dir, target_path=config.reference_target)
+        return
     device = resolve_device(config.device)
+    if isinstance(config.spd, ReferenceYamlSpec):
+        _train_reference_yaml(config.spd, out_dir, device)
+        return
     extra: dict = {}
     if isinstance(config.target, TargetCheckpointConfig):
         path = Path(config.target.path)
@@ -156,10 +248,26 @@ def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
     print(f"decomposition done: {summary['steps']} steps in {summary['train_s']}s ({summary['steps_per_s']} steps/s)")
 
 
+def _train_reference_yaml(spec: ReferenceYamlSpec, out_dir: Path, device) -> None:
+    """Train the reference experiment with its own seed (so the experiment moves over unchanged)."""
+    from spd.interop.training import prepare_reference_training
+
+    job = prepare_reference_training(spec.reference_yaml, spec.overrides, device)
+    info = {**job.target.info, "reference_yaml": str(spec.reference_yaml), "overrides": spec.overrides}
+    summary = decompose(
+        job.target.model, job.target.config, job.spd, out_dir, seed=job.run.seed, device=device,
+        target_info=info, data=job.data, tokenizer=job.tokenizer,
+    )  # fmt: skip
+    print(
+        f"decomposition done: {summary['steps']} steps in {summary['train_s']}s (reference yaml, seed {job.run.seed})"
+    )
+
+
 STAGE = StageSpec(
     name="decompose",
     config_type=DecomposeConfig,
     upstreams=(),
     run_task=run_task,
+    source_digest=source_digest,
     description="Train an SPD decomposition of a target model (or point at an existing checkpoint).",
 )

@@ -189,6 +189,7 @@ def _run_config(run: ReferenceRun, model: ComponentModel, target: LoadedTarget) 
         "seed": run.seed,
         "device": "cpu",
         "module_to_c": model.module_to_c,
+        "module_order": list(model.module_to_c),  # the reference's order; JSON objects are written with sorted keys
         "tied_weights": [],
         "target": target.config.model_dump(mode="json"),
         "target_info": target.info,

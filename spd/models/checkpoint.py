@@ -1,7 +1,8 @@
 """Decomposition checkpoints: a directory loaded back with one call, `load_decomposition(path)`.
 
 Layout (every file written atomically):
-    config.json         run config: SPD hyper-parameters, seed, device, module_to_c, tied weights, target ref,
+    config.json         run config: SPD hyper-parameters, seed, device, module_to_c and module_order (the
+                        decomposed modules in order), tied weights, target ref,
                         `data` (how batches were made: {"kind": "toy"} or {"kind": "lm", "seq_len",
                         "dataset_seed", "train_split", "eval_split"}) and, for LMs, `corpus_dir` ("corpus")
     target/             target_config.json + target.pt (the checkpoint is self-contained);
@@ -70,9 +71,11 @@ def load_decomposition(path: str | Path, device: str | torch.device = "cpu") -> 
     is_global = ci.get("mode", "layerwise") == "global"
     if is_global:
         ci.setdefault("member_order", "name")  # written before block members followed the reference's order
+    # module order (masks, global CI blocks, stores) is recorded apart: config.json is written with sorted keys
+    order = config.get("module_order") or list(config["module_to_c"])
     model = ComponentModel(
         target,
-        config["module_to_c"],
+        {m: config["module_to_c"][m] for m in order},
         ci_fn_type="mlp" if is_global else ci["fn_type"],
         ci_hidden_dims=[] if is_global else ci["hidden_dims"],
         sigmoid_type=config["spd"]["sigmoid_type"],

@@ -50,6 +50,10 @@ class ReferenceTMSModel(nn.Module):
             h = layer(h)
         return F.relu(self.linear2(h))
 
+    def tied_weights(self) -> list[tuple[str, str]]:
+        """Components tied like the weights (the reference's TMS decomposition does the same)."""
+        return [("linear1", "linear2")] if self.config.tied_weights else []
+
     def check_tied(self, atol: float = 0.0) -> None:
         """A tied target must hold linear2.weight == linear1.weight^T (what the reference trained)."""
         if self.config.tied_weights and not torch.allclose(self.linear2.weight, self.linear1.weight.T, atol=atol):

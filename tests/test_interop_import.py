@@ -1,0 +1,182 @@
+"""Importing runs made by the reference implementation (goodfire-ai/spd): every fixture run, moved away from
+where it was made, imports and reproduces the probe.npz the reference computed on it (tolerance of the
+acceptance: max |difference| <= 1e-5 x max(1, max |value|) per array, float32)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from spd.interop.importer import ReferenceImportError, import_reference_run, source_digest
+from spd.interop.paths import ReferencePathError, resolve_reference_path
+from spd.interop.probe import compare_probes, probe
+from spd.interop.probe import main as probe_main
+from spd.models import load_decomposition
+from spd.targets.pretrain_run import UnsupportedReferenceModelError
+from tests.conftest import REPO_ROOT, run_cli
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "reference_runs"
+RUNS = ["tms_5-2", "tms_5-2-id", "lm_llama_mlp_layerwise", "lm_llama_mlp_global", "hf_gpt2_layerwise"]
+TOLERANCE = 1e-5
+
+
+def reference_probe(name: str) -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / name / "probe.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def moved_copy(name: str, into: Path) -> Path:
+    """The fixture run copied elsewhere: its recorded absolute paths no longer exist."""
+    dst = into / f"moved-{name}"
+    shutil.copytree(FIXTURES / name, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every fixture imported once from a moved copy, which is deleted afterwards (the import stands alone)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("imports")
+    out = {}
+    for name in RUNS:
+        src = moved_copy(name, root)
+        out[name] = import_reference_run(src, root / name, log=lambda _: None)
+        shutil.rmtree(src)
+    return out
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_imported_run_reproduces_reference_probe(imported: dict[str, Path], name: str) -> None:
+    ref = reference_probe(name)
+    errors = compare_probes(probe(load_decomposition(imported[name]), ref), ref)
+    assert set(errors) == set(ref)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOLERANCE, f"{worst}: {errors[worst]:.3g}"
+
+
+def test_imported_decomposition_keeps_reference_module_paths_and_records_provenance(imported) -> None:
+    gpt2 = load_decomposition(imported["hf_gpt2_layerwise"])
+    assert (
+        gpt2.target_module_paths
+        == json.loads((FIXTURES / "hf_gpt2_layerwise/probe_meta.json").read_text())["module_order"]
+    )
+    glob = load_decomposition(imported["lm_llama_mlp_global"])
+    assert glob.target_module_paths[:2] == ["h.0.mlp.down_proj", "h.1.mlp.down_proj"]
+    assert glob.ci_fn._global.blocks == [["h.1.mlp.down_proj", "h.1.mlp.c_fc"], ["h.0.mlp.down_proj", "h.0.mlp.c_fc"]]
+    record = json.loads((imported["tms_5-2"] / "import.json").read_text())
+    assert record["step"] == 2000 and set(record["files"]) == {"final_config.yaml", "model_2000.pth"}
+    assert (imported["lm_llama_mlp_layerwise"] / "target" / "tokenizer.json").is_file()
+    assert (imported["tms_5-2"] / "reference" / "final_config.yaml").is_file()
+
+
+def test_rename_only_global_ci_conversion_fails_the_probe(imported, tmp_path: Path) -> None:
+    """The same keys and tensors with the block members in name order (what a rename-only conversion gives):
+    strict loading succeeds and the CIs are wrong."""
+    broken = tmp_path / "by-name"
+    shutil.copytree(imported["lm_llama_mlp_global"], broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["spd"]["ci_fn"]["member_order"] = "name"
+    (broken / "config.json").write_text(json.dumps(config))
+    model = load_decomposition(broken)  # loads with strict=True: nothing warns
+    assert model.ci_fn._global.blocks[0] == ["h.1.mlp.c_fc", "h.1.mlp.down_proj"]
+    ref = reference_probe("lm_llama_mlp_global")
+    errors = compare_probes(probe(model, ref), ref)
+    assert errors["target_out"] <= TOLERANCE  # the target is untouched ...
+    assert max(errors[k] for k in errors if k.startswith("ci_pre_sigmoid/")) > 0.1  # ... the CIs are not
+
+
+def test_cli_import_and_probe_module(tmp_path: Path) -> None:
+    src = moved_copy("tms_5-2", tmp_path)
+    result = run_cli("import-reference", src, tmp_path / "dec", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "decomposition:" in result.stdout
+    rc = probe_main(
+        [str(tmp_path / "dec"), "--inputs", str(FIXTURES / "tms_5-2/probe.npz"), "--out", str(tmp_path / "o.npz")]
+    )
+    assert rc == 0
+    with np.load(tmp_path / "o.npz") as f:
+        ours = {k: f[k] for k in f.files}
+    errors = compare_probes(ours, reference_probe("tms_5-2"))
+    assert max(errors.values()) <= TOLERANCE
+    again = run_cli("import-reference", src, tmp_path / "dec", cwd=tmp_path)  # never over an existing import
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_probe_draws_missing_masks_like_the_reference(imported) -> None:
+    ref = reference_probe("tms_5-2")
+    only_input = {"input": ref["input"]}
+    ours = probe(load_decomposition(imported["tms_5-2"]), only_input)
+    assert np.array_equal(ours["mask/linear1"], ref["mask/linear1"])
+    assert np.array_equal(ours["delta_mask/linear2"], ref["delta_mask/linear2"])
+
+
+def test_missing_target_exits_2_naming_the_field_and_target_override(tmp_path: Path) -> None:
+    src = moved_copy("lm_llama_mlp_layerwise", tmp_path)
+    shutil.move(src / "target", tmp_path / "elsewhere")
+    result = run_cli("import-reference", src, tmp_path / "dec", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "pretrained_model_name" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "dec").exists()  # a failed import leaves nothing behind
+    ckpt = tmp_path / "elsewhere" / "checkpoints" / "model_step_299.pt"
+    result = run_cli("import-reference", src, tmp_path / "dec", "--target", ckpt, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert load_decomposition(tmp_path / "dec").module_to_c["h.0.mlp.c_fc"] == 48
+
+
+def test_paths_resolve_relative_to_the_run_then_by_file_name(tmp_path: Path) -> None:
+    run = moved_copy("tms_5-2", tmp_path)
+    assert resolve_reference_path("target/tms.pth", run, "f") == run / "target" / "tms.pth"
+    gone = "/nonexistent/machine/spd_out/train/t-d71fd90c/tms.pth"
+    assert resolve_reference_path(gone, run, "f") == run / "tms.pth"  # the shallowest file of that name
+    with pytest.raises(ReferencePathError, match="pretrained_model_path.*nowhere.pth"):
+        resolve_reference_path("/x/nowhere.pth", run, "pretrained_model_path")
+
+
+def test_wandb_names_use_the_cache_or_say_what_to_download(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SPD_PIPELINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    run = moved_copy("tms_5-2", tmp_path)
+    name = "wandb:goodfire/spd-pre-Sep-2025/runs/0hsp07o4"
+    cache = tmp_path / "cache" / "wandb" / "goodfire" / "spd-pre-Sep-2025" / "0hsp07o4"
+    with pytest.raises(ReferencePathError, match="wandb is not installed") as err:
+        resolve_reference_path(name, run, "pretrained_model_path")
+    assert str(cache) in str(err.value)
+    cache.mkdir(parents=True)
+    shutil.copy(run / "target" / "tms.pth", cache)
+    shutil.copy(run / "target" / "tms_train_config.yaml", cache)
+    assert resolve_reference_path(name, run, "pretrained_model_path") == cache
+    config = yaml.safe_load((run / "final_config.yaml").read_text())
+    config["pretrained_model_path"] = name
+    (run / "final_config.yaml").write_text(yaml.safe_dump(config))
+    shutil.rmtree(run / "target")
+    (run / "tms.pth").unlink()
+    dest = import_reference_run(run, tmp_path / "dec", log=lambda _: None)
+    assert json.loads((dest / "config.json").read_text())["target_info"]["target_file"].startswith(str(cache))
+
+
+def test_unsupported_model_class_is_refused_by_name(tmp_path: Path) -> None:
+    run = moved_copy("tms_5-2", tmp_path)
+    config = yaml.safe_load((run / "final_config.yaml").read_text())
+    config["pretrained_model_class"] = "spd.experiments.ih.model.InductionTransformer"
+    (run / "final_config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UnsupportedReferenceModelError, match="InductionTransformer"):
+        import_reference_run(run, tmp_path / "dec", log=lambda _: None)
+    result = run_cli("import-reference", run, tmp_path / "dec2", cwd=tmp_path)
+    assert result.returncode == 2 and "InductionTransformer" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_not_a_reference_run_and_source_digest(tmp_path: Path) -> None:
+    with pytest.raises(ReferenceImportError, match="final_config.yaml missing"):
+        import_reference_run(tmp_path, tmp_path / "dec", log=lambda _: None)
+    run = moved_copy("tms_5-2", tmp_path)
+    before = source_digest(run)
+    assert source_digest(run / "model_2000.pth") == before
+    (run / "final_config.yaml").write_text((run / "final_config.yaml").read_text() + "\n# edited\n")
+    assert source_digest(run) != before
