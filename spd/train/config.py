@@ -239,6 +239,11 @@ class SPDConfig(_Strict):
     n_eval_steps: int = Field(10, ge=1)
     save_freq: int | None = Field(None, description="Extra checkpoints every save_freq steps (final always saved).")
     ci_alive_threshold: float = Field(0.1, ge=0)
+    autocast_bf16: bool = Field(
+        False,
+        description="Run the forward passes and losses of each training step and of eval under torch.autocast "
+        "(bfloat16), as the reference does by default; backward, optimizer and faithfulness warm-up stay float32.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SPDConfig:

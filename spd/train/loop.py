@@ -230,6 +230,10 @@ class Decomposer:
     def sample(self, batch_size: int) -> Tensor:
         return self.data.train_batch(batch_size)
 
+    def autocast(self) -> torch.autocast:
+        """bfloat16 autocast on the model's device when cfg.autocast_bf16 (a no-op context otherwise)."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16)
+
     def _write_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -334,26 +338,27 @@ class Decomposer:
                 self.optimizer.zero_grad(set_to_none=True)
                 deltas = model.deltas()
                 batch = self.sample(cfg.batch_size)
-                with torch.no_grad():
-                    target_out, acts = model.forward_with_inputs(batch)
-                ci = model.causal_importances(acts, cfg.sampling)
-                ppgd_deltas = deltas if cfg.use_delta_component else None
-                for lc in cfg.losses:  # optional inner ascent steps on this batch before the loss that trains
-                    if lc.classname in self.ppgd_states and lc.n_warmup_steps:
-                        routing = lc.routing if isinstance(lc, PersistentPGDReconSubsetLossConfig) else "all"
-                        state = self.ppgd_states[lc.classname]
-                        ppgd_warmup(
-                            model, batch, target_out, ci.lower_leaky, ppgd_deltas, state, step, cfg.steps, routing,
-                            cfg.output_loss_type,
-                        )  # fmt: skip
-                losses = compute_losses(
-                    model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step,
-                    ppgd_states=self.ppgd_states,
-                )  # fmt: skip
+                with self.autocast():  # forward passes and losses only (the reference's autocast_bf16)
+                    with torch.no_grad():
+                        target_out, acts = model.forward_with_inputs(batch)
+                    ci = model.causal_importances(acts, cfg.sampling)
+                    ppgd_deltas = deltas if cfg.use_delta_component else None
+                    for lc in cfg.losses:  # optional inner ascent steps on this batch before the loss that trains
+                        if lc.classname in self.ppgd_states and lc.n_warmup_steps:
+                            routing = lc.routing if isinstance(lc, PersistentPGDReconSubsetLossConfig) else "all"
+                            state = self.ppgd_states[lc.classname]
+                            ppgd_warmup(
+                                model, batch, target_out, ci.lower_leaky, ppgd_deltas, state, step, cfg.steps,
+                                routing, cfg.output_loss_type,
+                            )  # fmt: skip
+                    losses = compute_losses(
+                        model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step,
+                        ppgd_states=self.ppgd_states,
+                    )  # fmt: skip
                 weights = {
                     lc.classname: lc.coeff * coeff_warmup_factor(step, cfg.steps, lc.warmup_frac) for lc in cfg.losses
                 }
-                total = sum(weights[k] * v for k, v in losses.items())
+                total = sum(weights[k] * v.float() for k, v in losses.items())  # float32 sum (bf16 under autocast)
                 # PPGD (reference 9.3 step 7): source gradients of each PPGD loss BEFORE the total backward
                 # (retaining the graph), the ascent step on the sources AFTER it.
                 ppgd_grads = {
@@ -387,7 +392,8 @@ class Decomposer:
                     record["train/grad_norm/components"] = _grad_norm(self.comp_params)
                     record["train/grad_norm/ci_fns"] = _grad_norm(self.ci_params)
             if step % cfg.eval_freq == 0 or step == cfg.steps:
-                last_eval = self.evaluate(step, slow=step % slow_freq == 0 or step == cfg.steps)
+                with self.autocast():
+                    last_eval = self.evaluate(step, slow=step % slow_freq == 0 or step == cfg.steps)
                 record.update(last_eval)
                 self.log(_summary_line(step, last_eval))
             if len(record) > 1:
