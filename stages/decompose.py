@@ -71,9 +71,11 @@ class ReferenceYamlSpec(BaseModel):
 
     @model_validator(mode="after")
     def _translates(self) -> ReferenceYamlSpec:
-        from spd.interop.training import read_reference_yaml  # torch-free callers validate without it at import
+        from spd.interop.targets import check_supported_class
+        from spd.interop.training import read_reference_yaml
 
-        read_reference_yaml(self.reference_yaml, self.overrides)  # a refused field fails here, before any job
+        run = read_reference_yaml(self.reference_yaml, self.overrides)  # a refused field fails here, before any job
+        check_supported_class(run.target.pretrained_model_class)
         return self
 
 
@@ -131,8 +133,10 @@ class DecomposeConfig(StageConfig):
         if self.from_reference is not None:
             from spd.interop.importer import find_reference_source
             from spd.interop.reference_config import read_reference_config
+            from spd.interop.targets import check_supported_class
 
-            read_reference_config(find_reference_source(self.from_reference).config_file)  # refused fields: now
+            run = read_reference_config(find_reference_source(self.from_reference).config_file)  # refused: now
+            check_supported_class(run.target.pretrained_model_class)
         return self
 
 

@@ -52,6 +52,25 @@ def supported_classes() -> list[str]:
     return [TMS_CLASS, RESID_MLP_CLASS, *pretrain, "transformers.<causal LM class>"]
 
 
+def check_supported_class(class_path: str | None) -> None:
+    """Refuse a `pretrained_model_class` this project cannot build, before any file is read (plan time)."""
+    from spd.targets.pretrain_run import resolve_pretrain_class
+
+    if class_path is None:
+        raise UnsupportedReferenceModelError("pretrained_model_class is not set: the run names no target")
+    if class_path in _TOY_FILES or class_path.startswith("transformers."):
+        return
+    if class_path.startswith(("spd.pretrain.", "simple_stories_train.")):
+        resolve_pretrain_class(class_path)  # names the class and the supported ones
+        return
+    from spd.targets.pretrain_run import PRETRAIN_MODEL_CLASSES
+
+    if class_path not in PRETRAIN_MODEL_CLASSES:
+        raise UnsupportedReferenceModelError(
+            f"pretrained_model_class = {class_path!r} is not supported; supported: {', '.join(supported_classes())}"
+        )
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
@@ -109,8 +128,7 @@ def load_reference_target(
     override: Path | None = None,
 ) -> LoadedTarget:
     """Build the target a reference run names (see the module docstring); `override` replaces the path fields."""
-    if class_path is None:
-        raise UnsupportedReferenceModelError("pretrained_model_class is not set: the run names no target")
+    check_supported_class(class_path)
     value = model_path or model_name
     field_name = "pretrained_model_path" if model_path else "pretrained_model_name"
 
@@ -128,18 +146,15 @@ def load_reference_target(
         if override is None and value is not None and _looks_like_hub_id(value) and not (run_dir / value).exists():
             return _hf_target(class_path, value, tokenizer)  # a hub id: the local Hugging Face cache
         return _hf_target(class_path, str(where()), tokenizer)
-    from spd.targets.pretrain_run import PRETRAIN_MODEL_CLASSES, load_pretrain_run, resolve_pretrain_class
+    from spd.targets.pretrain_run import PRETRAIN_MODEL_CLASSES, load_pretrain_run
 
     if class_path.startswith(("spd.pretrain.", "simple_stories_train.")) or class_path in PRETRAIN_MODEL_CLASSES:
-        resolve_pretrain_class(class_path)  # an unimplemented class is refused by name before any file is read
         model, config, tokenizer_file = load_pretrain_run(_pretrain_checkpoint(where()), class_path)
         tok = _tokenizer_location(tokenizer_name, run_dir)
         if tok is not None and (Path(tok) / "tokenizer.json").is_file():
             tokenizer_file = Path(tok) / "tokenizer.json"
         return LoadedTarget(model, config, {"reference_class": class_path}, tokenizer_file)
-    raise UnsupportedReferenceModelError(
-        f"pretrained_model_class = {class_path!r} is not supported; supported: {', '.join(supported_classes())}"
-    )
+    raise AssertionError(f"check_supported_class let {class_path!r} through")  # unreachable
 
 
 def _pretrain_checkpoint(path: Path) -> Path:

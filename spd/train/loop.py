@@ -215,6 +215,7 @@ class Decomposer:
             "seed": seed,
             "device": str(device),
             "module_to_c": self.model.module_to_c,
+            "module_order": list(self.model.module_to_c),  # JSON objects are written with sorted keys
             "tied_weights": [list(t) for t in tied],
             "target": target_config.model_dump(mode="json"),
             "target_info": target_info or {},
