@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spd.data.corpus import Corpus
 from spd.data.io import atomic_directory
@@ -79,16 +79,6 @@ class ReferenceYamlSpec(BaseModel):
         return self
 
 
-def _spd_kind(value: Any) -> str:
-    has_yaml = "reference_yaml" in value if isinstance(value, dict) else isinstance(value, ReferenceYamlSpec)
-    return "reference" if has_yaml else "ours"
-
-
-SPDSource = Annotated[
-    Annotated[SPDConfig, Tag("ours")] | Annotated[ReferenceYamlSpec, Tag("reference")], Discriminator(_spd_kind)
-]
-
-
 class DecomposeConfig(StageConfig):
     """One source: `target` + `spd` (train), `spd.reference_yaml` (train a reference experiment),
     `from_checkpoint` (reuse one of ours) or `from_reference` (import a reference run)."""
@@ -100,8 +90,9 @@ class DecomposeConfig(StageConfig):
             "LM (hf_causal_lm), or a saved target (kind: checkpoint)."
         ),
     )
-    spd: SPDSource = Field(
+    spd: SPDConfig | ReferenceYamlSpec = Field(
         default_factory=SPDConfig,
+        union_mode="left_to_right",
         description="SPD hyper-parameters (reference tms_5-2 defaults), or {reference_yaml: PATH} to train a "
         "reference experiment YAML as it is (docs/reference-runs.md).",
     )
@@ -117,6 +108,15 @@ class DecomposeConfig(StageConfig):
         None, description="from_reference: the target's file or directory, instead of the path the run names."
     )
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available).")
+
+    @field_validator("spd", mode="wrap")
+    @classmethod
+    def _spd_kind(cls, value: Any, handler: Any) -> SPDConfig | ReferenceYamlSpec:
+        """A mapping with `reference_yaml` is a reference experiment, any other one ours: each reports its own
+        errors at `spd.<field>` (a plain union would report both kinds' errors for every mistake)."""
+        if isinstance(value, dict):
+            return (ReferenceYamlSpec if "reference_yaml" in value else SPDConfig).model_validate(value)
+        return handler(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> DecomposeConfig:
