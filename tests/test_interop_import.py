@@ -180,3 +180,81 @@ def test_not_a_reference_run_and_source_digest(tmp_path: Path) -> None:
     assert source_digest(run / "model_2000.pth") == before
     (run / "final_config.yaml").write_text((run / "final_config.yaml").read_text() + "\n# edited\n")
     assert source_digest(run) != before
+
+
+def _reference_resid_mlp_run(root: Path) -> Path:
+    """A run in the reference's layout for a shape no fixture has: its residual MLP (biases, GELU, a learned
+    W_U), an inserted identity, an `mlp` CI function with two hidden layers. Weights are random; the layout is
+    what the reference writes (Sequential CI layers at even indices, identities without parameters)."""
+    from spd.targets.reference_resid_mlp import ReferenceResidMLPConfig, ReferenceResidMLPModel
+
+    torch.manual_seed(3)
+    arch = {"n_features": 6, "d_embed": 8, "d_mlp": 5, "n_layers": 2, "act_fn_name": "gelu", "in_bias": True}
+    arch["out_bias"] = True
+    target = ReferenceResidMLPModel(ReferenceResidMLPConfig(**arch))
+    for p in target.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    run = root / "resid_run"
+    (run / "target").mkdir(parents=True)
+    torch.save(target.state_dict(), run / "target" / "resid_mlp.pth")
+    (run / "target" / "resid_mlp_train_config.yaml").write_text(yaml.safe_dump({"resid_mlp_model_config": arch}))
+    config = yaml.safe_load((FIXTURES / "tms_5-2" / "final_config.yaml").read_text())
+    config.update(
+        pretrained_model_class="spd.experiments.resid_mlp.models.ResidMLP",
+        pretrained_model_path="/machine/that/made/it/resid_mlp.pth",
+        module_info=[{"module_pattern": "layers.*.mlp_out", "C": 4}, {"module_pattern": "layers.*.mlp_in", "C": 7}],
+        identity_module_info=[{"module_pattern": "layers.1.mlp_in", "C": 3}],
+        ci_config={"mode": "layerwise", "fn_type": "mlp", "hidden_dims": [5, 3]},
+        task_config={"task_name": "resid_mlp", "feature_probability": 0.1},
+        eval_metric_configs=[],
+    )
+    (run / "final_config.yaml").write_text(yaml.safe_dump(config))
+    state = {f"target_model.{k}": v for k, v in target.state_dict().items()}
+    order = [
+        "layers.0.mlp_out",
+        "layers.1.mlp_out",
+        "layers.0.mlp_in",
+        "layers.1.mlp_in",
+        "layers.1.mlp_in.pre_identity",
+    ]
+    for m, (d_in, d_out, c) in zip(order, [(5, 8, 4), (5, 8, 4), (8, 5, 7), (8, 5, 7), (8, 8, 3)], strict=True):
+        k = m.replace(".", "-")
+        state[f"_components.{k}.V"], state[f"_components.{k}.U"] = torch.randn(d_in, c), torch.randn(c, d_out)
+        if not m.endswith("pre_identity"):
+            state[f"_components.{k}.bias"] = target.get_submodule(m).bias.detach().clone()
+        for i, (a, b) in enumerate([(1, 5), (5, 3), (3, 1)]):
+            state[f"ci_fn._ci_fns.{k}.layers.{2 * i}.W"] = torch.randn(c, a, b)
+            state[f"ci_fn._ci_fns.{k}.layers.{2 * i}.b"] = torch.randn(c, b)
+    torch.save(state, run / "model_7.pth")
+    return run
+
+
+def test_resid_mlp_run_with_identity_insertion_and_deep_ci_imports_by_the_formulas(tmp_path: Path) -> None:
+    run = _reference_resid_mlp_run(tmp_path)
+    model = load_decomposition(import_reference_run(run, tmp_path / "dec", log=lambda _: None))
+    assert model.target_module_paths == [
+        "layers.0.mlp_out", "layers.1.mlp_out", "layers.0.mlp_in", "layers.1.mlp_in", "layers.1.mlp_in.pre_identity"
+    ]  # fmt: skip
+    state = torch.load(run / "model_7.pth", weights_only=True)
+    sd = {k.removeprefix("target_model."): v for k, v in state.items() if k.startswith("target_model.")}
+    gelu = torch.nn.functional.gelu
+    x = torch.randn(9, 6)
+    resid = x @ sd["W_E"]
+    acts: dict[str, torch.Tensor] = {}
+    for i in range(2):
+        acts[f"layers.{i}.mlp_in"] = resid
+        mid = gelu(resid @ sd[f"layers.{i}.mlp_in.weight"].T + sd[f"layers.{i}.mlp_in.bias"])
+        acts[f"layers.{i}.mlp_out"] = mid
+        resid = resid + mid @ sd[f"layers.{i}.mlp_out.weight"].T + sd[f"layers.{i}.mlp_out.bias"]
+    acts["layers.1.mlp_in.pre_identity"] = acts["layers.1.mlp_in"]
+    ours = probe(model, {"input": x.numpy()})
+    assert np.allclose(ours["target_out"], (resid @ sd["W_U"]).numpy(), atol=1e-5)
+    for m, a in acts.items():
+        k = m.replace(".", "-")
+        h = (a @ state[f"_components.{k}.V"]).unsqueeze(-1)  # per-component scalar MLP on x V
+        for i in range(3):
+            w, b = state[f"ci_fn._ci_fns.{k}.layers.{2 * i}.W"], state[f"ci_fn._ci_fns.{k}.layers.{2 * i}.b"]
+            h = torch.einsum("bci,cio->bco", h, w) + b
+            h = gelu(h) if i < 2 else h
+        assert np.allclose(ours[f"pre_weight_acts/{m}"], a.numpy(), atol=1e-5)
+        assert np.allclose(ours[f"ci_pre_sigmoid/{m}"], h.squeeze(-1).numpy(), atol=1e-4)

@@ -101,18 +101,21 @@ def _toy_target(class_path: str, path: Path) -> LoadedTarget:
 
 
 def _hf_target(class_path: str, name: str, tokenizer: str | None) -> LoadedTarget:
-    from spd.lm.hf import HFModelConfig, load_hf_causal_lm
+    """A transformers causal LM; its tokenizer.json is copied when `tokenizer` (or the model directory) has one
+    (the import does not need it: only post-processing of text does)."""
+    from spd.lm.hf import HFModelConfig, load_hf_model
     from spd.targets.hf import HFCausalLMTargetConfig, hf_tokenizer_file
 
     spec = HFModelConfig(model=name, tokenizer=tokenizer)
-    model, _ = load_hf_causal_lm(spec)
+    model = load_hf_model(spec)
     if _short(class_path) not in ("AutoModelForCausalLM", type(model).__name__):
         raise UnsupportedReferenceModelError(
             f"pretrained_model_class = {class_path!r}, but {name} holds a {type(model).__name__}; only causal LMs "
             "(AutoModelForCausalLM) are supported"
         )
     info = {"reference_class": class_path, "model": name}
-    return LoadedTarget(model, HFCausalLMTargetConfig(model=spec), info, hf_tokenizer_file(tokenizer or name))
+    tokenizer_file = (hf_tokenizer_file(tokenizer) if tokenizer else None) or hf_tokenizer_file(name)
+    return LoadedTarget(model, HFCausalLMTargetConfig(model=spec), info, tokenizer_file)
 
 
 def _looks_like_hub_id(value: str) -> bool:

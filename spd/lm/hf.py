@@ -180,6 +180,12 @@ def load_hf_tokenizer(name_or_path: str, revision: str | None = None) -> Any:
 
 def load_hf_causal_lm(config: HFModelConfig, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
     """(model in eval mode with frozen parameters, tokenizer). Raise HFModelMissingError if absent."""
+    model = load_hf_model(config, device)
+    return model, load_hf_tokenizer(config.tokenizer or config.model, None if config.tokenizer else config.revision)
+
+
+def load_hf_model(config: HFModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The causal LM alone (eval mode, frozen; `config.tokenizer` is not read). HFModelMissingError if absent."""
     transformers = _require("transformers")
     name = config.model
     local = _looks_like_path(name)
@@ -196,9 +202,7 @@ def load_hf_causal_lm(config: HFModelConfig, device: str | torch.device = "cpu")
             )
     except (OSError, ValueError) as err:
         raise HFModelMissingError(_missing_model_message(name, "model", err), name) from None
-    tokenizer = load_hf_tokenizer(config.tokenizer or name, None if config.tokenizer else config.revision)
-    model.to(device).eval().requires_grad_(False)
-    return model, tokenizer
+    return model.to(device).eval().requires_grad_(False)
 
 
 def _is_saved_dataset(path: Path) -> bool:

@@ -10,6 +10,8 @@ from fnmatch import fnmatch
 import torch
 from torch import Tensor, nn
 
+from spd.models.component_model import is_conv1d
+
 
 class Identity(nn.Linear):
     """A frozen d x d identity Linear: decomposable like any Linear, and it changes nothing."""
@@ -35,11 +37,15 @@ def insert_identity_operations(target: nn.Module, patterns: list[str]) -> list[s
         if not matched:
             raise ValueError(f"identity pattern {pattern!r} matches no module")
         for name, module in matched:
-            if isinstance(module, nn.Embedding) or not hasattr(module, "in_features"):
-                raise ValueError(f"identity insertion needs a Linear module; {name!r} is {type(module).__name__}")
+            if isinstance(module, nn.Linear):
+                d_in = module.in_features
+            elif is_conv1d(module):  # GPT-2's Conv1D stores its weight (d_in, d_out)
+                d_in = module.weight.shape[0]
+            else:
+                raise ValueError(f"identity insertion needs a Linear or Conv1D; {name!r} is {type(module).__name__}")
             if hasattr(module, "pre_identity"):
                 continue
-            module.pre_identity = Identity(module.in_features)
+            module.pre_identity = Identity(d_in)
             module.register_forward_pre_hook(_route_through_identity)
             paths.append(f"{name}.pre_identity")
     return paths

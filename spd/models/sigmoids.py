@@ -15,7 +15,7 @@ from torch import Tensor
 
 LEAK = 0.01
 
-SigmoidType = Literal["leaky_hard", "hard", "upper_leaky_hard", "normal"]
+SigmoidType = Literal["leaky_hard", "hard", "upper_leaky_hard", "lower_leaky_hard", "normal"]
 
 
 class _LowerLeakyHardSigmoid(torch.autograd.Function):
@@ -56,6 +56,7 @@ def get_sigmoids(sigmoid_type: SigmoidType) -> tuple[Callable[[Tensor], Tensor],
     single = {
         "hard": hard_sigmoid,
         "upper_leaky_hard": upper_leaky_hard_sigmoid,
+        "lower_leaky_hard": lower_leaky_hard_sigmoid,
         "normal": torch.sigmoid,
     }[sigmoid_type]
     return single, single
