@@ -713,7 +713,9 @@ def _eval_metrics(ctx: _Ctx, value: Any, path: str) -> None:
 
 def _sigmoid(ctx: _Ctx, value: Any, path: str) -> str:
     if value == "swish_hard":
-        raise ctx.error(path, value, "not implemented here (normal, hard, leaky_hard, upper_leaky_hard, lower_leaky_hard are)")
+        raise ctx.error(
+            path, value, "not implemented here (normal, hard, leaky_hard, upper_leaky_hard, lower_leaky_hard are)"
+        )
     return value
 
 
