@@ -112,8 +112,8 @@ def stage_seed(run_seed: int, stage: str) -> int:
 def stage_key(
     name: str, config_json: dict[str, Any], seed: int, upstream_keys: dict[str, str], sources: str | None = None
 ) -> str:
-    """Content hash of what a stage computes from; `sources` (a digest of files outside the run) only when set,
-    so the keys of stages without it stay as they were."""
+    """Content hash of what a stage computes from; `sources` (a digest of files outside the run the config points
+    at) enters only when set, so stages without such files hash exactly their config, seed and upstreams."""
     fields: dict[str, Any] = {"stage": name, "config": config_json, "seed": seed, "upstreams": upstream_keys}
     if sources is not None:
         fields["sources"] = sources

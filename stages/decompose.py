@@ -71,11 +71,12 @@ class ReferenceYamlSpec(BaseModel):
 
     @model_validator(mode="after")
     def _translates(self) -> ReferenceYamlSpec:
-        from spd.interop.targets import check_supported_class
-        from spd.interop.training import read_reference_yaml
+        from spd.interop.targets import check_target_fields
+        from spd.interop.training import check_trainable, read_reference_yaml
 
         run = read_reference_yaml(self.reference_yaml, self.overrides)  # a refused field fails here, before any job
-        check_supported_class(run.target.pretrained_model_class)
+        check_target_fields(run.target)
+        check_trainable(run)
         return self
 
 
@@ -133,10 +134,10 @@ class DecomposeConfig(StageConfig):
         if self.from_reference is not None:
             from spd.interop.importer import find_reference_source
             from spd.interop.reference_config import read_reference_config
-            from spd.interop.targets import check_supported_class
+            from spd.interop.targets import check_target_fields
 
             run = read_reference_config(find_reference_source(self.from_reference).config_file)  # refused: now
-            check_supported_class(run.target.pretrained_model_class)
+            check_target_fields(run.target)
         return self
 
 
@@ -159,11 +160,11 @@ def source_digest(config: DecomposeConfig) -> str | None:
     if config.from_reference is not None:
         from spd.interop.importer import source_digest as reference_digest
 
-        return reference_digest(config.from_reference)
+        return reference_digest(config.from_reference, target_path=config.reference_target)
     if isinstance(config.spd, ReferenceYamlSpec):
-        from spd.interop.importer import sha256_file
+        from spd.interop.training import reference_yaml_digest
 
-        return sha256_file(Path(config.spd.reference_yaml).expanduser())
+        return reference_yaml_digest(config.spd.reference_yaml, config.spd.overrides)
     return None
 
 
@@ -214,7 +215,7 @@ def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
     if config.from_reference is not None:
         from spd.interop.importer import import_reference_run
 
-        import_reference_run(config.from_reference, out_dir, target_path=config.reference_target)
+        import_reference_run(config.from_reference, out_dir, target_path=config.reference_target, overwrite=True)
         return
     device = resolve_device(config.device)
     if isinstance(config.spd, ReferenceYamlSpec):

@@ -71,7 +71,8 @@ def test_imported_decomposition_keeps_reference_module_paths_and_records_provena
     assert glob.target_module_paths[:2] == ["h.0.mlp.down_proj", "h.1.mlp.down_proj"]
     assert glob.ci_fn._global.blocks == [["h.1.mlp.down_proj", "h.1.mlp.c_fc"], ["h.0.mlp.down_proj", "h.0.mlp.c_fc"]]
     record = json.loads((imported["tms_5-2"] / "import.json").read_text())
-    assert record["step"] == 2000 and set(record["files"]) == {"final_config.yaml", "model_2000.pth"}
+    assert record["step"] == 2000  # the run's files and the target's architecture file, with sha256
+    assert set(record["files"]) == {"final_config.yaml", "model_2000.pth", "tms_train_config.yaml"}
     assert (imported["lm_llama_mlp_layerwise"] / "target" / "tokenizer.json").is_file()
     assert (imported["tms_5-2"] / "reference" / "final_config.yaml").is_file()
 
@@ -258,3 +259,77 @@ def test_resid_mlp_run_with_identity_insertion_and_deep_ci_imports_by_the_formul
             h = gelu(h) if i < 2 else h
         assert np.allclose(ours[f"pre_weight_acts/{m}"], a.numpy(), atol=1e-5)
         assert np.allclose(ours[f"ci_pre_sigmoid/{m}"], h.squeeze(-1).numpy(), atol=1e-4)
+
+
+def test_older_reference_key_spellings_are_renamed_as_the_reference_does() -> None:
+    from spd.interop.state_dict import modernize_key
+
+    assert modernize_key("patched_model.linear1.original.weight") == "target_model.linear1.weight"
+    assert modernize_key("target_model.h.0.mlp.c_fc.components.V") == "_components.h-0-mlp-c_fc.V"
+    assert modernize_key("_gates.linear1.layers.0.W") == "ci_fn._ci_fns.linear1.layers.0.W"
+    assert modernize_key("ci_fn._gates.linear1.layers.2.b") == "ci_fn._ci_fns.linear1.layers.2.b"
+    today = "ci_fn._global_ci_fn._readers.layer_1_mlp.2.W"
+    assert modernize_key(today) == today
+
+
+def test_wandb_run_names_in_every_form_the_reference_accepts() -> None:
+    from spd.interop.paths import looks_like_hub_id, parse_wandb_run
+
+    expected = ("goodfire", "spd", "t-9d2b8f02")
+    for name in (
+        "wandb:goodfire/spd/runs/t-9d2b8f02",
+        "wandb:goodfire/spd/t-9d2b8f02",
+        "goodfire/spd/runs/t-9d2b8f02",
+        "https://wandb.ai/goodfire/spd/runs/t-9d2b8f02?nw=1",
+    ):
+        assert parse_wandb_run(name) == expected, name
+    assert parse_wandb_run("target/checkpoints/model_step_299.pt") is None
+    assert parse_wandb_run("SimpleStories/SimpleStories") is None and looks_like_hub_id("SimpleStories/SimpleStories")
+    assert not looks_like_hub_id("./tokenizer") and not looks_like_hub_id("goodfire/spd/runs/t-9d2b8f02")
+
+
+def test_pretrain_target_in_the_flat_layout_of_its_wandb_upload(tmp_path: Path) -> None:
+    """model_step_<N>.pt beside model_config.yaml (how the reference uploads a pretrain run) loads too."""
+    src = moved_copy("lm_llama_mlp_layerwise", tmp_path)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in ("model_config.yaml", "tokenizer.json", "checkpoints/model_step_299.pt"):
+        shutil.copy(src / "target" / f, flat)
+    shutil.rmtree(src / "target")
+    dest = import_reference_run(src, tmp_path / "dec", target_path=flat, log=lambda _: None)
+    ref = reference_probe("lm_llama_mlp_layerwise")
+    assert max(compare_probes(probe(load_decomposition(dest), ref), ref).values()) <= TOLERANCE
+
+
+def test_unreadable_inputs_exit_2_without_traceback_and_leave_nothing(tmp_path: Path) -> None:
+    src = moved_copy("tms_5-2", tmp_path)
+    (src / "model_2000.pth").write_bytes(b"not a checkpoint")
+    result = run_cli("import-reference", src, tmp_path / "dec", cwd=tmp_path)
+    assert result.returncode == 2 and "model_2000.pth" in result.stderr and "Traceback" not in result.stderr
+    shutil.copy(FIXTURES / "tms_5-2" / "model_2000.pth", src)
+    (src / "target" / "tms_train_config.yaml").write_text("tms_model_config: {n_features: 5}\n")
+    (src / "tms_train_config.yaml").write_text("tms_model_config: {n_features: 5}\n")
+    result = run_cli("import-reference", src, tmp_path / "dec", cwd=tmp_path)
+    assert result.returncode == 2 and "n_hidden" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "dec").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".dec")]
+
+
+def test_model_file_outside_the_run_dir_and_output_attr_refused(tmp_path: Path) -> None:
+    src = moved_copy("tms_5-2", tmp_path)
+    shutil.move(src / "model_2000.pth", tmp_path / "model_2000.pth")
+    dest = import_reference_run(src, tmp_path / "dec", model_file=tmp_path / "model_2000.pth", log=lambda _: None)
+    record = json.loads((dest / "import.json").read_text())
+    assert str((tmp_path / "model_2000.pth").resolve()) in record["files"]
+    config = yaml.safe_load((src / "final_config.yaml").read_text())
+    config["pretrained_model_output_attr"] = "idx_1"
+    (src / "final_config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UnsupportedReferenceModelError, match="idx_1"):
+        import_reference_run(src, tmp_path / "dec2", model_file=tmp_path / "model_2000.pth", log=lambda _: None)
+
+
+def test_source_digest_follows_the_target_architecture_file(tmp_path: Path) -> None:
+    run = moved_copy("lm_llama_mlp_global", tmp_path)
+    before = source_digest(run)
+    config = run / "target" / "model_config.yaml"
+    config.write_text(config.read_text() + "\n# edited\n")
+    assert source_digest(run) != before

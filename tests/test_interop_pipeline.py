@@ -80,6 +80,18 @@ def test_from_reference_in_a_pipeline_is_cached_by_file_content(tmp_path: Path) 
     assert not cached()
 
 
+def test_from_reference_task_redone_replaces_its_import(tmp_path: Path) -> None:
+    """A worker that died after the import but before its marker is redone: the import is replaced, not refused."""
+    src = moved_copy("tms_5-2", tmp_path)
+    config = DecomposeConfig(from_reference=str(src))
+    out = tmp_path / "out"
+    out.mkdir()
+    for _ in range(2):
+        run_task(config, StageContext("decompose", out, {}, 1, 0), 0)
+    assert load_decomposition(out).module_to_c == {"linear1": 20, "linear2": 20}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
 def _write_reference_yaml(tmp_path: Path, edit: dict) -> Path:
     src = moved_copy("tms_5-2", tmp_path)
     config = yaml.safe_load((src / "final_config.yaml").read_text())
@@ -99,6 +111,8 @@ def _write_reference_yaml(tmp_path: Path, edit: dict) -> Path:
         ({"ci_config.fn_type": "global_shared_transformer"}, "ci_config.fn_type"),
         ({"pretrained_model_class": "spd.pretrain.models.unknown.TinyMamba"}, "TinyMamba"),
         ({"task_config": {"task_name": "ih"}}, "task_name"),
+        ({"pretrained_model_output_attr": "hidden_states"}, "pretrained_model_output_attr"),
+        ({"task_config.data_generation_type": "exactly_two_active"}, "data_generation_type"),
     ],
 )
 def test_refused_reference_yaml_exits_2_at_plan_naming_it(tmp_path: Path, edit: dict, named: str) -> None:

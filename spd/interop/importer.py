@@ -15,23 +15,33 @@ The directory is built in a temporary sibling and renamed into place only after 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
+from spd.data.io import atomic_directory
 from spd.interop.reference_config import ReferenceRun, read_reference_config
-from spd.interop.state_dict import TARGET_PREFIX, convert_reference_state_dict
-from spd.interop.targets import LoadedTarget, load_reference_target
+from spd.interop.state_dict import TARGET_PREFIX, convert_reference_state_dict, modernize_keys
+from spd.interop.targets import (
+    LoadedTarget,
+    TargetLocation,
+    check_target_fields,
+    load_reference_target,
+    locate_reference_target,
+)
 from spd.models.checkpoint import TARGET_DIR, load_decomposition, save_model_state, save_run_config
 from spd.models.component_model import ComponentModel, expand_module_patterns
 from spd.models.global_ci import GlobalCiFnConfig
 from spd.models.identity import insert_identity_operations
+from spd.shard_checksums import sha256_file
 from spd.targets import save_target
 from spd.utils import atomic_write_json
 
@@ -77,19 +87,42 @@ def find_reference_source(src: Path, model_file: Path | None = None) -> Referenc
     return ReferenceSource(src, config, model_file, step)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def locate_target(run: ReferenceRun, source: ReferenceSource, override: Path | None = None) -> TargetLocation:
+    t = run.target
+    return locate_reference_target(
+        t.pretrained_model_class, t.pretrained_model_path, t.pretrained_model_name, t.tokenizer_name,
+        source.run_dir, override,
+    )  # fmt: skip
 
 
-def source_digest(src: Path, model_file: Path | None = None) -> str:
-    """sha256 over the run's config and checkpoint: what a cached import is keyed by."""
-    source = find_reference_source(src, model_file)
-    material = f"{sha256_file(source.config_file)}:{sha256_file(source.model_file)}"
+def digest_files(paths: list[Path]) -> str:
+    """One sha256 over the named files' contents (in the given order)."""
+    material = ":".join(sha256_file(p) for p in paths)
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+def source_digest(src: Path, model_file: Path | None = None, target_path: Path | None = None) -> str:
+    """What a cached import is keyed by: the run's config and checkpoint, and the files the target's architecture
+    and tokenizer are read from (its own weights are not: the checkpoint's replace them)."""
+    with as_import_error("reading the reference run"):
+        source = find_reference_source(src, model_file)
+        location = locate_target(read_reference_config(source.config_file), source, target_path)
+    return digest_files([source.config_file, source.model_file, *location.arch_files])
+
+
+@contextmanager
+def as_import_error(what: str) -> Iterator[None]:
+    """Input the user can fix, as one ReferenceImportError line (the CLI exits 2 on it) instead of a traceback:
+    the errors of libraries that read files (torch, yaml, pydantic, transformers) included. Errors that already
+    say what is wrong (ReferenceConfigError, ReferencePathError, ...) pass unchanged."""
+    from spd.interop import user_errors
+
+    try:
+        yield
+    except user_errors():
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, yaml.YAMLError, pickle.UnpicklingError) as err:
+        raise ReferenceImportError(f"{what}: {type(err).__name__}: {err}") from None
 
 
 def load_target_weights(target: LoadedTarget, state: dict[str, torch.Tensor]) -> None:
@@ -139,46 +172,38 @@ def import_reference_run(
     model_file: Path | None = None,
     target_path: Path | None = None,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> Path:
-    """Import the reference run at `src` into the decomposition directory `dest` (which must not exist)."""
+    """Import the reference run at `src` into the decomposition directory `dest`. Without `overwrite`, `dest` must
+    not exist (or be empty); with it (the decompose stage, which may redo its task), an earlier import is replaced."""
     dest = Path(dest).expanduser()
-    if dest.exists() and any(dest.iterdir()):
+    if not overwrite and dest.exists() and any(dest.iterdir()):
         raise ReferenceImportError(f"{dest} exists and is not empty; choose a new directory")
-    source = find_reference_source(src, model_file)
-    run = read_reference_config(source.config_file)
+    with as_import_error("reading the reference run"):
+        source = find_reference_source(src, model_file)
+        run = read_reference_config(source.config_file)
+        check_target_fields(run.target)
     for warning in run.warnings:
         log(f"warning: {warning}")
-    t = run.target
-    target = load_reference_target(
-        t.pretrained_model_class,
-        t.pretrained_model_path,
-        t.pretrained_model_name,
-        t.tokenizer_name,
-        source.run_dir,
-        target_path,
-    )
-    state = torch.load(source.model_file, map_location="cpu", weights_only=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with as_import_error("loading the target"):
+        location = locate_target(run, source, target_path)
+        target = load_reference_target(location)
+    with as_import_error(f"reading {source.model_file}"):
+        state = modernize_keys(torch.load(source.model_file, map_location="cpu", weights_only=True))
+    if not overwrite and dest.is_dir():
+        dest.rmdir()  # empty (checked above): atomic_directory renames onto a name that does not exist
+    with as_import_error(f"building the decomposition of {source.run_dir}"), atomic_directory(dest, overwrite) as tmp:
         load_target_weights(target, state)
         save_target(target.model, target.config, tmp / TARGET_DIR, target.info, tokenizer=target.tokenizer_file)
         model = build_reference_model(run, target, state)
         save_model_state(model, tmp, source.step)
         save_run_config(_run_config(run, model, target), tmp)
-        for name in ("metrics.jsonl",):
-            if (source.run_dir / name).is_file():
-                shutil.copyfile(source.run_dir / name, tmp / name)
+        if (source.run_dir / "metrics.jsonl").is_file():
+            shutil.copyfile(source.run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
         (tmp / "reference").mkdir()
         shutil.copyfile(source.config_file, tmp / "reference" / REFERENCE_CONFIG_FILE)
-        atomic_write_json(tmp / IMPORT_RECORD, _import_record(source, run, target))
+        atomic_write_json(tmp / IMPORT_RECORD, _import_record(source, run, location))
         load_decomposition(tmp)  # what every later stage will do: must load strictly
-        if dest.exists():
-            dest.rmdir()
-        tmp.replace(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"imported {source.model_file} ({len(model.module_to_c)} modules, C total {sum(model.module_to_c.values())})")
     return dest
 
@@ -197,12 +222,15 @@ def _run_config(run: ReferenceRun, model: ComponentModel, target: LoadedTarget) 
     }
 
 
-def _import_record(source: ReferenceSource, run: ReferenceRun, target: LoadedTarget) -> dict[str, Any]:
-    files = [source.config_file, source.model_file]
+def _import_record(source: ReferenceSource, run: ReferenceRun, location: TargetLocation) -> dict[str, Any]:
+    def name(path: Path) -> str:  # relative to the run where it lies there (a --model may lie elsewhere)
+        return str(path.relative_to(source.run_dir)) if path.is_relative_to(source.run_dir) else str(path.resolve())
+
+    files = [source.config_file, source.model_file, *location.arch_files]
     return {
         "source_dir": str(source.run_dir.resolve()),
         "step": source.step,
-        "files": {str(f.relative_to(source.run_dir)): sha256_file(f) for f in files},
-        "target": target.info,
+        "files": {name(f): sha256_file(f) for f in files},
+        "target": {"class": location.class_path, "where": location.where, "tokenizer": location.tokenizer},
         "warnings": list(run.warnings),
     }

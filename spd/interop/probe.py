@@ -49,12 +49,12 @@ def probe(model: ComponentModel, inputs: dict[str, np.ndarray], mask_seed: int =
     """Every probe array (see the module docstring) for `inputs["input"]`."""
     x = torch.from_numpy(np.asarray(inputs["input"]))
     target_out, acts = model.forward_with_inputs(x)
-    batch = tuple(acts[model.target_module_paths[0]].shape[:-1])
+    ci = model.causal_importances(acts, sampling="continuous")
+    batch = tuple(ci.lower_leaky[model.target_module_paths[0]].shape[:-1])  # an embedding's input has no d_in
     masks = draw_masks(model, batch, mask_seed)
     masks.update(
         {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items() if k.startswith(("mask/", "delta_mask/"))}
     )
-    ci = model.causal_importances(acts, sampling="continuous")
     deltas = model.deltas()
     out: dict[str, torch.Tensor] = {"input": x, "target_out": target_out, **masks}
     for m in model.target_module_paths:

@@ -15,6 +15,9 @@ differ in the CI functions:
 Identity insertions: the reference's `Identity` has no parameters; ours is a frozen identity Linear, so its
 weight (the identity matrix) is added.
 
+Checkpoints written by older versions of the reference use older key names; the reference renames them when
+it loads one, and so does `modernize_keys` (the same rules) before anything else.
+
 Every key must be understood: an unknown one raises `StateDictMismatch` naming it, instead of being dropped.
 """
 
@@ -91,10 +94,32 @@ def identity_weights(state: dict[str, Tensor], identity_paths: list[str]) -> dic
     return out
 
 
+def modernize_key(key: str) -> str:
+    """An older reference key in today's spelling (the renames the reference applies to old checkpoints)."""
+    key = key.replace("_gates.", "_ci_fns.")  # CI functions were called gates
+    if key.startswith("patched_model."):
+        key = TARGET_PREFIX + key.removeprefix("patched_model.")
+    if key.endswith(".original.weight"):  # target modules were wrapped
+        key = key.removesuffix(".original.weight") + ".weight"
+    for param in ("U", "V"):  # components lived inside the target's modules
+        if key.endswith(f".components.{param}"):
+            path = key.removeprefix(TARGET_PREFIX).removesuffix(f".components.{param}")
+            key = f"{COMPONENTS_PREFIX}{path.replace('.', '-')}.{param}"
+    if key.startswith("_ci_fns."):
+        key = "ci_fn." + key
+    return key
+
+
+def modernize_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The whole checkpoint with `modernize_key` applied (idempotent: today's keys are unchanged)."""
+    return {modernize_key(k): v for k, v in state.items()}
+
+
 def convert_reference_state_dict(
     state: dict[str, Tensor], global_ci: GlobalCiFnConfig | None, identity_paths: list[str]
 ) -> dict[str, Tensor]:
     """The reference's ComponentModel state dict with our keys (tensors shared, not copied)."""
+    state = modernize_keys(state)
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         if key.startswith((TARGET_PREFIX, COMPONENTS_PREFIX)):

@@ -22,13 +22,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spd.interop.paths import resolve_reference_path
+from spd.interop.paths import resolve_local_or_hub
 from spd.interop.reference_config import ReferenceConfigError, ReferenceRun, translate_reference_config
-from spd.interop.targets import LoadedTarget, load_reference_target
+from spd.interop.targets import (
+    LoadedTarget,
+    TargetLocation,
+    check_target_fields,
+    load_reference_target,
+    locate_reference_target,
+)
 from spd.targets.data import sparse_feature_batch
 from spd.train import SPDConfig
 
 _VALUE_RANGES = {"tms": (0.0, 1.0), "resid_mlp": (-1.0, 1.0)}
+_GENERATION_TYPES = ("at_least_zero_active", "exactly_one_active")
 
 
 class ReferenceToyData:
@@ -37,10 +44,6 @@ class ReferenceToyData:
     is_lm = False
 
     def __init__(self, task: Any, n_features: int, device: torch.device | str = "cpu") -> None:
-        if task.data_generation_type not in ("at_least_zero_active", "exactly_one_active"):
-            raise ReferenceConfigError(
-                "task_config.data_generation_type", task.data_generation_type, "not implemented here"
-            )
         self.task, self.n_features, self.device = task, n_features, device
         self.value_range = _VALUE_RANGES[task.task_name]
 
@@ -62,17 +65,11 @@ def _lm_data(
     from spd.lm.hf import HFDatasetConfig, load_hf_token_stream, load_hf_tokenizer
     from spd.targets.lm import LMData, LMDataConfig
 
-    def local_or_name(value: str, field: str) -> str:
-        try:
-            return str(resolve_reference_path(value, base, field))
-        except FileNotFoundError:
-            return value  # a hub name: the local Hugging Face cache
-
     if tokenizer_name is None:
         raise ReferenceConfigError("tokenizer_name", None, "an lm task needs a tokenizer")
-    tok_location = local_or_name(tokenizer_name, "tokenizer_name")
+    tok_location = resolve_local_or_hub(tokenizer_name, base, "tokenizer_name")
     tokenizer = load_hf_tokenizer(tok_location)
-    dataset = local_or_name(task.dataset_name, "task_config.dataset_name")
+    dataset = resolve_local_or_hub(task.dataset_name, base, "task_config.dataset_name")
     streams = {}
     for ours, split in (("train", task.train_data_split), ("val", task.eval_data_split)):
         cfg = HFDatasetConfig(
@@ -117,21 +114,55 @@ def read_reference_yaml(path: Path, overrides: dict[str, Any] | None = None) -> 
     return translate_reference_config({**raw, **(overrides or {})}, source=path)
 
 
+def locate_yaml_target(run: ReferenceRun, path: Path) -> TargetLocation:
+    """The YAML's target, its paths resolved against the YAML's directory."""
+    t = run.target
+    return locate_reference_target(
+        t.pretrained_model_class, t.pretrained_model_path, t.pretrained_model_name, t.tokenizer_name,
+        Path(path).expanduser().parent,
+    )  # fmt: skip
+
+
+def check_trainable(run: ReferenceRun) -> None:
+    """What translation accepts but training here cannot do, refused when the pipeline is planned."""
+    task = run.task
+    if task.task_name in _VALUE_RANGES and task.data_generation_type not in _GENERATION_TYPES:
+        raise ReferenceConfigError(
+            "task_config.data_generation_type", task.data_generation_type,
+            f"batches of this kind are not drawn here (supported: {', '.join(_GENERATION_TYPES)})", source=run.source,
+        )  # fmt: skip
+
+
+def reference_yaml_digest(path: Path, overrides: dict[str, Any] | None = None) -> str:
+    """What a cached training from a reference YAML is keyed by: the YAML and the target's files (weights
+    included). The dataset is not hashed (it may be a hub cache of many GB): a dataset replaced under the same
+    name needs `run --force`."""
+    from spd.interop.importer import digest_files
+
+    run = read_reference_yaml(path, overrides)
+    location = locate_yaml_target(run, path)
+    return digest_files([Path(path).expanduser(), *location.arch_files, *location.weight_files])
+
+
 def prepare_reference_training(
     path: Path, overrides: dict[str, Any] | None = None, device: torch.device | str = "cpu"
 ) -> ReferenceTraining:
     """Translate the YAML, build its target (file weights) and its data source."""
     path = Path(path).expanduser()
     run = read_reference_yaml(path, overrides)
-    t = run.target
-    target = load_reference_target(
-        t.pretrained_model_class, t.pretrained_model_path, t.pretrained_model_name, t.tokenizer_name, path.parent
-    )
+    check_target_fields(run.target)
+    check_trainable(run)
+    target = load_reference_target(locate_yaml_target(run, path))
     _load_target_file_weights(target)
     task = run.task
     if task.task_name in _VALUE_RANGES:
+        if "synced_inputs" in target.info:
+            raise ReferenceConfigError(
+                "synced_inputs", target.info["synced_inputs"], "the target's data couples features; not drawn here"
+            )
         n_features = target.config.n_features
         return ReferenceTraining(run, target, ReferenceToyData(task, n_features, device), None)
+    t = run.target
     data, tokenizer = _lm_data(task, t.tokenizer_name, path.parent, run.seed, device)
     return ReferenceTraining(run, target, data, tokenizer or target.tokenizer_file)
 

@@ -31,7 +31,7 @@ MODEL_CONFIG_FILE = "model_config.yaml"
 TOKENIZER_FILE = "tokenizer.json"
 REFERENCE_LAYOUT = (
     "a reference pretrain run is <run>/model_config.yaml, <run>/final_config.yaml, <run>/tokenizer.json (optional) "
-    "and <run>/checkpoints/model_step_<N>.pt; pass the checkpoint file"
+    "and <run>/checkpoints/model_step_<N>.pt (its wandb upload: the same files side by side); pass the checkpoint file"
 )
 
 # Every class of the reference's spd.pretrain.models, by module: the vocabulary a reference config can name.
@@ -136,12 +136,13 @@ def load_pretrain_run(
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"pretrain checkpoint {checkpoint} not found; {REFERENCE_LAYOUT}")
-    run_dir = checkpoint.parent.parent
-    config_path = run_dir / MODEL_CONFIG_FILE
-    if not config_path.is_file():
+    # a pretrain run directory keeps checkpoints in checkpoints/; its wandb upload is flat (files side by side)
+    run_dir = next((d for d in (checkpoint.parent.parent, checkpoint.parent) if (d / MODEL_CONFIG_FILE).is_file()), None)
+    if run_dir is None:
         raise FileNotFoundError(
-            f"{config_path} not found (looked in the checkpoint's parent.parent); {REFERENCE_LAYOUT}"
+            f"no {MODEL_CONFIG_FILE} beside {checkpoint} nor in its parent.parent; {REFERENCE_LAYOUT}"
         )
+    config_path = run_dir / MODEL_CONFIG_FILE
     config = pretrain_config_from_dict(yaml.safe_load(config_path.read_text()) or {}, model_class)
     _, model_cls = resolve_pretrain_class(config.model_type)  # type: ignore[attr-defined]
     model = model_cls(config)
