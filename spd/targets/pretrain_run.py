@@ -137,7 +137,9 @@ def load_pretrain_run(
     if not checkpoint.is_file():
         raise FileNotFoundError(f"pretrain checkpoint {checkpoint} not found; {REFERENCE_LAYOUT}")
     # a pretrain run directory keeps checkpoints in checkpoints/; its wandb upload is flat (files side by side)
-    run_dir = next((d for d in (checkpoint.parent.parent, checkpoint.parent) if (d / MODEL_CONFIG_FILE).is_file()), None)
+    run_dir = next(
+        (d for d in (checkpoint.parent.parent, checkpoint.parent) if (d / MODEL_CONFIG_FILE).is_file()), None
+    )
     if run_dir is None:
         raise FileNotFoundError(
             f"no {MODEL_CONFIG_FILE} beside {checkpoint} nor in its parent.parent; {REFERENCE_LAYOUT}"
