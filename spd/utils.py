@@ -74,3 +74,9 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
     return torch.device(device)
+
+
+def cache_root() -> Path:
+    """Where caches shared by runs live (token caches, downloaded wandb runs): $SPD_PIPELINE_CACHE, default
+    ~/.cache/spd-pipeline (on a cluster, a home directory every node mounts)."""
+    return Path(os.environ.get("SPD_PIPELINE_CACHE", Path.home() / ".cache" / "spd-pipeline")).expanduser()

@@ -13,7 +13,7 @@ from typing import Any
 
 from spd.attributions.config import AttributionSettings
 from spd.data.batches import BatchConfig, BatchStream
-from spd.models import load_decomposition_corpus
+from spd.models import load_decomposition_data
 
 
 def window_config(run_config: dict[str, Any], settings: AttributionSettings) -> tuple[str, BatchConfig]:
@@ -35,7 +35,8 @@ def window_config(run_config: dict[str, Any], settings: AttributionSettings) -> 
 def attribution_batches(
     decomposition_dir: Path, run_config: dict[str, Any], settings: AttributionSettings
 ) -> BatchStream:
-    """The stream of windows every task shards (the corpus is read from the decomposition directory)."""
+    """The stream of windows every task shards (the corpus saved with the decomposition, or the token cache of
+    the Hugging Face dataset its config names)."""
     split, config = window_config(run_config, settings)
-    corpus = load_decomposition_corpus(decomposition_dir)
-    return BatchStream(corpus.tokens(split), config)
+    source = load_decomposition_data(decomposition_dir)
+    return BatchStream(source.tokens(split), config)

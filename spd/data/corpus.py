@@ -251,6 +251,14 @@ class Corpus:
     def eos_id(self) -> int:
         return int(self.manifest["eos_id"])
 
+    token_dtype = "<u2"  # every split's token file (a vocabulary of at most 65,536)
+
+    def token_file(self, split: str) -> Path:
+        """The split's token stream on disk (what harvest memory-maps)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self.path / f"tokens_{split}.bin"
+
     def tokens(self, split: str = "train") -> torch.Tensor:
         """The split's whole token stream as a 1-D int64 tensor."""
         if split not in SPLITS:

@@ -1,4 +1,5 @@
-"""One task's slice of the corpus: the global batches it owns, gathered straight from the token file.
+"""One task's slice of the corpus (or of a Hugging Face dataset's token cache, spd/data/token_cache.py: the same
+token-file layout): the global batches it owns, gathered straight from the token file.
 
 The window order is the one `spd.data.batches.BatchStream` defines (non-overlapping windows of `seq_len`
 tokens, shuffled by `dataset_seed`, consecutive groups of `batch_size` are global batches 0, 1, ...), and
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from spd.data.batches import Batch, derive_seed
-from spd.data.corpus import Corpus
+from spd.data.source import TokenSource
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,12 @@ class SliceSpec:
 class CorpusSlice:
     """The batches of one task, read from a corpus split's token file on demand."""
 
-    def __init__(self, corpus: Corpus, spec: SliceSpec) -> None:
+    def __init__(self, corpus: TokenSource, spec: SliceSpec) -> None:
         self.corpus, self.spec = corpus, spec
-        path = corpus.path / f"tokens_{spec.split}.bin"
+        path = corpus.token_file(spec.split)
         if not path.is_file():
             raise FileNotFoundError(f"{corpus.path} has no token file for split {spec.split!r} ({path.name})")
-        self._tokens = np.memmap(path, dtype="<u2", mode="r")
+        self._tokens = np.memmap(path, dtype=corpus.token_dtype, mode="r")
         n_windows = len(self._tokens) // spec.seq_len
         order = list(range(n_windows))
         random.Random(derive_seed("spd-batches", spec.dataset_seed, 0)).shuffle(order)
@@ -59,7 +60,7 @@ class CorpusSlice:
         self._order = order
 
     @staticmethod
-    def available_batches(corpus: Corpus, split: str, seq_len: int, batch_size: int) -> int:
+    def available_batches(corpus: TokenSource, split: str, seq_len: int, batch_size: int) -> int:
         """Whole batches in a split (what n_batches=None means)."""
         n_tokens = int(corpus.manifest["n_tokens"][split])
         return (n_tokens // seq_len) // batch_size

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from spd.data.corpus import Corpus
+from spd.data.source import TokenSource
 from spd.duckdb_store import atomic_duckdb, insert_columns
 from spd.harvest.faults import store_build_fault_point
 from spd.harvest.merge import MergedHarvest
@@ -125,7 +125,7 @@ def _token_stats(con: duckdb.DuckDBPyConnection, merged: MergedHarvest) -> None:
         )
 
 
-def _doc_lookup(corpus: Corpus, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _doc_lookup(corpus: TokenSource, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     docs = sorted(corpus.documents(split), key=lambda d: d["stream_start"])
     starts = np.array([d["stream_start"] for d in docs], dtype=np.int64)
     ids = np.array([d["doc"] for d in docs], dtype=np.int64)
@@ -133,7 +133,7 @@ def _doc_lookup(corpus: Corpus, split: str) -> tuple[np.ndarray, np.ndarray, np.
     return starts, ids, lengths
 
 
-def _examples(con: duckdb.DuckDBPyConnection, merged: MergedHarvest, corpus: Corpus) -> None:
+def _examples(con: duckdb.DuckDBPyConnection, merged: MergedHarvest, corpus: TokenSource) -> None:
     spec = merged.data
     seq_len, side = int(spec["seq_len"]), int(merged.meta["settings"]["context_tokens_per_side"])
     doc_starts, doc_ids, doc_lengths = _doc_lookup(corpus, spec["split"])

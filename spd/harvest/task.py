@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from spd.data.corpus import Corpus
+from spd.data.source import TokenSource
 from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader, layer_spans
 from spd.harvest.config import HarvestSettings
@@ -22,23 +22,24 @@ from spd.harvest.data import CorpusSlice, SliceSpec
 from spd.harvest.malloc import keep_freed_memory
 from spd.harvest.provenance import code_version, now_iso, runtime, sha256_file
 from spd.harvest.shard import SHARD_FORMAT, SHARD_FORMAT_VERSION, remove_stale_temps, shard_path, write_shard
-from spd.models import load_decomposition, load_decomposition_corpus
+from spd.models import load_decomposition, load_decomposition_data
 from spd.models.checkpoint import CONFIG_FILE, latest_model_file
 from spd.utils import resolve_device
 
 
-def decomposition_corpus(decomposition_dir: Path) -> Corpus:
-    """The corpus of an LM decomposition, with a message that says what is needed when there is none."""
+def decomposition_corpus(decomposition_dir: Path) -> TokenSource:
+    """The windows' source of an LM decomposition, with a message that says what is needed when there is none."""
     try:
-        return load_decomposition_corpus(decomposition_dir)
+        return load_decomposition_data(decomposition_dir)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"harvest reads the token corpus saved with an LM decomposition (decompose target kind tiny_lm or "
-            f"checkpoint); {decomposition_dir} has none: {e}"
+            f"checkpoint) or the Hugging Face dataset its config names (imported reference runs); "
+            f"{decomposition_dir} has neither: {e}"
         ) from e
 
 
-def slice_spec(run_config: dict[str, Any], corpus: Corpus, settings: HarvestSettings, task: int) -> SliceSpec:
+def slice_spec(run_config: dict[str, Any], corpus: TokenSource, settings: HarvestSettings, task: int) -> SliceSpec:
     """Resolve the data slice of `task`: settings override the decomposition's own window settings."""
     data = run_config.get("data", {})
     if data.get("kind") != "lm":

@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from spd.data.io import atomic_directory
+from spd.interop.paths import ReferencePathError, resolve_local_or_hub
 from spd.interop.reference_config import ReferenceRun, read_reference_config
 from spd.interop.state_dict import TARGET_PREFIX, convert_reference_state_dict, modernize_keys
 from spd.interop.targets import (
@@ -195,9 +196,10 @@ def import_reference_run(
     with as_import_error(f"building the decomposition of {source.run_dir}"), atomic_directory(dest, overwrite) as tmp:
         load_target_weights(target, state)
         save_target(target.model, target.config, tmp / TARGET_DIR, target.info, tokenizer=target.tokenizer_file)
+        _copy_tokenizer_config(target.tokenizer_file, tmp / TARGET_DIR)
         model = build_reference_model(run, target, state)
         save_model_state(model, tmp, source.step)
-        save_run_config(_run_config(run, model, target), tmp)
+        save_run_config(_run_config(run, model, target, source.run_dir), tmp)
         if (source.run_dir / "metrics.jsonl").is_file():
             shutil.copyfile(source.run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
         (tmp / "reference").mkdir()
@@ -208,7 +210,14 @@ def import_reference_run(
     return dest
 
 
-def _run_config(run: ReferenceRun, model: ComponentModel, target: LoadedTarget) -> dict[str, Any]:
+def _copy_tokenizer_config(tokenizer_file: Path | None, target_dir: Path) -> None:
+    """tokenizer_config.json beside the tokenizer names its EOS token (what separates documents in windows)."""
+    config = tokenizer_file.with_name("tokenizer_config.json") if tokenizer_file is not None else None
+    if config is not None and config.is_file():
+        shutil.copyfile(config, target_dir / config.name)
+
+
+def _run_config(run: ReferenceRun, model: ComponentModel, target: LoadedTarget, run_dir: Path) -> dict[str, Any]:
     return {
         "spd": run.spd.model_dump(mode="json"),
         "seed": run.seed,
@@ -218,8 +227,33 @@ def _run_config(run: ReferenceRun, model: ComponentModel, target: LoadedTarget) 
         "tied_weights": [],
         "target": target.config.model_dump(mode="json"),
         "target_info": target.info,
-        "data": {"kind": "reference_task", "task_config": run.task.model_dump(mode="json")},
+        "data": _data_section(run, run_dir),
     }
+
+
+def _data_section(run: ReferenceRun, run_dir: Path) -> dict[str, Any]:
+    """How later stages get windows: an LM run's Hugging Face dataset (tokenized once into a token cache when
+    harvest or attributions first need it), windows of max_seq_len ordered by dataset_seed (the run's seed when
+    null); toy runs draw their own batches. The reference's task_config is kept as it was."""
+    task = run.task
+    reference = {"reference_task_config": task.model_dump(mode="json")}
+    if task.task_name != "lm":
+        return {"kind": "toy", **reference}
+    from spd.data.token_cache import HFTokensSpec
+
+    try:  # a local dataset as an absolute path; a hub id as it is (the local Hugging Face cache)
+        dataset = resolve_local_or_hub(task.dataset_name, run_dir, "task_config.dataset_name")
+    except ReferencePathError:
+        dataset = task.dataset_name  # not here: the stages that read it say what to download
+    source = HFTokensSpec(
+        dataset=dataset, column=task.column_name, is_tokenized=task.is_tokenized, streaming=task.streaming,
+        splits={"train": task.train_data_split, "val": task.eval_data_split},
+    )  # fmt: skip
+    seed = run.seed if task.dataset_seed is None else task.dataset_seed
+    return {
+        "kind": "lm", "seq_len": task.max_seq_len, "dataset_seed": seed, "train_split": "train",
+        "eval_split": "val", "source": source.model_dump(mode="json"), **reference,
+    }  # fmt: skip
 
 
 def _import_record(source: ReferenceSource, run: ReferenceRun, location: TargetLocation) -> dict[str, Any]:

@@ -20,10 +20,11 @@ An explicit override (`import-reference --target PATH`) wins over all of this.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
+
+from spd.utils import cache_root
 
 WANDB_PREFIX = "wandb:"
 _WANDB_URL = re.compile(r"^https?://(?:www\.)?wandb\.ai/([^/]+)/([^/]+)/runs/([^/?#]+)")
@@ -34,10 +35,6 @@ _CHECKPOINT = re.compile(r"^(?:model_step_|model_)(\d+)\.pth?$")
 
 class ReferencePathError(FileNotFoundError):
     """A file a reference run names is not on this machine; the message says where it was looked for."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SPD_PIPELINE_CACHE", Path.home() / ".cache" / "spd-pipeline")).expanduser()
 
 
 def parse_wandb_run(name: str) -> tuple[str, str, str] | None:

@@ -13,7 +13,8 @@ Layout (every file written atomically):
     metrics.jsonl       one JSON object per logged step;  summary.json  final metrics
 
 Later stages (harvest, attributions) need only the directory: `load_decomposition(d)` (model),
-`decomposition_tokenizer_path(d)` and `load_decomposition_corpus(d)` (data), `config["data"]` (windows).
+`decomposition_tokenizer_path(d)` and `load_decomposition_data(d)` (the corpus, or the token cache of the
+Hugging Face dataset `config["data"]["source"]` names), `config["data"]` (windows).
 """
 
 from __future__ import annotations
@@ -102,6 +103,19 @@ def decomposition_tokenizer_path(path: str | Path) -> Path:
     return tok
 
 
+def load_decomposition_data(path: str | Path, log=print):
+    """Where an LM decomposition's windows come from (spd.data.source.TokenSource): its saved story corpus, or
+    the token cache of the Hugging Face dataset its config names in `data.source` (built on first use)."""
+    run_dir = _run_dir(path)
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    source = config.get("data", {}).get("source")
+    if config.get("corpus_dir") is not None or source is None:
+        return load_decomposition_corpus(path)
+    from spd.data.token_cache import HFTokensSpec, build_token_cache
+
+    return build_token_cache(HFTokensSpec.model_validate(source), decomposition_tokenizer_path(run_dir), log=log)
+
+
 def load_decomposition_corpus(path: str | Path):
     """The corpus an LM decomposition was trained on (spd.data.Corpus), from <run_dir>/corpus."""
     from spd.data.corpus import Corpus
@@ -110,5 +124,5 @@ def load_decomposition_corpus(path: str | Path):
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     corpus_dir = config.get("corpus_dir")
     if corpus_dir is None:
-        raise FileNotFoundError(f"{run_dir} records no corpus (not an LM decomposition?)")
+        raise FileNotFoundError(f"{run_dir} records no corpus nor a dataset (data.source): not an LM decomposition?")
     return Corpus(run_dir / corpus_dir)

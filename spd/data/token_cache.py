@@ -1,0 +1,237 @@
+"""A Hugging Face dataset tokenized once into a memory-mapped token cache that harvest and attributions read
+exactly as they read the story corpus.
+
+Layout (a directory under `<cache root>/tokens/<key>/`, written as a whole: temp directory + rename):
+
+    manifest.json       format, the source (dataset, subset, column, is_tokenized, splits), the tokenizer's
+                        sha256, vocab_size, eos_id, dtype, n_tokens per split, library versions
+    tokenizer.json      the tokenizer the text was tokenized with
+    tokens_<split>.bin  the split's token stream, little-endian uint16 (vocabularies up to 65,536) or uint32:
+                        each document's tokens followed by EOS, documents in dataset order
+    documents_<split>.npy  int64 [n_documents, 2]: each document's first stream position and token count
+                        (read off the EOS separators), so examples can name their document
+
+The key is a sha256 over the source fields, the data's identity (the sha256 of every file of a local dataset,
+the fingerprint of a hub dataset in the local cache) and the tokenizer's sha256: every stage and run that needs
+the same windows shares one cache, and a changed file makes a new one. Concurrent builders (array tasks of one
+stage, two stages at once) take an exclusive lock on `<key>.lock`: one builds, the others wait and then read it.
+
+Windows are cut from a split's stream as from the corpus (spd/data/batches.py: non-overlapping windows of
+seq_len tokens, ordered by dataset_seed, task i of n owning global batches i, i + n, ...). This is this project's
+rule, not the reference's per-map-batch concatenation, so windows differ from the reference's, their tokens do not.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tokenizers import Tokenizer
+
+from spd.data.io import atomic_directory, json_bytes, sha256_file, write_file
+from spd.utils import cache_root
+
+FORMAT = "spd-hf-token-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+_EOS_NAMES = ("<|endoftext|>", "[EOS]", "</s>", "<eos>", "<|eos|>", "<|end_of_text|>")
+
+
+class HFTokensSpec(BaseModel):
+    """Which Hugging Face dataset a decomposition's windows come from (its run config's `data.source`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hf"] = Field("hf", description="A Hugging Face dataset.")
+    dataset: str = Field(description="Hub id (local cache), a save_to_disk directory, or a directory/file of data.")
+    subset: str | None = Field(None, description="Dataset configuration name.")
+    column: str = Field("text", description="Column with the text (or the token ids when is_tokenized).")
+    is_tokenized: bool = False
+    streaming: bool = Field(False, description="Read the dataset as a stream (it is still tokenized once).")
+    splits: dict[str, str] = Field(
+        description="Our split names -> the dataset's (e.g. {train: train, val: test})", min_length=1
+    )
+
+
+def eos_token_id(tokenizer_file: Path) -> int:
+    """The EOS id: tokenizer_config.json's eos_token beside the tokenizer when there is one, else a common name."""
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    config = Path(tokenizer_file).with_name("tokenizer_config.json")
+    names: tuple[str, ...] = _EOS_NAMES
+    if config.is_file():
+        eos = json.loads(config.read_text()).get("eos_token")
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        names = (eos, *names) if isinstance(eos, str) else names
+    for name in names:
+        if (i := tok.token_to_id(name)) is not None:
+            return int(i)
+    raise ValueError(f"{tokenizer_file}: no EOS token found (looked for {', '.join(names)})")
+
+
+def _data_identity(spec: HFTokensSpec) -> str:
+    """sha256 of a local dataset's files, or the fingerprint of each split of a hub dataset in the local cache."""
+    path = Path(spec.dataset).expanduser()
+    if path.exists():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        base = path.parent if path.is_file() else path  # names inside the dataset, not where it lies
+        return hashlib.sha256("".join(f"{p.relative_to(base)}:{sha256_file(p)};" for p in files).encode()).hexdigest()
+    if spec.streaming:
+        return f"hub:{spec.dataset}"
+    from spd.lm.hf import HFDatasetConfig, load_hf_dataset
+
+    prints = []
+    for split in sorted(spec.splits.values()):
+        cfg = HFDatasetConfig(dataset=spec.dataset, subset=spec.subset, split=split, column=spec.column)
+        prints.append(str(getattr(load_hf_dataset(cfg), "_fingerprint", spec.dataset)))
+    return "hub:" + ",".join(prints)
+
+
+def cache_key(spec: HFTokensSpec, tokenizer_file: Path) -> str:
+    """By content: a local dataset's files (not its path: a copy elsewhere shares the cache), a hub dataset's
+    name and fingerprint, the reading settings, the tokenizer."""
+    fields = spec.model_dump(mode="json")
+    if Path(spec.dataset).expanduser().exists():
+        fields.pop("dataset")
+    material = json.dumps(
+        {"spec": fields, "data": _data_identity(spec), "tokenizer": sha256_file(tokenizer_file)}, sort_keys=True
+    )
+    return hashlib.sha256(f"{FORMAT}:{FORMAT_VERSION}:{material}".encode()).hexdigest()[:24]
+
+
+class TokenCache:
+    """Read access to a built token cache: the interface harvest and attributions use on the story corpus."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        mp = self.path / MANIFEST
+        if not mp.is_file():
+            raise FileNotFoundError(f"{self.path} is not a token cache: {MANIFEST} missing")
+        self.manifest: dict[str, Any] = json.loads(mp.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(f"{self.path}: unknown token cache format {self.manifest.get('format')!r}")
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER_FILE
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_file(str(self.tokenizer_path))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["vocab_size"])
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.manifest["eos_id"])
+
+    @property
+    def token_dtype(self) -> str:
+        return str(self.manifest["dtype"])
+
+    def token_file(self, split: str) -> Path:
+        if split not in self.manifest["n_tokens"]:
+            raise ValueError(
+                f"token cache {self.path} has no split {split!r}; it has {sorted(self.manifest['n_tokens'])}"
+            )
+        return self.path / f"tokens_{split}.bin"
+
+    def tokens(self, split: str = "train") -> torch.Tensor:
+        """The split's whole token stream as a 1-D int64 tensor."""
+        data = np.fromfile(self.token_file(split), dtype=self.token_dtype)
+        return torch.from_numpy(data.astype(np.int64))
+
+    def documents(self, split: str) -> list[dict[str, int]]:
+        """The split's documents as the story corpus lists them: doc, stream_start, n_tokens (EOS excluded)."""
+        docs = np.load(self.path / f"documents_{split}.npy")
+        return [{"doc": i, "stream_start": int(s), "n_tokens": int(n)} for i, (s, n) in enumerate(docs)]
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # other builders of the same key wait here, then find it built
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("datasets", "tokenizers", "transformers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def build_token_cache(
+    spec: HFTokensSpec, tokenizer_file: Path, root: Path | None = None, log: Callable[[str], None] = print
+) -> TokenCache:
+    """The token cache of `spec` tokenized with `tokenizer_file`: reused when built, else built once (locked)."""
+    from spd.lm.hf import HFDatasetConfig, hf_token_stream, load_hf_dataset
+
+    root = Path(root) if root is not None else cache_root() / "tokens"
+    key = cache_key(spec, tokenizer_file)
+    out = root / key
+    with _exclusive(root / f"{key}.lock"):
+        if (out / MANIFEST).is_file():
+            log(f"token cache {out} (reused)")
+            return TokenCache(out)
+        tok = Tokenizer.from_file(str(tokenizer_file))
+        eos = eos_token_id(tokenizer_file)
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        dtype = "<u2" if vocab <= 1 << 16 else "<u4"
+        tokenizer = _BatchTokenizer(tok, eos)
+        n_tokens = {}
+        with atomic_directory(out) as tmp:
+            for ours, theirs in spec.splits.items():
+                cfg = HFDatasetConfig(
+                    dataset=spec.dataset, subset=spec.subset, split=theirs, column=spec.column,
+                    is_tokenized=spec.is_tokenized, streaming=spec.streaming,
+                )  # fmt: skip
+                stream = hf_token_stream(load_hf_dataset(cfg), tokenizer, cfg).numpy()
+                if stream.size and int(stream.max()) >= vocab:
+                    raise ValueError(f"{spec.dataset} split {theirs!r} holds token ids >= the vocabulary ({vocab})")
+                write_file(tmp / f"tokens_{ours}.bin", stream.astype(dtype).tobytes())
+                ends = np.flatnonzero(stream == eos)
+                starts = np.concatenate([[0], ends[:-1] + 1]) if ends.size else np.zeros(0, dtype=np.int64)
+                docs = np.stack([starts, ends - starts], axis=1).astype(np.int64) if ends.size else np.zeros((0, 2))
+                np.save(tmp / f"documents_{ours}.npy", docs.astype(np.int64))
+                n_tokens[ours] = int(stream.size)
+                log(f"token cache: {spec.dataset} split {theirs!r} -> {ours}: {stream.size:,} tokens")
+            write_file(tmp / TOKENIZER_FILE, Path(tokenizer_file).read_bytes())
+            manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "key": key, "source": spec.model_dump(mode="json"),
+                "tokenizer_sha256": sha256_file(tokenizer_file), "vocab_size": vocab, "eos_id": eos, "dtype": dtype,
+                "n_tokens": n_tokens, "versions": _versions(),
+            }  # fmt: skip
+            write_file(tmp / MANIFEST, json_bytes(manifest))
+        log(f"token cache {out} (built)")
+        return TokenCache(out)
+
+
+class _BatchTokenizer:
+    """The slice of a transformers tokenizer that spd.lm.hf.hf_token_stream calls, on a bare `tokenizers`
+    Tokenizer: a decomposition's target holds tokenizer.json only, and transformers is not needed to read it."""
+
+    def __init__(self, tok: Tokenizer, eos: int) -> None:
+        self.tok, self.eos_token_id = tok, eos
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+        return {"input_ids": [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]}
