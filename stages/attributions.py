@@ -18,6 +18,7 @@ from pydantic import Field
 from spd.attributions import STORE_FILE, AttributionSettings, compute_shard, merge_shards
 from spd.attributions.alive import HARVEST_DB
 from stages.base import StageConfig, StageContext, StageSpec
+from stages.windows import check_windows_available
 
 SHARD_DIR = "shards"
 
@@ -70,5 +71,6 @@ STAGE = StageSpec(
     num_tasks=lambda config: config.n_tasks,
     run_task=run_task,
     merge=merge,
+    preflight=check_windows_available,
     description="Dataset-averaged gradient x activation attributions between components (array + merge).",
 )

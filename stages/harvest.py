@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from spd.harvest import HarvestSettings, merge_harvest, run_harvest_task
 from stages.base import StageConfig, StageContext, StageSpec
+from stages.windows import check_windows_available
 
 
 class HarvestConfig(HarvestSettings, StageConfig):
@@ -35,5 +36,6 @@ STAGE = StageSpec(
     num_tasks=lambda config: config.n_tasks,
     run_task=run_task,
     merge=merge,
+    preflight=check_windows_available,
     description="Per-component activation statistics and examples over a dataset (array + merge).",
 )

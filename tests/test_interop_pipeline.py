@@ -124,3 +124,48 @@ def test_refused_reference_yaml_exits_2_at_plan_naming_it(tmp_path: Path, edit: 
     assert result.returncode == 2, result.stdout + result.stderr
     assert named in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_missing_dataset_of_an_imported_run_stops_the_plan_when_a_stage_reads_it(tmp_path: Path) -> None:
+    """Importing needs no dataset; harvest does: with harvest in the pipeline a missing dataset is exit 2 at plan."""
+    src = moved_copy("lm_llama_mlp_layerwise", tmp_path)
+    shutil.rmtree(src / "dataset")
+    pipeline = {"run": {"name": "nodata", "seed": 0}, "executor": "local", "stages": {"decompose": {}}}
+    pipeline["stages"]["decompose"]["from_reference"] = str(src)
+    write_pipeline(tmp_path / "import_only.yaml", pipeline)
+    assert run_cli("plan", "import_only.yaml", cwd=tmp_path).returncode == 0
+    pipeline["stages"]["harvest"] = {"n_tasks": 2}
+    write_pipeline(tmp_path / "p.yaml", pipeline)
+    result = run_cli("plan", "p.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "stages.harvest" in result.stderr and "dataset" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_stage_overrides_the_dataset_of_an_imported_run(tmp_path: Path, monkeypatch) -> None:
+    """The dataset moved after the import: `harvest.dataset.dataset` points at its new place, at plan and in the
+    task; the windows are the same as from the original place."""
+    monkeypatch.setenv("SPD_PIPELINE_CACHE", str(tmp_path / "cache"))
+    src = moved_copy("lm_llama_mlp_layerwise", tmp_path)
+    from spd.interop.importer import import_reference_run
+    from stages.harvest import STAGE as HARVEST
+
+    decomposition = import_reference_run(src, tmp_path / "dec", log=lambda _: None)
+    shutil.move(src / "dataset", tmp_path / "moved_dataset")
+    pipeline = {"run": {"name": "moved", "seed": 0}, "executor": "local", "stages": {"harvest": {}}}
+    pipeline["stages"]["harvest"] = {"inputs": {"decompose": str(decomposition)}, "n_tasks": 1}
+    write_pipeline(tmp_path / "p.yaml", pipeline)
+    refused = run_cli("plan", "p.yaml", cwd=tmp_path, env={"SPD_PIPELINE_CACHE": str(tmp_path / "cache")})
+    assert refused.returncode == 2 and "moved-lm_llama_mlp_layerwise/dataset" in refused.stderr, refused.stderr
+    pipeline["stages"]["harvest"]["dataset"] = {"dataset": str(tmp_path / "moved_dataset")}
+    write_pipeline(tmp_path / "p.yaml", pipeline)
+    planned = run_cli("plan", "p.yaml", cwd=tmp_path, env={"SPD_PIPELINE_CACHE": str(tmp_path / "cache")})
+    assert planned.returncode == 0, planned.stderr
+    settings = {"n_tasks": 1, "n_batches": 2, "batch_size": 4, "dataset": {"dataset": str(tmp_path / "moved_dataset")}}
+    config = HARVEST.config_type.model_validate(settings)
+    out = tmp_path / "h"
+    out.mkdir()
+    ctx = StageContext("harvest", out, {"decompose": decomposition}, num_tasks=1, seed=0)
+    HARVEST.run_task(config, ctx, 0)
+    HARVEST.merge(config, ctx)
+    assert (out / "harvest.duckdb").is_file()

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from spd.data.hf_source import HFTokensOverride
+
 
 class AttributionSettings(BaseModel):
     """Data, storage and compute settings of dataset attributions."""
@@ -26,6 +28,11 @@ class AttributionSettings(BaseModel):
         ),
     )
     split: str | None = Field(None, description="Corpus split to read; None = the split the decomposition trained on.")
+    dataset: HFTokensOverride | None = Field(
+        None,
+        description="Decompositions whose windows come from a Hugging Face dataset (imported reference runs): "
+        "fields of that dataset to replace, e.g. {dataset: /data/simplestories} after it moved.",
+    )
     seq_len: int | None = Field(None, ge=2, description="Tokens per window; None = the decomposition's window length.")
     dataset_seed: int | None = Field(
         None, description="Seed of the window order; None = the decomposition's (same windows as SPD training)."

@@ -38,5 +38,5 @@ def attribution_batches(
     """The stream of windows every task shards (the corpus saved with the decomposition, or the token cache of
     the Hugging Face dataset its config names)."""
     split, config = window_config(run_config, settings)
-    source = load_decomposition_data(decomposition_dir)
+    source = load_decomposition_data(decomposition_dir, settings.dataset)
     return BatchStream(source.tokens(split), config)

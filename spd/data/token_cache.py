@@ -31,13 +31,13 @@ from contextlib import contextmanager
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
+from spd.data.hf_source import HFTokensSpec
 from spd.data.io import atomic_directory, json_bytes, sha256_file, write_file
 from spd.utils import cache_root
 
@@ -46,22 +46,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 _EOS_NAMES = ("<|endoftext|>", "[EOS]", "</s>", "<eos>", "<|eos|>", "<|end_of_text|>")
-
-
-class HFTokensSpec(BaseModel):
-    """Which Hugging Face dataset a decomposition's windows come from (its run config's `data.source`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["hf"] = Field("hf", description="A Hugging Face dataset.")
-    dataset: str = Field(description="Hub id (local cache), a save_to_disk directory, or a directory/file of data.")
-    subset: str | None = Field(None, description="Dataset configuration name.")
-    column: str = Field("text", description="Column with the text (or the token ids when is_tokenized).")
-    is_tokenized: bool = False
-    streaming: bool = Field(False, description="Read the dataset as a stream (it is still tokenized once).")
-    splits: dict[str, str] = Field(
-        description="Our split names -> the dataset's (e.g. {train: train, val: test})", min_length=1
-    )
 
 
 def eos_token_id(tokenizer_file: Path) -> int:
@@ -95,6 +79,21 @@ def _data_identity(spec: HFTokensSpec) -> str:
         cfg = HFDatasetConfig(dataset=spec.dataset, subset=spec.subset, split=split, column=spec.column)
         prints.append(str(getattr(load_hf_dataset(cfg), "_fingerprint", spec.dataset)))
     return "hub:" + ",".join(prints)
+
+
+def check_dataset_available(spec: HFTokensSpec) -> None:
+    """FileNotFoundError saying what to download and where, when the dataset is neither a local path nor in the
+    local Hugging Face cache (a streaming hub dataset is only checked when it is read)."""
+    from spd.lm.hf import HFDatasetConfig, HFResourceMissingError, load_hf_dataset
+
+    path = Path(spec.dataset).expanduser()
+    if path.exists() or (spec.streaming and not spec.dataset.startswith(("/", ".", "~"))):
+        return
+    try:
+        for split in sorted(set(spec.splits.values())):
+            load_hf_dataset(HFDatasetConfig(dataset=spec.dataset, subset=spec.subset, split=split, column=spec.column))
+    except HFResourceMissingError as err:
+        raise FileNotFoundError(str(err)) from None
 
 
 def cache_key(spec: HFTokensSpec, tokenizer_file: Path) -> str:

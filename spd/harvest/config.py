@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from spd.data.hf_source import HFTokensOverride
+
 
 class HarvestSettings(BaseModel):
     """Data slice, firing rule and the sizes of what is kept per component."""
@@ -17,6 +19,11 @@ class HarvestSettings(BaseModel):
     n_tasks: int = Field(1, ge=1, le=4096, description="Array tasks; task i owns global batches i, i+n, i+2n, ...")
     device: str = Field("auto", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available).")
     split: str | None = Field(None, description="Corpus split to harvest; None = the decomposition's train split.")
+    dataset: HFTokensOverride | None = Field(
+        None,
+        description="Decompositions whose windows come from a Hugging Face dataset (imported reference runs): "
+        "fields of that dataset to replace, e.g. {dataset: /data/simplestories} after it moved.",
+    )
     batch_size: int = Field(32, ge=1, description="Windows (sequences) per global batch.")
     n_batches: int | None = Field(
         None, ge=1, description="Global batches before sharding; None = every whole batch of the split."

@@ -271,7 +271,7 @@ def build_store(out_dir: Path, merged: MergedHarvest, decomposition_dir: Path, m
     final = out_dir / STORE_FILE
     remove_stale_store_temps(out_dir)
     spill = out_dir / f".{STORE_FILE}.{os.getpid()}.tmp-spill"
-    corpus = decomposition_corpus(decomposition_dir)
+    corpus = decomposition_corpus(decomposition_dir, merged.meta["settings"].get("dataset"))
     tokenizer = Tokenizer.from_file(str(decomposition_tokenizer_path(decomposition_dir)))
     with atomic_duckdb(final, temps=[spill], what="harvest store", disk_full_remedy=DISK_FULL_REMEDY) as con:
         steps = (

@@ -27,10 +27,10 @@ from spd.models.checkpoint import CONFIG_FILE, latest_model_file
 from spd.utils import resolve_device
 
 
-def decomposition_corpus(decomposition_dir: Path) -> TokenSource:
+def decomposition_corpus(decomposition_dir: Path, dataset: Any = None) -> TokenSource:
     """The windows' source of an LM decomposition, with a message that says what is needed when there is none."""
     try:
-        return load_decomposition_data(decomposition_dir)
+        return load_decomposition_data(decomposition_dir, dataset)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"harvest reads the token corpus saved with an LM decomposition (decompose target kind tiny_lm or "
@@ -61,10 +61,9 @@ def slice_spec(run_config: dict[str, Any], corpus: TokenSource, settings: Harves
     return SliceSpec(split, seq_len, settings.batch_size, dataset_seed, n_batches, task, settings.n_tasks)
 
 
-def decomposition_identity(decomposition_dir: Path) -> dict[str, Any]:
+def decomposition_identity(decomposition_dir: Path, corpus: TokenSource) -> dict[str, Any]:
     """Path and digests of the decomposition and its corpus (recorded in every shard and in the store)."""
     model_file = latest_model_file(decomposition_dir)
-    corpus = decomposition_corpus(decomposition_dir)
     return {
         "path": str(Path(decomposition_dir).resolve()),
         "config_sha256": sha256_file(Path(decomposition_dir) / CONFIG_FILE),
@@ -97,7 +96,7 @@ def run_harvest_task(
     keep_freed_memory()  # each batch reuses the last one's pages (spd.harvest.malloc)
     decomposition_dir = Path(decomposition_dir)
     model = load_decomposition(decomposition_dir, device)
-    corpus = decomposition_corpus(decomposition_dir)
+    corpus = decomposition_corpus(decomposition_dir, settings.dataset)
     spec = slice_spec(model.run_config, corpus, settings, task)
     data = CorpusSlice(corpus, spec)
     reader = ActivationReader(model, settings.output_top_m)
@@ -129,7 +128,7 @@ def run_harvest_task(
         "n_sequences": acc.n_batches * spec.batch_size,
         "vocab_size": corpus.vocab_size,
         "layers": [{"name": s.name, "offset": s.offset, "C": s.C} for s in layer_spans(model)],
-        "decomposition": decomposition_identity(decomposition_dir),
+        "decomposition": decomposition_identity(decomposition_dir, corpus),
         "device": str(device),
         "cofiring_method": acc.cofire.method if acc.cofire is not None else None,  # both exact; provenance
         "kernels": acc.kernels,  # numba or torch: the same statistics (spd.harvest.batch_scan)

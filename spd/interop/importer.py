@@ -111,6 +111,27 @@ def source_digest(src: Path, model_file: Path | None = None, target_path: Path |
     return digest_files([source.config_file, source.model_file, *location.arch_files])
 
 
+def check_run_data(src: Path, target_path: Path | None = None, override: Any = None) -> None:
+    """Before anything runs: the dataset and tokenizer a reference LM run's windows need are here (later stages
+    read them); FileNotFoundError (or ReferenceImportError) saying what is missing otherwise."""
+    from spd.data.hf_source import with_override
+    from spd.data.token_cache import check_dataset_available
+
+    with as_import_error("reading the reference run"):
+        source = find_reference_source(src)
+        run = read_reference_config(source.config_file)
+        data = _data_section(run, source.run_dir)
+        if data["kind"] != "lm":
+            return
+        location = locate_target(run, source, target_path)
+    if not any(p.name == "tokenizer.json" for p in location.arch_files):
+        raise FileNotFoundError(
+            f"{source.run_dir}: tokenizer_name = {run.target.tokenizer_name!r} names no tokenizer.json here; later "
+            "stages need it to tokenize the run's dataset: copy the tokenizer directory into the run directory"
+        )
+    check_dataset_available(with_override(data["source"], override))
+
+
 @contextmanager
 def as_import_error(what: str) -> Iterator[None]:
     """Input the user can fix, as one ReferenceImportError line (the CLI exits 2 on it) instead of a traceback:
@@ -239,12 +260,13 @@ def _data_section(run: ReferenceRun, run_dir: Path) -> dict[str, Any]:
     reference = {"reference_task_config": task.model_dump(mode="json")}
     if task.task_name != "lm":
         return {"kind": "toy", **reference}
-    from spd.data.token_cache import HFTokensSpec
+    from spd.data.hf_source import HFTokensSpec
 
     try:  # a local dataset as an absolute path; a hub id as it is (the local Hugging Face cache)
         dataset = resolve_local_or_hub(task.dataset_name, run_dir, "task_config.dataset_name")
-    except ReferencePathError:
-        dataset = task.dataset_name  # not here: the stages that read it say what to download
+    except ReferencePathError:  # not here: the stages that read it say what to put where (resolved as above)
+        given = Path(task.dataset_name).expanduser()
+        dataset = str(given if given.is_absolute() else (run_dir / given).resolve())
     source = HFTokensSpec(
         dataset=dataset, column=task.column_name, is_tokenized=task.is_tokenized, streaming=task.streaming,
         splits={"train": task.train_data_split, "val": task.eval_data_split},

@@ -103,17 +103,37 @@ def decomposition_tokenizer_path(path: str | Path) -> Path:
     return tok
 
 
-def load_decomposition_data(path: str | Path, log=print):
+def load_decomposition_data(path: str | Path, override=None, log=print):
     """Where an LM decomposition's windows come from (spd.data.source.TokenSource): its saved story corpus, or
-    the token cache of the Hugging Face dataset its config names in `data.source` (built on first use)."""
+    the token cache of the Hugging Face dataset its config names in `data.source` (built on first use), with a
+    stage's `override` (spd.data.hf_source.HFTokensOverride) applied."""
     run_dir = _run_dir(path)
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     source = config.get("data", {}).get("source")
     if config.get("corpus_dir") is not None or source is None:
         return load_decomposition_corpus(path)
-    from spd.data.token_cache import HFTokensSpec, build_token_cache
+    from spd.data.hf_source import with_override
+    from spd.data.token_cache import build_token_cache
 
-    return build_token_cache(HFTokensSpec.model_validate(source), decomposition_tokenizer_path(run_dir), log=log)
+    return build_token_cache(with_override(source, override), decomposition_tokenizer_path(run_dir), log=log)
+
+
+def check_decomposition_data(path: str | Path, override=None) -> None:
+    """Before anything runs: an LM decomposition's windows can be read here (FileNotFoundError saying what to put
+    where otherwise). A decomposition that saved its corpus, or has no token windows, needs nothing."""
+    run_dir = _run_dir(path)
+    if (run_dir / "out" / CONFIG_FILE).is_file():  # a finished stage directory: its out/
+        run_dir = run_dir / "out"
+    if not (run_dir / CONFIG_FILE).is_file():
+        return  # not a decomposition (yet): the stage that reads it says so
+    source = json.loads((run_dir / CONFIG_FILE).read_text()).get("data", {}).get("source")
+    if source is None:
+        return
+    from spd.data.hf_source import with_override
+    from spd.data.token_cache import check_dataset_available
+
+    decomposition_tokenizer_path(run_dir)
+    check_dataset_available(with_override(source, override))
 
 
 def load_decomposition_corpus(path: str | Path):
