@@ -11,6 +11,8 @@ Throughput: the same batches (already on the device) go through
 - read: what the harvest reads of a batch (bare + component activations + the target's top-m predictions);
 - harvest: what a harvest task does per batch (forward, CI, component activations, top-m predictions, every
   accumulator and both example sets), plus writing the shard's contents out at the end;
+- harvest_reading: the same with each batch read from the token file as a task reads it (the story corpus, or the
+  token cache of a Hugging Face dataset for an imported reference run): `reading_ratio` = harvest / this;
 each timed `--repeats` times after a warm-up, in this one process; tokens/s and their ratio (of the medians) are
 printed, and the ratio of each repeat's own bare and harvest passes (run back to back: robust to slow drifts of a
 shared machine).
@@ -107,7 +109,15 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int, ker
             acc.process(index, starts, spec.seq_len, reader(tokens))
         acc.to_shard({})
 
-    variants = {"bare": bare, "read": read, "harvest": harvest}
+    def harvest_reading() -> (
+        None
+    ):  # the same, each batch read from the token file (corpus or token cache) as a task does
+        acc = new_accumulator()
+        for batch in CorpusSlice(corpus, spec):
+            acc.process(batch.index, batch.starts.to(device), spec.seq_len, reader(batch.tokens.to(device)))
+        acc.to_shard({})
+
+    variants = {"bare": bare, "read": read, "harvest": harvest, "harvest_reading": harvest_reading}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up (kernels, allocator, caches)
         fn()
@@ -129,6 +139,9 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int, ker
         "read_tokens_per_s": n_tokens / median["read"],
         "harvest_tokens_per_s": n_tokens / median["harvest"],
         "ratio": median["bare"] / median["harvest"],
+        # data loading's share: harvest on batches already in memory over harvest reading them from the token file
+        "reading_ratio": median["harvest"] / median["harvest_reading"],
+        "source": type(corpus).__name__,
         # the two passes of one repeat run back to back, so their ratio cancels the machine's slow drifts
         "paired_ratios": [b / h for b, h in zip(times["bare"], times["harvest"], strict=True)],
         "times": times,
@@ -208,6 +221,10 @@ def report_throughput(decomposition: Path, r: dict) -> None:
     print(f"  ... + component acts, top-m outputs:  {r['read_tokens_per_s']:>12,.0f} tokens/s")
     print(f"  harvest task loop:                    {r['harvest_tokens_per_s']:>12,.0f} tokens/s")
     print(f"  ratio harvest / bare:                 {r['ratio']:.3f}   (goal >= 0.6)")
+    print(
+        f"  harvest reading each batch from the {r['source']} file / on batches in memory: {r['reading_ratio']:.3f}"
+        "   (goal >= 0.9: data loading is not the bottleneck)"
+    )
     paired = r["paired_ratios"]
     print(
         f"  ratio per repeat (same repeat's passes): median {statistics.median(paired):.3f}, "
