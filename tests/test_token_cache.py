@@ -132,3 +132,11 @@ def test_concurrent_builders_build_once(world: dict, tmp_path: Path) -> None:
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
     assert np.array_equal(TokenCache(next(p for p in tmp_path.iterdir() if p.is_dir())).tokens("val").numpy(),
                           world["expected"]["test"])  # fmt: skip
+
+
+def test_max_documents_limits_a_large_or_streamed_dataset(world: dict, tmp_path: Path) -> None:
+    spec = _spec(world, "jsonl", streaming=True).model_copy(update={"max_documents": 10})
+    cache = build_token_cache(spec, world["tokenizer"], root=tmp_path, log=lambda _: None)
+    assert len(cache.documents("train")) == 10
+    first_ten = world["expected"]["train"][: cache.manifest["n_tokens"]["train"]]
+    assert np.array_equal(cache.tokens("train").numpy(), first_ten)

@@ -25,6 +25,9 @@ class HFTokensSpec(BaseModel):
     splits: dict[str, str] = Field(
         description="Our split names -> the dataset's (e.g. {train: train, val: test})", min_length=1
     )
+    max_documents: int | None = Field(
+        None, ge=1, description="Tokenize only the first documents of each split (a large or streamed dataset)."
+    )
 
 
 class HFTokensOverride(BaseModel):
@@ -39,6 +42,7 @@ class HFTokensOverride(BaseModel):
     is_tokenized: bool | None = None
     streaming: bool | None = None
     splits: dict[str, str] | None = Field(None, description="Our split names -> the dataset's.")
+    max_documents: int | None = Field(None, ge=1, description="Tokenize only the first documents of each split.")
 
 
 def with_override(source: dict, override: HFTokensOverride | dict | None) -> HFTokensSpec:

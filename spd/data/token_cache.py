@@ -202,7 +202,7 @@ def build_token_cache(
             for ours, theirs in spec.splits.items():
                 cfg = HFDatasetConfig(
                     dataset=spec.dataset, subset=spec.subset, split=theirs, column=spec.column,
-                    is_tokenized=spec.is_tokenized, streaming=spec.streaming,
+                    is_tokenized=spec.is_tokenized, streaming=spec.streaming, max_documents=spec.max_documents,
                 )  # fmt: skip
                 stream = hf_token_stream(load_hf_dataset(cfg), tokenizer, cfg).numpy()
                 if stream.size and int(stream.max()) >= vocab:
