@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from spd.data import CorpusConfig, build_corpus
+from spd.harvest.store import HarvestStore
 from spd.lm.hf import HFDatasetMissingError, HFModelMissingError
 from spd.models import ComponentModel, load_decomposition
 from spd.models.masks import MaskInfo
@@ -111,6 +112,29 @@ def test_decompose_stage_on_tiny_gpt2_and_reload(world, tmp_path: Path) -> None:
     assert torch.allclose(model(tokens), reference(tokens).logits, atol=1e-5)  # the target reloads unchanged
     masks = {p: MaskInfo(mask=torch.ones(2, 16, c)) for p, c in model.module_to_c.items()}
     assert model(tokens, masks).shape == (2, 16, reference.config.vocab_size)
+
+
+def test_harvest_reads_the_hf_decompositions_own_dataset(world, tmp_path: Path, monkeypatch) -> None:
+    """A decomposition trained here on a Hugging Face dataset records it (data.source); harvest tokenizes it once
+    into a token cache with the target's tokenizer and harvests its windows."""
+    from stages.harvest import STAGE as HARVEST
+
+    monkeypatch.setenv("SPD_PIPELINE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    run_task(_config(str(world["model_dir"]), str(world["data_dir"])), _ctx(out), 0)
+    source = load_decomposition(out).run_config["data"]["source"]
+    assert source["dataset"] == str(world["data_dir"].resolve()) and source["splits"] == {"train": "train"}
+    assert (out / "target" / "tokenizer_config.json").is_file()  # names the EOS token
+    config = HARVEST.config_type.model_validate({"n_tasks": 2, "n_batches": 4, "batch_size": 2, "device": "cpu"})
+    harvest = tmp_path / "harvest"
+    harvest.mkdir()
+    ctx = StageContext("harvest", harvest, {"decompose": out}, num_tasks=2, seed=0)
+    for index in range(2):
+        HARVEST.run_task(config, ctx, index)
+    HARVEST.merge(config, ctx)
+    with HarvestStore.open(harvest) as store:
+        keys = [c.key for c in store.alive_components()]
+    assert keys[0].startswith("transformer.h.0.mlp.c_fc:")
 
 
 def test_missing_model_or_dataset_fails_with_a_clear_message(world, tmp_path: Path) -> None:

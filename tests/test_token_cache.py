@@ -140,3 +140,20 @@ def test_max_documents_limits_a_large_or_streamed_dataset(world: dict, tmp_path:
     assert len(cache.documents("train")) == 10
     first_ten = world["expected"]["train"][: cache.manifest["n_tokens"]["train"]]
     assert np.array_equal(cache.tokens("train").numpy(), first_ten)
+
+
+def test_a_single_arrow_or_txt_file_is_a_dataset(world: dict, tmp_path: Path) -> None:
+    import datasets
+
+    texts = _docs(20, 5)
+    datasets.Dataset.from_dict({"story": texts}).to_parquet(str(tmp_path / "one.parquet"))  # also via arrow below
+    arrow = datasets.Dataset.from_dict({"story": texts})
+    arrow_dir = tmp_path / "arrow_src"
+    arrow.save_to_disk(str(arrow_dir))
+    arrow_file = next(arrow_dir.glob("*.arrow"))
+    (tmp_path / "one.txt").write_text("\n".join(texts) + "\n")
+    streams = []
+    for path, column in ((arrow_file, "story"), (tmp_path / "one.txt", "text"), (tmp_path / "one.parquet", "story")):
+        spec = HFTokensSpec(dataset=str(path), column=column, splits={"train": "train"})
+        streams.append(build_token_cache(spec, world["tokenizer"], root=tmp_path / "c", log=lambda _: None).tokens())
+    assert all(np.array_equal(s.numpy(), streams[0].numpy()) for s in streams) and len(streams[0]) > 20

@@ -217,7 +217,6 @@ def import_reference_run(
     with as_import_error(f"building the decomposition of {source.run_dir}"), atomic_directory(dest, overwrite) as tmp:
         load_target_weights(target, state)
         save_target(target.model, target.config, tmp / TARGET_DIR, target.info, tokenizer=target.tokenizer_file)
-        _copy_tokenizer_config(target.tokenizer_file, tmp / TARGET_DIR)
         model = build_reference_model(run, target, state)
         save_model_state(model, tmp, source.step)
         save_run_config(_run_config(run, model, target, source.run_dir), tmp)
@@ -229,13 +228,6 @@ def import_reference_run(
         load_decomposition(tmp)  # what every later stage will do: must load strictly
     log(f"imported {source.model_file} ({len(model.module_to_c)} modules, C total {sum(model.module_to_c.values())})")
     return dest
-
-
-def _copy_tokenizer_config(tokenizer_file: Path | None, target_dir: Path) -> None:
-    """tokenizer_config.json beside the tokenizer names its EOS token (what separates documents in windows)."""
-    config = tokenizer_file.with_name("tokenizer_config.json") if tokenizer_file is not None else None
-    if config is not None and config.is_file():
-        shutil.copyfile(config, target_dir / config.name)
 
 
 def _run_config(run: ReferenceRun, model: ComponentModel, target: LoadedTarget, run_dir: Path) -> dict[str, Any]:

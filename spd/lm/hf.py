@@ -30,7 +30,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 _TRUE = {"1", "true", "yes", "on"}
-_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet"}
+_DATA_BUILDERS = {
+    ".json": "json", ".jsonl": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow",
+}  # fmt: skip
 
 
 class HFExtraMissingError(ImportError):

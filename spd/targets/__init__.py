@@ -52,6 +52,7 @@ _ADAPTER = TypeAdapter(TargetModelConfig)
 TARGET_CONFIG_FILE = "target_config.json"
 TARGET_STATE_FILE = "target.pt"
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 def parse_target_config(data: dict) -> TargetModelConfig:
@@ -106,9 +107,13 @@ def save_target(
         save_hf_architecture(model, out_dir)
     atomic_torch_save(out_dir / TARGET_STATE_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     if tokenizer is not None:
-        tmp = out_dir / f".{TOKENIZER_FILE}.tmp"
-        shutil.copyfile(tokenizer, tmp)
-        tmp.replace(out_dir / TOKENIZER_FILE)
+        # tokenizer_config.json beside a Hugging Face tokenizer names its EOS token (what separates documents)
+        tokenizer_config = Path(tokenizer).with_name(TOKENIZER_CONFIG_FILE)
+        for src, name in ((tokenizer, TOKENIZER_FILE), (tokenizer_config, TOKENIZER_CONFIG_FILE)):
+            if name == TOKENIZER_FILE or src.is_file():
+                tmp = out_dir / f".{name}.tmp"
+                shutil.copyfile(src, tmp)
+                tmp.replace(out_dir / name)
         info["tokenizer_path"] = TOKENIZER_FILE
     atomic_write_json(out_dir / TARGET_CONFIG_FILE, {"config": config.model_dump(mode="json"), "info": info})
 

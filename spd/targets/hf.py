@@ -61,6 +61,21 @@ class HFTargetSpec(BaseModel):
     dataset_seed: int = Field(0, description="Seed of the window order (independent of the SPD seed).")
 
 
+def _token_source(spec: HFTargetSpec) -> dict:
+    """The dataset as later stages read it (spd.data.hf_source.HFTokensSpec). Without an eval split the `val`
+    windows were the train stream's last eval_fraction; later stages read the split whole."""
+    from spd.data.hf_source import HFTokensSpec
+
+    d = spec.dataset
+    local = Path(d.dataset).expanduser()
+    dataset = str(local.resolve()) if local.exists() else d.dataset  # workers may run elsewhere than the submitter
+    splits = {"train": d.split, **({"val": spec.eval_split} if spec.eval_split is not None else {})}
+    return HFTokensSpec(
+        dataset=dataset, subset=d.subset, column=d.column, is_tokenized=d.is_tokenized, streaming=d.streaming,
+        splits=splits, max_documents=d.max_documents,
+    ).model_dump(mode="json")  # fmt: skip
+
+
 def prepare_hf_target(spec: HFTargetSpec, device: torch.device | str = "cpu"):
     """(frozen model, target config, info, LMData, tokenizer.json or None). Missing model / dataset raise
     HFModelMissingError / HFDatasetMissingError whose message says what to download and where to put it."""
@@ -79,6 +94,7 @@ def prepare_hf_target(spec: HFTargetSpec, device: torch.device | str = "cpu"):
             raise ValueError(f"the {name} token stream ({len(s)} tokens) is shorter than one window ({spec.seq_len})")
     data_cfg = LMDataConfig(seq_len=spec.seq_len, dataset_seed=spec.dataset_seed)
     data = LMData.from_tokens({"train": stream, "val": eval_stream}, spec.seq_len, data_cfg, device)
+    data.source = _token_source(spec)
     info = {"model": spec.model.model, "dataset": spec.dataset.dataset, "n_train_tokens": len(stream)}
     tok = hf_tokenizer_file(spec.model.tokenizer or spec.model.model)
     return model, HFCausalLMTargetConfig(model=spec.model), info, data, tok

@@ -56,6 +56,7 @@ class LMData:
         self.corpus, self.seq_len, self.config, self.device = corpus, seq_len, config, torch.device(device)
         self._streams: dict[tuple[str, int], Iterator[Batch]] = {}
         self._tokens: dict[str, Tensor] = {}
+        self.source: dict[str, Any] | None = None  # a Hugging Face dataset's spd.data.hf_source.HFTokensSpec
 
     @classmethod
     def from_tokens(
@@ -82,7 +83,10 @@ class LMData:
         return self._next(self.config.eval_split, batch_size)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.config.model_dump(mode="json"), "kind": "lm", "seq_len": self.seq_len}
+        """The run config's `data`: how windows were cut, and (`source`) the Hugging Face dataset they came from
+        when not the story corpus, so later stages read the same data (spd.models.load_decomposition_data)."""
+        described = {**self.config.model_dump(mode="json"), "kind": "lm", "seq_len": self.seq_len}
+        return {**described, "source": self.source} if self.source is not None else described
 
 
 class ToyData:
