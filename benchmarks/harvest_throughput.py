@@ -109,9 +109,8 @@ def throughput(decomposition: Path, settings: HarvestSettings, repeats: int, ker
             acc.process(index, starts, spec.seq_len, reader(tokens))
         acc.to_shard({})
 
-    def harvest_reading() -> (
-        None
-    ):  # the same, each batch read from the token file (corpus or token cache) as a task does
+    def harvest_reading() -> None:
+        """The same harvest, each batch read from the token file (corpus or token cache) as a task reads it."""
         acc = new_accumulator()
         for batch in CorpusSlice(corpus, spec):
             acc.process(batch.index, batch.starts.to(device), spec.seq_len, reader(batch.tokens.to(device)))

@@ -121,15 +121,6 @@ def stage_key(
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def _preflight(name: str, spec: Any, config: Any, upstream_configs: dict[str, Any], given: dict[str, Path]) -> None:
-    if spec.preflight is None:
-        return
-    try:
-        spec.preflight(config, upstream_configs, given)
-    except (OSError, ValueError) as err:  # a file the stage will read is not there: the user's to fix
-        raise UserError(f"stages.{name}: {err}") from None
-
-
 def _source_digest(name: str, spec: Any, stage_config: Any) -> str | None:
     if spec.source_digest is None:
         return None
@@ -206,8 +197,6 @@ def build_plan(
             )
         edges[name] = tuple(ups)
         external[name] = ext
-    for name, stage_config in chosen.items():
-        _preflight(name, registry[name], stage_config, {u: chosen[u] for u in edges[name]}, external[name])
 
     plan = Plan()
     for name in _topological_order(edges, rank):

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.atomic import atomic_write_json, atomic_write_text
-from pipeline.config import load_pipeline, resolve_out_dir
+from pipeline.config import configured_stages, load_pipeline, resolve_out_dir
 from pipeline.dag import Plan, build_plan
 from pipeline.errors import UserError
 from pipeline.executors.base import Executor
@@ -68,6 +68,21 @@ def make_executor(name: str, plan_record: dict[str, Any], snapshot: Path | None 
     raise UserError(f"unknown executor {name!r}")
 
 
+def _preflight(pipeline_path: Path, config: Any, registry: dict[str, Any], plan: Plan, cached: list[str]) -> None:
+    """The stages' own checks of inputs their upstreams name (StageSpec.preflight), for the stages that will run
+    (a cached stage reads nothing again): a missing file stops the run before anything is submitted."""
+    configs = configured_stages(config)
+    for name, stage in plan.stages.items():
+        spec = registry[name]
+        if spec.preflight is None or name in cached:
+            continue
+        given = {u: Path(d) for u, d in stage.external.items()}  # resolved: a finished stage dir's out/
+        try:
+            spec.preflight(configs[name], {u: configs[u] for u in stage.upstreams}, given)
+        except (OSError, ValueError) as err:  # a file the stage will read is not there: the user's to fix
+            raise UserError(f"{pipeline_path}: stages.{name}: {err}") from None
+
+
 def plan_pipeline(pipeline_path: Path) -> PlannedRun:
     config, text = load_pipeline(pipeline_path)
     registry = stage_registry()
@@ -79,6 +94,7 @@ def plan_pipeline(pipeline_path: Path) -> PlannedRun:
         raise UserError(f"{pipeline_path}: {e}") from None
     run = RunDir(resolve_out_dir(config) / config.run.name)
     cached = [name for name, stage in plan.stages.items() if run.is_done(name, stage.key)]
+    _preflight(pipeline_path, config, registry, plan, cached)
     return PlannedRun(config, text, Path(pipeline_path), plan, choose_executor(config.executor), run, cached)
 
 

@@ -113,9 +113,9 @@ class StageSpec(Generic[C]):
     # enters the stage key, so a file replaced under the same path reruns the stage. Computed when planning.
     source_digest: Callable[[C], str | None] | None = None
     # Checks of inputs that only the upstream stages' configs reveal (e.g. the dataset an imported decomposition
-    # names), run when planning so a missing file stops the run before any job is submitted: called with this
-    # stage's config, the configs of its upstreams in the pipeline and the directories of upstreams given as
-    # paths; raises ValueError or OSError saying what is missing and where to put it.
+    # names), run when planning (for stages that will run) so a missing file stops the run before any job is
+    # submitted: called with this stage's config, the configs of its upstreams in the pipeline and the output
+    # directories of upstreams given as paths; raises ValueError or OSError saying what is missing and where.
     preflight: Callable[[C, dict[str, Any], dict[str, Path]], None] | None = None
 
     @property

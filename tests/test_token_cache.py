@@ -110,9 +110,10 @@ def test_cache_is_built_once_and_shared_by_content(world: dict, tmp_path: Path) 
 
     shutil.copytree(world["root"] / "jsonl", tmp_path / "copy")  # the same files elsewhere: the same cache
     copy = HFTokensSpec(dataset=str(tmp_path / "copy"), column="story", splits=SPLITS)
-    assert cache_key(copy, world["tokenizer"]) == cache_key(_spec(world, "jsonl"), world["tokenizer"])
+    assert cache_key(copy, world["tokenizer"], 0) == cache_key(_spec(world, "jsonl"), world["tokenizer"], 0)
+    assert cache_key(copy, world["tokenizer"], 0) != cache_key(copy, world["tokenizer"], 1)  # another EOS
     (tmp_path / "copy" / "test.jsonl").write_text(json.dumps({"story": "a changed file."}) + "\n")
-    assert cache_key(copy, world["tokenizer"]) != cache_key(_spec(world, "jsonl"), world["tokenizer"])
+    assert cache_key(copy, world["tokenizer"], 0) != cache_key(_spec(world, "jsonl"), world["tokenizer"], 0)
 
 
 def test_concurrent_builders_build_once(world: dict, tmp_path: Path) -> None:
@@ -157,3 +158,41 @@ def test_a_single_arrow_or_txt_file_is_a_dataset(world: dict, tmp_path: Path) ->
         spec = HFTokensSpec(dataset=str(path), column=column, splits={"train": "train"})
         streams.append(build_token_cache(spec, world["tokenizer"], root=tmp_path / "c", log=lambda _: None).tokens())
     assert all(np.array_equal(s.numpy(), streams[0].numpy()) for s in streams) and len(streams[0]) > 20
+
+
+def test_documents_are_recorded_as_written_even_with_eos_in_their_text(world: dict, tmp_path: Path) -> None:
+    """A document whose text holds the EOS token is still one document (boundaries are not read off EOS)."""
+    texts = ["the cat sat.", f"the dog {EOS} ran.", "home."]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.jsonl").write_text("".join(json.dumps({"story": t}) + "\n" for t in texts))
+    spec = HFTokensSpec(dataset=str(tmp_path / "d"), column="story", splits={"train": "train"})
+    cache = build_token_cache(spec, world["tokenizer"], root=tmp_path / "c", log=lambda _: None)
+    docs = cache.documents("train")
+    assert len(docs) == 3 and docs[2]["stream_start"] == docs[1]["stream_start"] + docs[1]["n_tokens"] + 1
+
+
+def test_without_file_locks_the_cache_is_still_built(world: dict, tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    import spd.data.token_cache as token_cache
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(token_cache, "_flock", no_locks)
+    logs: list[str] = []
+    cache = build_token_cache(_spec(world, "jsonl"), world["tokenizer"], root=tmp_path, log=logs.append)
+    assert any("no file lock" in line for line in logs) and logs[-1].endswith("(built)")
+    assert np.array_equal(cache.tokens("val").numpy(), world["expected"]["test"])
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(world: dict, tmp_path: Path) -> None:
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"ids": [[1, 2, -100]]})}).save_to_disk(
+        str(tmp_path / "d")
+    )
+    spec = HFTokensSpec(dataset=str(tmp_path / "d"), column="ids", is_tokenized=True, splits={"train": "train"})
+    with pytest.raises(ValueError, match="-100 is outside the vocabulary"):
+        build_token_cache(spec, world["tokenizer"], root=tmp_path / "c", log=lambda _: None)
+    assert not [p for p in (tmp_path / "c").iterdir() if p.is_dir()]  # nothing half-built under a final name

@@ -30,7 +30,8 @@ class AttributionSettings(BaseModel):
     split: str | None = Field(None, description="Corpus split to read; None = the split the decomposition trained on.")
     dataset: HFTokensOverride | None = Field(
         None,
-        description="Decompositions whose windows come from a Hugging Face dataset (imported reference runs): "
+        description="Decompositions whose windows come from a Hugging Face dataset (imported reference runs, "
+        "hf_causal_lm targets): "
         "fields of that dataset to replace, e.g. {dataset: /data/simplestories} after it moved.",
     )
     seq_len: int | None = Field(None, ge=2, description="Tokens per window; None = the decomposition's window length.")

@@ -28,6 +28,11 @@ class HFTokensSpec(BaseModel):
     max_documents: int | None = Field(
         None, ge=1, description="Tokenize only the first documents of each split (a large or streamed dataset)."
     )
+    eos_id: int | None = Field(
+        None,
+        ge=0,
+        description="EOS id between documents; None = the tokenizer's (tokenizer_config.json, else its name).",
+    )
 
 
 class HFTokensOverride(BaseModel):
@@ -50,4 +55,6 @@ def with_override(source: dict, override: HFTokensOverride | dict | None) -> HFT
     if isinstance(override, HFTokensOverride):
         override = override.model_dump()
     given = {k: v for k, v in (override or {}).items() if v is not None}  # an unset field keeps the source's
+    if "splits" in given:  # split by split: overriding `val` keeps `train`
+        given["splits"] = {**source.get("splits", {}), **given["splits"]}
     return HFTokensSpec.model_validate({**source, **given})

@@ -26,6 +26,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
+import re
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -64,12 +67,17 @@ def eos_token_id(tokenizer_file: Path) -> int:
 
 
 def _data_identity(spec: HFTokensSpec) -> str:
-    """sha256 of a local dataset's files, or the fingerprint of each split of a hub dataset in the local cache."""
+    """A local dataset's files by relative name, size and modification time (hidden files and directories, such
+    as a download tool's metadata, left out): cheap enough for every task to compute, and changed whenever a
+    file is; a copy made with its times kept (cp -p, shutil.copytree) shares the cache. A hub dataset in the local
+    cache: each split's fingerprint; a streamed hub dataset: its name only (a new version needs `run --force`)."""
     path = Path(spec.dataset).expanduser()
     if path.exists():
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         base = path.parent if path.is_file() else path  # names inside the dataset, not where it lies
-        return hashlib.sha256("".join(f"{p.relative_to(base)}:{sha256_file(p)};" for p in files).encode()).hexdigest()
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(base).parts)]
+        stamps = "".join(f"{p.relative_to(base)}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files)
+        return hashlib.sha256(stamps.encode()).hexdigest()
     if spec.streaming:
         return f"hub:{spec.dataset}"
     from spd.lm.hf import HFDatasetConfig, load_hf_dataset
@@ -77,7 +85,10 @@ def _data_identity(spec: HFTokensSpec) -> str:
     prints = []
     for split in sorted(spec.splits.values()):
         cfg = HFDatasetConfig(dataset=spec.dataset, subset=spec.subset, split=split, column=spec.column)
-        prints.append(str(getattr(load_hf_dataset(cfg), "_fingerprint", spec.dataset)))
+        fingerprint = getattr(load_hf_dataset(cfg), "_fingerprint", None)
+        if fingerprint is None:
+            raise ValueError(f"{spec.dataset} split {split!r} has no fingerprint to key its token cache by")
+        prints.append(str(fingerprint))
     return "hub:" + ",".join(prints)
 
 
@@ -94,17 +105,18 @@ def check_dataset_available(spec: HFTokensSpec) -> None:
             load_hf_dataset(HFDatasetConfig(dataset=spec.dataset, subset=spec.subset, split=split, column=spec.column))
     except HFResourceMissingError as err:
         raise FileNotFoundError(str(err)) from None
+    except ImportError as err:  # the `hf` extra (datasets) is not installed
+        raise FileNotFoundError(f"reading {spec.dataset} needs the `datasets` package: {err}") from None
 
 
-def cache_key(spec: HFTokensSpec, tokenizer_file: Path) -> str:
-    """By content: a local dataset's files (not its path: a copy elsewhere shares the cache), a hub dataset's
-    name and fingerprint, the reading settings, the tokenizer."""
+def cache_key(spec: HFTokensSpec, tokenizer_file: Path, eos: int) -> str:
+    """By content: the data (see `_data_identity`; a local dataset's path is left out, so a copy elsewhere shares
+    the cache), the reading settings, the tokenizer and the EOS id that separates documents."""
     fields = spec.model_dump(mode="json")
     if Path(spec.dataset).expanduser().exists():
         fields.pop("dataset")
-    material = json.dumps(
-        {"spec": fields, "data": _data_identity(spec), "tokenizer": sha256_file(tokenizer_file)}, sort_keys=True
-    )
+    identity = {"spec": fields, "data": _data_identity(spec), "tokenizer": sha256_file(tokenizer_file), "eos": eos}
+    material = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(f"{FORMAT}:{FORMAT_VERSION}:{material}".encode()).hexdigest()[:24]
 
 
@@ -158,15 +170,26 @@ class TokenCache:
         return [{"doc": i, "stream_start": int(s), "n_tokens": int(n)} for i, (s, n) in enumerate(docs)]
 
 
+def _flock(f: Any, operation: int) -> None:
+    fcntl.flock(f, operation)
+
+
 @contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def _exclusive(lock_path: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """An exclusive lock on lock_path, or none where the filesystem has no locks (NFS mounted nolock, Lustre
+    without flock): builders then race, one rename wins and the others read the winner's cache (below)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # other builders of the same key wait here, then find it built
+        try:
+            _flock(f, fcntl.LOCK_EX)  # other builders of the same key wait here, then find it built
+        except OSError as err:
+            log(f"token cache: no file lock on {lock_path.parent} ({err.strerror}); building without one")
+            yield
+            return
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            _flock(f, fcntl.LOCK_UN)
 
 
 def _versions() -> dict[str, str]:
@@ -179,58 +202,97 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _documents(spec: HFTokensSpec, split: str, tok: Tokenizer, chunk: int = 512) -> Iterator[list[int]]:
+    """Each document's token ids, in dataset order (tokenized in chunks; pre-tokenized columns as they are)."""
+    from spd.lm.hf import HFDatasetConfig, load_hf_dataset
+
+    cfg = HFDatasetConfig(
+        dataset=spec.dataset, subset=spec.subset, split=split, column=spec.column, is_tokenized=spec.is_tokenized,
+        streaming=spec.streaming, max_documents=spec.max_documents,
+    )  # fmt: skip
+    texts: list[str] = []
+    for i, row in enumerate(load_hf_dataset(cfg)):
+        if spec.max_documents is not None and i >= spec.max_documents:
+            break
+        if spec.is_tokenized:
+            yield [int(t) for t in row[spec.column]]
+            continue
+        texts.append(row[spec.column])
+        if len(texts) == chunk:
+            yield from (e.ids for e in tok.encode_batch(texts, add_special_tokens=False))
+            texts = []
+    if texts:
+        yield from (e.ids for e in tok.encode_batch(texts, add_special_tokens=False))
+
+
+def _write_split(
+    spec: HFTokensSpec, split: str, tok: Tokenizer, eos: int, vocab: int, dtype: str, tokens: Path, docs: Path
+) -> int:
+    """Stream the split's documents into `tokens` (each followed by EOS) a chunk at a time, so memory stays
+    bounded whatever the dataset's size; `docs` gets each document's start and length, recorded as written (an
+    EOS inside a document's text does not split it). Returns the number of tokens."""
+    bounds: list[tuple[int, int]] = []
+    n = 0
+    buffer: list[int] = []
+    with open(tokens, "wb") as f:
+        for ids in _documents(spec, split, tok):
+            bad = [t for t in ids if t < 0 or t >= vocab]
+            if bad:
+                raise ValueError(
+                    f"{spec.dataset} split {split!r}: token id {bad[0]} is outside the vocabulary 0..{vocab - 1}"
+                )
+            bounds.append((n, len(ids)))
+            buffer += ids
+            buffer.append(eos)
+            n += len(ids) + 1
+            if len(buffer) >= 1 << 20:
+                f.write(np.asarray(buffer, dtype=dtype).tobytes())
+                buffer = []
+        f.write(np.asarray(buffer, dtype=dtype).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    np.save(docs, np.asarray(bounds, dtype=np.int64).reshape(-1, 2))
+    return n
+
+
 def build_token_cache(
     spec: HFTokensSpec, tokenizer_file: Path, root: Path | None = None, log: Callable[[str], None] = print
 ) -> TokenCache:
     """The token cache of `spec` tokenized with `tokenizer_file`: reused when built, else built once (locked)."""
-    from spd.lm.hf import HFDatasetConfig, hf_token_stream, load_hf_dataset
-
     root = Path(root) if root is not None else cache_root() / "tokens"
-    key = cache_key(spec, tokenizer_file)
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    eos = spec.eos_id if spec.eos_id is not None else eos_token_id(tokenizer_file)
+    key = cache_key(spec, tokenizer_file, eos)
     out = root / key
-    with _exclusive(root / f"{key}.lock"):
+    if (out / MANIFEST).is_file():  # built: no lock needed (and a read-only shared cache works)
+        log(f"token cache {out} (reused)")
+        return TokenCache(out)
+    with _exclusive(root / f"{key}.lock", log):
         if (out / MANIFEST).is_file():
             log(f"token cache {out} (reused)")
             return TokenCache(out)
-        tok = Tokenizer.from_file(str(tokenizer_file))
-        eos = eos_token_id(tokenizer_file)
+        for stale in root.glob(f".{key}.*.tmp"):  # a builder killed earlier (time limit, memory): its partial copy
+            shutil.rmtree(stale, ignore_errors=True)
         vocab = tok.get_vocab_size(with_added_tokens=True)
         dtype = "<u2" if vocab <= 1 << 16 else "<u4"
-        tokenizer = _BatchTokenizer(tok, eos)
         n_tokens = {}
-        with atomic_directory(out) as tmp:
-            for ours, theirs in spec.splits.items():
-                cfg = HFDatasetConfig(
-                    dataset=spec.dataset, subset=spec.subset, split=theirs, column=spec.column,
-                    is_tokenized=spec.is_tokenized, streaming=spec.streaming, max_documents=spec.max_documents,
-                )  # fmt: skip
-                stream = hf_token_stream(load_hf_dataset(cfg), tokenizer, cfg).numpy()
-                if stream.size and int(stream.max()) >= vocab:
-                    raise ValueError(f"{spec.dataset} split {theirs!r} holds token ids >= the vocabulary ({vocab})")
-                write_file(tmp / f"tokens_{ours}.bin", stream.astype(dtype).tobytes())
-                ends = np.flatnonzero(stream == eos)
-                starts = np.concatenate([[0], ends[:-1] + 1]) if ends.size else np.zeros(0, dtype=np.int64)
-                docs = np.stack([starts, ends - starts], axis=1).astype(np.int64) if ends.size else np.zeros((0, 2))
-                np.save(tmp / f"documents_{ours}.npy", docs.astype(np.int64))
-                n_tokens[ours] = int(stream.size)
-                log(f"token cache: {spec.dataset} split {theirs!r} -> {ours}: {stream.size:,} tokens")
-            write_file(tmp / TOKENIZER_FILE, Path(tokenizer_file).read_bytes())
-            manifest = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "key": key, "source": spec.model_dump(mode="json"),
-                "tokenizer_sha256": sha256_file(tokenizer_file), "vocab_size": vocab, "eos_id": eos, "dtype": dtype,
-                "n_tokens": n_tokens, "versions": _versions(),
-            }  # fmt: skip
-            write_file(tmp / MANIFEST, json_bytes(manifest))
+        try:
+            with atomic_directory(out) as tmp:
+                for ours, theirs in spec.splits.items():
+                    if not re.fullmatch(r"[A-Za-z0-9_.-]+", ours):
+                        raise ValueError(f"split name {ours!r}: letters, digits, '_', '.', '-' only")
+                    tokens, docs = tmp / f"tokens_{ours}.bin", tmp / f"documents_{ours}.npy"
+                    n_tokens[ours] = _write_split(spec, theirs, tok, eos, vocab, dtype, tokens, docs)
+                    log(f"token cache: {spec.dataset} split {theirs!r} -> {ours}: {n_tokens[ours]:,} tokens")
+                write_file(tmp / TOKENIZER_FILE, Path(tokenizer_file).read_bytes())
+                manifest = {
+                    "format": FORMAT, "format_version": FORMAT_VERSION, "key": key,
+                    "source": spec.model_dump(mode="json"), "tokenizer_sha256": sha256_file(tokenizer_file),
+                    "vocab_size": vocab, "eos_id": eos, "dtype": dtype, "n_tokens": n_tokens, "versions": _versions(),
+                }  # fmt: skip
+                write_file(tmp / MANIFEST, json_bytes(manifest))
+        except FileExistsError:  # another node built it meanwhile (no lock shared across nodes): use theirs
+            log(f"token cache {out} (built by another task)")
+            return TokenCache(out)
         log(f"token cache {out} (built)")
         return TokenCache(out)
-
-
-class _BatchTokenizer:
-    """The slice of a transformers tokenizer that spd.lm.hf.hf_token_stream calls, on a bare `tokenizers`
-    Tokenizer: a decomposition's target holds tokenizer.json only, and transformers is not needed to read it."""
-
-    def __init__(self, tok: Tokenizer, eos: int) -> None:
-        self.tok, self.eos_token_id = tok, eos
-
-    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
-        return {"input_ids": [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]}

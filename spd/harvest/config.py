@@ -21,7 +21,8 @@ class HarvestSettings(BaseModel):
     split: str | None = Field(None, description="Corpus split to harvest; None = the decomposition's train split.")
     dataset: HFTokensOverride | None = Field(
         None,
-        description="Decompositions whose windows come from a Hugging Face dataset (imported reference runs): "
+        description="Decompositions whose windows come from a Hugging Face dataset (imported reference runs, "
+        "hf_causal_lm targets): "
         "fields of that dataset to replace, e.g. {dataset: /data/simplestories} after it moved.",
     )
     batch_size: int = Field(32, ge=1, description="Windows (sequences) per global batch.")

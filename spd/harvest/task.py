@@ -61,6 +61,13 @@ def slice_spec(run_config: dict[str, Any], corpus: TokenSource, settings: Harves
     return SliceSpec(split, seq_len, settings.batch_size, dataset_seed, n_batches, task, settings.n_tasks)
 
 
+@torch.no_grad()
+def output_vocab_size(model: torch.nn.Module, device: torch.device) -> int:
+    """The width of the target's logits: a model may pad its vocabulary past the tokenizer's (Pythia: 50,304 vs
+    50,277), and the predicted-token counts must hold every id it can predict."""
+    return int(model(torch.zeros(1, 1, dtype=torch.long, device=device)).shape[-1])
+
+
 def decomposition_identity(decomposition_dir: Path, corpus: TokenSource) -> dict[str, Any]:
     """Path and digests of the decomposition and its corpus (recorded in every shard and in the store)."""
     model_file = latest_model_file(decomposition_dir)
@@ -100,7 +107,8 @@ def run_harvest_task(
     spec = slice_spec(model.run_config, corpus, settings, task)
     data = CorpusSlice(corpus, spec)
     reader = ActivationReader(model, settings.output_top_m)
-    acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, seed, device)
+    vocab_size = max(corpus.vocab_size, output_vocab_size(model, device))
+    acc = TaskAccumulator(reader.n_components, vocab_size, settings, seed, device)
     log(
         f"task {task}/{settings.n_tasks}: {len(data)} of {spec.n_batches} batches of {spec.batch_size} x "
         f"{spec.seq_len} tokens from split {spec.split!r}, {reader.n_components} components, device {device}, "
@@ -126,7 +134,7 @@ def run_harvest_task(
         "n_tokens": acc.n_tokens,
         "n_batches": acc.n_batches,
         "n_sequences": acc.n_batches * spec.batch_size,
-        "vocab_size": corpus.vocab_size,
+        "vocab_size": vocab_size,
         "layers": [{"name": s.name, "offset": s.offset, "C": s.C} for s in layer_spans(model)],
         "decomposition": decomposition_identity(decomposition_dir, corpus),
         "device": str(device),

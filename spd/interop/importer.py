@@ -240,11 +240,11 @@ def _run_config(run: ReferenceRun, model: ComponentModel, target: LoadedTarget, 
         "tied_weights": [],
         "target": target.config.model_dump(mode="json"),
         "target_info": target.info,
-        "data": _data_section(run, run_dir),
+        "data": _data_section(run, run_dir, target.tokenizer_file),
     }
 
 
-def _data_section(run: ReferenceRun, run_dir: Path) -> dict[str, Any]:
+def _data_section(run: ReferenceRun, run_dir: Path, tokenizer_file: Path | None = None) -> dict[str, Any]:
     """How later stages get windows: an LM run's Hugging Face dataset (tokenized once into a token cache when
     harvest or attributions first need it), windows of max_seq_len ordered by dataset_seed (the run's seed when
     null); toy runs draw their own batches. The reference's task_config is kept as it was."""
@@ -259,9 +259,12 @@ def _data_section(run: ReferenceRun, run_dir: Path) -> dict[str, Any]:
     except ReferencePathError:  # not here: the stages that read it say what to put where (resolved as above)
         given = Path(task.dataset_name).expanduser()
         dataset = str(given if given.is_absolute() else (run_dir / given).resolve())
+    from spd.data.token_cache import eos_token_id
+
     source = HFTokensSpec(
         dataset=dataset, column=task.column_name, is_tokenized=task.is_tokenized, streaming=task.streaming,
         splits={"train": task.train_data_split, "val": task.eval_data_split},
+        eos_id=eos_token_id(tokenizer_file) if tokenizer_file is not None else None,
     )  # fmt: skip
     seed = run.seed if task.dataset_seed is None else task.dataset_seed
     return {

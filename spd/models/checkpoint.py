@@ -122,8 +122,6 @@ def check_decomposition_data(path: str | Path, override=None) -> None:
     """Before anything runs: an LM decomposition's windows can be read here (FileNotFoundError saying what to put
     where otherwise). A decomposition that saved its corpus, or has no token windows, needs nothing."""
     run_dir = _run_dir(path)
-    if (run_dir / "out" / CONFIG_FILE).is_file():  # a finished stage directory: its out/
-        run_dir = run_dir / "out"
     if not (run_dir / CONFIG_FILE).is_file():
         return  # not a decomposition (yet): the stage that reads it says so
     source = json.loads((run_dir / CONFIG_FILE).read_text()).get("data", {}).get("source")

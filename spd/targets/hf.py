@@ -8,6 +8,7 @@ without the original model directory. transformers is imported lazily (optional 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -61,7 +62,7 @@ class HFTargetSpec(BaseModel):
     dataset_seed: int = Field(0, description="Seed of the window order (independent of the SPD seed).")
 
 
-def _token_source(spec: HFTargetSpec) -> dict:
+def _token_source(spec: HFTargetSpec, eos_id: int) -> dict:
     """The dataset as later stages read it (spd.data.hf_source.HFTokensSpec). Without an eval split the `val`
     windows were the train stream's last eval_fraction; later stages read the split whole."""
     from spd.data.hf_source import HFTokensSpec
@@ -72,7 +73,7 @@ def _token_source(spec: HFTargetSpec) -> dict:
     splits = {"train": d.split, **({"val": spec.eval_split} if spec.eval_split is not None else {})}
     return HFTokensSpec(
         dataset=dataset, subset=d.subset, column=d.column, is_tokenized=d.is_tokenized, streaming=d.streaming,
-        splits=splits, max_documents=d.max_documents,
+        splits=splits, max_documents=d.max_documents, eos_id=eos_id,
     ).model_dump(mode="json")  # fmt: skip
 
 
@@ -94,7 +95,11 @@ def prepare_hf_target(spec: HFTargetSpec, device: torch.device | str = "cpu"):
             raise ValueError(f"the {name} token stream ({len(s)} tokens) is shorter than one window ({spec.seq_len})")
     data_cfg = LMDataConfig(seq_len=spec.seq_len, dataset_seed=spec.dataset_seed)
     data = LMData.from_tokens({"train": stream, "val": eval_stream}, spec.seq_len, data_cfg, device)
-    data.source = _token_source(spec)
+    data.source = _token_source(spec, tokenizer.eos_token_id)  # the EOS the training stream used
     info = {"model": spec.model.model, "dataset": spec.dataset.dataset, "n_train_tokens": len(stream)}
     tok = hf_tokenizer_file(spec.model.tokenizer or spec.model.model)
+    if tok is None and getattr(tokenizer, "is_fast", False):  # a hub model: its tokenizer written out, so the
+        saved = Path(tempfile.mkdtemp(prefix="spd-tokenizer-"))  # decomposition holds tokenizer.json too
+        tokenizer.save_pretrained(str(saved))
+        tok = hf_tokenizer_file(str(saved))
     return model, HFCausalLMTargetConfig(model=spec.model), info, data, tok
