@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tokenizers import Tokenizer
 
 from spd.data.features import FEATURE_IDS, FEATURES, feature_words
 from spd.data.generator import Document, generate_document
 from spd.data.io import atomic_directory, gzip_bytes, json_bytes, jsonl_bytes, sha256_file, write_file
+from spd.data.token_files import TokenFiles
 from spd.data.tokenizer import EOS, eos_id, train_tokenizer, word_token_ids
 
 FORMAT = "spd-story-corpus"
@@ -219,7 +219,7 @@ def build_corpus(config: CorpusConfig, out_dir: str | Path, overwrite: bool = Fa
     return Corpus(out_dir)
 
 
-class Corpus:
+class Corpus(TokenFiles):
     """Read access to a built corpus directory (all read-only)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -235,22 +235,6 @@ class Corpus:
     def config(self) -> CorpusConfig:
         return CorpusConfig(**self.manifest["config"])
 
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.path / "tokenizer.json"
-
-    @cached_property
-    def tokenizer(self) -> Tokenizer:
-        return Tokenizer.from_file(str(self.tokenizer_path))
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.manifest["vocab_size"])
-
-    @property
-    def eos_id(self) -> int:
-        return int(self.manifest["eos_id"])
-
     token_dtype = "<u2"  # every split's token file (a vocabulary of at most 65,536)
 
     def token_file(self, split: str) -> Path:
@@ -258,13 +242,6 @@ class Corpus:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return self.path / f"tokens_{split}.bin"
-
-    def tokens(self, split: str = "train") -> torch.Tensor:
-        """The split's whole token stream as a 1-D int64 tensor."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        data = bytearray((self.path / f"tokens_{split}.bin").read_bytes())
-        return torch.frombuffer(data, dtype=torch.uint16).to(torch.int64) if data else torch.zeros(0, dtype=torch.int64)
 
     @cached_property
     def catalogue(self) -> dict[str, Any]:

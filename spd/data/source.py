@@ -10,5 +10,7 @@ from __future__ import annotations
 
 from spd.data.corpus import Corpus
 from spd.data.token_cache import TokenCache
+from spd.data.token_files import TokenFiles
 
-TokenSource = Corpus | TokenCache
+TokenSource = TokenFiles  # Corpus or TokenCache
+__all__ = ["Corpus", "TokenCache", "TokenFiles", "TokenSource"]

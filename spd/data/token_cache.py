@@ -31,17 +31,16 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 
 from spd.data.hf_source import HFTokensSpec
 from spd.data.io import atomic_directory, json_bytes, sha256_file, write_file
+from spd.data.token_files import TokenFiles
 from spd.utils import cache_root
 
 FORMAT = "spd-hf-token-cache"
@@ -120,7 +119,7 @@ def cache_key(spec: HFTokensSpec, tokenizer_file: Path, eos: int) -> str:
     return hashlib.sha256(f"{FORMAT}:{FORMAT_VERSION}:{material}".encode()).hexdigest()[:24]
 
 
-class TokenCache:
+class TokenCache(TokenFiles):
     """Read access to a built token cache: the interface harvest and attributions use on the story corpus."""
 
     def __init__(self, path: str | Path) -> None:
@@ -133,22 +132,6 @@ class TokenCache:
             raise ValueError(f"{self.path}: unknown token cache format {self.manifest.get('format')!r}")
 
     @property
-    def tokenizer_path(self) -> Path:
-        return self.path / TOKENIZER_FILE
-
-    @cached_property
-    def tokenizer(self) -> Tokenizer:
-        return Tokenizer.from_file(str(self.tokenizer_path))
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.manifest["vocab_size"])
-
-    @property
-    def eos_id(self) -> int:
-        return int(self.manifest["eos_id"])
-
-    @property
     def token_dtype(self) -> str:
         return str(self.manifest["dtype"])
 
@@ -158,11 +141,6 @@ class TokenCache:
                 f"token cache {self.path} has no split {split!r}; it has {sorted(self.manifest['n_tokens'])}"
             )
         return self.path / f"tokens_{split}.bin"
-
-    def tokens(self, split: str = "train") -> torch.Tensor:
-        """The split's whole token stream as a 1-D int64 tensor."""
-        data = np.fromfile(self.token_file(split), dtype=self.token_dtype)
-        return torch.from_numpy(data.astype(np.int64))
 
     def documents(self, split: str) -> list[dict[str, int]]:
         """The split's documents as the story corpus lists them: doc, stream_start, n_tokens (EOS excluded)."""
