@@ -114,9 +114,12 @@ def test_decompose_stage_on_tiny_gpt2_and_reload(world, tmp_path: Path) -> None:
     assert model(tokens, masks).shape == (2, 16, reference.config.vocab_size)
 
 
-def test_harvest_reads_the_hf_decompositions_own_dataset(world, tmp_path: Path, monkeypatch) -> None:
-    """A decomposition trained here on a Hugging Face dataset records it (data.source); harvest tokenizes it once
-    into a token cache with the target's tokenizer and harvests its windows."""
+def test_harvest_reads_the_hf_decompositions_own_dataset(world, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A decomposition trained here on a Hugging Face dataset (written by this test, with a tokenizer it trained)
+    records it (data.source); harvest tokenizes it once into a token cache, every later task and run reuses it,
+    and the store is the same for 1 and 4 tasks."""
+    import duckdb
+
     from stages.harvest import STAGE as HARVEST
 
     monkeypatch.setenv("SPD_PIPELINE_CACHE", str(tmp_path / "cache"))
@@ -125,16 +128,31 @@ def test_harvest_reads_the_hf_decompositions_own_dataset(world, tmp_path: Path, 
     source = load_decomposition(out).run_config["data"]["source"]
     assert source["dataset"] == str(world["data_dir"].resolve()) and source["splits"] == {"train": "train"}
     assert (out / "target" / "tokenizer_config.json").is_file()  # names the EOS token
-    config = HARVEST.config_type.model_validate({"n_tasks": 2, "n_batches": 4, "batch_size": 2, "device": "cpu"})
-    harvest = tmp_path / "harvest"
-    harvest.mkdir()
-    ctx = StageContext("harvest", harvest, {"decompose": out}, num_tasks=2, seed=0)
-    for index in range(2):
-        HARVEST.run_task(config, ctx, index)
-    HARVEST.merge(config, ctx)
-    with HarvestStore.open(harvest) as store:
-        keys = [c.key for c in store.alive_components()]
-    assert keys[0].startswith("transformer.h.0.mlp.c_fc:")
+    capsys.readouterr()
+    stores = {}
+    for n_tasks in (1, 4):
+        config = HARVEST.config_type.model_validate(
+            {"n_tasks": n_tasks, "n_batches": 8, "batch_size": 2, "device": "cpu", "ci_threshold": 0.1}
+        )
+        harvest = tmp_path / f"harvest{n_tasks}"
+        harvest.mkdir()
+        ctx = StageContext("harvest", harvest, {"decompose": out}, num_tasks=n_tasks, seed=0)
+        for index in range(n_tasks):
+            HARVEST.run_task(config, ctx, index)
+        HARVEST.merge(config, ctx)
+        stores[n_tasks] = harvest / "harvest.duckdb"
+    printed = capsys.readouterr().out
+    assert printed.count("(built)") == 1 and printed.count("(reused)") >= 5  # 5 tasks + 2 merges after the first
+    with HarvestStore.open(tmp_path / "harvest4") as store:
+        assert store.alive_components()[0].key.startswith("transformer.h.0.mlp.c_fc:")
+    sql = {
+        "examples": "SELECT * FROM examples ORDER BY component, kind, rank",
+        "token_stats": "SELECT * FROM token_stats ORDER BY component, direction, token",
+        "counts": "SELECT component, key, firing_count, n_examples FROM components ORDER BY component",
+    }
+    with duckdb.connect(str(stores[1]), read_only=True) as one, duckdb.connect(str(stores[4]), read_only=True) as four:
+        for name, query in sql.items():
+            assert one.execute(query).fetchall() == four.execute(query).fetchall(), name
 
 
 def test_missing_model_or_dataset_fails_with_a_clear_message(world, tmp_path: Path) -> None:
