@@ -34,9 +34,13 @@ def run_id() -> str:
 @slurm
 def test_reference_run_example_on_slurm(tmp_path: Path, run_id: str) -> None:
     env = {"SPD_PIPELINE_CACHE": str(tmp_path / "cache")}
+    first = next(iter(FIRST_MODULE))
     for name, first_module in FIRST_MODULE.items():
         src = tmp_path / f"moved-{name}"
         shutil.copytree(FIXTURES / name, src)
+        if name != first:  # the second run reads the first run's dataset files: its token cache is reused
+            shutil.rmtree(src / "dataset")
+            (src / "dataset").symlink_to(tmp_path / f"moved-{first}" / "dataset")
         data = yaml.safe_load(EXAMPLE.read_text())
         data["run"] = {**data["run"], "name": f"{run_id}-{name}", "out_dir": str(tmp_path / "runs")}
         data["executor"] = "slurm"
@@ -53,4 +57,4 @@ def test_reference_run_example_on_slurm(tmp_path: Path, run_id: str) -> None:
         for store in ("attributions/out/attributions.duckdb", "fuzzing/out/fuzzing.duckdb"):
             assert (run.root / "stages" / store).is_file(), store
     caches = [p for p in (tmp_path / "cache" / "tokens").iterdir() if p.is_dir()]
-    assert len(caches) == 1  # both runs' tasks and stages shared one cache: same dataset files, same tokenizer
+    assert len(caches) == 1  # every task and stage of both runs read one cache: the same files, the same tokenizer
