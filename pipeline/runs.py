@@ -1,4 +1,4 @@
-"""The run directory and its records (DESIGN.md section 4).
+"""The run directory and its records: the layout every executor, worker and reader of a run relies on.
 
     runs/<run_id>/pipeline.yaml, plan.json, code/, driver.json (local executor)
     runs/<run_id>/stages/<stage>/config.json, stage.json, jobs.jsonl, tasks/, done.json, out/, logs/

@@ -1,7 +1,8 @@
 """Stage modules: thin typed wrappers that call into spd/.
 
 `BUILTIN_STAGE_MODULES` is the list the orchestrator's registry loads; the seven names and
-their edges are fixed (DESIGN.md section 2).
+their edges are fixed: decompose -> harvest -> autointerp -> detection / fuzzing, harvest -> intruder,
+decompose -> attributions (docs/stages.md).
 """
 
 BUILTIN_STAGE_MODULES: tuple[str, ...] = (

@@ -12,7 +12,7 @@ What goes to SLURM, per stage of the work (in topological order):
   job may already be purged, and SLURM treats an unknown id as satisfied anyway, which is why
   the worker checks every upstream's done.json itself before it starts.
 
-Names and files (DESIGN.md sections 4 and 7):
+Names and files (the run directory layout of pipeline/runs.py; one scheduler query per status):
 
 * job names `<run_id>.<stage>` for tasks and `<run_id>.<stage>.merge` for the merge job, so
   `squeue` shows what each job is and one scheduler query covers the whole run;

@@ -1,7 +1,7 @@
 """Where a run keeps what the report reads: plan.json, each stage's out/ directory and its job records.
 
 The report reads the run directory directly (it must not import the orchestrator): the layout is the one
-DESIGN.md section 4 fixes, `<run>/plan.json` and `<run>/stages/<stage>/{out,jobs.jsonl}`. A stage that is
+pipeline/runs.py writes, `<run>/plan.json` and `<run>/stages/<stage>/{out,jobs.jsonl}`. A stage that is
 not part of the pipeline may still have an output somewhere else: a downstream stage's config can point at
 an existing one (`external` in the plan), and the report follows that pointer.
 """
@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-# The SPD post-processing DAG (DESIGN.md section 2), in the order the report lists stages.
+# The SPD post-processing DAG (decompose first, the label scorers last), in the order the report lists stages.
 SPD_STAGES: tuple[str, ...] = ("decompose", "harvest", "attributions", "autointerp", "detection", "fuzzing", "intruder")
 LLM_STAGES: tuple[str, ...] = ("autointerp", "detection", "fuzzing", "intruder")
 
