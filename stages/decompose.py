@@ -71,10 +71,11 @@ class ReferenceYamlSpec(BaseModel):
 
     @model_validator(mode="after")
     def _translates(self) -> ReferenceYamlSpec:
+        from spd.interop.reference_config import read_reference_config
         from spd.interop.targets import check_target_fields
-        from spd.interop.training import check_trainable, read_reference_yaml
+        from spd.interop.training import check_trainable
 
-        run = read_reference_yaml(self.reference_yaml, self.overrides)  # a refused field fails here, before any job
+        run = read_reference_config(self.reference_yaml, self.overrides)  # a refused field fails here, before any job
         check_target_fields(run.target)
         check_trainable(run)
         return self

@@ -1125,9 +1125,10 @@ def translate_reference_config(raw: Mapping[str, Any], source: Path | None = Non
     )
 
 
-def read_reference_config(path: Path) -> ReferenceRun:
-    """Read a reference config YAML (e.g. a run's final_config.yaml) and translate it."""
-    path = Path(path)
+def read_reference_config(path: Path, overrides: Mapping[str, Any] | None = None) -> ReferenceRun:
+    """Read a reference config YAML (a run's final_config.yaml, an experiment YAML) and translate it, with
+    `overrides` (top-level reference fields, e.g. {steps: 100}) replacing the file's values first."""
+    path = Path(path).expanduser()
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -1140,7 +1141,7 @@ def read_reference_config(path: Path) -> ReferenceRun:
         raise ReferenceConfigError("<file>", str(path), f"cannot be read: {e.strerror or e}", path) from None
     if not isinstance(raw, Mapping):
         raise ReferenceConfigError("<file>", raw, "a reference config is a YAML mapping of fields", path)
-    return translate_reference_config(raw, source=path)
+    return translate_reference_config({**raw, **(overrides or {})}, source=path)
 
 
 # --- the reference's defaults that differ from ours, and docs --------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from spd.interop.paths import resolve_local_or_hub
-from spd.interop.reference_config import ReferenceConfigError, ReferenceRun, translate_reference_config
+from spd.interop.reference_config import ReferenceConfigError, ReferenceRun, read_reference_config
 from spd.interop.targets import (
     LoadedTarget,
     TargetLocation,
@@ -100,20 +100,6 @@ class ReferenceTraining:
         return self.run.spd
 
 
-def read_reference_yaml(path: Path, overrides: dict[str, Any] | None = None) -> ReferenceRun:
-    """The YAML with `overrides` (reference field names, top level) applied, translated."""
-    import yaml
-
-    path = Path(path).expanduser()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ReferenceConfigError("reference_yaml", str(path), f"cannot be read: {err}", source=path) from None
-    if not isinstance(raw, dict):
-        raise ReferenceConfigError("reference_yaml", str(path), "is not a mapping", source=path)
-    return translate_reference_config({**raw, **(overrides or {})}, source=path)
-
-
 def locate_yaml_target(run: ReferenceRun, path: Path) -> TargetLocation:
     """The YAML's target, its paths resolved against the YAML's directory."""
     t = run.target
@@ -139,7 +125,7 @@ def reference_yaml_digest(path: Path, overrides: dict[str, Any] | None = None) -
     name needs `run --force`."""
     from spd.interop.importer import digest_files
 
-    run = read_reference_yaml(path, overrides)
+    run = read_reference_config(path, overrides)
     location = locate_yaml_target(run, path)
     return digest_files([Path(path).expanduser(), *location.arch_files, *location.weight_files])
 
@@ -149,7 +135,7 @@ def prepare_reference_training(
 ) -> ReferenceTraining:
     """Translate the YAML, build its target (file weights) and its data source."""
     path = Path(path).expanduser()
-    run = read_reference_yaml(path, overrides)
+    run = read_reference_config(path, overrides)
     check_target_fields(run.target)
     check_trainable(run)
     target = load_reference_target(locate_yaml_target(run, path))
