@@ -43,13 +43,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line with a single write(2) on an O_APPEND descriptor.
 
-    Lines from concurrent appenders never interleave; a crash loses at most the last line.
+    Lines from concurrent appenders never interleave; a crash loses at most the last line. A file whose
+    last line was torn by such a crash (no final newline) gets the newline first, in the same write, so
+    the torn line stays the only one lost instead of swallowing this record too. (Two appenders that
+    both find the tear add an empty line, which readers skip.)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
     finally:
@@ -67,17 +73,20 @@ def read_json(path: Path) -> Any | None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All complete lines of a JSONL file; a torn last line (crash mid-write) is ignored."""
+    """The JSON-object lines of a JSONL file. A torn line (crash mid-write) is skipped, and so is any
+    line that is not a JSON object or not UTF-8 (damage or a hand edit): readers act on records only."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return []
     records = []
-    for line in text.splitlines():
+    for line in data.splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 
@@ -107,7 +116,7 @@ def make_read_only(root: Path) -> None:
 
 
 def make_writable(root: Path) -> None:
-    """Undo `make_read_only` (only before the stage is invalidated and moved aside)."""
+    """Undo `make_read_only`: for a merge that writes out/ again, and for copies restored from a superseded stage."""
     root = Path(root)
     if not root.exists():
         return

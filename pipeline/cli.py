@@ -21,8 +21,9 @@ from rich.text import Text
 
 from pipeline import orchestrator
 from pipeline.config import pipeline_schema
+from pipeline.dag import load_plan
 from pipeline.errors import StageFailed, UserError
-from pipeline.runs import MERGE, RunDir, resolve_run
+from pipeline.runs import MERGE, RunDir, parse_task_label, resolve_run
 from pipeline.status import BAD_STATES, LIVE_STATES, RunStatus
 
 app = typer.Typer(
@@ -257,14 +258,15 @@ def logs(
 ) -> None:
     """Print the log of one task of a stage."""
     run_dir = resolve_run(run, out_dir)
-    plan_stages = [s["name"] for s in run_dir.read_plan()["stages"]]
-    if stage not in plan_stages:
-        raise UserError(f"--stage: {stage!r} is not a stage of run {run_dir.run_id!r} (its stages: {plan_stages})")
-    label = task or next(iter(run_dir.failed_labels(stage)), "0")
-    if label != MERGE and not label.isdigit():
-        raise UserError(f"--task: {label!r} is neither a task index nor 'merge'")
-    num_tasks = next(int(s["num_tasks"]) for s in run_dir.read_plan()["stages"] if s["name"] == stage)
-    if label.isdigit() and int(label) >= num_tasks:
+    _, plan = load_plan(run_dir)
+    if stage not in plan.stages:
+        raise UserError(f"--stage: {stage!r} is not a stage of run {run_dir.run_id!r} (its stages: {plan.order()})")
+    try:
+        label = parse_task_label(task) if task is not None else next(iter(run_dir.failed_labels(stage)), "0")
+    except ValueError as e:
+        raise UserError(f"--task: {e}") from None
+    num_tasks = plan.stages[stage].num_tasks
+    if label != MERGE and int(label) >= num_tasks:
         raise UserError(f"--task: {stage} has tasks 0..{num_tasks - 1} (and 'merge' when it has several)")
     path = run_dir.task_log(stage, label)
     if follow:
@@ -318,7 +320,13 @@ def report(run: RunArg, out_dir: OutDirOpt = Path("runs")) -> None:
     status_json = orchestrator.status(run_dir).to_json()
     from stages.report import build_report  # lazy: duckdb, matplotlib and jinja2 load only for this command
 
-    path = build_report(run_dir.root, status_json)
+    report_dir = run_dir.root / "report"
+    if report_dir.exists() and not report_dir.is_dir():
+        raise UserError(f"{report_dir} is a file, not the report's directory: move it away and run `report` again")
+    try:
+        path = build_report(run_dir.root, status_json)
+    except OSError as e:  # full disk, permissions: the user's to fix, and the stores were only read
+        raise UserError(f"cannot write the report under {report_dir}: {e}") from None
     out.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 

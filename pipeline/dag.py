@@ -20,6 +20,7 @@ from pipeline.atomic import read_json
 from pipeline.config import configured_stages, resource_override
 from pipeline.errors import UserError
 from pipeline.resources import Resources, SlurmProfile, resolve_resources
+from pipeline.runs import RunDir, is_stage_name
 from stages.base import StageSpec
 
 
@@ -101,7 +102,37 @@ class Plan:
 
     @classmethod
     def from_records(cls, records: list[dict[str, Any]]) -> Plan:
-        return cls({r["name"]: PlannedStage.from_record(r) for r in records})
+        """The plan of stage records in topological order; ValueError/KeyError/TypeError on a record that
+        breaks what the records promise (a name that is no stage name, an upstream that is not an earlier
+        stage, a missing field), since names from records build paths and keys decide what is redone."""
+        stages: dict[str, PlannedStage] = {}
+        for record in records:
+            name = record["name"]
+            if not is_stage_name(name) or name in stages:
+                raise ValueError(f"stage name {name!r} is not a stage name, or is there twice")
+            stage = PlannedStage.from_record(record)
+            if not isinstance(stage.key, str) or not stage.key or stage.num_tasks < 1:
+                raise ValueError(f"stage {name!r}: its key {stage.key!r} or num_tasks {stage.num_tasks} is unusable")
+            if not isinstance(stage.config, dict) or not all(isinstance(d, str) for d in stage.external.values()):
+                raise ValueError(f"stage {name!r}: its config or external inputs are not of the recorded types")
+            later = [u for u in stage.upstreams if u not in stages]
+            if later or not all(is_stage_name(u) for u in stage.external):
+                raise ValueError(f"stage {name!r}: upstreams {list(stage.upstreams)} are not all earlier stages")
+            stages[name] = stage
+        return cls(stages)
+
+
+def load_plan(run: RunDir) -> tuple[dict[str, Any], Plan]:
+    """plan.json and its stages as a Plan. A record that does not parse is the user's to fix (exit 2 with the
+    file named), never a traceback: status, cancel and rerun all start here."""
+    record = run.read_plan()
+    try:
+        return record, Plan.from_records(record["stages"])
+    except KeyError as e:
+        problem = f"a stage record lacks the field {e}"
+    except (TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        problem = str(e).splitlines()[0]
+    raise UserError(f"{run.plan_json}: {problem}; was it edited by hand? (`python run.py <pipeline file>` writes it)")
 
 
 def stage_seed(run_seed: int, stage: str) -> int:
@@ -119,6 +150,18 @@ def stage_key(
         fields["sources"] = sources
     material = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def recorded_stage_key(plan: Plan, name: str, spec: StageSpec) -> str:
+    """The key stage `name` of a recorded plan hashes to now, from its recorded config and seed, its upstreams'
+    recorded keys, the keys of outputs it was given by path and the files its config names: what `rerun`
+    compares with the recorded key, so a plan.json edited by hand can never save new work under an old key."""
+    stage = plan.stages[name]
+    upstream_keys = {u: plan.stages[u].key for u in stage.upstreams}
+    for upstream, out_dir in stage.external.items():
+        upstream_keys[upstream] = resolve_external(name, upstream, Path(out_dir))[1]
+    sources = _source_digest(name, spec, spec.config_type.model_validate(stage.config))
+    return stage_key(name, stage.config, stage.seed, upstream_keys, sources)
 
 
 def _source_digest(name: str, spec: Any, stage_config: Any) -> str | None:

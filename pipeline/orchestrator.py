@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.config import configured_stages, load_pipeline, resolve_out_dir
-from pipeline.dag import Plan, build_plan
+from pipeline.dag import Plan, build_plan, load_plan, recorded_stage_key, stage_seed
 from pipeline.errors import UserError
 from pipeline.executors.base import Executor
 from pipeline.executors.local import LocalExecutor
@@ -110,7 +110,7 @@ def _ensure_writable(out_dir: Path) -> None:
 def _assert_not_active(run: RunDir, executor: Executor, stages: list[str] | None = None) -> None:
     if not run.exists():
         return
-    plan = Plan.from_records(run.read_plan()["stages"])
+    _, plan = load_plan(run)
     views = executor.task_states(run, plan)
     # Any task the scheduler reports queued or running counts, also in a stage whose state is
     # FAILED because another of its tasks failed (rerunning it would run that task twice).
@@ -206,8 +206,7 @@ def _start_locked(planned: PlannedRun, targets: list[str], force: bool, wait: bo
 
 
 def rerun(run: RunDir, stages: list[str], downstream: bool, force: bool, wait: bool | None) -> Launch:
-    record = run.read_plan()
-    plan = Plan.from_records(record["stages"])
+    record, plan = load_plan(run)
     unknown = [s for s in stages if s not in plan.stages]
     if unknown:
         raise UserError(f"--stage: {unknown} are not stages of run {run.run_id!r} (its stages: {plan.order()})")
@@ -229,6 +228,7 @@ def _rerun_locked(
             f"(--stage {upstream} --downstream)"
         )
     _revalidate(plan, targets)
+    _verify_recorded_keys(run, record, plan, targets)
     snapshot = snapshot_code(run.code_dir)
     record["code"] = {**git_state(), "snapshot": str(snapshot)}
     done_targets = {s for s in targets if run.is_done(s, plan.stages[s].key)}
@@ -256,14 +256,37 @@ def _revalidate(plan: Plan, targets: set[str]) -> None:
             raise UserError(f"cannot rerun {name!r}: stages.{name}: {problems}") from None
 
 
+def _verify_recorded_keys(run: RunDir, record: dict[str, Any], plan: Plan, targets: set[str]) -> None:
+    """Refuse to redo a stage whose recorded key is not what its recorded config, seed and inputs hash to:
+    the work would be saved under a key that promises another computation, and a later `plan` of the
+    original file would call it CACHED."""
+    registry = stage_registry()
+    for name in plan.order():
+        if name not in targets:
+            continue
+        stage = plan.stages[name]
+        try:
+            seed_ok = "seed" not in record or stage.seed == stage_seed(int(record["seed"]), name)
+            key = recorded_stage_key(plan, name, registry[name])
+        except (UserError, ValueError, TypeError) as e:
+            raise UserError(f"cannot rerun {name!r}: {e}") from None
+        if key != stage.key or not seed_ok:
+            raise UserError(
+                f"cannot rerun {name!r}: {run.plan_json} records key {stage.key} for it, but its recorded config, "
+                f"seed and inputs hash to {key} (seed {'matches' if seed_ok else 'does not match the run seed'}): "
+                "the file was edited, or an input outside the run changed since it was planned. Run the pipeline "
+                f"file again instead (`python run.py {record.get('pipeline_file', '<pipeline.yaml>')}`), "
+                "which plans every key afresh."
+            )
+
+
 def status(run: RunDir) -> RunStatus:
     record = run.read_plan()
     return run_status(run, make_executor(record["executor"], record))
 
 
 def cancel(run: RunDir, stage: str | None) -> list[str]:
-    record = run.read_plan()
-    plan = Plan.from_records(record["stages"])
+    record, plan = load_plan(run)
     if stage is not None and stage not in plan.stages:
         raise UserError(f"--stage: {stage!r} is not a stage of run {run.run_id!r} (its stages: {plan.order()})")
     stages = [stage] if stage else plan.order()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -33,6 +34,30 @@ def task_label(index: int | None) -> str:
     return MERGE if index is None else str(index)
 
 
+def is_task_label(label: str) -> bool:
+    """'merge' or a task index as the records write it (ASCII digits, no leading zero): the one spelling
+    file names under tasks/ and logs/ are made of, so a label read back from a record or a file name
+    builds no other path."""
+    return label == MERGE or re.fullmatch(r"0|[1-9][0-9]{0,8}", label) is not None
+
+
+def parse_task_label(text: str) -> str:
+    """A task given on the command line ('3', '03', 'merge') as a label; ValueError for anything else
+    (non-ASCII digits such as '²', signs, spaces)."""
+    text = text.strip()
+    if text == MERGE:
+        return MERGE
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise ValueError(f"{text!r} is neither a task index nor 'merge'")
+    return str(int(text))
+
+
+def is_stage_name(name: object) -> bool:
+    """Stage names are ASCII Python identifiers (they are config fields); one read from a record is checked
+    against the same rule before it names a directory."""
+    return isinstance(name, str) and name.isascii() and name.isidentifier()
+
+
 class RunDir:
     """One run directory on shared storage."""
 
@@ -42,6 +67,27 @@ class RunDir:
     @property
     def run_id(self) -> str:
         return self.root.name
+
+    def identity(self) -> str:
+        """Which directory this is beyond its records: resolved path and inode.
+
+        Executors write it into every record of something they start (driver.json, task pid files, SLURM
+        submissions) and trust a record as this run's only when it matches: a copy (`cp -a runs/A runs/B`,
+        or the same run id under another out_dir) carries A's records but not A's identity, so its status
+        shows nothing of A live and its `cancel` signals nothing of A.
+        """
+        try:
+            return f"{self.root}#{self.root.stat().st_ino}"
+        except OSError:
+            return f"{self.root}#missing"
+
+    def owns(self, record: dict[str, Any]) -> bool:
+        """Whether a launch record was written for this very run directory (see `identity`).
+
+        A record without the field predates it and is trusted as before, so jobs queued by an older
+        version of the tool stay visible and cancellable.
+        """
+        return "run_identity" not in record or record["run_identity"] == self.identity()
 
     # --- run-level files -------------------------------------------------------------
     @property
@@ -68,9 +114,16 @@ class RunDir:
         return self.plan_json.is_file()
 
     def read_plan(self) -> dict[str, Any]:
+        """plan.json, checked for the shape every reader relies on (the stage records themselves are parsed
+        by pipeline.dag.load_plan)."""
         plan = read_json(self.plan_json)
         if plan is None:
             raise UserError(f"{self.root} is not a run directory (no plan.json)")
+        problem = _plan_shape_problem(plan)
+        if problem:
+            raise UserError(
+                f"{self.plan_json}: {problem}; was it edited by hand? (`python run.py <pipeline file>` writes it again)"
+            )
         return plan
 
     # --- per-stage paths ---------------------------------------------------------------
@@ -115,12 +168,16 @@ class RunDir:
         return self.logs_dir(stage) / name
 
     # --- records -------------------------------------------------------------------
-    def read_done(self, stage: str) -> dict[str, Any] | None:
-        return read_json(self.done_json(stage))
+    def done_key(self, stage: str) -> str | None:
+        """The key done.json records (None: no done.json, or not a record)."""
+        return _recorded_key(self.done_json(stage))
+
+    def prepared_key(self, stage: str) -> str | None:
+        """The key the stage directory was prepared for (stage.json), None when there is none."""
+        return _recorded_key(self.stage_json(stage))
 
     def is_done(self, stage: str, key: str) -> bool:
-        done = self.read_done(stage)
-        return bool(done) and done.get("key") == key
+        return self.done_key(stage) == key
 
     def done_tasks(self, stage: str, num_tasks: int) -> list[int]:
         return [i for i in range(num_tasks) if self.task_marker(stage, i).exists()]
@@ -129,7 +186,8 @@ class RunDir:
         tasks = self.tasks_dir(stage)
         if not tasks.is_dir():
             return []
-        return sorted((p.name[: -len(".failed")] for p in tasks.glob("*.failed")), key=_label_order)
+        labels = (p.name[: -len(".failed")] for p in tasks.glob("*.failed"))
+        return sorted((label for label in labels if is_task_label(label)), key=_label_order)
 
     def record_job(self, stage: str, record: dict[str, Any]) -> None:
         append_jsonl(self.jobs_jsonl(stage), {"time": now_iso(), **record})
@@ -143,8 +201,8 @@ class RunDir:
     def prepare_stage(self, stage: str, key: str, config: dict[str, Any], record: dict[str, Any]) -> None:
         """Make the stage directory current for `key`, superseding one made for another key."""
         existing = read_json(self.stage_json(stage))
-        if existing is not None and existing.get("key") != key:
-            self.supersede_stage(stage, str(existing.get("key")))
+        if existing is not None and self.prepared_key(stage) != key:
+            self.supersede_stage(stage, str(self.prepared_key(stage)))
         for sub in (self.tasks_dir(stage), self.out_dir(stage), self.logs_dir(stage)):
             sub.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config_json(stage), config)
@@ -177,13 +235,16 @@ class RunDir:
         return restored
 
     def supersede_stage(self, stage: str, old_key: str) -> Path | None:
-        """Move a stage directory aside (nothing is deleted) so the stage can be redone."""
+        """Move a stage directory aside (nothing is deleted) so the stage can be redone.
+
+        A finished stage's out/ stays read-only where it lands: renaming the stage directory needs write
+        permission on it and its parent only, never on what it holds.
+        """
         src = self.stage_dir(stage)
         if not src.exists():
             return None
         dest = self.root / "superseded" / f"{stage}.{old_key}.{int(time.time() * 1000)}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        make_writable(src)
         os.replace(src, dest)
         return dest
 
@@ -216,12 +277,36 @@ def _label_order(label: str) -> tuple[int, int]:
     return (1, 0) if label == MERGE else (0, int(label))
 
 
+def _recorded_key(path: Path) -> str | None:
+    record = read_json(path)
+    key = record.get("key") if isinstance(record, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def _plan_shape_problem(plan: Any) -> str | None:
+    """What makes a parsed plan.json unusable to every reader of it, or None."""
+    if not isinstance(plan, dict):
+        return f"not a JSON object (a {type(plan).__name__})"
+    if plan.get("executor") not in ("local", "slurm"):
+        return f"`executor` is {plan.get('executor')!r}, not 'local' or 'slurm'"
+    stages = plan.get("stages")
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+        return "`stages` is not a list of stage records"
+    for name in ("last_invocation", "local", "slurm", "code"):
+        if name in plan and not isinstance(plan[name], dict):
+            return f"`{name}` is not a JSON object"
+    return None
+
+
 def resolve_run(run: str, out_dir: Path | None = None) -> RunDir:
     """A run given as a run directory, or as a run id under out_dir (default ./runs)."""
     as_path = Path(run)
     candidates = [as_path, (out_dir or Path("runs")) / run]
     for candidate in candidates:
-        run_dir = RunDir(candidate)
-        if run_dir.exists():
-            return run_dir
+        try:
+            run_dir = RunDir(candidate)
+            if run_dir.exists():
+                return run_dir
+        except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Path.resolve)
+            raise UserError(f"cannot read run directory {candidate}: {e}") from None
     raise UserError(f"no run {run!r}: neither {candidates[0]} nor {candidates[1]} is a run directory (with plan.json)")

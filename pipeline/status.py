@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.atomic import read_json
-from pipeline.dag import Plan
+from pipeline.dag import load_plan
 from pipeline.executors.base import Executor, TaskView
 from pipeline.runs import MERGE, RunDir
 
@@ -106,9 +106,17 @@ def _state(
     return "NOT_STARTED", None
 
 
+def _done_mismatch(run: RunDir, stage: str, key: str) -> str:
+    """A done.json in a directory prepared for this key that records another key: its records disagree (an
+    edit by hand, or files copied in from another run), so the outputs cannot be trusted as this plan's."""
+    return (
+        f"{run.done_json(stage)} records key {run.done_key(stage)!r}, but the stage was prepared for {key!r}: "
+        f"its outputs are not this plan's; redo it with `python run.py rerun {run.root} --stage {stage}`"
+    )
+
+
 def run_status(run: RunDir, executor: Executor) -> RunStatus:
-    plan_record = run.read_plan()
-    plan = Plan.from_records(plan_record["stages"])
+    plan_record, plan = load_plan(run)
     cached = set(plan_record.get("last_invocation", {}).get("cached", []))
     scheduler = executor.task_states(run, plan)
     statuses: dict[str, StageStatus] = {}
@@ -116,7 +124,11 @@ def run_status(run: RunDir, executor: Executor) -> RunStatus:
         views = scheduler.get(name, {})
         failed = run.failed_labels(name)
         counts = TaskCounts(total=planned.num_tasks)
-        counts.done = len(run.done_tasks(name, planned.num_tasks)) if run.stage_dir(name).exists() else 0
+        # Markers count only in a stage directory prepared for the plan's key: one left from another config
+        # (a `run --only` of other stages) holds another computation's markers.
+        prepared = run.prepared_key(name)
+        current = run.stage_dir(name).exists() and prepared in (None, planned.key)
+        counts.done = len(run.done_tasks(name, planned.num_tasks)) if current else 0
         counts.running = sum(1 for v in views.values() if v.state == "RUNNING")
         failed_all = sorted(set(failed) | {lbl for lbl, v in views.items() if v.state == "FAILED"})
         counts.failed = len([x for x in failed_all if x != MERGE])
@@ -135,6 +147,8 @@ def run_status(run: RunDir, executor: Executor) -> RunStatus:
         else:
             upstream_bad = [u for u in planned.upstreams if statuses[u].state in BAD_STATES]
             status.state, status.error = _state(run, name, failed, views, upstream_bad)
+            if current and run.done_json(name).exists() and status.state not in LIVE_STATES:
+                status.state, status.error = "FAILED", _done_mismatch(run, name, planned.key)
             status.failed_tasks = failed_all if status.state == "FAILED" else []
         statuses[name] = status
     return RunStatus(

@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.atomic import atomic_write_json, read_json
-from pipeline.dag import Plan
+from pipeline.dag import Plan, load_plan
 from pipeline.executors.base import TaskView
-from pipeline.runs import MERGE, RunDir, now_iso, task_label
+from pipeline.runs import MERGE, RunDir, is_task_label, now_iso, task_label
 from pipeline.snapshot import worker_env
 from pipeline.submission import build_task
 
@@ -103,7 +103,13 @@ class LocalDriver:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         record = read_json(self.run.driver_json) or {}
         record.update(
-            {"pid": os.getpid(), "cmdline": _cmdline(os.getpid()), "host": socket.gethostname(), "started": now_iso()}
+            {
+                "pid": os.getpid(),
+                "cmdline": _cmdline(os.getpid()),
+                "host": socket.gethostname(),
+                "started": now_iso(),
+                "run_identity": self.run.identity(),
+            }
         )
         atomic_write_json(self.run.driver_json, record)
         try:
@@ -214,7 +220,13 @@ class LocalDriver:
         )
         atomic_write_json(
             self.run.task_pid(stage, label),
-            {"pid": proc.pid, "host": socket.gethostname(), "started": now_iso(), "driver": os.getpid()},
+            {
+                "pid": proc.pid,
+                "host": socket.gethostname(),
+                "started": now_iso(),
+                "driver": os.getpid(),
+                "run_identity": self.run.identity(),
+            },
         )
         self.run.record_job(stage, {"event": "launch", "executor": "local", "task": label, "pid": proc.pid})
         self.running[proc.pid] = _Running(proc, stage, label, log, time.monotonic())
@@ -297,7 +309,13 @@ class LocalExecutor:
         assert self.snapshot is not None
         atomic_write_json(
             run.driver_json,
-            {"work": work, "parallelism": self.parallelism, "snapshot": str(self.snapshot), "requested": now_iso()},
+            {
+                "work": work,
+                "parallelism": self.parallelism,
+                "snapshot": str(self.snapshot),
+                "requested": now_iso(),
+                "run_identity": run.identity(),
+            },
         )
         if wait:
             return LocalDriver(run, plan, work, self.parallelism, self.snapshot).drive()
@@ -319,7 +337,7 @@ class LocalExecutor:
         pid = int(record.get("pid") or 0)
         if pid <= 0 or pid == os.getpid() or record.get("host", socket.gethostname()) != socket.gethostname():
             return False
-        return process_alive(pid, record.get("cmdline") or DRIVER_MODULE)
+        return run.owns(record) and process_alive(pid, record.get("cmdline") or DRIVER_MODULE)
 
     def task_states(self, run: RunDir, plan: Plan) -> dict[str, dict[str, TaskView]]:
         views: dict[str, dict[str, TaskView]] = {}
@@ -330,11 +348,13 @@ class LocalExecutor:
             for label in _pid_labels(run, name):
                 info = read_json(run.task_pid(name, label)) or {}
                 pid = int(info.get("pid", 0))
-                if process_alive(pid, WORKER_MODULE):
+                if _own_worker(run, info):
                     states[label] = TaskView("RUNNING", job_id=str(pid))
                 elif not driver_alive and not run.task_failed(name, label).exists() and not _finished(run, name, label):
-                    # The driver is gone and never reaped this task (kill -9 of the driver or host).
-                    states[label] = TaskView("FAILED", f"process {pid} vanished without a marker", str(pid))
+                    # The driver is gone and never reaped this task (kill -9 of the driver or host), or the
+                    # record came with a copy of the run directory: nothing of it runs for this directory.
+                    why = "vanished without a marker" if run.owns(info) else _NOT_OURS
+                    states[label] = TaskView("FAILED", f"process {pid} {why}", str(pid))
             if driver_alive and name in driver.get("work", {}) and not run.is_done(name, planned.key):
                 for i in driver["work"][name]:
                     if not run.task_marker(name, i).exists() and not run.task_failed(name, str(i)).exists():
@@ -360,8 +380,9 @@ class LocalExecutor:
         pids: list[int] = []
         for name in stages:
             for label in _pid_labels(run, name):
-                pid = int((read_json(run.task_pid(name, label)) or {}).get("pid", 0))
-                if process_alive(pid, WORKER_MODULE):
+                info = read_json(run.task_pid(name, label)) or {}
+                pid = int(info.get("pid", 0))
+                if _own_worker(run, info):
                     _stop_group(pid, signal.SIGTERM)
                     pids.append(pid)
                     stopped.append(f"{name}:{label} (pid {pid})")
@@ -376,6 +397,14 @@ class LocalExecutor:
         return stopped
 
 
+_NOT_OURS = "was started for another directory (this run was copied or moved while it ran); it does not run here"
+
+
+def _own_worker(run: RunDir, info: dict[str, Any]) -> bool:
+    """Whether a task pid record names a live worker started for this very run directory."""
+    return run.owns(info) and process_alive(int(info.get("pid", 0)), WORKER_MODULE)
+
+
 def _finished(run: RunDir, stage: str, label: str) -> bool:
     """Whether the task left its marker (the merge's marker is done.json)."""
     if label == MERGE:
@@ -387,7 +416,8 @@ def _pid_labels(run: RunDir, stage: str) -> list[str]:
     tasks = run.tasks_dir(stage)
     if not tasks.is_dir():
         return []
-    return [p.name[: -len(".pid")] for p in tasks.glob("*.pid")]
+    labels = (p.name[: -len(".pid")] for p in tasks.glob("*.pid"))
+    return [label for label in labels if is_task_label(label)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     run = RunDir(Path(args[0]))
     driver = read_json(run.driver_json)
-    plan = Plan.from_records(run.read_plan()["stages"])
+    _, plan = load_plan(run)
     work = {k: list(v) for k, v in driver["work"].items()}
     ok = LocalDriver(
         run,

@@ -58,7 +58,7 @@ from pipeline.dag import Plan, PlannedStage
 from pipeline.errors import UserError
 from pipeline.executors.base import TaskView
 from pipeline.resources import Resources
-from pipeline.runs import MERGE, RunDir, now_iso
+from pipeline.runs import MERGE, RunDir, is_task_label, now_iso
 from pipeline.submission import build_task
 from pipeline.worker import StageTask, run_stage_task
 
@@ -217,9 +217,13 @@ def _recover_task_jobs(stage_dir: Path, record: dict[str, Any]) -> dict[str, str
 
 
 def read_stage_jobs(run: RunDir, stage: str) -> StageJobs:
-    """Replay jobs.jsonl: later submissions of a task replace earlier ones."""
+    """Replay jobs.jsonl: later submissions of a task replace earlier ones.
+
+    Only submissions made for this very run directory count (RunDir.owns): the records of a copy name the
+    original's jobs, which a copy's status must not show and its cancel must not touch.
+    """
     jobs = StageJobs()
-    records = run.job_records(stage)
+    records = [r for r in run.job_records(stage) if run.owns(r)]
     settled = {r.get("submission") for r in records if r.get("event") in ("submitted", "submit_failed")}
     for record in records:
         event = record.get("event")
@@ -229,12 +233,20 @@ def read_stage_jobs(run: RunDir, stage: str) -> StageJobs:
             task_jobs = _recover_task_jobs(run.stage_dir(stage), record)
         else:
             continue
+        # A damaged record cannot name other paths or jobs: labels build log and marker names, ids go to scancel.
+        if not isinstance(task_jobs, dict):
+            continue
+        task_jobs = {
+            label: str(job_id)
+            for label, job_id in task_jobs.items()
+            if is_task_label(str(label)) and re.fullmatch(r"\d+(_\d+)?", str(job_id))
+        }
         if not task_jobs:
             continue
-        jobs.first_submitted = jobs.first_submitted or record.get("time")
+        jobs.first_submitted = jobs.first_submitted or str(record.get("time", ""))
         for label, job_id in task_jobs.items():
-            jobs.latest[label] = JobRef(str(job_id), str(record.get("job_name", "")), str(record.get("time", "")))
-        master = master_id(str(next(iter(task_jobs.values()))))
+            jobs.latest[label] = JobRef(job_id, str(record.get("job_name", "")), str(record.get("time", "")))
+        master = master_id(next(iter(task_jobs.values())))
         if master not in jobs.job_ids:
             jobs.job_ids.append(master)
     return jobs
@@ -504,6 +516,7 @@ class SlurmExecutor:
         """One sbatch (through submitit) between a `submitting` and a `submitted` record."""
         stage, stage_dir = planned.name, run.stage_dir(planned.name)
         record = submission_record(run.run_id, stage, [t.label for t in tasks], kind, attempt, dependency)
+        record["run_identity"] = run.identity()  # a copy of the run directory does not claim these jobs
         resources = planned.merge_resources if kind == "merge" else planned.resources
         params = sbatch_parameters(resources, record["job_name"], dependency)
         executor = self._executor(stage_dir / record["folder"], params)

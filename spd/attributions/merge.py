@@ -60,7 +60,9 @@ def _load_all(shard_dir: Path, num_tasks: int) -> list[dict[str, Any]]:
     shards = [_load_verified(p, i, num_tasks) for i, p in enumerate(paths)]
     first = shards[0]
     for i, shard in enumerate(shards):
-        for field in ("layout", "settings", "alive_source"):
+        # Not alive_source: it is the harvest store's path, which a moved or copied run reads elsewhere; the
+        # alive masks themselves are part of the layout.
+        for field in ("layout", "settings"):
             if shard[field] != first[field]:
                 raise ValueError(
                     f"{paths[i].name} disagrees with {paths[0].name} on {field}: shards of different runs?"

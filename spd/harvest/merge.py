@@ -27,6 +27,16 @@ from spd.shard_checksums import ShardsCorrupt, ShardsMissing, unreadable_shard, 
 # Meta fields that must agree between shards of one harvest, and the data-slice fields shared by all tasks.
 CONSISTENT_META = ("n_tasks", "seed", "settings", "vocab_size", "layers", "decomposition")
 SHARED_SLICE = ("split", "seq_len", "batch_size", "dataset_seed", "n_batches", "n_tasks")
+# Where a task found the decomposition and its corpus: a run moved or copied since its first tasks ran reads
+# the same files (same digests) under other paths, and its repaired tasks must merge with the old ones.
+LOCATION_FIELDS = ("path", "corpus_path")
+
+
+def comparable_meta(key: str, value: Any) -> Any:
+    """A shard meta field as shards of one harvest must agree on it: the decomposition by its digests only."""
+    if key == "decomposition" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in LOCATION_FIELDS}
+    return value
 
 
 WHAT = "harvest merge"
@@ -100,7 +110,7 @@ class MergedHarvest:
 
     def check(self, meta: dict[str, Any], path: Path) -> None:
         for key in CONSISTENT_META:
-            if meta.get(key) != self.meta.get(key):
+            if comparable_meta(key, meta.get(key)) != comparable_meta(key, self.meta.get(key)):
                 raise ValueError(
                     f"harvest merge: {path.name} disagrees with the first shard on {key!r}: "
                     f"{meta.get(key)!r} vs {self.meta.get(key)!r} (shards of different harvests?)"
@@ -164,6 +174,8 @@ def merge_harvest(out_dir: Path, n_tasks: int, decomposition_dir: Path, log=prin
     started = time.monotonic()
     out_dir = Path(out_dir)
     merged = merge_shards(out_dir, n_tasks, log)  # checks every shard before it uses any
+    # The store names the decomposition where it is now, whatever path the first shard's task saw.
+    merged.meta["decomposition"] = {**merged.meta["decomposition"], "path": str(Path(decomposition_dir).resolve())}
     path = build_store(out_dir, merged, Path(decomposition_dir), merge_started=started, log=log)
     log(f"harvest store {path} built in {time.monotonic() - started:.1f}s")
     return path
