@@ -9,7 +9,8 @@ only when it is free, and the prompt is rendered only then, so no run holds all 
 1. key already answered in the journal -> nothing is sent (resume);
 2. prompt rendered; worst case = prompt estimate + max_tokens at the price, reserved in the budget;
 3. shared Retry-After pause, then an evenly spaced rate slot; the request, under a wall-clock timeout;
-4. usage settles the reservation; the text must be JSON, valid for the task's schema and check;
+4. usage settles the reservation; the text (made storable: lone surrogates become U+FFFD) must be JSON,
+   valid for the task's schema and check;
 5. transient failures and bad output are retried by tenacity (exponential backoff with jitter); a
    Retry-After pauses every coroutine; each retry reserves and is paced like a first attempt;
 6. one row per item goes to the journal (answer, or NULL output with its error), as it arrives.
@@ -43,7 +44,7 @@ from spd.interp.keys import require_api_key
 from spd.interp.pricing import estimate_prompt_tokens, resolve_price, worst_case_cost
 from spd.interp.providers.base import ChatProvider, Completion
 from spd.interp.rate_limit import PauseGate, RateLimiter
-from spd.interp.results import ResultJournal, ResultRow, Status, utc_now
+from spd.interp.results import ResultJournal, ResultRow, Status, storable_text, utc_now
 from spd.interp.tasks import In, Out, Task, WorkItem
 
 # Attempts whose usage we never see (timed out, connection lost mid-answer) may still be billed.
@@ -423,7 +424,9 @@ class LLMClient:
                 charge = 0.0
                 raise
             acc.add_usage(completion)
-            acc.raw = completion.text
+            # The one place provider text enters: from here on it is text UTF-8 can store.
+            text = storable_text(completion.text)
+            acc.raw = text
             if completion.input_tokens is not None and completion.output_tokens is not None and self.price is not None:
                 charge = self.price.cost(completion.input_tokens, completion.output_tokens)
                 acc.cost += charge
@@ -433,7 +436,7 @@ class LLMClient:
                     "raise llm.max_tokens",
                     kind="truncated",
                 )
-            return state.task.parse(item.input, completion.text)
+            return state.task.parse(item.input, text)
         finally:
             acc.charged += charge
             state.budget.settle(reservation, charge)

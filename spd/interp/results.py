@@ -10,12 +10,17 @@ in the event loop would cap a run at a few hundred answers per second and stall 
 Rerun: keys with an answer (`status == "ok"`) in any part are never asked again; the spend recorded in the
 parts counts against the budget. The final store is built from the journal (`final_rows`,
 `write_rows_duckdb`) by the stage's single writer.
+
+Text: every string of a row is stored as UTF-8; code points UTF-8 cannot encode (lone surrogates, which a
+JSON answer can smuggle in as `\\ud800`) are replaced by U+FFFD when the row is encoded, so one odd answer
+can never stop the journal or lose the rows around it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import threading
 from collections.abc import Iterable, Iterator
@@ -28,6 +33,29 @@ from spd.duckdb_store import atomic_duckdb, fsync_path
 
 Status = Literal["ok", "failed", "skipped"]
 PART_GLOB = "part-*.jsonl"
+
+_UNENCODABLE = re.compile("[\ud800-\udfff]")
+"""Surrogate code points: a Python str can hold them alone (json.loads of "\\ud800" makes one), UTF-8 cannot."""
+
+
+def storable_text(text: str) -> str:
+    """`text` with every code point UTF-8 cannot encode replaced by U+FFFD (a no-op for ordinary text).
+
+    Provider answers pass through here before they are parsed or stored, so a lone surrogate in an answer
+    becomes a visible replacement character instead of an exception when the row is written.
+    """
+    return _UNENCODABLE.sub("\ufffd", text)
+
+
+def storable(value: Any) -> Any:
+    """A JSON-like value (dicts, lists, strings, numbers) with `storable_text` applied to every string in it."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -60,8 +88,14 @@ class ResultRow:
     """The work item's `meta` (e.g. ids of the examples shown), for the stage's own columns."""
 
     def to_json_line(self) -> bytes:
+        """One journal line. Never fails on text: unencodable code points become U+FFFD and values JSON cannot
+        hold are written as their repr, so a row with odd content is saved rather than lost with its batch."""
         record = {name: getattr(self, name) for name in _FIELDS}
-        return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        try:
+            return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        except (UnicodeEncodeError, TypeError, ValueError):
+            text = json.dumps(storable(record), ensure_ascii=False, separators=(",", ":"), default=repr)
+            return (text + "\n").encode("utf-8")
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> ResultRow:

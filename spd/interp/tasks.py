@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from spd.interp.errors import InvalidOutputError
+from spd.interp.results import storable
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -53,7 +54,8 @@ class Task(Generic[In, Out]):
     def parse(self, item_input: In, text: str) -> Out:
         """The validated answer in `text`, or `InvalidOutputError` saying what was wrong."""
         try:
-            data = json.loads(strip_code_fence(text))
+            # A JSON escape such as "\\ud800" decodes to a lone surrogate, which no UTF-8 store can hold.
+            data = storable(json.loads(strip_code_fence(text)))
         except json.JSONDecodeError as e:
             raise InvalidOutputError(f"not valid JSON: {e}", kind="invalid_json") from None
         try:
