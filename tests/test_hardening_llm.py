@@ -2,12 +2,22 @@
 
 1. An answer holding a lone surrogate (`"bad \\ud800 label"`) is stored with U+FFFD in its place: the run and
    the autointerp stage complete and every other answer of the batch is kept.
+2. The spend of requests in flight when a run dies (SIGKILL, error-rate abort) is journaled before they are
+   sent, so a rerun with the same budget starts from it and the spend over both runs stays within the budget.
+
+The killed run of (2) is this module run as a child (`python -m tests.test_hardening_llm <journal> <url> <n>
+<budget>`), as in tests/test_llm_resume.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +27,16 @@ import duckdb
 import pytest
 
 from spd.interp.config import LLMConfig, ModelPrice
+from spd.interp.errors import ErrorRateExceededError
 from spd.interp.labels_store import LabelsStore
-from spd.interp.llm import LLMClient, RunSummary
+from spd.interp.llm import LLMClient, RunSummary, run_llm
+from spd.interp.pricing import estimate_prompt_tokens, worst_case_cost
 from spd.interp.results import ResultJournal, ResultRow, final_rows, iter_rows, utc_now, write_rows_duckdb
 from spd.interp.schemas import LabelInput
 from spd.interp.standard_tasks import label_task
 from spd.interp.tasks import WorkItem
-from tests.conftest import run_cli, write_pipeline
-from tests.llm_server import LLMTestServer, default_responder
+from tests.conftest import REPO_ROOT, run_cli, write_pipeline
+from tests.llm_server import LLMTestServer, client_error, default_responder, hang
 from tests.test_autointerp import build_harvest
 
 KEY_ENV = "SPD_TEST_HARDENING_KEY"
@@ -186,3 +198,139 @@ def test_autointerp_stage_completes_with_a_surrogate_label(
         records = labels.labels()
     assert len(records) == 6 and {r.label for r in records} == {"bad \ufffd label"}
     assert len(server.records) == 6  # one request per component: nothing to pay again
+
+
+# --- 2. spend of requests in flight when a run dies ---------------------------------------------------------
+
+MAX_TOKENS = 500
+BUDGET_TASK = label_task(lambda item: f"[key:{item.component_key}] Label this component. " + "context " * 25)
+
+
+def heavy_usage(prompt: str, content: str) -> tuple[int, int]:
+    """A model that writes half of max_tokens: each answer costs a good part of its worst case."""
+    return len(prompt.encode()) // 4 + 1, MAX_TOKENS // 2
+
+
+def billed(prompt: str) -> float:
+    """What the provider bills for one request it processed (heavy_usage at PRICE), whoever hung up."""
+    return PRICE.cost(*heavy_usage(prompt, ""))
+
+
+def budget_config(base_url: str, budget: float, **overrides: Any) -> LLMConfig:
+    return config_for(base_url, max_tokens=MAX_TOKENS, budget_usd=budget, max_retries=0, **overrides)
+
+
+def worst_case(cfg: LLMConfig, key: str) -> float:
+    prompt = BUDGET_TASK.render_prompt(LabelInput(component_key=key))
+    return worst_case_cost(estimate_prompt_tokens(prompt, cfg), cfg, PRICE)
+
+
+def child_main(journal_dir: str, base_url: str, n: str, budget: str) -> None:
+    """The run that is killed: a plain stage-style call."""
+    run_llm(budget_config(base_url, float(budget)), Path(journal_dir), BUDGET_TASK, items(int(n), "c"))
+
+
+def journaled_rows(journal_dir: Path) -> int:
+    """Rows (not reservation records) the child has written so far."""
+    return sum(p.read_bytes().count(b'"status":') for p in journal_dir.glob("part-*.jsonl"))
+
+
+def sigkill_after_rows(args: list[str], journal_dir: Path, n_rows: int, timeout_s: float = 60.0) -> float:
+    """Run `python -m tests.test_hardening_llm *args`, SIGKILL it once it has journaled `n_rows` rows; return when
+    it died (time.monotonic, as the server's records)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.test_hardening_llm", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not journal_dir.is_dir() or journaled_rows(journal_dir) < n_rows:
+            assert child.poll() is None, f"child ended early: {child.stderr.read() if child.stderr else ''}"
+            assert time.monotonic() < deadline, f"child journaled fewer than {n_rows} rows in {timeout_s:g} s"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        killed_at = time.monotonic()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL
+    return killed_at
+
+
+@pytest.fixture
+def slow_server(key: str) -> Iterator[LLMTestServer]:
+    with LLMTestServer(api_key=key, usage=heavy_usage, delay_s=0.3) as srv:
+        yield srv
+
+
+def test_spend_of_requests_in_flight_at_a_kill_counts_on_the_rerun(slow_server: LLMTestServer, tmp_path: Path) -> None:
+    server, journal_dir, budget, n = slow_server, tmp_path / "journal", 0.03, 200
+    cfg = budget_config(server.openai_base_url, budget)
+    killed_at = sigkill_after_rows([str(journal_dir), server.openai_base_url, str(n), str(budget)], journal_dir, 8)
+    in_flight = [r for r in server.records if r.arrived <= killed_at and (r.finished is None or r.finished > killed_at)]
+    assert len(in_flight) >= 2, "the kill landed with requests in flight"
+    saved = list(iter_rows(journal_dir))
+    saved_charges = sum(r.charged_usd or 0.0 for r in saved)
+    # The provider bills what it processed, saved or not; the journal must know at least that much.
+    with ResultJournal(journal_dir) as journal:
+        starting = journal.spent_usd()
+    unsaved = [r for r in server.records if r.key not in {row.key for row in saved}]
+    assert starting >= saved_charges + sum(worst_case(cfg, r.key) for r in unsaved) - 1e-12
+    assert starting >= sum(billed(r.prompt) for r in server.records)
+
+    summary = run(cfg, journal_dir, items(n, "c"), BUDGET_TASK)
+    assert summary.spent_before_usd == pytest.approx(starting)  # the rerun starts from the unsettled worst cases
+    assert summary.n_skipped > 0, "the rerun ran into the budget"
+    deadline = time.monotonic() + 10
+    while server.in_flight and time.monotonic() < deadline:  # the killed run's requests finish on the server
+        time.sleep(0.02)
+    total_billed = sum(billed(r.prompt) for r in server.records)
+    assert total_billed <= budget + 1e-12, f"billed ${total_billed:.6f} over both runs, budget ${budget}"
+    with ResultJournal(journal_dir) as journal:
+        assert journal.spent_usd() <= budget + 1e-12
+
+
+def test_spend_of_requests_cancelled_by_an_error_rate_abort_counts_on_the_rerun(
+    slow_server: LLMTestServer, tmp_path: Path
+) -> None:
+    server = slow_server
+    server.delay_s = 0.0  # the first three keys fail at once while the other requests in flight take 0.5 s
+    server.fault_for = lambda key: client_error(400) if key in ("c000", "c001", "c002") else hang(0.5)
+    cfg = budget_config(server.openai_base_url, 1.0, abort_min_calls=3, abort_error_rate=0.5)
+    with ResultJournal(tmp_path) as journal, pytest.raises(ErrorRateExceededError):
+        asyncio.run(LLMClient(cfg, journal).run(BUDGET_TASK, items(40, "c")))
+    saved = {row.key: row for row in iter_rows(tmp_path)}
+    cancelled = [r for r in server.records if r.key not in saved]
+    assert len(cancelled) >= 2, "the abort cancelled requests in flight"
+    with ResultJournal(tmp_path) as journal:
+        starting = journal.spent_usd()
+    charged = sum(r.charged_usd or 0.0 for r in saved.values())
+    # Every request the provider saw but no row settled counts at its worst case (a request cancelled before
+    # it reached the server may count too: once its reservation is written the client cannot tell), and no
+    # more than the requests that can be in flight at once.
+    assert starting >= charged + sum(worst_case(cfg, r.key) for r in cancelled) - 1e-12
+    assert starting <= charged + cfg.max_concurrent * worst_case(cfg, "c000") + 1e-12
+    server.fault_for = None
+    summary = run(cfg, tmp_path, items(40, "c"), BUDGET_TASK)
+    assert summary.spent_before_usd == pytest.approx(starting)
+    with ResultJournal(tmp_path) as journal:  # every request of the rerun settled: nothing added unsettled
+        assert journal.spent_usd() == pytest.approx(starting + summary.charged_usd)
+
+
+def test_journals_without_reservation_records_read_as_before(tmp_path: Path) -> None:
+    old = _row("a", "p").to_json_line().replace(b',"reservations":[]', b"")
+    assert b"reservations" not in old
+    (tmp_path / "part-20240101T000000000000Z-1-abcdef.jsonl").write_bytes(old)
+    journal = ResultJournal(tmp_path)
+    assert journal.spent_usd() == pytest.approx(0.01) and journal.completed_keys("label") == {"a"}
+    assert [r.key for r in iter_rows(tmp_path)] == ["a"]
+
+
+if __name__ == "__main__":
+    child_main(*sys.argv[1:5])

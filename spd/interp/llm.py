@@ -8,12 +8,14 @@ only when it is free, and the prompt is rendered only then, so no run holds all 
 
 1. key already answered in the journal -> nothing is sent (resume);
 2. prompt rendered; worst case = prompt estimate + max_tokens at the price, reserved in the budget;
-3. shared Retry-After pause, then an evenly spaced rate slot; the request, under a wall-clock timeout;
+3. shared Retry-After pause, then an evenly spaced rate slot; the reservation is journaled (so a rerun
+   counts it even if this process dies with the request in flight); the request, under a wall-clock timeout;
 4. usage settles the reservation; the text (made storable: lone surrogates become U+FFFD) must be JSON,
    valid for the task's schema and check;
 5. transient failures and bad output are retried by tenacity (exponential backoff with jitter); a
    Retry-After pauses every coroutine; each retry reserves and is paced like a first attempt;
-6. one row per item goes to the journal (answer, or NULL output with its error), as it arrives.
+6. one row per item goes to the journal (answer, or NULL output with its error), as it arrives; it lists
+   the journaled reservations it settles.
 
 Too many failed items (`abort_error_rate` after `abort_min_calls`) stop the run with
 `ErrorRateExceededError` once the rows saved so far are on disk.
@@ -96,6 +98,8 @@ class _Attempts:
     cost: float = 0.0
     charged: float = 0.0
     raw: str | None = None
+    reservations: list[str] = field(default_factory=list)
+    """Ids of the reservations journaled for the requests sent; the item's row settles them."""
 
     def add_usage(self, completion: Completion) -> None:
         if completion.input_tokens is not None:
@@ -339,6 +343,7 @@ class LLMClient:
             finished_at=utc_now(),
             session=self.journal.session,
             extra=dict(item.meta),
+            reservations=tuple(acc.reservations),
         )
 
     async def _answer(self, state: _Run[In, Out], item: WorkItem[In]) -> ResultRow:
@@ -406,6 +411,8 @@ class LLMClient:
         charge = 0.0
         try:
             await state.limiter.acquire()
+            if self.price is not None:  # before the request leaves: a rerun counts it even if this process dies
+                acc.reservations.append(self.journal.reserve(worst))
             charge = worst  # from here on, an interruption may leave a billed request behind
             acc.sent += 1
             state.summary.n_requests += 1

@@ -11,6 +11,13 @@ Rerun: keys with an answer (`status == "ok"`) in any part are never asked again;
 parts counts against the budget. The final store is built from the journal (`final_rows`,
 `write_rows_duckdb`) by the stage's single writer.
 
+Spend of requests in flight: before a request is sent the client journals a reservation record (its worst
+case, `{"reservation": id, "usd": ...}`), written with its own write(2) at once (not queued), so it is in the
+file before the request leaves even if the process is killed a moment later. The row that settles the
+request lists the ids (`reservations`). Spent = the rows' charges + the worst cases of reservations no row
+settled (an aborted, cancelled or killed session's requests in flight may have been billed). Journals
+written before reservation records existed read the same: they have no reservations to add.
+
 Text: every string of a row is stored as UTF-8; code points UTF-8 cannot encode (lone surrogates, which a
 JSON answer can smuggle in as `\\ud800`) are replaced by U+FFFD when the row is encoded, so one odd answer
 can never stop the journal or lose the rows around it.
@@ -86,6 +93,8 @@ class ResultRow:
     session: str
     extra: dict[str, Any] = field(default_factory=dict)
     """The work item's `meta` (e.g. ids of the examples shown), for the stage's own columns."""
+    reservations: tuple[str, ...] = ()
+    """Ids of the journaled reservations (one per request sent) that this row settles; see the module doc."""
 
     def to_json_line(self) -> bytes:
         """One journal line. Never fails on text: unencodable code points become U+FFFD and values JSON cannot
@@ -99,7 +108,9 @@ class ResultRow:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> ResultRow:
-        return cls(**{name: record.get(name) for name in _FIELDS if name in record})
+        values = {name: record.get(name) for name in _FIELDS if name in record}
+        values["reservations"] = tuple(values.get("reservations") or ())
+        return cls(**values)
 
 
 _FIELDS = tuple(ResultRow.__dataclass_fields__)
@@ -109,16 +120,35 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def read_part(path: Path) -> Iterator[ResultRow]:
-    """Complete rows of one part; a torn last line (killed mid-write) is skipped."""
+@dataclass(frozen=True)
+class ReservationRecord:
+    """A journal line saying that a request worth at most `usd` was about to be sent (see the module doc)."""
+
+    id: str
+    usd: float
+
+
+def read_part_records(path: Path) -> Iterator[ResultRow | ReservationRecord]:
+    """Complete rows and reservation records of one part, in file order; a torn last line is skipped."""
     with open(path, "rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
                 break
             try:
-                yield ResultRow.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+                record = json.loads(line)
+                if "reservation" in record:
+                    yield ReservationRecord(str(record["reservation"]), float(record["usd"]))
+                else:
+                    yield ResultRow.from_dict(record)
+            except (json.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError, UnicodeDecodeError):
                 continue
+
+
+def read_part(path: Path) -> Iterator[ResultRow]:
+    """Complete rows of one part (reservation records left out); a torn last line (killed mid-write) is skipped."""
+    for record in read_part_records(path):
+        if isinstance(record, ResultRow):
+            yield record
 
 
 def iter_rows(directory: Path, task: str | None = None) -> Iterator[ResultRow]:
@@ -142,9 +172,9 @@ def final_rows(directory: Path, task: str) -> list[ResultRow]:
 class ResultJournal:
     """Append-only results of one stage; this session's part has this object as its only writer.
 
-    Opening reads the existing parts into a small index (status and spend per key, not the prompts), so
-    resume checks are in memory. Use as a context manager, or call `close()`: it waits until every row is
-    on disk.
+    Opening reads the existing parts into a small index (status and spend per key, not the prompts; the
+    reservations no row has settled yet), so resume checks are in memory. Use as a context manager, or call
+    `close()`: it waits until every row and reservation is on disk.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -155,9 +185,18 @@ class ResultJournal:
         self.part_path = self.directory / f"part-{self.session}.jsonl"
         self._status: dict[tuple[str, str], Status] = {}
         self._spent = 0.0
-        for row in iter_rows(self.directory):
-            self._index(row)
+        self._unsettled: dict[str, float] = {}
+        """Reservation id -> worst case, for reservations no row has settled (yet): counted as spent."""
+        for path in sorted(self.directory.glob(PART_GLOB)):
+            for record in read_part_records(path):
+                if isinstance(record, ReservationRecord):
+                    self._unsettled[record.id] = record.usd  # a part holds a reservation before its row
+                else:
+                    self._index(record)
         self._cv = threading.Condition()
+        self._fd: int | None = None
+        self._n_reserved = 0
+        self._unsynced = False
         self._pending: list[bytes] = []
         self._enqueued = 0
         self._durable = 0
@@ -171,6 +210,8 @@ class ResultJournal:
             self._status[k] = row.status
         charged = row.charged_usd if row.charged_usd is not None else row.cost_usd
         self._spent += charged or 0.0
+        for reservation in row.reservations:  # the row's charge replaces its requests' worst cases
+            self._unsettled.pop(reservation, None)
 
     # -- queries ---------------------------------------------------------------------------------------
     def completed_keys(self, task: str, *, include_failed: bool = False) -> set[str]:
@@ -179,25 +220,59 @@ class ResultJournal:
         return {key for (t, key), status in self._status.items() if t == task and status in wanted}
 
     def spent_usd(self) -> float:
-        """Everything charged in this journal so far (all sessions, this one included)."""
-        return self._spent
+        """Everything charged in this journal so far (all sessions, this one included), plus the worst case of
+        every journaled request no row has settled: requests in flight, or lost to an abort or a kill."""
+        return self._spent + sum(self._unsettled.values())
 
     # -- writing ---------------------------------------------------------------------------------------
+    def reserve(self, usd: float) -> str:
+        """Journal that a request costing at most `usd` is about to be sent; return the id its row settles.
+
+        The record is written at once, with one write(2) on the part's O_APPEND descriptor, instead of being
+        queued for the writer thread: when this returns it is in the file, so a SIGKILL, SIGTERM or crash an
+        instant later cannot hide the request's spend from a rerun. The writer's next group commit fsyncs it.
+        """
+        with self._cv:
+            self._check_writable()
+            fd = self._open_part()
+            self._n_reserved += 1
+            reservation = f"{self.session}:{self._n_reserved}"
+            line = json.dumps({"reservation": reservation, "usd": usd, "at": utc_now()}, separators=(",", ":"))
+            _write_all(fd, (line + "\n").encode("utf-8"))
+            self._unsettled[reservation] = usd
+            self._unsynced = True
+            self._start_writer()
+            self._cv.notify_all()
+        return reservation
+
     def append(self, row: ResultRow) -> None:
         """Queue a row for the writer thread; it is durable after the next group commit (see `flush`)."""
         line = row.to_json_line()
         with self._cv:
-            if self._error is not None:
-                raise OSError(f"results journal {self.part_path} failed: {self._error}") from self._error
-            if self._closing:
-                raise RuntimeError(f"results journal {self.part_path} is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._write_loop, name="llm-journal", daemon=True)
-                self._thread.start()
+            self._check_writable()
+            self._start_writer()
             self._pending.append(line)
             self._enqueued += 1
             self._cv.notify_all()
         self._index(row)
+
+    def _check_writable(self) -> None:
+        if self._error is not None:
+            raise OSError(f"results journal {self.part_path} failed: {self._error}") from self._error
+        if self._closing:
+            raise RuntimeError(f"results journal {self.part_path} is closed")
+
+    def _start_writer(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write_loop, name="llm-journal", daemon=True)
+            self._thread.start()
+
+    def _open_part(self) -> int:
+        """The part's descriptor, created on first use (under `_cv`), so a session that writes nothing leaves no file."""
+        if self._fd is None:
+            self._fd = os.open(self.part_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fsync_path(self.directory)  # the new part's name survives a crash too
+        return self._fd
 
     def flush(self) -> None:
         """Block until every row appended so far is fsync'ed (or raise the writer's error)."""
@@ -214,6 +289,10 @@ class ResultJournal:
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join()
+        with self._cv:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         if self._error is not None:
             raise OSError(f"results journal {self.part_path} failed: {self._error}") from self._error
 
@@ -225,26 +304,18 @@ class ResultJournal:
 
     def _write_loop(self) -> None:
         try:
-            fd = os.open(self.part_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            fsync_path(self.directory)  # the new part's name survives a crash too
-        except OSError as e:
             with self._cv:
-                self._error = e
-                self._cv.notify_all()
-            return
-        try:
+                fd = self._open_part()
             while True:
                 with self._cv:
-                    while not self._pending and not self._closing:
+                    while not self._pending and not self._unsynced and not self._closing:
                         self._cv.wait()
-                    if not self._pending:
+                    if not self._pending and not self._unsynced:
                         return
                     batch, self._pending = self._pending, []
+                    self._unsynced = False
                     upto = self._enqueued
-                data = memoryview(b"".join(batch))
-                while data:
-                    written = os.write(fd, data)
-                    data = data[written:]
+                _write_all(fd, b"".join(batch))
                 os.fsync(fd)
                 with self._cv:
                     self._durable = upto
@@ -253,8 +324,14 @@ class ResultJournal:
             with self._cv:
                 self._error = e
                 self._cv.notify_all()
-        finally:
-            os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write `data` to `fd` (O_APPEND), looping over short writes."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 # -- the final store ---------------------------------------------------------------------------------------
