@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -68,17 +69,26 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _print_launch(launch: orchestrator.Launch) -> None:
+ACTION_STYLE = {"CACHED": "cyan", "REUSED": "cyan", "WILL RUN": "bold"}
+
+
+def _announce(launch: orchestrator.Launch) -> None:
+    """The plan summary, printed before anything starts: per stage what happens and why."""
     run = launch.run
-    for name in launch.cached:
-        out.print(f"  {name:<14} [cyan]CACHED[/] (done with the same key)")
-    for name, tasks in launch.work.items():
-        out.print(f"  {name:<14} {len(tasks)} task(s) to run" if tasks else f"  {name:<14} merge only")
+    for name, decision in launch.decisions.items():
+        action = f"[{ACTION_STYLE[decision.action]}]{decision.action}[/]"
+        if decision.runs:
+            tasks = launch.work.get(name, [])
+            action += f" {len(tasks)} task(s)" if tasks else " merge only"
+        out.print(f"  {name:<14} {action}  [dim]{escape(decision.reason)}[/]", soft_wrap=True)
     if not launch.work:
         out.print("nothing to run: every stage is done with its current config")
-    out.print(f"run id: [bold]{run.run_id}[/]   run dir: {run.root}")
+    out.print(f"run id: [bold]{run.run_id}[/]   run dir: {run.root}", soft_wrap=True)
+
+
+def _print_submitted(launch: orchestrator.Launch) -> None:
     if not launch.waited and launch.work:
-        out.print(f"submitted ({launch.executor}). Watch it with:  python run.py status {run.root}")
+        out.print(f"submitted ({launch.executor}). Watch it with:  python run.py status {launch.run.root}")
 
 
 def _finish(launch: orchestrator.Launch) -> None:
@@ -102,8 +112,8 @@ def run(
     ] = None,
 ) -> None:
     """Plan and run (or submit) a pipeline. Stages done with an unchanged config are CACHED."""
-    launch = orchestrator.start_run(pipeline, force=force, only=only or None, wait=wait)
-    _print_launch(launch)
+    launch = orchestrator.start_run(pipeline, force=force, only=only or None, wait=wait, announce=_announce)
+    _print_submitted(launch)
     _finish(launch)
 
 
@@ -118,13 +128,15 @@ def plan(
     if as_json:
         records = planned.plan.to_records()
         for r in records:
-            r["cached"] = r["name"] in planned.cached
+            decision = planned.decisions[r["name"]]
+            r["cached"] = not decision.runs  # nothing will run for it: done with its key, or reused
+            r["action"], r["reason"] = decision.action, decision.reason
         typer.echo(
             json.dumps({"run_dir": str(planned.run.root), "executor": planned.executor, "stages": records}, indent=2)
         )
         return
     table = Table(title=f"plan for run {planned.run.run_id} ({planned.executor} executor) -> {planned.run.root}")
-    for col in ("stage", "after", "key", "tasks", "status", "resources per task", "merge job"):
+    for col in ("stage", "after", "key", "tasks", "status", "why", "resources per task", "merge job"):
         table.add_column(col)
     for name, st in planned.plan.stages.items():
         r = st.resources
@@ -136,8 +148,9 @@ def plan(
         m = st.merge_resources
         merge = f"{m.cpus_per_task} cpu, {m.mem_gb:g} GB, {m.gpus_per_node} gpu" if st.has_merge_job else "-"
         after = ", ".join([*st.upstreams, *(f"{u} (given: {p})" for u, p in st.external.items())]) or "-"
-        state = "[cyan]CACHED[/]" if name in planned.cached else "will run"
-        table.add_row(name, after, st.key, str(st.num_tasks), state, res, merge)
+        decision = planned.decisions[name]
+        state = f"[{ACTION_STYLE[decision.action]}]{decision.action}[/]"
+        table.add_row(name, after, st.key, str(st.num_tasks), state, escape(decision.reason), res, merge)
     out.print(table)
     if not planned.plan.stages:
         out.print("the pipeline has no stages")
@@ -224,8 +237,8 @@ def rerun(
     out_dir: OutDirOpt = Path("runs"),
 ) -> None:
     """Redo stages of an existing run: only tasks without markers, unless the stage is done or --force."""
-    launch = orchestrator.rerun(resolve_run(run, out_dir), stage, downstream, force, wait)
-    _print_launch(launch)
+    launch = orchestrator.rerun(resolve_run(run, out_dir), stage, downstream, force, wait, announce=_announce)
+    _print_submitted(launch)
     _finish(launch)
 
 
@@ -328,6 +341,32 @@ def report(run: RunArg, out_dir: OutDirOpt = Path("runs")) -> None:
     except OSError as e:  # full disk, permissions: the user's to fix, and the stores were only read
         raise UserError(f"cannot write the report under {report_dir}: {e}") from None
     out.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def clean(
+    run: RunArg,
+    keep: Annotated[int, typer.Option("--keep", min=0, help="Keep the newest N superseded results per stage.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
+    out_dir: OutDirOpt = Path("runs"),
+) -> None:
+    """Remove superseded results (RUN/superseded/), never one the run still uses (its planned key, or an input)."""
+    from pipeline.clean import clean_run
+
+    run_dir = resolve_run(run, out_dir)
+    entries = clean_run(run_dir, keep=keep, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    freed = 0
+    for entry in entries:
+        where = entry.path.relative_to(run_dir.root)
+        size = f"{entry.size_bytes / 1e6:.1f} MB"
+        if entry.kept_because is None:
+            freed += entry.size_bytes
+            out.print(f"  {verb} {where} ({size})", highlight=False, soft_wrap=True)
+        else:
+            out.print(f"  kept {where} ({size}): {entry.kept_because}", highlight=False, soft_wrap=True)
+    out.print(f"{verb} {sum(e.kept_because is None for e in entries)} superseded result(s), {freed / 1e6:.1f} MB")
 
 
 @app.command("import-reference")

@@ -44,6 +44,11 @@ class PlannedStage:
     merge_resources: Resources
     # out/ paths a same-key redo copies from the superseded directory (e.g. an LLM journal: never pay twice)
     kept_on_redo: tuple[str, ...] = ()
+    # What went into the key besides config and seed: the upstreams' (dependency) keys and the digest of
+    # files the config names. Recorded so a plan can say which of them changed, and so a dependant's
+    # restricted key (dependency_key) can be recomputed from the records alone.
+    upstream_keys: dict[str, str] = field(default_factory=dict)
+    sources: str | None = None
 
     @property
     def has_merge_job(self) -> bool:
@@ -63,6 +68,8 @@ class PlannedStage:
             "resources": self.resources.model_dump(mode="json"),
             "merge_resources": self.merge_resources.model_dump(mode="json"),
             "kept_on_redo": list(self.kept_on_redo),
+            "upstream_keys": self.upstream_keys,
+            "sources": self.sources,
         }
 
     @classmethod
@@ -79,6 +86,8 @@ class PlannedStage:
             resources=Resources.model_validate(record["resources"]),
             merge_resources=Resources.model_validate(record["merge_resources"]),
             kept_on_redo=tuple(record.get("kept_on_redo", ())),
+            upstream_keys={str(k): str(v) for k, v in record.get("upstream_keys", {}).items()},
+            sources=record.get("sources"),
         )
 
 
@@ -152,12 +161,22 @@ def stage_key(
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
+def dependency_key(upstream: PlannedStage, fields: tuple[str, ...] | None) -> str:
+    """What a dependant's key takes from an upstream in the same plan: its whole key, or, where the dependant
+    declares the only fields of the upstream's config it depends on (StageSpec.upstream_fields), the key of
+    exactly those fields with the upstream's seed, upstream keys and sources (early cut-off)."""
+    if fields is None:
+        return upstream.key
+    chosen = {f: upstream.config.get(f) for f in fields}
+    return "fields:" + stage_key(upstream.name, chosen, upstream.seed, upstream.upstream_keys, upstream.sources)
+
+
 def recorded_stage_key(plan: Plan, name: str, spec: StageSpec) -> str:
     """The key stage `name` of a recorded plan hashes to now, from its recorded config and seed, its upstreams'
     recorded keys, the keys of outputs it was given by path and the files its config names: what `rerun`
     compares with the recorded key, so a plan.json edited by hand can never save new work under an old key."""
     stage = plan.stages[name]
-    upstream_keys = {u: plan.stages[u].key for u in stage.upstreams}
+    upstream_keys = {u: dependency_key(plan.stages[u], spec.upstream_fields.get(u)) for u in stage.upstreams}
     for upstream, out_dir in stage.external.items():
         upstream_keys[upstream] = resolve_external(name, upstream, Path(out_dir))[1]
     sources = _source_digest(name, spec, spec.config_type.model_validate(stage.config))
@@ -248,7 +267,11 @@ def build_plan(
         ext_dirs: dict[str, str] = {}
         upstream_keys: dict[str, str] = {}
         for upstream in edges[name]:
-            upstream_keys[upstream] = plan.stages[upstream].key
+            fields = spec.upstream_fields.get(upstream)
+            unknown = set(fields or ()) - set(registry[upstream].config_type.model_fields)
+            if unknown:  # a stage definition's mistake, caught before it could silently key on nothing
+                raise UserError(f"stage {name!r} keys on fields {sorted(unknown)} that {upstream!r} configs lack")
+            upstream_keys[upstream] = dependency_key(plan.stages[upstream], fields)
         for upstream, given in external[name].items():
             out_dir, upstream_keys[upstream] = resolve_external(name, upstream, given)
             ext_dirs[upstream] = str(out_dir)
@@ -271,5 +294,7 @@ def build_plan(
             resources=resources,
             merge_resources=merge_resources,
             kept_on_redo=tuple(spec.kept_on_redo),
+            upstream_keys=upstream_keys,
+            sources=sources,
         )
     return plan

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from pipeline.dag import Plan, build_plan, load_plan, recorded_stage_key, stage_
 from pipeline.errors import UserError
 from pipeline.executors.base import Executor
 from pipeline.executors.local import LocalExecutor
+from pipeline.plan_reasons import REUSED, WILL_RUN, StageDecision, decide_stages
 from pipeline.registry import stage_module, stage_registry
 from pipeline.resources import load_profile
 from pipeline.runs import RunDir, now_iso, run_lock
@@ -39,17 +40,28 @@ class PlannedRun:
     plan: Plan
     executor: str
     run: RunDir
-    cached: list[str] = field(default_factory=list)
+    decisions: dict[str, StageDecision] = field(default_factory=dict)
+
+    @property
+    def cached(self) -> list[str]:
+        """Stages nothing will run for: done with their key, or a finished result with it to reuse."""
+        return [name for name, d in self.decisions.items() if not d.runs]
 
 
 @dataclass
 class Launch:
+    """One invocation's work: announced (plan summary) before it starts, `ok` known once it ends."""
+
     run: RunDir
     executor: str
     work: dict[str, list[int]]
     cached: list[str]
     waited: bool
-    ok: bool
+    ok: bool = True
+    decisions: dict[str, StageDecision] = field(default_factory=dict)
+
+
+Announce = Callable[[Launch], None]  # called once the work is known, before anything is started
 
 
 def choose_executor(requested: str) -> str:
@@ -93,9 +105,10 @@ def plan_pipeline(pipeline_path: Path) -> PlannedRun:
     except UserError as e:
         raise UserError(f"{pipeline_path}: {e}") from None
     run = RunDir(resolve_out_dir(config) / config.run.name)
-    cached = [name for name, stage in plan.stages.items() if run.is_done(name, stage.key)]
-    _preflight(pipeline_path, config, registry, plan, cached)
-    return PlannedRun(config, text, Path(pipeline_path), plan, choose_executor(config.executor), run, cached)
+    decisions = decide_stages(run, plan)
+    planned = PlannedRun(config, text, Path(pipeline_path), plan, choose_executor(config.executor), run, decisions)
+    _preflight(pipeline_path, config, registry, plan, planned.cached)
+    return planned
 
 
 def _ensure_writable(out_dir: Path) -> None:
@@ -160,7 +173,11 @@ def _missing_upstreams(run: RunDir, plan: Plan, targets: Iterable[str]) -> list[
 
 
 def start_run(
-    pipeline_path: Path, force: bool = False, only: list[str] | None = None, wait: bool | None = None
+    pipeline_path: Path,
+    force: bool = False,
+    only: list[str] | None = None,
+    wait: bool | None = None,
+    announce: Announce | None = None,
 ) -> Launch:
     planned = plan_pipeline(pipeline_path)
     plan, run = planned.plan, planned.run
@@ -176,10 +193,12 @@ def start_run(
         raise UserError(f"{pipeline_path}: executor: slurm, but sbatch/sacct are not on PATH (use `executor: local`)")
     _ensure_writable(run.root.parent)
     with run_lock(run):
-        return _start_locked(planned, targets, force, wait)
+        return _start_locked(planned, targets, force, wait, announce)
 
 
-def _start_locked(planned: PlannedRun, targets: list[str], force: bool, wait: bool | None) -> Launch:
+def _start_locked(
+    planned: PlannedRun, targets: list[str], force: bool, wait: bool | None, announce: Announce | None
+) -> Launch:
     plan, run = planned.plan, planned.run
     # The executor that ran it last knows what is live, whatever the file says now; the planned one is asked
     # too when it differs. One query per distinct executor (each is a sacct call under SLURM).
@@ -195,28 +214,51 @@ def _start_locked(planned: PlannedRun, targets: list[str], force: bool, wait: bo
     atomic_write_text(run.pipeline_yaml, planned.text)
     snapshot = snapshot_code(run.code_dir)
     record = _plan_record(planned, snapshot)
-    cached = [s for s in targets if s in planned.cached and not force]
+    decisions = {s: planned.decisions[s] for s in targets}
+    if force:
+        decisions = {s: StageDecision(WILL_RUN, "--force") for s in targets}
+    for name, decision in decisions.items():
+        if decision.action == REUSED and decision.reuse_from is not None and decision.reuse_from.is_dir():
+            run.reuse_superseded(name, decision.reuse_from)
+    cached = [s for s in targets if not force and run.is_done(s, plan.stages[s].key)]
     redo = set(targets) if force else set()
     work = select_work(run, plan, [s for s in targets if s not in cached], redo, set())
     _record_invocation(run, record, "run", work, cached)
     executor = make_executor(planned.executor, record, snapshot)
     wait = planned.executor == "local" if wait is None else wait
-    ok = executor.launch(run, plan, work, wait) if work else True
-    return Launch(run, planned.executor, work, cached, wait, ok)
+    return _launch(
+        executor, run, plan, Launch(run, planned.executor, work, cached, wait, decisions=decisions), announce
+    )
 
 
-def rerun(run: RunDir, stages: list[str], downstream: bool, force: bool, wait: bool | None) -> Launch:
+def _launch(executor: Executor, run: RunDir, plan: Plan, launch: Launch, announce: Announce | None) -> Launch:
+    """Say what will happen, then start it: the plan summary comes before the first task's output."""
+    if announce is not None:
+        announce(launch)
+    launch.ok = executor.launch(run, plan, launch.work, launch.waited) if launch.work else True
+    return launch
+
+
+def rerun(
+    run: RunDir, stages: list[str], downstream: bool, force: bool, wait: bool | None, announce: Announce | None = None
+) -> Launch:
     record, plan = load_plan(run)
     unknown = [s for s in stages if s not in plan.stages]
     if unknown:
         raise UserError(f"--stage: {unknown} are not stages of run {run.run_id!r} (its stages: {plan.order()})")
     targets = plan.downstream_closure(set(stages)) if downstream else set(stages)
     with run_lock(run):
-        return _rerun_locked(run, record, plan, targets, force, wait)
+        return _rerun_locked(run, record, plan, targets, force, wait, announce)
 
 
 def _rerun_locked(
-    run: RunDir, record: dict[str, Any], plan: Plan, targets: set[str], force: bool, wait: bool | None
+    run: RunDir,
+    record: dict[str, Any],
+    plan: Plan,
+    targets: set[str],
+    force: bool,
+    wait: bool | None,
+    announce: Announce | None,
 ) -> Launch:
     executor_name = record["executor"]
     # Anything live refuses: a redone upstream's out/ moves away under a running dependant, and a
@@ -237,8 +279,9 @@ def _rerun_locked(
     _record_invocation(run, record, "rerun", work, still_cached)
     executor = make_executor(executor_name, record, snapshot)
     wait = executor_name == "local" if wait is None else wait
-    ok = executor.launch(run, plan, work, wait) if work else True
-    return Launch(run, executor_name, work, [], wait, ok)
+    why = "rerun --force: every task" if force else "rerun: tasks without markers (all of them if it was done)"
+    decisions = {s: StageDecision(WILL_RUN, why) for s in plan.order() if s in work}
+    return _launch(executor, run, plan, Launch(run, executor_name, work, [], wait, decisions=decisions), announce)
 
 
 def _revalidate(plan: Plan, targets: set[str]) -> None:

@@ -234,6 +234,50 @@ class RunDir:
             restored.append(rel)
         return restored
 
+    @property
+    def superseded_root(self) -> Path:
+        return self.root / "superseded"
+
+    def superseded_dirs(self, stage: str | None = None) -> list[Path]:
+        """Superseded stage directories (`<stage>.<key>.<ms>`), of one stage or all, newest first."""
+        root = self.superseded_root
+        if not root.is_dir():
+            return []
+        found = []
+        for path in root.iterdir():
+            parts = path.name.split(".")
+            wanted = len(parts) == 3 and is_stage_name(parts[0]) and stage in (None, parts[0])
+            if wanted and parts[2].isdigit() and path.is_dir():
+                found.append((int(parts[2]), path))
+        return [path for _, path in sorted(found, reverse=True)]
+
+    def finished_superseded(self, stage: str, key: str) -> Path | None:
+        """The newest superseded directory of `stage` that finished with `key` (what a switched-back setting
+        can reuse), or None."""
+        for path in self.superseded_dirs(stage):
+            if _recorded_key(path / "done.json") == key and _recorded_key(path / "stage.json") == key:
+                return path
+        return None
+
+    def last_completed_record(self, stage: str) -> dict[str, Any] | None:
+        """stage.json of the stage's last finished attempt (its current directory if done, else the newest
+        finished superseded one): what a plan compares with to say what changed."""
+        candidates = [self.stage_dir(stage), *self.superseded_dirs(stage)]
+        for path in candidates:
+            if (path / "done.json").is_file():
+                record = read_json(path / "stage.json")
+                if isinstance(record, dict):
+                    return record
+        return None
+
+    def reuse_superseded(self, stage: str, earlier: Path) -> None:
+        """Move a finished superseded directory back as the stage's directory (its key is the planned one),
+        superseding whatever is there now: a setting switched back costs a rename, not a recomputation."""
+        self.supersede_stage(stage, str(self.prepared_key(stage)))
+        self.stage_dir(stage).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(earlier, self.stage_dir(stage))
+        self.cancelled_json(stage).unlink(missing_ok=True)
+
     def supersede_stage(self, stage: str, old_key: str) -> Path | None:
         """Move a stage directory aside (nothing is deleted) so the stage can be redone.
 
@@ -243,7 +287,7 @@ class RunDir:
         src = self.stage_dir(stage)
         if not src.exists():
             return None
-        dest = self.root / "superseded" / f"{stage}.{old_key}.{int(time.time() * 1000)}"
+        dest = self.superseded_root / f"{stage}.{old_key}.{int(time.time() * 1000)}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
         return dest

@@ -117,6 +117,11 @@ class StageSpec(Generic[C]):
     # submitted: called with this stage's config, the configs of its upstreams in the pipeline and the output
     # directories of upstreams given as paths; raises ValueError or OSError saying what is missing and where.
     preflight: Callable[[C, dict[str, Any], dict[str, Path]], None] | None = None
+    # Early cut-off: per upstream stage, the fields of ITS config that what this stage reads from it depends on
+    # (attributions read only harvest's firing densities, not its examples). This stage's key then takes that
+    # upstream's key material restricted to those fields (pipeline.dag.dependency_key), so changing any other
+    # setting of the upstream reruns the upstream alone. Upstreams not named here enter with their whole key.
+    upstream_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:

@@ -274,7 +274,7 @@ def test_plan_creates_nothing_and_shows_cache(tmp_path: Path) -> None:
     write_pipeline(tmp_path / "p.yaml", _pipeline(tmp_path))
     result = run_cli("plan", "p.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "t_source" in result.stdout and "will run" in result.stdout
+    assert "t_source" in result.stdout and "WILL RUN" in result.stdout
     assert not (tmp_path / "runs").exists()
     assert run_cli("p.yaml", cwd=tmp_path).returncode == 0
     plan = run_cli("plan", "p.yaml", "--json", cwd=tmp_path).json()

@@ -10,6 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spd.data.hf_source import HFTokensOverride
 
+# The settings a component's firing density depends on: which windows are read (data, slice, window length, order),
+# where the CIs are computed (device: float differences can cross the threshold) and the firing threshold. The
+# example counts, context width, output top-m, co-firing and the split into tasks change what else a harvest
+# stores, never a density (counts are exact integers summed over the same batches, however they are split).
+DENSITY_FIELDS: tuple[str, ...] = (
+    "device",
+    "split",
+    "dataset",
+    "batch_size",
+    "n_batches",
+    "seq_len",
+    "dataset_seed",
+    "ci_threshold",
+)
+
 
 class HarvestSettings(BaseModel):
     """Data slice, firing rule and the sizes of what is kept per component."""
