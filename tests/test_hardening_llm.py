@@ -4,6 +4,8 @@
    the autointerp stage complete and every other answer of the batch is kept.
 2. The spend of requests in flight when a run dies (SIGKILL, error-rate abort) is journaled before they are
    sent, so a rerun with the same budget starts from it and the spend over both runs stays within the budget.
+3. A provider error that echoes the API key leaves no trace of the key in the journal, the stores built from
+   it, the exception a stage fails with or the stage's task log.
 
 The killed run of (2) is this module run as a child (`python -m tests.test_hardening_llm <journal> <url> <n>
 <budget>`), as in tests/test_llm_resume.py.
@@ -17,7 +19,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +39,7 @@ from spd.interp.results import ResultJournal, ResultRow, final_rows, iter_rows, 
 from spd.interp.schemas import LabelInput
 from spd.interp.standard_tasks import label_task
 from spd.interp.tasks import WorkItem
+from tests import llm_server
 from tests.conftest import REPO_ROOT, run_cli, write_pipeline
 from tests.llm_server import LLMTestServer, client_error, default_responder, hang
 from tests.test_autointerp import build_harvest
@@ -330,6 +335,94 @@ def test_journals_without_reservation_records_read_as_before(tmp_path: Path) -> 
     journal = ResultJournal(tmp_path)
     assert journal.spent_usd() == pytest.approx(0.01) and journal.completed_keys("label") == {"a"}
     assert [r.key for r in iter_rows(tmp_path)] == ["a"]
+
+
+# --- 3. a provider error that echoes the API key ------------------------------------------------------------
+
+
+class EchoKeyServer(LLMTestServer):
+    """Answers every request 401 with a message quoting the key it was sent, as some gateways do."""
+
+    def start(self) -> EchoKeyServer:
+        base = llm_server._make_handler(self)
+
+        class Handler(base):  # type: ignore[valid-type,misc]
+            def _answer(self, api: str, record: llm_server.RequestRecord, body: dict[str, Any]) -> str:
+                message = f"Incorrect API key provided: {record.auth}. You can find your API key in your account."
+                self._send(401, llm_server._error_body(api, 401, message))
+                return "unauthorized"
+
+        self._httpd = llm_server._HTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+
+@pytest.fixture
+def echo_server(key: str) -> Iterator[EchoKeyServer]:
+    server = EchoKeyServer()
+    with server:
+        yield server
+
+
+def files_with(root: Path, needle: str) -> list[str]:
+    return [
+        str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_file() and needle.encode() in p.read_bytes()
+    ]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_key_echoed_in_an_error_is_redacted_from_journal_store_and_abort(
+    echo_server: EchoKeyServer, tmp_path: Path, key: str, provider: str
+) -> None:
+    base_url = echo_server.openai_base_url if provider == "openai" else echo_server.anthropic_base_url
+    cfg = config_for(base_url, provider=provider, abort_error_rate=1.0)
+    run(cfg, tmp_path / "llm", items(4))
+    assert {r.auth for r in echo_server.records} == {key}  # the server saw the key, and echoed it
+    rows = final_rows(tmp_path / "llm", TASK.name)
+    assert [r.error_kind for r in rows] == ["http_401"] * 4
+    for row in rows:
+        assert "Incorrect API key provided" in (row.error or "") and key not in (row.error or "")
+        assert f"[redacted ${KEY_ENV}]" in (row.error or "")  # the message still says what was wrong
+    write_rows_duckdb(rows, tmp_path / "store.duckdb")
+    with duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True) as con:
+        stored = con.execute("SELECT string_agg(error, '|') FROM llm_results").fetchone()
+    assert stored is not None and key not in stored[0]
+
+    aborting = config_for(base_url, provider=provider, abort_min_calls=2, abort_error_rate=0.2)
+    with ResultJournal(tmp_path / "llm2") as journal, pytest.raises(ErrorRateExceededError) as raised:
+        asyncio.run(LLMClient(aborting, journal).run(TASK, items(10)))
+    logged = "".join(traceback.format_exception(raised.value))  # what a stage's task log shows
+    assert "Incorrect API key provided" in logged and key not in logged
+    assert files_with(tmp_path, key) == []
+
+
+def test_autointerp_stage_never_writes_an_echoed_key(
+    harvest_dir: Path, tmp_path: Path, echo_server: EchoKeyServer, key: str
+) -> None:
+    # Completes with every label NULL and its error: the labels store and the journal hold the errors.
+    llm = stage_llm(echo_server, abort_error_rate=1.0)
+    write_pipeline(tmp_path / "p.yaml", stage_pipeline(harvest_dir, "done", llm))
+    result = run_cli("p.yaml", cwd=tmp_path, env={KEY_ENV: key})
+    assert result.returncode == 0, result.stdout + result.stderr
+    stage = tmp_path / "runs/done/stages/autointerp"
+    with LabelsStore.open(stage / "out") as labels:
+        errors = [r.error or "" for r in labels.labels()]
+    assert len(errors) == 6 and all("Incorrect API key provided" in e for e in errors)
+    assert not [e for e in errors if key in e]
+    assert list((stage / "out/llm").glob("part-*.jsonl"))
+
+    # Aborts on the error rate: the task log holds the failure and its last error.
+    llm = stage_llm(echo_server, abort_min_calls=2, abort_error_rate=0.2)
+    write_pipeline(tmp_path / "q.yaml", stage_pipeline(harvest_dir, "aborted", llm))
+    result = run_cli("q.yaml", cwd=tmp_path, env={KEY_ENV: key})
+    log_path = tmp_path / "runs/aborted/stages/autointerp/logs/task-0.log"
+    assert result.returncode != 0 and log_path.exists(), result.stdout + result.stderr
+    log = log_path.read_text()
+    assert "abort_error_rate" in log and "Incorrect API key provided" in log
+    assert f"[redacted ${KEY_ENV}]" in log  # the provider's error reached the log, without the key
+    assert key not in result.stdout + result.stderr
+    assert files_with(tmp_path / "runs", key) == []
 
 
 if __name__ == "__main__":

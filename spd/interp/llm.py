@@ -14,8 +14,8 @@ only when it is free, and the prompt is rendered only then, so no run holds all 
    valid for the task's schema and check;
 5. transient failures and bad output are retried by tenacity (exponential backoff with jitter); a
    Retry-After pauses every coroutine; each retry reserves and is paced like a first attempt;
-6. one row per item goes to the journal (answer, or NULL output with its error), as it arrives; it lists
-   the journaled reservations it settles.
+6. one row per item goes to the journal (answer, or NULL output with its error, API keys redacted), as it
+   arrives; it lists the journaled reservations it settles.
 
 Too many failed items (`abort_error_rate` after `abort_min_calls`) stop the run with
 `ErrorRateExceededError` once the rows saved so far are on disk.
@@ -42,7 +42,7 @@ from spd.interp.errors import (
     PermanentError,
     TransientError,
 )
-from spd.interp.keys import require_api_key
+from spd.interp.keys import redact_api_keys, require_api_key
 from spd.interp.pricing import estimate_prompt_tokens, resolve_price, worst_case_cost
 from spd.interp.providers.base import ChatProvider, Completion
 from spd.interp.rate_limit import PauseGate, RateLimiter
@@ -339,7 +339,9 @@ class LLMClient:
             latency_s=time.perf_counter() - started,
             attempts=acc.sent,
             error_kind=None if error is None else error.kind,
-            error=None if error is None else str(error),
+            # Providers echo what they were sent ("Incorrect API key provided: sk-..."): rows, stores built
+            # from them, reports and the error-rate abort's message all take the error from here.
+            error=None if error is None else redact_api_keys(str(error)),
             finished_at=utc_now(),
             session=self.journal.session,
             extra=dict(item.meta),
