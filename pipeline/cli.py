@@ -24,7 +24,7 @@ from pipeline import orchestrator
 from pipeline.config import pipeline_schema
 from pipeline.dag import load_plan
 from pipeline.errors import StageFailed, UserError
-from pipeline.runs import MERGE, RunDir, parse_task_label, resolve_run
+from pipeline.runs import MERGE, RunDir, now_iso, parse_task_label, resolve_run
 from pipeline.status import BAD_STATES, LIVE_STATES, RunStatus
 
 app = typer.Typer(
@@ -147,6 +147,8 @@ def plan(
             res += f", at most {r.array_parallelism} at once"
         m = st.merge_resources
         merge = f"{m.cpus_per_task} cpu, {m.mem_gb:g} GB, {m.gpus_per_node} gpu" if st.has_merge_job else "-"
+        if planned.executor == "local":  # SLURM requests; the local executor shares this machine's cores instead
+            res, merge = "(slurm only)", "(slurm only)" if st.has_merge_job else "-"
         after = ", ".join([*st.upstreams, *(f"{u} (given: {p})" for u, p in st.external.items())]) or "-"
         decision = planned.decisions[name]
         state = f"[{ACTION_STYLE[decision.action]}]{decision.action}[/]"
@@ -172,7 +174,7 @@ def _status_renderable(status: RunStatus) -> Group:
             str(s.tasks.running),
             elapsed,
             jobs or "-",
-            s.log_dir,
+            _relative(s.log_dir, status.run_dir),
         )
     errors = [
         Text.from_markup(f"[bold]{s.name}[/] [{STATE_STYLE[s.state]}]{s.state}[/]: ") + Text(s.error)
@@ -180,6 +182,14 @@ def _status_renderable(status: RunStatus) -> Group:
         if s.error
     ]
     return Group(table, *errors)
+
+
+def _relative(path: str, root: str) -> str:
+    """A path inside the run directory as the table shows it: relative, so a narrow terminal never cuts it."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
 
 
 def _print_status(status: RunStatus) -> None:
@@ -213,8 +223,12 @@ def status(
 
 
 def _watch_status(run_dir: RunDir, interval: float) -> RunStatus:
-    """Redraw the status table every `interval` seconds until no stage is RUNNING or PENDING (Ctrl-C stops)."""
+    """Redraw the status table every `interval` seconds until no stage is RUNNING or PENDING (Ctrl-C stops).
+    Without a terminal, one line per stage state change instead (a redrawn table shows only its last frame),
+    then the final table."""
     result = orchestrator.status(run_dir)
+    if not out.is_terminal:
+        return _watch_lines(run_dir, interval, result)
     with Live(_status_renderable(result), console=out, auto_refresh=False) as live:
         try:
             while any(s.state in LIVE_STATES for s in result.stages):
@@ -226,6 +240,25 @@ def _watch_status(run_dir: RunDir, interval: float) -> RunStatus:
     return result
 
 
+def _watch_lines(run_dir: RunDir, interval: float, result: RunStatus) -> RunStatus:
+    shown: dict[str, str] = {}
+    try:
+        while True:
+            for stage in result.stages:
+                if shown.get(stage.name) != stage.state:
+                    shown[stage.name] = stage.state
+                    done = f"{stage.tasks.done}/{stage.tasks.total} tasks"
+                    out.print(f"[{now_iso()}] {stage.name}: {stage.state} ({done})", highlight=False, markup=False)
+            if not any(s.state in LIVE_STATES for s in result.stages):
+                break
+            time.sleep(interval)
+            result = orchestrator.status(run_dir)
+    except KeyboardInterrupt:
+        pass  # stop watching; the run itself goes on
+    _print_status(result)
+    return result
+
+
 @app.command()
 @cli_errors
 def rerun(
@@ -233,7 +266,10 @@ def rerun(
     stage: Annotated[list[str], typer.Option("--stage", help="Stage to redo (repeatable).")],
     downstream: Annotated[bool, typer.Option("--downstream", help="Also redo every stage that depends on it.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Redo tasks that already have markers too.")] = False,
-    wait: Annotated[bool | None, typer.Option("--wait/--no-wait")] = None,
+    wait: Annotated[
+        bool | None,
+        typer.Option("--wait/--no-wait", help="Block until the rerun ends (default: local waits, slurm returns)."),
+    ] = None,
     out_dir: OutDirOpt = Path("runs"),
 ) -> None:
     """Redo stages of an existing run: only tasks without markers, unless the stage is done or --force."""

@@ -122,6 +122,9 @@ class StageSpec(Generic[C]):
     # upstream's key material restricted to those fields (pipeline.dag.dependency_key), so changing any other
     # setting of the upstream reruns the upstream alone. Upstreams not named here enter with their whole key.
     upstream_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # How far a stage's one long task is, read from what it writes to out/ as it goes (decompose: optimizer steps
+    # from metrics.jsonl): (done, total), or None while there is nothing to read. Shown instead of "0/1 tasks".
+    progress: Callable[[C, Path], tuple[int, int] | None] | None = None
 
     @property
     def available(self) -> bool:

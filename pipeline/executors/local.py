@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline.atomic import atomic_write_json, read_json
 from pipeline.dag import Plan, load_plan
 from pipeline.executors.base import TaskView
+from pipeline.registry import load_stage
 from pipeline.runs import MERGE, RunDir, is_task_label, now_iso, task_label
 from pipeline.snapshot import worker_env
 from pipeline.submission import build_task
@@ -69,6 +70,36 @@ class _Running:
     started: float
 
 
+class StepProgress:
+    """Reads the step progress of stages that report it (StageSpec.progress), for the progress bars."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._readers: dict[str, Any] = {}
+
+    def read(self, stage: str, out_dir: Path) -> tuple[int, int] | None:
+        if stage not in self._readers:
+            self._readers[stage] = self._reader(stage)
+        reader = self._readers[stage]
+        if reader is None:
+            return None
+        try:
+            return reader(out_dir)
+        except (OSError, ValueError):  # a file being written: next poll
+            return None
+
+    def _reader(self, stage: str) -> Any:
+        planned = self.plan.stages[stage]
+        try:
+            spec = load_stage(planned.module, stage)
+            config = spec.config_type.model_validate(planned.config) if spec.progress else None
+        except Exception:  # progress is a nicety: a stage that cannot say shows tasks
+            return None
+        if spec.progress is None:
+            return None
+        return lambda out_dir: spec.progress(config, out_dir)
+
+
 class LocalDriver:
     """Runs the work of one invocation to the end (or until cancelled)."""
 
@@ -88,7 +119,9 @@ class LocalDriver:
         self.parallelism = max(1, parallelism)
         self.snapshot = snapshot
         self.console = console or Console(stderr=True)
-        self.show_progress = show_progress
+        # Bars need a terminal; anywhere else (a pipe, nohup, CI, driver.log) one plain line per event, in order.
+        self.show_progress = show_progress and self.console.is_terminal
+        self.step_progress = StepProgress(plan) if self.show_progress else None
         self.state: dict[str, str] = {name: "waiting" for name in work}
         self.outstanding: dict[str, int] = {}
         self.queue: deque[tuple[str, int | None]] = deque()
@@ -143,6 +176,10 @@ class LocalDriver:
                 bars[name] = progress.add_task(
                     name, total=total, completed=total - len(self.work[name]), status="waiting"
                 )
+        else:
+            for name, todo in self.work.items():
+                what = f"{len(todo)} task(s)" if todo else "merge only"
+                self._event(f"{name}: queued, {what}")
         while True:
             if self.stop_requested:
                 self._cancel_everything()
@@ -153,13 +190,28 @@ class LocalDriver:
                 self._launch(*self.queue.popleft())
             finished = self._reap()
             if progress is not None:
-                for name, bar in bars.items():
-                    total = self.plan.stages[name].num_tasks
-                    progress.update(bar, completed=len(self.run.done_tasks(name, total)), status=self.state[name])
+                self._update_bars(progress, bars)
             if not self.running and not self.queue and not self._can_progress():
                 break
             if not finished:
                 time.sleep(0.05)
+
+    def _update_bars(self, progress: Progress, bars: dict[str, Any]) -> None:
+        """Tasks done per stage; a one-task stage that reports steps (StageSpec.progress) shows those instead."""
+        assert self.step_progress is not None
+        for name, bar in bars.items():
+            total = self.plan.stages[name].num_tasks
+            done = len(self.run.done_tasks(name, total))
+            steps = self.step_progress.read(name, self.run.out_dir(name)) if total == 1 and not done else None
+            if steps is not None:
+                progress.update(bar, total=steps[1], completed=steps[0], status=f"step {steps[0]}/{steps[1]}")
+            else:
+                progress.update(bar, total=total, completed=done, status=self.state[name])
+
+    def _event(self, message: str) -> None:
+        """One plain, timestamped line per event (no terminal): flushed as it happens, so a pipe sees it live."""
+        if not self.show_progress:
+            self.console.print(f"[{now_iso()}] {message}", highlight=False, soft_wrap=True, markup=False)
 
     def _can_progress(self) -> bool:
         return any(state in ("waiting", "active") for state in self.state.values())
@@ -230,6 +282,7 @@ class LocalDriver:
         )
         self.run.record_job(stage, {"event": "launch", "executor": "local", "task": label, "pid": proc.pid})
         self.running[proc.pid] = _Running(proc, stage, label, log, time.monotonic())
+        self._event(f"{stage}: task {label} started (pid {proc.pid}, log {log_path})")
 
     def _reap(self) -> bool:
         finished = False
@@ -242,6 +295,8 @@ class LocalDriver:
             item.log.close()
             self.run.task_pid(item.stage, item.label).unlink(missing_ok=True)
             seconds = round(time.monotonic() - item.started, 3)
+            if rc == 0:
+                self._event(f"{item.stage}: task {item.label} finished in {seconds:.1f}s")
             self.run.record_job(
                 item.stage, {"event": "exit", "task": item.label, "pid": pid, "returncode": rc, "seconds": seconds}
             )
@@ -274,6 +329,7 @@ class LocalDriver:
             return
         if self.run.is_done(name, planned.key):
             self.state[name] = "done"
+            self._event(f"{name}: done")
         else:
             self.state[name] = "failed"
             self.console.print(f"[red]{name}: tasks exited cleanly but done.json is missing[/]")
