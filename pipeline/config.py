@@ -12,14 +12,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from yaml.nodes import MappingNode, SequenceNode
 
 from pipeline.errors import UserError
 from pipeline.registry import stage_registry
 from pipeline.resources import StageResources
+from pipeline.yaml_input import compose_yaml, read_yaml_file, undefined_variables
 
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# File names are built from the run name (the lock file `.<name>.lock` beside the run directory) and
+# filesystems stop at 255 bytes per name; 100 leaves room, and keeps job names and paths readable.
+RUN_NAME_MAX = 100
+# The run seed is recorded in plan.json and hashed into every stage seed; a 64-bit bound keeps it an ordinary
+# number (one of 5000 digits cannot even be printed: Python's int-to-string limit).
+SEED_LIMIT = 2**63
 
 
 class RunSection(BaseModel):
@@ -27,14 +34,18 @@ class RunSection(BaseModel):
 
     name: str = Field(
         pattern=RUN_NAME_PATTERN,
-        description="Run id: the run directory is <out_dir>/<name>. Running the same name again "
-        "reuses finished stages whose config is unchanged.",
+        max_length=RUN_NAME_MAX,
+        description="Run id: the run directory is <out_dir>/<name> (letters, digits, `_.-`; at most "
+        f"{RUN_NAME_MAX} characters). Running the same name again reuses finished stages whose config is unchanged.",
     )
     out_dir: Path = Field(
         Path("runs"),
-        description="Directory that holds run directories (relative paths are taken from the current directory).",
+        description="Directory that holds run directories (relative paths are taken from the current directory; "
+        "$VARIABLES and ~ are expanded, and a variable that is not set is an error).",
     )
-    seed: int = Field(0, description="Seed from which every stage's seed is derived.")
+    seed: int = Field(
+        0, ge=0, lt=SEED_LIMIT, description="Seed from which every stage's seed is derived (0 <= seed < 2**63)."
+    )
 
 
 class LocalSection(BaseModel):
@@ -104,20 +115,17 @@ def resource_override(config: BaseModel, stage: str) -> StageResources | None:
 
 def _yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
     """1-based line of the YAML node at `loc` (or its deepest existing parent)."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
+    node = compose_yaml(text)
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, MappingNode):
             match = next((v for k, v in node.value if k.value == str(part)), None)
             key = next((k for k, v in node.value if k.value == str(part)), None)
             if match is None:
                 break
             line = key.start_mark.line + 1
             node = match
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
             line = node.start_mark.line + 1
         else:
@@ -139,27 +147,26 @@ def _format_error(path: Path, text: str, err: dict[str, Any], stage_names: list[
     if err["type"] == "missing":
         return f"{where}: {dotted}: required field is missing"
     got = err.get("input")
-    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+    shown = f" (got {_shown(got)})" if got is not None and not isinstance(got, dict | list) else ""
     return f"{where}: {dotted}: {err['msg']}{shown}"
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """An offending input value for an error line, cut short: a 250-character name is no use printed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
 def load_pipeline(path: Path) -> tuple[BaseModel, str]:
-    """Read and validate a pipeline file; (config, raw text). Raises UserError on bad input."""
+    """Read and validate a pipeline file; (config, raw text). Raises UserError on bad input.
+
+    Everything a `plan` or `run` would trip over later (an undefined variable in run.out_dir included)
+    is refused here, so that nothing is created or submitted from a file with an error in it.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: pipeline file not found")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read pipeline file: {e}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise UserError(f"{where}: YAML syntax error: {e.problem or e.context}") from e
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: YAML syntax error: {e}") from e
+    data, text = read_yaml_file(path, "pipeline file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a pipeline file must be a YAML mapping with at least a `run:` section")
     registry = stage_registry()
@@ -174,9 +181,25 @@ def load_pipeline(path: Path) -> tuple[BaseModel, str]:
         if not spec.available:
             line = _yaml_line(text, ("stages", name))
             raise UserError(f"{path}:{line}: stages.{name}: stage {name!r} is {spec.unavailable_reason}")
+    missing = undefined_variables(str(config.run.out_dir), os.environ)
+    if missing:
+        line = _yaml_line(text, ("run", "out_dir"))
+        raise UserError(f"{path}:{line}: run.out_dir: {_unset(missing)} (in {str(config.run.out_dir)!r})")
     return config, text
 
 
+def _unset(names: list[str]) -> str:
+    listed = ", ".join(f"${name}" for name in names)
+    return f"environment variable{'s' if len(names) > 1 else ''} {listed} {'are' if len(names) > 1 else 'is'} not set"
+
+
 def resolve_out_dir(config: BaseModel) -> Path:
-    """out_dir as an absolute path (relative to the current directory, like every CLI path)."""
+    """out_dir as an absolute path (relative to the current directory, like every CLI path).
+
+    Variables are expanded; one that is not set is refused (load_pipeline already did, with the
+    file and line) rather than left in place as a directory literally named `$NAME`.
+    """
+    missing = undefined_variables(str(config.run.out_dir), os.environ)
+    if missing:
+        raise UserError(f"run.out_dir: {_unset(missing)} (in {str(config.run.out_dir)!r})")
     return Path(os.path.expandvars(str(config.run.out_dir))).expanduser().resolve()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import UserError
+from pipeline.yaml_input import read_yaml_file
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "slurm_configs"
 # sbatch options the SLURM executor owns: a user `dependency` would cut the DAG's edges, turning
@@ -100,11 +100,13 @@ def load_profile(profile: str, known_stages: set[str]) -> SlurmProfile:
     if not path.is_file():
         available = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
         raise UserError(f"slurm.profile: no profile {profile!r} ({path} not found; available: {available})")
+    data, _ = read_yaml_file(path, "slurm profile")  # its own errors name the profile file and line
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a slurm profile must be a YAML mapping (defaults, merge, stages)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
         prof = SlurmProfile.model_validate(data)
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: YAML syntax error: {e}") from e
     except ValidationError as e:
         lines = [f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
         raise UserError("\n".join(lines)) from e
