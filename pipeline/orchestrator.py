@@ -232,9 +232,12 @@ def _start_locked(
 
 
 def _launch(executor: Executor, run: RunDir, plan: Plan, launch: Launch, announce: Announce | None) -> Launch:
-    """Say what will happen, then start it: the plan summary comes before the first task's output."""
+    """Say what will happen, then start it: the plan summary comes before the first task's output. A report
+    built earlier is marked stale for every stage this changes (redone, or moved back from superseded/)."""
     if announce is not None:
         announce(launch)
+    reused = [name for name, d in launch.decisions.items() if d.action == REUSED]
+    run.mark_report_stale([*launch.work, *reused])
     launch.ok = executor.launch(run, plan, launch.work, launch.waited) if launch.work else True
     return launch
 

@@ -10,6 +10,7 @@ Every path of the layout has one method here, so nobody else spells a path.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import append_jsonl, atomic_write_json, make_writable, read_json, read_jsonl
+from pipeline.atomic import append_jsonl, atomic_write_json, atomic_write_text, make_writable, read_json, read_jsonl
 from pipeline.errors import UserError
 
 MERGE = "merge"  # task label of a stage's merge job
@@ -233,6 +234,19 @@ class RunDir:
             os.replace(tmp, dst)
             restored.append(rel)
         return restored
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def mark_report_stale(self, stages: list[str]) -> None:
+        """Tell an existing report page that `stages` changed after it was built: the page loads
+        report/stale.js (written fresh with the page) and shows a banner with the command that rebuilds it."""
+        page = self.report_dir / "index.html"
+        if not stages or not page.is_file():
+            return
+        payload = {"since": now_iso(), "stages": sorted(stages), "command": f"python run.py report {self.root}"}
+        atomic_write_text(self.report_dir / "stale.js", f"window.SPD_REPORT_STALE = {json.dumps(payload)};\n")
 
     @property
     def superseded_root(self) -> Path:

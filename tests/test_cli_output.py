@@ -84,3 +84,18 @@ def test_last_logged_step_reads_the_newest_complete_record(tmp_path: Path) -> No
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "train/loss": 0.1}) + "\n" for s in (0, 10, 20)) + '{"step": 3')
     assert last_logged_step(tmp_path) == 20
+
+
+def test_a_rerun_marks_an_existing_report_stale_until_it_is_rebuilt(tmp_path: Path) -> None:
+    write_pipeline(tmp_path / "p.yaml", _pipeline(sink_sleep_s=0.0))
+    assert run_cli("p.yaml", cwd=tmp_path).returncode == 0
+    stale_js = tmp_path / "runs/demo/report/stale.js"
+    assert run_cli("report", "runs/demo", cwd=tmp_path).returncode == 0
+    assert stale_js.read_text() == "window.SPD_REPORT_STALE = null;\n"
+    page = (tmp_path / "runs/demo/report/index.html").read_text()
+    assert '<script src="stale.js"></script>' in page and 'id="stale-banner"' in page
+    assert run_cli("rerun", "runs/demo", "--stage", "t_after", cwd=tmp_path).returncode == 0
+    stale = json.loads(stale_js.read_text().removeprefix("window.SPD_REPORT_STALE = ").rstrip(";\n"))
+    assert stale["stages"] == ["t_after"] and stale["command"].startswith("python run.py report ")
+    assert run_cli("report", "runs/demo", cwd=tmp_path).returncode == 0
+    assert stale_js.read_text() == "window.SPD_REPORT_STALE = null;\n"

@@ -25,6 +25,10 @@ from spd.utils import atomic_write_bytes
 
 TEMPLATES = Path(__file__).parent / "templates"
 REPORT_FILE = "index.html"
+# Beside the page: sets window.SPD_REPORT_STALE. Written as null with every page; whoever later changes a stage
+# the page shows (the pipeline's run/rerun) rewrites it with those stages, and the page then says it is stale.
+STALE_FILE = "stale.js"
+FRESH_SCRIPT = "window.SPD_REPORT_STALE = null;\n"
 
 
 def script_json(obj: Any) -> Markup:
@@ -100,7 +104,9 @@ def render_html(model: dict[str, Any]) -> str:
 
 
 def write_report(model: dict[str, Any], run_dir: Path) -> Path:
-    """Render and write RUN/report/index.html atomically (temp file in the same directory, then rename)."""
+    """Render and write RUN/report/index.html atomically (temp file in the same directory, then rename), and its
+    staleness script as fresh (after the page: a kill between the two leaves a fresh page still marked stale)."""
     path = Path(run_dir) / "report" / REPORT_FILE
     atomic_write_bytes(path, render_html(model).encode("utf-8"))
+    atomic_write_bytes(path.with_name(STALE_FILE), FRESH_SCRIPT.encode())
     return path
