@@ -141,6 +141,8 @@ def test_sigkilled_worker_then_rerun_never_asks_again_for_a_labelled_component(
     redo = run_cli("rerun", "ai", "--stage", "autointerp", cwd=tmp_path)
     assert redo.returncode == 0, redo.stdout + redo.stderr
     assert len(server.records) == requests_before + n_selected - len(labelled_before)
-    assert f"{n_selected} already answered" in (stage / "logs/task-0.log").read_text()
+    log = (stage / "logs/task-0.log").read_text()
+    assert f"{n_selected} already answered" in log
+    assert f"autointerp: {n_selected} replayed from the journal, 0 answered" in log  # not a bare "0 answered"
     with LabelsStore.open(stage / "out") as labels:
         assert labels.labels() == records

@@ -87,6 +87,11 @@ class RunSummary:
     elapsed_s: float = 0.0
     aborted: str | None = None
 
+    def counts(self) -> str:
+        """What happened to the items so far, replays from the journal first (a rerun that asks nothing says so)."""
+        replayed = f"replayed {self.n_already_done}, " if self.n_already_done else ""
+        return f"{replayed}answered {self.n_ok}, failed {self.n_failed}, skipped {self.n_skipped}"
+
 
 @dataclass
 class _Attempts:
@@ -500,7 +505,7 @@ class _Progress:
 
     def advance(self, summary: RunSummary) -> None:
         cost = "" if summary.cost_usd is None else f" ${summary.cost_usd:.4f}"
-        status = f"ok {summary.n_ok} failed {summary.n_failed} skipped {summary.n_skipped}{cost}"
+        status = f"{summary.counts()}{cost}"
         self._progress.update(self._task_id, advance=1, status=status)
 
     def stop(self) -> None:

@@ -113,7 +113,8 @@ def run_autointerp(
             items = work_items(store, todo, settings, example_seed, harvest_id)
             run = asyncio.run(client.run(task, items, total=len(todo)))  # type: ignore[arg-type]
     log(
-        f"autointerp: {run.n_ok} answered, {run.n_failed} failed, {run.n_skipped} skipped (budget) in "
+        f"autointerp: {len(selected) - len(todo)} replayed from the journal, {run.n_ok} answered, {run.n_failed} "
+        f"failed, {run.n_skipped} skipped (budget) in "
         f"{run.elapsed_s:.1f}s; {run.n_requests} requests, cost "
         f"{'unknown' if run.cost_usd is None else f'${run.cost_usd:.4f}'}"
     )
