@@ -18,12 +18,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def saved_lines(journal_dir: Path) -> int:
-    """Complete lines in the journal's parts so far (rows the child has written)."""
-    return sum(path.read_bytes().count(b"\n") for path in Path(journal_dir).glob("part-*.jsonl"))
+    """Result rows in the journal's parts so far (not the reservation records written before each priced request)."""
+    return sum(path.read_bytes().count(b'"status":') for path in Path(journal_dir).glob("part-*.jsonl"))
 
 
-def sigkill_once_saved(module_args: list[str], journal_dir: Path, n_saved: int, timeout_s: float = 60.0) -> None:
-    """Run `python -m *module_args` from the repo root; SIGKILL it once `journal_dir` holds `n_saved` lines.
+def sigkill_once_saved(module_args: list[str], journal_dir: Path, n_saved: int, timeout_s: float = 60.0) -> float:
+    """Run `python -m *module_args` from the repo root; SIGKILL it once `journal_dir` holds `n_saved` rows, and
+    return when it died (time.monotonic, as the loopback server's records).
 
     Fails if the child ends on its own first, saves too little within `timeout_s`, or does not die of the kill.
     """
@@ -43,7 +44,10 @@ def sigkill_once_saved(module_args: list[str], journal_dir: Path, n_saved: int, 
             time.sleep(0.02)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
+        killed_at = time.monotonic()
     finally:
         if child.poll() is None:
             child.kill()
+            child.wait()
     assert child.returncode == -signal.SIGKILL
+    return killed_at

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -40,7 +37,8 @@ from spd.interp.schemas import LabelInput
 from spd.interp.standard_tasks import label_task
 from spd.interp.tasks import WorkItem
 from tests import llm_server
-from tests.conftest import REPO_ROOT, run_cli, write_pipeline
+from tests.conftest import run_cli, write_pipeline
+from tests.journal_kill import sigkill_once_saved
 from tests.llm_server import LLMTestServer, client_error, default_responder, hang
 from tests.test_autointerp import build_harvest
 
@@ -235,39 +233,6 @@ def child_main(journal_dir: str, base_url: str, n: str, budget: str) -> None:
     run_llm(budget_config(base_url, float(budget)), Path(journal_dir), BUDGET_TASK, items(int(n), "c"))
 
 
-def journaled_rows(journal_dir: Path) -> int:
-    """Rows (not reservation records) the child has written so far."""
-    return sum(p.read_bytes().count(b'"status":') for p in journal_dir.glob("part-*.jsonl"))
-
-
-def sigkill_after_rows(args: list[str], journal_dir: Path, n_rows: int, timeout_s: float = 60.0) -> float:
-    """Run `python -m tests.test_hardening_llm *args`, SIGKILL it once it has journaled `n_rows` rows; return when
-    it died (time.monotonic, as the server's records)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.test_hardening_llm", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not journal_dir.is_dir() or journaled_rows(journal_dir) < n_rows:
-            assert child.poll() is None, f"child ended early: {child.stderr.read() if child.stderr else ''}"
-            assert time.monotonic() < deadline, f"child journaled fewer than {n_rows} rows in {timeout_s:g} s"
-            time.sleep(0.01)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-        killed_at = time.monotonic()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == -signal.SIGKILL
-    return killed_at
-
-
 @pytest.fixture
 def slow_server(key: str) -> Iterator[LLMTestServer]:
     with LLMTestServer(api_key=key, usage=heavy_usage, delay_s=0.3) as srv:
@@ -277,7 +242,8 @@ def slow_server(key: str) -> Iterator[LLMTestServer]:
 def test_spend_of_requests_in_flight_at_a_kill_counts_on_the_rerun(slow_server: LLMTestServer, tmp_path: Path) -> None:
     server, journal_dir, budget, n = slow_server, tmp_path / "journal", 0.03, 200
     cfg = budget_config(server.openai_base_url, budget)
-    killed_at = sigkill_after_rows([str(journal_dir), server.openai_base_url, str(n), str(budget)], journal_dir, 8)
+    args = [str(journal_dir), server.openai_base_url, str(n), str(budget)]
+    killed_at = sigkill_once_saved(["tests.test_hardening_llm", *args], journal_dir, 8)
     in_flight = [r for r in server.records if r.arrived <= killed_at and (r.finished is None or r.finished > killed_at)]
     assert len(in_flight) >= 2, "the kill landed with requests in flight"
     saved = list(iter_rows(journal_dir))
