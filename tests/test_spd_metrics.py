@@ -24,9 +24,21 @@ def test_dense_ci_error() -> None:
     ci = torch.zeros(4, 6)
     ci[:, [1, 4]] = 1.0
     assert dense_ci_error(ci, k=2) == 0
-    ci[0, 1] = 0.5
-    ci[2, 0] = 0.3
+    ci[0, 1] = 0.5  # a weak entry in a first-k column that has strong ones: free
+    ci[2, 0] = 0.3  # an entry above tol outside the first k columns: 1
+    assert dense_ci_error(ci, k=2) == 1
+    ci[:, 4] = 0.6  # a first-k column with no entry >= 1 - tol: 1 for the column, not one per entry
     assert dense_ci_error(ci, k=2) == 2
+
+
+def test_dense_ci_error_counts_as_the_reference_dense_pattern() -> None:
+    """The hand-made case of the issue (k = 2, tol 0.1): strong column 0 and 2 carry entries of 0.3-0.7 too."""
+    ci = torch.tensor([[0.9, 0.0, 0.3, 0.0], [0.6, 0.0, 0.4, 0.0], [0.7, 0.0, 1.0, 0.0]])
+    assert dense_ci_error(ci, k=2, tol=0.1) == 0
+    assert dense_ci_error(ci, k=1, tol=0.1) == 3  # column 2 is now "other": its three entries above tol count
+    assert dense_ci_error(ci, k=3, tol=0.1) == 1  # the third column (all zero) has no strong entry
+    # at 0.95, column 0's best entry (0.9) falls short, column 2's 1.0 does not
+    assert dense_ci_error(ci, k=2, tol=0.05) == 1
 
 
 def test_ci_l0() -> None:
