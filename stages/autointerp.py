@@ -17,6 +17,7 @@ from pydantic import model_validator
 from spd.interp.autointerp import JOURNAL_DIR, AutointerpSettings, run_autointerp
 from spd.interp.keys import require_api_key
 from spd.interp.pricing import resolve_price
+from spd.interp.results import charged_usd
 from stages.base import StageConfig, StageContext, StageSpec
 
 
@@ -44,4 +45,5 @@ STAGE = StageSpec(
     run_task=run_task,
     description="One LLM call per alive component: label, confidence, reasoning.",
     kept_on_redo=(JOURNAL_DIR,),
+    spend_usd=charged_usd,
 )

@@ -125,6 +125,9 @@ class StageSpec(Generic[C]):
     # How far a stage's one long task is, read from what it writes to out/ as it goes (decompose: optimizer steps
     # from metrics.jsonl): (done, total), or None while there is nothing to read. Shown instead of "0/1 tasks".
     progress: Callable[[C, Path], tuple[int, int] | None] | None = None
+    # Money the stage has spent so far, read from its out/ (LLM stages: their answer journals), for the lines a
+    # run prints as tasks finish; None while nothing is recorded.
+    spend_usd: Callable[[Path], float | None] | None = None
 
     @property
     def available(self) -> bool:

@@ -10,6 +10,7 @@ docs/scoring.md describes the method and the store.
 
 from __future__ import annotations
 
+from spd.interp.results import charged_usd
 from spd.interp.scoring.intruder import IntruderSettings, run_intruder
 from spd.interp.scoring.runner import JOURNAL_DIR
 from stages.base import StageConfig, StageContext, StageSpec
@@ -30,5 +31,6 @@ STAGE = StageSpec(
     upstreams=("harvest",),
     run_task=run_task,
     kept_on_redo=(JOURNAL_DIR,),
+    spend_usd=charged_usd,
     description="LLM picks the odd example out among a component's examples; needs no labels.",
 )

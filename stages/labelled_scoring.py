@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from spd.interp.results import charged_usd
 from spd.interp.scoring.runner import JOURNAL_DIR
 from stages.base import StageConfig, StageContext, StageSpec
 
@@ -34,5 +35,6 @@ def labelled_scoring_stage(name: str, config_type: type[C], score: Scorer[C], de
         upstreams=("harvest", "autointerp"),
         run_task=run_task,
         kept_on_redo=(JOURNAL_DIR,),
+        spend_usd=charged_usd,
         description=description,
     )

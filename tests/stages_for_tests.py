@@ -88,8 +88,22 @@ class CycleConfig(StageConfig):
 T_SOURCE = StageSpec(
     name="t_source", config_type=SourceConfig, num_tasks=lambda c: c.n_tasks, run_task=source_task, merge=source_merge
 )
+PRICE_PER_ANSWER_USD = 0.25
+
+
+def sink_spend(out_dir: Path) -> float | None:
+    """Like an LLM stage's journal spend: each "paid" answer line costs PRICE_PER_ANSWER_USD."""
+    journal = out_dir / "journal" / "answers.jsonl"
+    return PRICE_PER_ANSWER_USD * len(journal.read_text().splitlines()) if journal.is_file() else None
+
+
 T_SINK = StageSpec(
-    name="t_sink", config_type=SinkConfig, upstreams=("t_source",), run_task=sink_task, kept_on_redo=("journal",)
+    name="t_sink",
+    config_type=SinkConfig,
+    upstreams=("t_source",),
+    run_task=sink_task,
+    kept_on_redo=("journal",),
+    spend_usd=sink_spend,
 )
 T_AFTER = StageSpec(name="t_after", config_type=AfterConfig, upstreams=("t_sink",), run_task=after_task)
 T_CYCLE_A = StageSpec(name="t_cycle_a", config_type=CycleConfig, upstreams=("t_cycle_b",), run_task=after_task)

@@ -62,6 +62,7 @@ def test_a_piped_run_prints_the_plan_first_then_each_event_as_it_happens(tmp_pat
     sink_done, sink_done_at = _first(lines, "t_sink: done")
     after_done, _ = _first(lines, "t_after: done")
     assert started < source_done < sink_done < after_done
+    assert lines[sink_done][1].endswith("t_sink: done, $0.2500 spent so far")  # StageSpec.spend_usd, as LLM stages
     # read while t_sink still slept: flushed when it happened, not at exit
     assert ended - source_done_at > 2.0, (ended - source_done_at, text)
     assert sink_done_at < ended

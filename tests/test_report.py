@@ -71,7 +71,8 @@ def test_report_embeds_one_row_per_alive_component_with_its_examples(pipeline_ru
     run_dir, status = pipeline_run
     page_path = build_report(run_dir, status)
     assert page_path == run_dir / "report" / "index.html"
-    assert [p.name for p in page_path.parent.iterdir()] == ["index.html"]  # written by rename: no temp left
+    # written by rename: no temp left; stale.js (fresh) tells the page whether a later run changed its stages
+    assert sorted(p.name for p in page_path.parent.iterdir()) == ["index.html", "stale.js"]
     page = page_path.read_text()
 
     alive = _store_alive(run_dir)

@@ -191,7 +191,7 @@ def test_hostile_labels_and_tokens_stay_text(tmp_path: Path) -> None:
     model["run"]["run_id"] = hostile
     page = render_html(model)
     assert hostile not in page
-    n_scripts = 4 + model_chunks(model)  # meta, table, tokens, chunks, the code
+    n_scripts = 6 + model_chunks(model)  # meta, table, tokens, chunks, stale.js and its banner, the code
     assert page.count("<script") == n_scripts
     assert json.loads(_script(page, "table-data"))["rows"][0][4] == hostile
     assert unpack(_script(page, "chunk-0"))[0]["label"]["label"] == hostile

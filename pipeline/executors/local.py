@@ -70,34 +70,44 @@ class _Running:
     started: float
 
 
-class StepProgress:
-    """Reads the step progress of stages that report it (StageSpec.progress), for the progress bars."""
+class StageReadouts:
+    """What running stages say about themselves from their out/ (StageSpec.progress, StageSpec.spend_usd): step
+    progress for the bars, money spent for the event lines. A readout is a nicety: one that fails shows nothing."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self._readers: dict[str, Any] = {}
+        self._specs: dict[str, tuple[Any, Any] | None] = {}
 
-    def read(self, stage: str, out_dir: Path) -> tuple[int, int] | None:
-        if stage not in self._readers:
-            self._readers[stage] = self._reader(stage)
-        reader = self._readers[stage]
-        if reader is None:
+    def steps(self, stage: str, out_dir: Path) -> tuple[int, int] | None:
+        loaded = self._load(stage)
+        if loaded is None or loaded[0].progress is None:
             return None
+        spec, config = loaded
+        return self._read(lambda: spec.progress(config, out_dir))
+
+    def spend_usd(self, stage: str, out_dir: Path) -> float | None:
+        loaded = self._load(stage)
+        if loaded is None or loaded[0].spend_usd is None:
+            return None
+        return self._read(lambda: loaded[0].spend_usd(out_dir))
+
+    @staticmethod
+    def _read(read: Any) -> Any:
         try:
-            return reader(out_dir)
-        except (OSError, ValueError):  # a file being written: next poll
+            return read()
+        except (OSError, ValueError):  # a file being written: next time
             return None
 
-    def _reader(self, stage: str) -> Any:
-        planned = self.plan.stages[stage]
-        try:
-            spec = load_stage(planned.module, stage)
-            config = spec.config_type.model_validate(planned.config) if spec.progress else None
-        except Exception:  # progress is a nicety: a stage that cannot say shows tasks
-            return None
-        if spec.progress is None:
-            return None
-        return lambda out_dir: spec.progress(config, out_dir)
+    def _load(self, stage: str) -> tuple[Any, Any] | None:
+        if stage not in self._specs:
+            planned = self.plan.stages[stage]
+            try:
+                spec = load_stage(planned.module, stage)
+                config = spec.config_type.model_validate(planned.config) if spec.progress else None
+                self._specs[stage] = (spec, config)
+            except Exception:  # a readout must never stop the run
+                self._specs[stage] = None
+        return self._specs[stage]
 
 
 class LocalDriver:
@@ -121,7 +131,7 @@ class LocalDriver:
         self.console = console or Console(stderr=True)
         # Bars need a terminal; anywhere else (a pipe, nohup, CI, driver.log) one plain line per event, in order.
         self.show_progress = show_progress and self.console.is_terminal
-        self.step_progress = StepProgress(plan) if self.show_progress else None
+        self.readouts = StageReadouts(plan)
         self.state: dict[str, str] = {name: "waiting" for name in work}
         self.outstanding: dict[str, int] = {}
         self.queue: deque[tuple[str, int | None]] = deque()
@@ -198,15 +208,18 @@ class LocalDriver:
 
     def _update_bars(self, progress: Progress, bars: dict[str, Any]) -> None:
         """Tasks done per stage; a one-task stage that reports steps (StageSpec.progress) shows those instead."""
-        assert self.step_progress is not None
         for name, bar in bars.items():
             total = self.plan.stages[name].num_tasks
             done = len(self.run.done_tasks(name, total))
-            steps = self.step_progress.read(name, self.run.out_dir(name)) if total == 1 and not done else None
+            steps = self.readouts.steps(name, self.run.out_dir(name)) if total == 1 and not done else None
             if steps is not None:
                 progress.update(bar, total=steps[1], completed=steps[0], status=f"step {steps[0]}/{steps[1]}")
             else:
                 progress.update(bar, total=total, completed=done, status=self.state[name])
+
+    def _spent(self, stage: str) -> str:
+        usd = self.readouts.spend_usd(stage, self.run.out_dir(stage))
+        return "" if usd is None else f", ${usd:.4f} spent so far"
 
     def _event(self, message: str) -> None:
         """One plain, timestamped line per event (no terminal): flushed as it happens, so a pipe sees it live."""
@@ -296,7 +309,7 @@ class LocalDriver:
             self.run.task_pid(item.stage, item.label).unlink(missing_ok=True)
             seconds = round(time.monotonic() - item.started, 3)
             if rc == 0:
-                self._event(f"{item.stage}: task {item.label} finished in {seconds:.1f}s")
+                self._event(f"{item.stage}: task {item.label} finished in {seconds:.1f}s{self._spent(item.stage)}")
             self.run.record_job(
                 item.stage, {"event": "exit", "task": item.label, "pid": pid, "returncode": rc, "seconds": seconds}
             )
@@ -329,7 +342,7 @@ class LocalDriver:
             return
         if self.run.is_done(name, planned.key):
             self.state[name] = "done"
-            self._event(f"{name}: done")
+            self._event(f"{name}: done{self._spent(name)}")
         else:
             self.state[name] = "failed"
             self.console.print(f"[red]{name}: tasks exited cleanly but done.json is missing[/]")

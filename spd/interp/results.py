@@ -159,6 +159,23 @@ def iter_rows(directory: Path, task: str | None = None) -> Iterator[ResultRow]:
                 yield row
 
 
+def charged_usd(out_dir: Path | None) -> float | None:
+    """Money the journals anywhere under `out_dir` record as charged so far (all parts, all sessions; the rows'
+    charges, not reservations' worst cases); None when there is no journal. Read-only: for a report or a progress
+    line while the stage may still be writing."""
+    if out_dir is None or not Path(out_dir).is_dir():
+        return None
+    directories = sorted({p.parent for p in Path(out_dir).rglob(PART_GLOB)})
+    if not directories:
+        return None
+    total = 0.0
+    for directory in directories:
+        for row in iter_rows(directory):
+            charged = row.charged_usd if row.charged_usd is not None else row.cost_usd
+            total += charged or 0.0
+    return total
+
+
 def final_rows(directory: Path, task: str) -> list[ResultRow]:
     """One row per key: its latest answer if it has one, else its latest failure or skip; sorted by key."""
     best: dict[str, ResultRow] = {}

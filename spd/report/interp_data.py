@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from spd.interp.labels_store import LabelsStore
-from spd.interp.results import PART_GLOB, iter_rows
+from spd.interp.results import charged_usd
 from spd.interp.scoring.store import ScoreStore
 from spd.report.numbers import rounded
 
@@ -48,21 +48,6 @@ class ScoresData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def journal_cost(out_dir: Path | None) -> float | None:
-    """Spend recorded so far in a stage's results journal parts (anywhere under out/); None when there are none."""
-    if out_dir is None or not Path(out_dir).is_dir():
-        return None
-    dirs = sorted({p.parent for p in Path(out_dir).rglob(PART_GLOB)})
-    if not dirs:
-        return None
-    total = 0.0
-    for d in dirs:
-        for row in iter_rows(d):
-            charged = row.charged_usd if row.charged_usd is not None else row.cost_usd
-            total += charged or 0.0
-    return total
-
-
 def read_labels(out_dir: Path | None) -> LabelsData:
     """Read the labels store under `out_dir`; a missing store is reported, never raised."""
     if out_dir is None:
@@ -70,7 +55,7 @@ def read_labels(out_dir: Path | None) -> LabelsData:
     try:
         store = LabelsStore.open(out_dir)
     except FileNotFoundError:
-        return LabelsData(available=False, reason="no labels store yet", cost_usd=journal_cost(out_dir))
+        return LabelsData(available=False, reason="no labels store yet", cost_usd=charged_usd(out_dir))
     with store:
         records = store.labels()
         meta = store.meta()
@@ -103,7 +88,7 @@ def read_scores(scorer: str, out_dir: Path | None) -> ScoresData:
     try:
         store = ScoreStore.open(out_dir, kind=scorer) if Path(out_dir).is_dir() else ScoreStore.open(out_dir)
     except FileNotFoundError:
-        return ScoresData(scorer, available=False, reason="no scores yet", cost_usd=journal_cost(out_dir))
+        return ScoresData(scorer, available=False, reason="no scores yet", cost_usd=charged_usd(out_dir))
     with store:
         records = store.scores()
         meta = store.meta()
