@@ -1,4 +1,8 @@
-"""Small shared helpers for spd/: atomic file writes and seeding (no orchestrator imports)."""
+"""Small shared helpers for spd/: atomic file writes and seeding (no orchestrator imports).
+
+torch is imported inside the helpers that use it: the atomic writers are shared with torch-free code (stores,
+shard checksums, the LLM stages) that must import without torch on a login node.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def _read_umask() -> int:
@@ -58,17 +63,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """torch.save through atomic_write (a killed job never leaves a half checkpoint)."""
+    import torch
+
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def set_seed(seed: int) -> None:
     """Seed every RNG we use (python, torch CPU and CUDA) so runs are reproducible from one integer."""
+    import torch
+
     random.seed(seed)
     torch.manual_seed(seed)
 
 
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda when available else cpu; anything else is passed to torch.device."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

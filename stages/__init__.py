@@ -3,6 +3,10 @@
 `BUILTIN_STAGE_MODULES` is the list the orchestrator's registry loads; the seven names and
 their edges are fixed: decompose -> harvest -> autointerp -> detection / fuzzing, harvest -> intruder,
 decompose -> attributions (docs/stages.md).
+
+Every stage module is imported on the login node (plan, run, status, ...): it imports no torch at module level.
+Configs come from torch-free modules (spd/<package>/config.py); run_task and merge import the computation in
+their bodies (tests/test_login_imports.py).
 """
 
 BUILTIN_STAGE_MODULES: tuple[str, ...] = (

@@ -7,6 +7,9 @@ otherwise every component is computed. Out directory:
 
     shards/shard-<task>.pt     per-task sums and token counts (kept: the merge can be rerun from them)
     attributions.duckdb        the store (schema: spd/attributions/store.py, docs/storage.md)
+
+Only the config is imported at module level: this module is loaded on the login node whenever a pipeline is
+planned or submitted, and the computation (torch) loads inside `run_task` and `merge`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from spd.attributions import STORE_FILE, AttributionSettings, compute_shard, merge_shards
-from spd.attributions.alive import HARVEST_DB
+from spd.attributions.config import AttributionSettings
+from spd.harvest.config import DENSITY_FIELDS
 from stages.base import StageConfig, StageContext, StageSpec
 from stages.windows import check_windows_available
 
@@ -30,6 +33,8 @@ class AttributionsConfig(StageConfig, AttributionSettings):
 
 
 def _harvest_db(config: AttributionsConfig, ctx: StageContext) -> Path | None:
+    from spd.attributions.alive import HARVEST_DB
+
     if not config.use_harvest or "harvest" not in ctx.upstream_dirs:
         return None
     return ctx.upstream("harvest") / HARVEST_DB
@@ -41,6 +46,8 @@ def _settings(config: AttributionsConfig) -> AttributionSettings:
 
 def run_task(config: AttributionsConfig, ctx: StageContext, index: int) -> None:
     """Compute shard `index` of ctx.num_tasks into out/shards/."""
+    from spd.attributions.shard import compute_shard
+
     compute_shard(
         _settings(config),
         ctx.upstream("decompose"),
@@ -54,6 +61,9 @@ def run_task(config: AttributionsConfig, ctx: StageContext, index: int) -> None:
 
 def merge(config: AttributionsConfig, ctx: StageContext) -> None:
     """Check that every shard is there, combine them and write out/attributions.duckdb."""
+    from spd.attributions.merge import merge_shards
+    from spd.attributions.store import STORE_FILE
+
     merge_shards(
         ctx.out_dir / SHARD_DIR,
         ctx.num_tasks,
@@ -68,6 +78,8 @@ STAGE = StageSpec(
     config_type=AttributionsConfig,
     upstreams=("decompose",),
     optional_upstreams=("harvest",),
+    # Only harvest's firing densities are read (alive masks): its example settings must not rerun attributions.
+    upstream_fields={"harvest": DENSITY_FIELDS},
     num_tasks=lambda config: config.n_tasks,
     run_task=run_task,
     merge=merge,

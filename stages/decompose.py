@@ -13,6 +13,11 @@ Out directory (spd/models/checkpoint.py has the details):
     config.json, model_<step>.pth, metrics.jsonl, summary.json
     target/    target_config.json + target.pt (+ tokenizer.json for LMs)
     corpus/    LM targets only: the corpus, so harvest finds model + tokenizer + data from out/ alone
+
+The config, its validators and `source_digest` import no torch for our own targets and checkpoints: they run on
+the login node whenever a pipeline is planned or submitted. Training code (spd.targets, spd.train, spd.models) is
+imported inside `run_task`. `from_reference` and `spd.reference_yaml` are checked through spd/interop, which still
+imports torch.
 """
 
 from __future__ import annotations
@@ -20,21 +25,20 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from spd.data.corpus import Corpus
 from spd.data.io import atomic_directory
-from spd.lm.model import TinyLMConfig
-from spd.models import load_decomposition
-from spd.models.checkpoint import CONFIG_FILE, CORPUS_DIR, TARGET_DIR, latest_model_file
-from spd.targets import ResidMLPTargetConfig, TMSTargetConfig, load_target, load_target_record, train_target
-from spd.targets.hf import HFTargetSpec, prepare_hf_target
-from spd.targets.lm import LMData, LMDataConfig, TinyLMTargetSpec, prepare_tiny_lm
-from spd.train import SPDConfig, decompose
-from spd.utils import resolve_device
+from spd.lm.config import TinyLMConfig
+from spd.targets.config import HFTargetSpec, LMDataConfig, ResidMLPTargetConfig, TinyLMTargetSpec, TMSTargetConfig
+from spd.train.config import SPDConfig
 from stages.base import StageConfig, StageContext, StageSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from spd.data.corpus import Corpus
 
 
 class TargetCheckpointConfig(BaseModel):
@@ -178,6 +182,8 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 def _reuse(path: Path, out_dir: Path) -> None:
     """Check the decomposition loads, then copy its config, target, latest model and logs into out_dir."""
+    from spd.models.checkpoint import CONFIG_FILE, CORPUS_DIR, TARGET_DIR, latest_model_file, load_decomposition
+
     load_decomposition(path)
     run_dir = path.parent if path.is_file() else path
     model_file = path if path.is_file() else latest_model_file(run_dir)
@@ -199,6 +205,9 @@ def _copy_corpus(src: Path, dst: Path) -> None:
 
 
 def _lm_kwargs(corpus: Corpus, lm_config: TinyLMConfig, data: LMDataConfig, tokenizer: Path) -> dict:
+    from spd.models.checkpoint import CORPUS_DIR
+    from spd.targets.lm import LMData
+
     seq_len = data.seq_len or lm_config.n_ctx
     return {
         "data": LMData(corpus, seq_len, data),
@@ -209,6 +218,14 @@ def _lm_kwargs(corpus: Corpus, lm_config: TinyLMConfig, data: LMDataConfig, toke
 
 def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
     """Train (seeded from the stage seed) or reuse a decomposition into ctx.out_dir."""
+    from spd.data.corpus import Corpus
+    from spd.models.checkpoint import CORPUS_DIR
+    from spd.targets import load_target, load_target_record, train_target
+    from spd.targets.hf import prepare_hf_target
+    from spd.targets.lm import prepare_tiny_lm
+    from spd.train import decompose
+    from spd.utils import resolve_device
+
     out_dir = Path(ctx.out_dir)
     if config.from_checkpoint is not None:
         _reuse(Path(config.from_checkpoint), out_dir)
@@ -254,9 +271,10 @@ def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
     print(f"decomposition done: {summary['steps']} steps in {summary['train_s']}s ({summary['steps_per_s']} steps/s)")
 
 
-def _train_reference_yaml(spec: ReferenceYamlSpec, out_dir: Path, device) -> None:
+def _train_reference_yaml(spec: ReferenceYamlSpec, out_dir: Path, device: torch.device) -> None:
     """Train the reference experiment with its own seed (so the experiment moves over unchanged)."""
     from spd.interop.training import prepare_reference_training
+    from spd.train import decompose
 
     job = prepare_reference_training(spec.reference_yaml, spec.overrides, device)
     info = {**job.target.info, "reference_yaml": str(spec.reference_yaml), "overrides": spec.overrides}

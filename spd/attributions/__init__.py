@@ -3,16 +3,37 @@
 Pipeline: `compute_shard` (one array task over a disjoint slice of the data) -> `merge_shards` (token-weighted
 mean, top-k reduction, out/attributions.duckdb) -> `AttributionsStore.open(path)` (read-only queries).
 The quantity is defined in spd/attributions/compute.py.
+
+The names below load on first use (spd.lazy): spd.attributions.config, read when a pipeline file is validated
+on a login node, must be importable without importing torch.
 """
 
-from spd.attributions.alive import AliveMasks, alive_from_harvest, all_alive, read_harvest_densities
-from spd.attributions.compute import AttributionAccumulator, block_key
-from spd.attributions.config import AttributionSettings
-from spd.attributions.layout import Layout
-from spd.attributions.merge import MergeSummary, merge_shards
-from spd.attributions.nodes import Layer, Node
-from spd.attributions.shard import build_layout, compute_shard, load_shard, shard_path
-from spd.attributions.store import STORE_FILE, Attribution, AttributionsStore
+from spd.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "AliveMasks": "spd.attributions.alive",
+        "Attribution": "spd.attributions.store",
+        "AttributionAccumulator": "spd.attributions.compute",
+        "AttributionSettings": "spd.attributions.config",
+        "AttributionsStore": "spd.attributions.store",
+        "Layer": "spd.attributions.nodes",
+        "Layout": "spd.attributions.layout",
+        "MergeSummary": "spd.attributions.merge",
+        "Node": "spd.attributions.nodes",
+        "STORE_FILE": "spd.attributions.store",
+        "alive_from_harvest": "spd.attributions.alive",
+        "all_alive": "spd.attributions.alive",
+        "block_key": "spd.attributions.compute",
+        "build_layout": "spd.attributions.shard",
+        "compute_shard": "spd.attributions.shard",
+        "load_shard": "spd.attributions.shard",
+        "merge_shards": "spd.attributions.merge",
+        "read_harvest_densities": "spd.attributions.alive",
+        "shard_path": "spd.attributions.shard",
+    },
+)
 
 __all__ = [
     "STORE_FILE",

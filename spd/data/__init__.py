@@ -4,12 +4,29 @@
     BatchStream(corpus.tokens("train"), BatchConfig(seq_len=129, batch_size=32, dataset_seed=0))
 
 See spd/data/features.py for the planted features and spd/data/corpus.py for the directory format.
+The names below load on first use (spd.lazy): the torch-free modules (config, hf_source, io), which a
+pipeline's validation and the LLM stages read, must be importable without importing torch.
 """
 
-from spd.data.batches import Batch, BatchConfig, BatchStream
-from spd.data.corpus import Corpus, CorpusConfig, build_corpus
-from spd.data.features import FEATURE_IDS, FEATURES, FeatureSpec
-from spd.data.tokenizer import EOS, load_tokenizer, train_tokenizer
+from spd.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "EOS": "spd.data.tokenizer",
+        "FEATURES": "spd.data.features",
+        "FEATURE_IDS": "spd.data.features",
+        "Batch": "spd.data.batches",
+        "BatchConfig": "spd.data.batches",
+        "BatchStream": "spd.data.batches",
+        "Corpus": "spd.data.corpus",
+        "CorpusConfig": "spd.data.config",
+        "FeatureSpec": "spd.data.features",
+        "build_corpus": "spd.data.corpus",
+        "load_tokenizer": "spd.data.tokenizer",
+        "train_tokenizer": "spd.data.tokenizer",
+    },
+)
 
 __all__ = [
     "EOS",

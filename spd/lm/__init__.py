@@ -5,19 +5,28 @@
     # real models (extra `hf`): spd.lm.hf.load_hf_causal_lm / load_hf_token_stream
 
 Module names SPD decomposes: layers.{i}.mlp.up_proj / down_proj (and layers.{i}.attn.{q,k,v,o}_proj).
+The names below load on first use (spd.lazy): spd.lm.config, which a pipeline file's validation reads on a
+login node, must be importable without importing torch.
 """
 
-from spd.lm.model import TinyLM, TinyLMConfig, output_logits
-from spd.lm.train import (
-    LMCheckpoint,
-    TinyLMTrainConfig,
-    evaluate_loss,
-    lm_loss,
-    load_lm,
-    load_lm_checkpoint,
-    save_lm,
-    train_and_save_lm,
-    train_tiny_lm,
+from spd.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "LMCheckpoint": "spd.lm.train",
+        "TinyLM": "spd.lm.model",
+        "TinyLMConfig": "spd.lm.config",
+        "TinyLMTrainConfig": "spd.lm.config",
+        "evaluate_loss": "spd.lm.train",
+        "lm_loss": "spd.lm.train",
+        "load_lm": "spd.lm.train",
+        "load_lm_checkpoint": "spd.lm.train",
+        "output_logits": "spd.lm.model",
+        "save_lm": "spd.lm.train",
+        "train_and_save_lm": "spd.lm.train",
+        "train_tiny_lm": "spd.lm.train",
+    },
 )
 
 __all__ = [

@@ -24,10 +24,11 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+
+from spd.lm.config import HFDatasetConfig, HFModelConfig
 
 _TRUE = {"1", "true", "yes", "on"}
 _DATA_BUILDERS = {
@@ -53,31 +54,6 @@ class HFModelMissingError(HFResourceMissingError):
 
 class HFDatasetMissingError(HFResourceMissingError):
     pass
-
-
-class HFModelConfig(BaseModel):
-    """A Hugging Face causal LM (and its tokenizer)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field(..., description="Hub id (org/name) or local directory with config.json and weights.")
-    tokenizer: str | None = Field(None, description="Hub id or directory of the tokenizer; None = same as model.")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); ignored for paths.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-
-class HFDatasetConfig(BaseModel):
-    """A Hugging Face text dataset turned into one token stream."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dataset: str = Field(..., description="Hub id, a save_to_disk directory, or a directory/file of data files.")
-    subset: str | None = Field(None, description="Dataset configuration name (load_dataset's `name`).")
-    split: str = Field("train")
-    column: str = Field("text", description="Column holding the raw text (or token ids if is_tokenized).")
-    is_tokenized: bool = Field(False, description="The column already holds token ids.")
-    streaming: bool = Field(False, description="Stream from the hub instead of materialising the split.")
-    max_documents: int | None = Field(None, ge=1, description="Use only the first documents.")
 
 
 def hf_offline() -> bool:

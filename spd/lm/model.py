@@ -26,40 +26,12 @@ Init: N(0, 0.02); o_proj and down_proj N(0, 0.02 / sqrt(2 n_layers)); RMSNorm sc
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-
-class TinyLMConfig(BaseModel):
-    """Architecture of the tiny LM (the training recipe lives in spd/lm/train.py)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["tiny_lm"] = "tiny_lm"
-    vocab_size: int | None = Field(
-        None, ge=2, description="Tokenizer vocabulary size (EOS included); None = take it from the corpus."
-    )
-    d_model: int = Field(64, ge=8, le=128, description="Residual width (at most 128).")
-    n_layers: int = Field(2, ge=1, le=8)
-    n_heads: int = Field(4, ge=1)
-    d_mlp: int = Field(256, ge=1, description="MLP hidden width (up_proj output).")
-    n_ctx: int = Field(128, ge=2, description="Longest sequence the model is trained on.")
-    tie_embeddings: bool = Field(True, description="lm_head shares embed's weight.")
-    rope_base: float = Field(10_000.0, gt=0)
-    rms_eps: float = Field(1e-6, gt=0)
-    init_std: float = Field(0.02, gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> TinyLMConfig:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if (self.d_model // self.n_heads) % 2:
-            raise ValueError("head dim must be even for rotary embeddings")
-        return self
+from spd.lm.config import TinyLMConfig as TinyLMConfig
 
 
 class RMSNorm(nn.Module):

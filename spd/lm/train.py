@@ -27,48 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
 from spd.data.batches import BatchConfig, BatchStream, iter_epochs
 from spd.data.corpus import Corpus
 from spd.data.io import atomic_directory, json_bytes, write_file
+from spd.lm.config import TinyLMTrainConfig as TinyLMTrainConfig
 from spd.lm.model import TinyLM, TinyLMConfig
 
 TARGET_CONFIG_FILE = "target_config.json"
 TARGET_STATE_FILE = "target.pt"
 TOKENIZER_FILE = "tokenizer.json"
-
-
-class TinyLMTrainConfig(BaseModel):
-    """How to train the tiny LM. Defaults: ~1 minute on 2 CPU cores for a 4000-story corpus."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: TinyLMConfig = Field(default_factory=TinyLMConfig, description="Architecture; vocab from the corpus.")
-    steps: int = Field(400, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(32, ge=1, description="Sequences per step, each n_ctx + 1 tokens (input + shift).")
-    lr: float = Field(1.5e-2, gt=0, description="Peak AdamW learning rate.")
-    warmup_steps: int = Field(40, ge=0, description="Linear warm-up steps, then cosine decay to min_lr_frac * lr.")
-    min_lr_frac: float = Field(0.1, ge=0, le=1)
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices (not norms).")
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = Field(1.0, gt=0)
-    seed: int = Field(0, description="Training seed: initial weights. The data order uses dataset_seed.")
-    dataset_seed: int = Field(0, description="Seed of the batch order (independent of `seed`).")
-    eval_batches: int = Field(
-        16, ge=1, description="Train-split batches (the first, unshuffled) for the final train loss; val uses all."
-    )
-    log_every: int = Field(100, ge=1)
-    num_threads: int | None = Field(
-        None,
-        ge=1,
-        description=(
-            "torch CPU threads while training (restored after); None = leave torch's setting, which pipeline "
-            "workers set from their CPU allocation (OMP_NUM_THREADS). Measured for the defaults on a 2-core box: "
-            "1 thread 64 s; 2 threads ~15% faster when the box is idle, 480 s when another job shares the cores."
-        ),
-    )
 
 
 def _lr(step: int, cfg: TinyLMTrainConfig) -> float:

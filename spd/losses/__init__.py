@@ -1,14 +1,27 @@
-"""SPD losses, one function per file (reference spec section 5)."""
+"""SPD losses, one function per file (reference spec section 5).
 
-from spd.losses.ci_masked_recon import ci_masked_recon_loss
-from spd.losses.ci_masked_recon_layerwise import ci_masked_recon_layerwise_loss
-from spd.losses.divergence import divergence_sum_and_count
-from spd.losses.faithfulness import faithfulness_loss
-from spd.losses.importance_minimality import annealed_p, importance_minimality_loss
-from spd.losses.pgd_recon import pgd_recon_layerwise_loss, pgd_recon_loss
-from spd.losses.stochastic_recon import stochastic_recon_loss
-from spd.losses.stochastic_recon_layerwise import stochastic_recon_layerwise_loss
-from spd.losses.unmasked_recon import unmasked_recon_loss
+The names below load on first use (spd.lazy): spd.losses.config, which a pipeline file's validation reads on a
+login node, must be importable without importing torch.
+"""
+
+from spd.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "annealed_p": "spd.losses.importance_minimality",
+        "ci_masked_recon_layerwise_loss": "spd.losses.ci_masked_recon_layerwise",
+        "ci_masked_recon_loss": "spd.losses.ci_masked_recon",
+        "divergence_sum_and_count": "spd.losses.divergence",
+        "faithfulness_loss": "spd.losses.faithfulness",
+        "importance_minimality_loss": "spd.losses.importance_minimality",
+        "pgd_recon_layerwise_loss": "spd.losses.pgd_recon",
+        "pgd_recon_loss": "spd.losses.pgd_recon",
+        "stochastic_recon_layerwise_loss": "spd.losses.stochastic_recon_layerwise",
+        "stochastic_recon_loss": "spd.losses.stochastic_recon",
+        "unmasked_recon_loss": "spd.losses.unmasked_recon",
+    },
+)
 
 __all__ = [
     "annealed_p",

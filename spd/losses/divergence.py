@@ -6,12 +6,10 @@ which is exactly "mean over mask samples (and layers)".
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-OutputLossType = Literal["mse", "kl"]
+from spd.losses.config import OutputLossType as OutputLossType
 
 
 def divergence_sum_and_count(pred: Tensor, target: Tensor, loss_type: OutputLossType) -> tuple[Tensor, int]:

@@ -15,56 +15,18 @@ Scopes (source leading shape for batch dims (B, T)):
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from spd.losses.config import PersistentPGDConfig, PPGDScope
+from spd.losses.config import PPGDOptimizer as PPGDOptimizer
+from spd.losses.config import Routing as Routing
 from spd.losses.divergence import OutputLossType, divergence_sum_and_count
 from spd.losses.pgd import source_mask_infos
 from spd.models.component_model import ComponentModel
 from spd.models.masks import MaskInfo
-from spd.models.routing import RoutingConfig, route
-from spd.schedules import ScheduleConfig, scheduled_value
-
-ScopeType = Literal["single_mask", "broadcast_across_batch", "repeat_across_batch", "per_batch_per_position"]
-Routing = Literal["all", "uniform_k_subset"] | RoutingConfig
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PPGDScope(_Strict):
-    """Which positions share a source: see spd/losses/persistent_pgd.py for the shapes."""
-
-    type: ScopeType = "single_mask"
-    n_sources: int | None = Field(None, ge=1, description="repeat_across_batch only: sources tiled along the batch.")
-
-    @model_validator(mode="after")
-    def _check(self) -> PPGDScope:
-        if (self.type == "repeat_across_batch") != (self.n_sources is not None):
-            raise ValueError("n_sources is required for repeat_across_batch and only allowed there")
-        return self
-
-
-class PPGDOptimizer(_Strict):
-    """Ascent rule of the sources: sign (s += lr·sign g) or Adam with bias correction; its own lr schedule."""
-
-    type: Literal["sign", "adam"] = "adam"
-    lr_schedule: ScheduleConfig = Field(
-        default_factory=lambda: ScheduleConfig(start_val=0.1, fn_type="constant", final_val_frac=1.0)
-    )
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-
-
-class PersistentPGDConfig(_Strict):
-    scope: PPGDScope = Field(default_factory=PPGDScope)
-    optimizer: PPGDOptimizer = Field(default_factory=PPGDOptimizer)
-    n_warmup_steps: int = Field(0, ge=0, description="Extra inner ascent steps on the current batch.")
+from spd.models.routing import route
+from spd.schedules import scheduled_value
 
 
 def source_shape(scope: PPGDScope, batch_dims: tuple[int, ...], width: int) -> tuple[int, ...]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-CiFnType = Literal["mlp", "vector_mlp", "shared_mlp"]
+from spd.models.config import CiFnType as CiFnType
 
 RELU_GAIN = math.sqrt(2.0)
 

@@ -27,47 +27,12 @@ from fnmatch import fnmatch
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from spd.models.ci_fns import RELU_GAIN, PlainLinear
-
-
-class BlockGroup(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    patterns: list[str] = Field(min_length=1, description="fnmatch patterns of the block's decomposed modules.")
-
-
-class GlobalCiFnConfig(BaseModel):
-    """`mode: global`, `fn_type: global_reverse_residual` (the only global kind implemented here)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mode: Literal["global"] = "global"
-    fn_type: Literal["global_reverse_residual"] = "global_reverse_residual"
-    d_resid_ci_fn: int = Field(gt=0, description="Width of the CI function's residual stream.")
-    reader_hidden_dims: list[int] = Field(default_factory=list, description="Hidden widths of each block's reader.")
-    block_groups: list[BlockGroup] = Field(min_length=1, description="Ordered blocks (output end first).")
-    transition_hidden_dim: int | None = Field(
-        None, gt=0, description="Transition = Linear-GELU-Linear with this hidden width; None = one Linear."
-    )
-    member_order: Literal["config", "name"] = Field(
-        "config",
-        description=(
-            "Order of the modules inside a block: `config` (patterns in listed order, then module order; the "
-            "reference's) or `name` (sorted; decompositions made by versions of this project before it)."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> GlobalCiFnConfig:
-        names = [b.name for b in self.block_groups]
-        if len(names) != len(set(names)):
-            raise ValueError(f"block_groups names must be unique, got {names}")
-        return self
+from spd.models.config import BlockGroup as BlockGroup
+from spd.models.config import GlobalCiFnConfig
 
 
 def block_members(patterns: list[str], paths: list[str], member_order: Literal["config", "name"]) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Sampling = Literal["continuous", "binomial"]
+from spd.models.config import Sampling as Sampling
 
 
 @dataclass

@@ -6,26 +6,10 @@ target module's original output.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-
-class RoutingConfig(BaseModel):
-    """Router of the subset losses (reference 4.2): uniform_k_subset, or each module with probability p."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["uniform_k_subset", "static_probability"] = "uniform_k_subset"
-    p: float | None = Field(None, gt=0, le=1, description="static_probability only.")
-
-    @model_validator(mode="after")
-    def _check(self) -> RoutingConfig:
-        if (self.type == "static_probability") != (self.p is not None):
-            raise ValueError("p is required for static_probability routing and only allowed there")
-        return self
+from spd.models.config import RoutingConfig as RoutingConfig
 
 
 def uniform_k_subset_routing(

@@ -8,14 +8,14 @@ importance-minimality penalty (a CI above 1 is still penalised, so it is pushed 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-LEAK = 0.01
+from spd.models.config import SigmoidType as SigmoidType
 
-SigmoidType = Literal["leaky_hard", "hard", "upper_leaky_hard", "lower_leaky_hard", "normal"]
+LEAK = 0.01
 
 
 class _LowerLeakyHardSigmoid(torch.autograd.Function):

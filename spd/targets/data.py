@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-DataGenerationType = Literal["at_least_zero_active", "exactly_one_active"]
+from spd.targets.config import DataGenerationType as DataGenerationType
 
 
 def sparse_feature_batch(

@@ -16,7 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from spd.lm.hf import HFDatasetConfig, HFModelConfig, _require
+from spd.lm.hf import HFModelConfig, _require
+from spd.targets.config import HFTargetSpec
 
 HF_CONFIG_DIR = "hf_config"
 
@@ -46,20 +47,6 @@ def hf_tokenizer_file(model_dir: str) -> Path | None:
     """tokenizer.json of a local HF model directory, if it has one (copied into the decomposition)."""
     path = Path(model_dir).expanduser() / "tokenizer.json"
     return path if path.is_file() else None
-
-
-class HFTargetSpec(BaseModel):
-    """Decompose a Hugging Face causal LM on a Hugging Face text dataset (both local or in the HF cache)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["hf_causal_lm"] = "hf_causal_lm"
-    model: HFModelConfig
-    dataset: HFDatasetConfig
-    eval_split: str | None = Field(None, description="Eval split of the dataset; None = the stream's last part.")
-    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the train stream held out when no eval_split.")
-    seq_len: int = Field(128, ge=2, description="Tokens per window (at most the model's context).")
-    dataset_seed: int = Field(0, description="Seed of the window order (independent of the SPD seed).")
 
 
 def _token_source(spec: HFTargetSpec, eos_id: int) -> dict:

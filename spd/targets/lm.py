@@ -13,38 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from spd.data.batches import Batch, BatchConfig, iter_epochs
-from spd.data.corpus import Corpus, CorpusConfig, build_corpus
+from spd.data.corpus import Corpus, build_corpus
 from spd.lm.model import TinyLM, TinyLMConfig
-from spd.lm.train import TinyLMTrainConfig, train_tiny_lm
-
-
-class LMDataConfig(BaseModel):
-    """Which token windows SPD trains and evaluates on."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    seq_len: int | None = Field(None, ge=2, description="Tokens per window; None = the LM's n_ctx.")
-    dataset_seed: int = Field(0, description="Seed of the window order (independent of the SPD seed).")
-    train_split: str = "train"
-    eval_split: str = "val"
-
-
-class TinyLMTargetSpec(BaseModel):
-    """Make an LM target from scratch: a synthetic story corpus, then a tiny LM trained on it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["tiny_lm"] = "tiny_lm"
-    corpus: CorpusConfig = Field(default_factory=CorpusConfig, description="The story corpus (spd.data).")
-    train: TinyLMTrainConfig = Field(default_factory=TinyLMTrainConfig, description="LM architecture + recipe.")
-    data: LMDataConfig = Field(default_factory=LMDataConfig, description="SPD batches from the corpus.")
+from spd.lm.train import train_tiny_lm
+from spd.targets.config import LMDataConfig, TinyLMTargetSpec
 
 
 class LMData:

@@ -15,42 +15,14 @@ A target that skips features would give a decomposition of fewer features and an
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from spd.targets.config import ResidMLPTargetConfig as ResidMLPTargetConfig
 from spd.targets.data import sparse_feature_batch
 from spd.targets.seed_search import train_until_features_pass
-
-
-class ResidMLPTargetConfig(BaseModel):
-    """A residual-MLP target and how to train it (defaults: the reference's 1-layer resid_mlp1)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["resid_mlp"] = "resid_mlp"
-    n_features: int = Field(100, ge=1, description="100 for 1 and 2 layers, 102 for 3 layers in the reference.")
-    d_embed: int = Field(1000, ge=1, description="Residual stream width.")
-    d_mlp: int = Field(50, ge=1, description="Neurons per layer: 50 (1 layer), 25 (2 layers), 17 (3 layers).")
-    n_layers: int = Field(1, ge=1)
-    feature_probability: float = Field(0.01, gt=0, le=1)
-    label_coeffs: Literal["trivial", "random"] = Field(
-        "trivial", description="c in y = x + ReLU(c ⊙ x): all ones (reference default) or U[1, 2] from label_fn_seed."
-    )
-    label_fn_seed: int = 0
-    train_steps: int = Field(1000, ge=0, description="1000 for 1 and 2 layers, 10000 for 3 layers.")
-    train_batch_size: int = Field(2048, ge=1)
-    lr: float = Field(3e-3, gt=0, description="AdamW learning rate, cosine-decayed to 0.")
-    weight_decay: float = Field(0.01, ge=0)
-    seed: int = Field(0, description="Seed of W_E and of target training (independent of the SPD seed).")
-    seed_search: int = Field(1, ge=1, description="Seeds tried until every feature is computed.")
-    feature_check_min_frac: float = Field(
-        0.25, gt=0, le=1, description="On 0.75·e_i the MLP part of output_i must reach this fraction of c_i·0.75."
-    )
-
 
 RESID_MLP_PRESETS: dict[str, dict] = {
     "resid_mlp1": {"n_features": 100, "d_mlp": 50, "n_layers": 1, "train_steps": 1000},

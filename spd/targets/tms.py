@@ -15,48 +15,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from spd.targets.data import DataGenerationType, sparse_feature_batch
+from spd.targets.config import TMSTargetConfig as TMSTargetConfig
+from spd.targets.data import sparse_feature_batch
 from spd.targets.seed_search import train_until_features_pass
-
-
-class TMSTargetConfig(BaseModel):
-    """A TMS target and how to train it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["tms"] = "tms"
-    n_features: int = Field(5, ge=1, description="Input/output features (5 for 5-2, 40 for 40-10).")
-    n_hidden: int = Field(2, ge=1, description="Bottleneck width (2 for 5-2, 10 for 40-10).")
-    n_hidden_layers: int = Field(0, ge=0, description="Fixed identity hidden layers (1 for the -id variants).")
-    bias_init: Literal["default", "zero"] = Field("default", description="linear2 bias init: nn.Linear default or 0.")
-    feature_probability: float = Field(0.05, gt=0, le=1, description="Probability that a feature is active.")
-    data_generation_type: DataGenerationType = "at_least_zero_active"
-    train_steps: int = Field(10_000, ge=0, description="AdamW steps to train the target.")
-    train_batch_size: int = Field(1024, ge=1, description="1024 for 5-2, 8192 for 40-10 in the reference.")
-    lr: float = Field(5e-3, gt=0, description="Constant AdamW learning rate.")
-    weight_decay: float = Field(0.01, ge=0)
-    seed: int = Field(0, description="Seed of target training (independent of the SPD seed).")
-    seed_search: int = Field(
-        1,
-        ge=1,
-        description=(
-            "Try seeds seed, seed+1, ... up to this many until the target represents every feature "
-            "(TMS training is finicky); fail with DegenerateTargetError if none does."
-        ),
-    )
-    feature_check_min_frac: float = Field(
-        0.5,
-        ge=0.5,
-        le=1,
-        description=(
-            "On 0.75·e_i, output_i must reach this fraction of 0.75 and every other output stay at or below "
-            "(1 - this)·0.75."
-        ),
-    )
 
 
 class TiedTransposeLinear(nn.Module):

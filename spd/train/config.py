@@ -2,6 +2,8 @@
 
 The loss-side configs (PPGDScope, PPGDOptimizer, PersistentPGDConfig, RoutingConfig, ScheduleConfig) are defined
 below both spd.losses and spd.train, so the losses never import the training package; they are re-exported here.
+Everything here comes from torch-free modules (spd.losses.config, spd.models.config, spd.schedules): a pipeline
+file is validated on a login node, where importing torch costs seconds.
 """
 
 from __future__ import annotations
@@ -10,15 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from spd.losses.divergence import OutputLossType
-from spd.losses.persistent_pgd import PersistentPGDConfig
-from spd.losses.persistent_pgd import PPGDOptimizer as PPGDOptimizer
-from spd.losses.persistent_pgd import PPGDScope as PPGDScope
-from spd.models.ci_fns import CiFnType
-from spd.models.global_ci import GlobalCiFnConfig
-from spd.models.masks import Sampling
-from spd.models.routing import RoutingConfig
-from spd.models.sigmoids import SigmoidType
+from spd.losses.config import OutputLossType, PersistentPGDConfig
+from spd.losses.config import PPGDOptimizer as PPGDOptimizer
+from spd.losses.config import PPGDScope as PPGDScope
+from spd.models.config import CiFnType, GlobalCiFnConfig, RoutingConfig, Sampling, SigmoidType
 from spd.schedules import ScheduleConfig
 
 
