@@ -1,7 +1,8 @@
 """Real models and data: a Hugging Face causal LM and a Hugging Face dataset, as a token stream.
 
-Needs the optional extra `hf` (`pip install -e '.[hf]'`: transformers, datasets). Both are imported lazily,
-so the rest of spd works without them.
+Needs the optional extra `hf` (`pip install 'spd-pipeline[hf]'`, in a checkout `pip install -e '.[hf]'`:
+transformers, datasets). Both are imported lazily, so the rest of spd works without them; using one that is
+not installed raises HFExtraMissingError naming that command.
 
 Names are resolved like this:
 - an existing local path (or one that looks like a path: absolute, `./`, `../`, `~`) is loaded from disk with
@@ -99,7 +100,8 @@ def _require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise HFExtraMissingError(
-            f"{module} is not installed; install the Hugging Face extra: pip install -e '.[hf]'"
+            f"{module} is not installed; install the Hugging Face extra: pip install 'spd-pipeline[hf]' "
+            "(in a checkout: pip install -e '.[hf]')"
         ) from None
 
 
