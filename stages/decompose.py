@@ -33,6 +33,7 @@ from spd.data.io import atomic_directory
 from spd.lm.config import TinyLMConfig
 from spd.targets.config import HFTargetSpec, LMDataConfig, ResidMLPTargetConfig, TinyLMTargetSpec, TMSTargetConfig
 from spd.train.config import SPDConfig
+from spd.train.progress import last_logged_step
 from stages.base import StageConfig, StageContext, StageSpec
 
 if TYPE_CHECKING:
@@ -287,11 +288,21 @@ def _train_reference_yaml(spec: ReferenceYamlSpec, out_dir: Path, device: torch.
     )
 
 
+def training_progress(config: DecomposeConfig, out_dir: Path) -> tuple[int, int] | None:
+    """(last logged step, steps) of an SPD training into out_dir, for the progress bar; None when the config
+    does not say its steps here (a reference YAML, an import) or nothing is logged yet."""
+    if not isinstance(config.spd, SPDConfig) or config.target is None:
+        return None
+    step = last_logged_step(out_dir)
+    return None if step is None else (step, config.spd.steps)
+
+
 STAGE = StageSpec(
     name="decompose",
     config_type=DecomposeConfig,
     upstreams=(),
     run_task=run_task,
     source_digest=source_digest,
+    progress=training_progress,
     description="Train an SPD decomposition of a target model (or point at an existing checkpoint).",
 )

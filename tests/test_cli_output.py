@@ -85,6 +85,13 @@ def test_last_logged_step_reads_the_newest_complete_record(tmp_path: Path) -> No
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "train/loss": 0.1}) + "\n" for s in (0, 10, 20)) + '{"step": 3')
     assert last_logged_step(tmp_path) == 20
+    # what the decompose stage's progress bar shows: logged steps of the configured total
+    from stages.decompose import STAGE as DECOMPOSE
+
+    assert DECOMPOSE.progress is not None
+    config = DECOMPOSE.config_type.model_validate({"target": {"kind": "tms"}, "spd": {"steps": 500}})
+    assert DECOMPOSE.progress(config, tmp_path) == (20, 500)
+    assert DECOMPOSE.progress(config, tmp_path / "nothing yet") is None
 
 
 def test_a_rerun_marks_an_existing_report_stale_until_it_is_rebuilt(tmp_path: Path) -> None:
