@@ -129,6 +129,12 @@ def test_slurm_records_of_a_copy_are_not_its_jobs(tmp_path: Path, monkeypatch: p
     assert cancelled == [["scancel", "77"]]
 
 
+def test_a_damaged_submission_time_widens_the_sacct_window() -> None:
+    """A hand-edited `time` in jobs.jsonl: status asks sacct from a week back instead of raising."""
+    just_now = slurm_executor.sacct_start(slurm_executor.now_iso())
+    assert slurm_executor.sacct_start("not a time") < just_now
+
+
 # --- 3. rerun recomputes keys from the recorded configs -------------------------------------------------------
 
 

@@ -326,8 +326,12 @@ def _run_tool(args: Sequence[str]) -> tuple[str | None, str]:
 
 
 def sacct_start(iso_time: str) -> str:
-    """sacct's --starttime (local time of this host) a little before a recorded UTC time."""
-    when = datetime.fromisoformat(iso_time) - timedelta(minutes=10)  # clock skew, second-rounding
+    """sacct's --starttime (local time of this host) a little before a recorded UTC time; a time that does not
+    parse (a record edited by hand) widens the window to a week, which only costs sacct a longer search."""
+    try:
+        when = datetime.fromisoformat(iso_time) - timedelta(minutes=10)  # clock skew, second-rounding
+    except (TypeError, ValueError):
+        when = datetime.now(UTC) - timedelta(days=7)
     return when.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
 
 
