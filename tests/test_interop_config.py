@@ -366,7 +366,8 @@ def test_old_ci_and_module_keys() -> None:
     assert (ci.fn_type, ci.hidden_dims) == ("vector_mlp", [3])  # the reference's old default type
     glob = _minimal(use_global_ci=True)
     del glob["ci_config"]
-    _refused(glob, "ci_config.fn_type", "global_shared_mlp")
+    shared = translate_reference_config(glob).spd.ci_fn  # the old global form: global_shared_mlp, hidden [8]
+    assert (shared.mode, shared.fn_type, shared.hidden_dims) == ("global", "global_shared_mlp", [8])
     half = _minimal(C=3)
     del half["module_info"]
     _refused(half, "target_module_patterns")
@@ -477,7 +478,6 @@ def test_eval_only_and_eval_metric_decisions() -> None:
         ({"task_config": {"task_name": "tms", "feature_probability": 2.0}}, "task_config.feature_probability", 2.0),
         ({"mystery_knob": 3}, "mystery_knob", 3),
         ({"init_spd_checkpoint": "old/model_100.pth"}, "init_spd_checkpoint", "old/model_100.pth"),
-        ({"sigmoid_type": "swish_hard"}, "sigmoid_type", "swish_hard"),
         ({"module_info": []}, "module_info", []),
         ({"slow_eval_freq": 75}, "slow_eval_freq", 75),
         ({"lr_schedule": {"start_val": 0.1, "final_val_frac": 0.5}}, "lr_schedule.final_val_frac", 0.5),
@@ -498,9 +498,16 @@ def test_unsupported_global_and_ppgd_options() -> None:
         _refused(_minimal(ci_config={**glob, key: value}), f"ci_config.{key}", value)
     _refused(_minimal(ci_config={**glob, "reader_hidden_dims": None}), "ci_config.reader_hidden_dims")
     _refused(_minimal(ci_config={**glob, "block_groups": []}), "ci_config.block_groups", [])
-    _refused(
-        _ppgd("single_source", use_sigmoid_parameterization=True), "loss_metric_configs[0].use_sigmoid_parameterization"
-    )
+    sig = translate_reference_config(_ppgd("single_source", use_sigmoid_parameterization=True)).spd.losses[0]
+    assert sig.use_sigmoid_parameterization and sig.ppgd().use_sigmoid_parameterization
+    assert not translate_reference_config(_ppgd("single_source")).spd.losses[0].use_sigmoid_parameterization
+    shared = translate_reference_config(_minimal(ci_config={"mode": "global", "fn_type": "global_shared_mlp",
+                                                            "hidden_dims": [6]})).spd.ci_fn  # fmt: skip
+    assert (shared.fn_type, shared.hidden_dims, shared.block_groups) == ("global_shared_mlp", [6], [])
+    _all_fields_set(translate_reference_config(_minimal(ci_config={"mode": "global", "fn_type": "global_shared_mlp",
+                                                                   "hidden_dims": []})).spd)  # fmt: skip
+    _refused(_minimal(ci_config={"mode": "global", "fn_type": "global_shared_mlp"}), "ci_config.hidden_dims")
+    assert translate_reference_config(_minimal(sigmoid_type="swish_hard")).spd.sigmoid_type == "swish_hard"
     tms = _ppgd("single_source")
     tms["task_config"] = {"task_name": "tms", "feature_probability": 0.1}
     _refused(tms, "loss_metric_configs[0].classname", "PersistentPGDReconLoss", match="LM task")

@@ -301,13 +301,15 @@ def _ci_config(ctx: _Ctx, value: Any, path: str) -> CiFnConfig | GlobalCiFnConfi
     if mode != "global":
         raise ctx.error(_join(path, "mode"), mode, "must be 'layerwise' or 'global' (the reference's discriminator)")
     d = _read(ctx, value, _GLOBAL_CI, path, "GlobalCiConfig")
-    if d["fn_type"] != "global_reverse_residual":
+    if d["fn_type"] == "global_shared_transformer":
         raise ctx.error(
             _join(path, "fn_type"),
             d["fn_type"],
-            "global CI function not implemented here (only global_reverse_residual and the layerwise "
-            "mlp / vector_mlp / shared_mlp are)",
+            "global CI function not implemented here (global_reverse_residual, global_shared_mlp and the "
+            "layerwise mlp / vector_mlp / shared_mlp are)",
         )
+    if d["fn_type"] == "global_shared_mlp":
+        return _shared_mlp_ci_config(ctx, value, d, path)
     for key, why in (
         ("transition_attn_config", "self-attention transitions are not implemented here (MLP transitions are)"),
         ("simple_transformer_ci_cfg", "the transformer CI function is not implemented here"),
@@ -333,9 +335,45 @@ def _ci_config(ctx: _Ctx, value: Any, path: str) -> CiFnConfig | GlobalCiFnConfi
         "reader_hidden_dims": d["reader_hidden_dims"],
         "block_groups": blocks,
         "transition_hidden_dim": d["transition_hidden_dim"],
+        "hidden_dims": None,
     }
     if "member_order" in GlobalCiFnConfig.model_fields:
         ours["member_order"] = "config"  # the reference's order inside a block: patterns as listed, module order
+    return _ours(ctx, GlobalCiFnConfig, ours, path)
+
+
+def _shared_mlp_ci_config(ctx: _Ctx, value: Mapping, d: dict[str, Any], path: str) -> GlobalCiFnConfig:
+    """global_shared_mlp: hidden_dims required (the reference asserts it); the reverse-residual fields are ignored
+    there by the reference, so they are ignored here with a warning, except attention transitions (it refuses)."""
+    if d["hidden_dims"] is None:
+        raise ctx.error(_join(path, "hidden_dims"), None, "required for global_shared_mlp (the reference asserts it)")
+    if d["transition_attn_config"] is not None:
+        raise ctx.error(
+            _join(path, "transition_attn_config"),
+            value["transition_attn_config"],
+            "only valid for global_reverse_residual (the reference asserts it)",
+        )
+    for key in (
+        "reader_hidden_dims",
+        "d_resid_ci_fn",
+        "block_groups",
+        "transition_hidden_dim",
+        "simple_transformer_ci_cfg",
+    ):
+        if d[key] is not None:
+            ctx.warn(
+                f"`{_join(path, key)}` = {d[key]!r} is ignored: global_shared_mlp does not read it (nor does the reference)."
+            )
+    ours = {
+        "mode": "global",
+        "fn_type": "global_shared_mlp",
+        "hidden_dims": d["hidden_dims"],
+        "d_resid_ci_fn": None,
+        "reader_hidden_dims": [],
+        "block_groups": [],
+        "transition_hidden_dim": None,
+        "member_order": "config",
+    }
     return _ours(ctx, GlobalCiFnConfig, ours, path)
 
 
@@ -481,11 +519,11 @@ LOSS_MAPPINGS: dict[str, LossMapping] = {
     "PGDReconLayerwiseLoss": LossMapping(_PGD),
     "StochasticHiddenActsReconLoss": LossMapping({}),
     "PersistentPGDReconLoss": LossMapping(
-        _PPGD, "scope single_source -> single_mask; use_sigmoid_parameterization true refused; LM tasks only"
+        _PPGD, "scope single_source -> single_mask; LM tasks only"
     ),
     "PersistentPGDReconSubsetLoss": LossMapping(
         {**_PPGD, **_ROUTING},
-        "scope single_source -> single_mask; use_sigmoid_parameterization true refused; LM tasks only",
+        "scope single_source -> single_mask; LM tasks only",
     ),
 }
 
@@ -537,9 +575,6 @@ def _loss(ctx: _Ctx, item: Any, path: str) -> Any | None:
             ours[key] = _scope(ctx, d[key], _join(path, key))
         elif key == "optimizer":
             ours[key] = _ppgd_optimizer(ctx, d[key], _join(path, key))
-        elif key == "use_sigmoid_parameterization":
-            if d[key]:
-                raise ctx.error(_join(path, key), d[key], "sigmoid-parameterised PPGD sources are not implemented here")
         else:
             ours[key] = d[key]
     return _ours(ctx, LossConfig, ours, path)
@@ -711,14 +746,6 @@ def _eval_metrics(ctx: _Ctx, value: Any, path: str) -> None:
 # --- the top-level table --------------------------------------------------------------------------------------
 
 
-def _sigmoid(ctx: _Ctx, value: Any, path: str) -> str:
-    if value == "swish_hard":
-        raise ctx.error(
-            path, value, "not implemented here (normal, hard, leaky_hard, upper_leaky_hard, lower_leaky_hard are)"
-        )
-    return value
-
-
 def _task(ctx: _Ctx, value: Any, path: str) -> ReferenceTask:
     if not isinstance(value, Mapping):
         raise ctx.error(path, value, "expected a mapping with a `task_name`")
@@ -760,8 +787,8 @@ FIELD_MAPPINGS: tuple[FieldMapping, ...] = (
         Spec(Any),
         "SPDConfig.ci_fn",
         "layerwise mlp / vector_mlp / shared_mlp -> CiFnConfig; global global_reverse_residual -> "
-        "GlobalCiFnConfig (block order and pattern order kept); other fn_types, transition_attn_config and "
-        "simple_transformer_ci_cfg refused",
+        "GlobalCiFnConfig (block order and pattern order kept); global global_shared_mlp -> GlobalCiFnConfig "
+        "(hidden_dims); global_shared_transformer, transition_attn_config and simple_transformer_ci_cfg refused",
         _ci_config,
     ),
     FieldMapping("sampling", Spec(Literal["continuous", "binomial"], "continuous"), "SPDConfig.sampling"),
@@ -769,8 +796,6 @@ FIELD_MAPPINGS: tuple[FieldMapping, ...] = (
         "sigmoid_type",
         Spec(Literal["normal", "hard", "leaky_hard", "upper_leaky_hard", "swish_hard"], "leaky_hard"),
         "SPDConfig.sigmoid_type",
-        "swish_hard refused",
-        _sigmoid,
     ),
     FieldMapping("module_info", Spec(list[Any]), "SPDConfig.module_info", "order kept", _module_info),
     FieldMapping(
@@ -910,7 +935,7 @@ COMPATIBILITY_RULES: tuple[tuple[str, str], ...] = (
         "ci_fn_type, ci_fn_hidden_dims, use_global_ci",
         "old form: ci_config = {mode: layerwise, fn_type: ci_fn_type (default vector_mlp), hidden_dims: "
         "ci_fn_hidden_dims (default [8])}; use_global_ci or a global_* fn_type -> mode global (global_shared_mlp "
-        "when the type was layerwise), which is then refused unless it is global_reverse_residual.",
+        "when the type was layerwise, hidden_dims kept); global_shared_transformer is then refused.",
     ),
     (
         "lr, lr_schedule (string), lr_warmup_pct",

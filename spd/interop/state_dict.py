@@ -11,6 +11,7 @@ differ in the CI functions:
   index shift inside transitions and readers. The order of the modules inside a block is not in the keys at
   all: it lives in the forward (spd/models/global_ci.py, `member_order: config`), and a conversion that only
   renames keys loads with strict=True and computes wrong CIs if the order is wrong.
+- global_shared_mlp (`ci_fn._global_ci_fn.layers.<i>`): one Sequential, the same index shift as layerwise.
 
 Identity insertions: the reference's `Identity` has no parameters; ours is a frozen identity Linear, so its
 weight (the identity matrix) is added.
@@ -67,8 +68,13 @@ def convert_layerwise_ci(key: str) -> str:
 
 
 def convert_global_ci(key: str, config: GlobalCiFnConfig) -> str:
-    """`ci_fn._global_ci_fn.<part>.<block>...` -> `ci_fn._global.<our part>.<block position>...`."""
+    """`ci_fn._global_ci_fn.<part>.<block>...` -> `ci_fn._global.<our part>.<block position>...`;
+    global_shared_mlp: `ci_fn._global_ci_fn.layers.<2i>.<p>` -> `ci_fn._global.layers.<i>.<p>`."""
     part, _, rest = key.removeprefix(GLOBAL_PREFIX).partition(".")
+    if config.fn_type == "global_shared_mlp":
+        if part != "layers":
+            raise StateDictMismatch(f"{key}: global_shared_mlp holds only `layers`")
+        return f"ci_fn._global.layers.{_linear_index(rest, key)}"
     if part not in _GLOBAL_PARTS:
         raise StateDictMismatch(f"{key}: unknown part {part!r} of global_reverse_residual (attention transitions?)")
     ours, is_sequential = _GLOBAL_PARTS[part]

@@ -52,3 +52,8 @@ class PersistentPGDConfig(_Strict):
     scope: PPGDScope = Field(default_factory=PPGDScope)
     optimizer: PPGDOptimizer = Field(default_factory=PPGDOptimizer)
     n_warmup_steps: int = Field(0, ge=0, description="Extra inner ascent steps on the current batch.")
+    use_sigmoid_parameterization: bool = Field(
+        False,
+        description="Sources are unbounded (initialised from randn) and read through a sigmoid, instead of drawn "
+        "from U[0, 1) and clamped back into [0, 1] after each ascent step.",
+    )

@@ -4,7 +4,11 @@ Sources s ∈ [0, 1] (last entry = the δ mask when the delta component is on) g
 and δ mask s[..., C]. Each training step the caller computes the PPGD loss, takes the sources' gradient
 (`torch.autograd.grad(loss, state.sources(), retain_graph=True)`) BEFORE the total backward, then
 `state.update(grads, step, total_steps)` AFTER it: one ascent step per training step, with its own lr
-schedule, sources clamped back into [0, 1].
+schedule, sources clamped back into [0, 1]. With `use_sigmoid_parameterization` the stored sources are
+unbounded (drawn from randn, never clamped) and the masks read σ(s) instead: the ascent never stalls at a bound.
+
+`state_dict()` / `load_state_dict()` carry the sources and the Adam moments, so a checkpoint (spd/models/checkpoint.py
+`save_ppgd_state`) lets continued training pick the adversary up where it was.
 
 Scopes (source leading shape for batch dims (B, T)):
     single_mask              (1, 1, C')   one source for every position
@@ -14,6 +18,8 @@ Scopes (source leading shape for batch dims (B, T)):
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,9 +62,10 @@ class PersistentPGDState:
     ) -> None:
         self.config, self.batch_dims, self.use_delta = config, tuple(batch_dims), use_delta_component
         self.sources_by_module: dict[str, Tensor] = {}
+        init = torch.randn if config.use_sigmoid_parameterization else torch.rand
         for path, C in module_to_c.items():
             shape = source_shape(config.scope, self.batch_dims, C + int(use_delta_component))
-            self.sources_by_module[path] = torch.rand(shape, device=device).requires_grad_(True)
+            self.sources_by_module[path] = init(shape, device=device).requires_grad_(True)
         self._m = {p: torch.zeros_like(s) for p, s in self.sources_by_module.items()}
         self._v = {p: torch.zeros_like(s) for p, s in self.sources_by_module.items()}
         self._t = 0
@@ -66,12 +73,24 @@ class PersistentPGDState:
     def sources(self) -> list[Tensor]:
         return list(self.sources_by_module.values())
 
-    def expanded(self, path: str) -> Tensor:
-        """Sources broadcast to (*batch_dims, C'): repeat_across_batch tiles along the batch."""
+    def effective(self, path: str) -> Tensor:
+        """The source values the masks read: σ(s) with the sigmoid parameterisation, s itself otherwise."""
         s = self.sources_by_module[path]
+        return torch.sigmoid(s) if self.config.use_sigmoid_parameterization else s
+
+    def expanded(self, path: str, batch_dims: tuple[int, ...] | None = None) -> Tensor:
+        """Effective sources broadcast to (*batch_dims, C') (default: the training batch's): repeat_across_batch
+        tiles along the batch. Evaluation may use another batch size; per_batch_per_position sources then do not
+        fit, and repeat_across_batch needs n_sources to divide it."""
+        dims = self.batch_dims if batch_dims is None else tuple(batch_dims)
+        s = self.effective(path)
         if self.config.scope.type == "repeat_across_batch":
-            s = s.repeat(self.batch_dims[0] // s.shape[0], *([1] * (s.dim() - 1)))
-        return s.expand(*self.batch_dims, s.shape[-1])
+            if dims[0] % s.shape[0]:
+                raise ValueError(f"n_sources={s.shape[0]} must divide the batch size {dims[0]}")
+            s = s.repeat(dims[0] // s.shape[0], *([1] * (s.dim() - 1)))
+        if self.config.scope.type == "per_batch_per_position" and tuple(s.shape[:-1]) != dims:
+            raise ValueError(f"per_batch_per_position sources of shape {tuple(s.shape[:-1])} cannot serve batch {dims}")
+        return s.expand(*dims, s.shape[-1])
 
     def mask_infos(
         self,
@@ -79,16 +98,48 @@ class PersistentPGDState:
         deltas: dict[str, Tensor] | None,
         routing: dict[str, Tensor] | None = None,
     ) -> dict[str, MaskInfo]:
-        """m = g + (1 - g) s[..., :C]; δ mask s[..., C] (when the delta component is on and deltas are given)."""
-        sources = {path: self.expanded(path) for path in ci}
+        """m = g + (1 - g) s[..., :C]; δ mask s[..., C] (when the delta component is on and deltas are given).
+        The sources are broadcast to the CIs' batch dims."""
+        dims = tuple(next(iter(ci.values())).shape[:-1])
+        sources = {path: self.expanded(path, dims) for path in ci}
         return source_mask_infos(ci, deltas if self.use_delta else None, sources, routing)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sources, Adam moments and step count (copies on the CPU), for a checkpoint."""
+        return {
+            "sources": {p: s.detach().cpu().clone() for p, s in self.sources_by_module.items()},
+            "m": {p: t.cpu().clone() for p, t in self._m.items()},
+            "v": {p: t.cpu().clone() for p, t in self._v.items()},
+            "t": self._t,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict()` saved, in place (the source tensors stay the same leaves)."""
+        if set(state["sources"]) != set(self.sources_by_module):
+            raise ValueError(
+                f"PPGD state holds modules {sorted(state['sources'])}, expected {sorted(self.sources_by_module)}"
+            )
+        for path, s in self.sources_by_module.items():
+            for mine, saved in (
+                (s, state["sources"][path]),
+                (self._m[path], state["m"][path]),
+                (self._v[path], state["v"][path]),
+            ):
+                if mine.shape != saved.shape:
+                    raise ValueError(
+                        f"PPGD state of {path!r}: shape {tuple(saved.shape)}, expected {tuple(mine.shape)}"
+                    )
+                mine.copy_(saved)
+        self._t = int(state["t"])
 
     def lr(self, step: int, total_steps: int) -> float:
         return scheduled_value(step, total_steps, self.config.optimizer.lr_schedule)
 
     @torch.no_grad()
     def update(self, grads: list[Tensor] | dict[str, Tensor], step: int, total_steps: int) -> None:
-        """One ascent step on every module's sources, then clamp to [0, 1]."""
+        """One ascent step on every module's sources, then clamp to [0, 1] (not with the sigmoid parameterisation,
+        whose raw sources are unbounded)."""
         if not isinstance(grads, dict):
             grads = dict(zip(self.sources_by_module, grads, strict=True))
         opt, lr = self.config.optimizer, self.lr(step, total_steps)
@@ -104,7 +155,8 @@ class PersistentPGDState:
                 m_hat = m / (1 - opt.beta1**self._t)
                 v_hat = v / (1 - opt.beta2**self._t)
                 s.add_(lr * m_hat / (v_hat.sqrt() + opt.eps))
-            s.clamp_(0.0, 1.0)
+            if not self.config.use_sigmoid_parameterization:
+                s.clamp_(0.0, 1.0)
             s.grad = None  # the total backward may have accumulated into the leaf; sources move only here
 
 

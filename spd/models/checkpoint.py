@@ -10,6 +10,9 @@ Layout (every file written atomically):
     corpus/             LM decompositions only: the story corpus the LM was trained and decomposed on
                         (spd/data/corpus.py layout: manifest, tokenizer, documents, occurrences, token streams)
     model_<step>.pth    ComponentModel state dict (target_model.*, _components.*, ci_fn._ci_fns.*)
+    ppgd_<step>.pth     runs with persistent PGD losses only: {loss classname: PersistentPGDState.state_dict()}
+                        (sources and Adam moments), saved with every model_<step>.pth so that continued
+                        training (`load_ppgd_state`) resumes the adversary instead of restarting it
     metrics.jsonl       one JSON object per logged step;  summary.json  final metrics
 
 Later stages (harvest, attributions) need only the directory: `load_decomposition(d)` (model),
@@ -35,12 +38,41 @@ CONFIG_FILE = "config.json"
 TARGET_DIR = "target"
 CORPUS_DIR = "corpus"
 _MODEL_RE = re.compile(r"^model_(\d+)\.pth$")
+_PPGD_RE = re.compile(r"^ppgd_(\d+)\.pth$")
 
 
 def save_model_state(model: ComponentModel, out_dir: Path, step: int) -> Path:
     path = Path(out_dir) / f"model_{step}.pth"
     atomic_torch_save(path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     return path
+
+
+def save_ppgd_state(states: dict[str, Any], out_dir: Path, step: int) -> Path | None:
+    """Write ppgd_<step>.pth: every PersistentPGDState (by loss classname) as its state_dict(); None: no states."""
+    if not states:
+        return None
+    path = Path(out_dir) / f"ppgd_{step}.pth"
+    atomic_torch_save(path, {name: state.state_dict() for name, state in states.items()})
+    return path
+
+
+def load_ppgd_state(path: str | Path, states: dict[str, Any]) -> int:
+    """Load a ppgd_<step>.pth (or a run dir's latest) into `states` (PersistentPGDState by loss classname) in
+    place; returns the step it was saved at. A state missing from the file, or one the file has and `states`
+    lacks, is an error: continuing with a fresh adversary would silently change the training objective."""
+    path = Path(path)
+    if path.is_dir():
+        found = [(int(m.group(1)), p) for p in path.iterdir() if (m := _PPGD_RE.match(p.name))]
+        if not found:
+            raise FileNotFoundError(f"{path} holds no ppgd_<step>.pth")
+        path = max(found)[1]
+    m = _PPGD_RE.match(path.name)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if set(saved) != set(states):
+        raise ValueError(f"{path} holds PPGD states {sorted(saved)}, this run has {sorted(states)}")
+    for name, state in states.items():
+        state.load_state_dict(saved[name])
+    return int(m.group(1)) if m else -1
 
 
 def save_run_config(config: dict[str, Any], out_dir: Path) -> None:

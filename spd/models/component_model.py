@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from spd.models.ci_fns import CiFnType, make_ci_fn
 from spd.models.components import Components, EmbeddingComponents, LinearComponents, tie_transposed
-from spd.models.global_ci import GlobalCiFnConfig, GlobalReverseResidualCiFn
+from spd.models.global_ci import GlobalCiFnConfig, make_global_ci_fn
 from spd.models.masks import MaskInfo
 from spd.models.sigmoids import SigmoidType, get_sigmoids
 
@@ -125,7 +125,7 @@ class ComponentModel(nn.Module):
         if global_ci is None:
             self.ci_fn._ci_fns = nn.ModuleDict(ci_fns)
         else:
-            self.ci_fn._global = GlobalReverseResidualCiFn(global_ci, self.module_to_c, ci_input_dims)
+            self.ci_fn._global = make_global_ci_fn(global_ci, self.module_to_c, ci_input_dims)
         self.tied_weights = list(tied_weights or [])
         for src, dst in self.tied_weights:
             tie_transposed(self.components(src), self.components(dst))

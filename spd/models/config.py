@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CiFnType = Literal["mlp", "vector_mlp", "shared_mlp"]
 Sampling = Literal["continuous", "binomial"]
-SigmoidType = Literal["leaky_hard", "hard", "upper_leaky_hard", "lower_leaky_hard", "normal"]
+SigmoidType = Literal["leaky_hard", "hard", "upper_leaky_hard", "lower_leaky_hard", "normal", "swish_hard"]
 
 
 class BlockGroup(BaseModel):
@@ -24,17 +24,32 @@ class BlockGroup(BaseModel):
 
 
 class GlobalCiFnConfig(BaseModel):
-    """`mode: global`, `fn_type: global_reverse_residual` (the only global kind implemented here)."""
+    """`mode: global`: one CI network over every decomposed module.
+
+    `global_reverse_residual` (spd/models/global_ci.py) reads blocks of modules into a residual stream, output end
+    first; `global_shared_mlp` is one MLP over the concatenation of every module's input (modules in name order),
+    whose output is split into each module's C logits: the simplest CI function that lets one module's importance
+    depend on what every other module sees.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Literal["global"] = "global"
-    fn_type: Literal["global_reverse_residual"] = "global_reverse_residual"
-    d_resid_ci_fn: int = Field(gt=0, description="Width of the CI function's residual stream.")
-    reader_hidden_dims: list[int] = Field(default_factory=list, description="Hidden widths of each block's reader.")
-    block_groups: list[BlockGroup] = Field(min_length=1, description="Ordered blocks (output end first).")
+    fn_type: Literal["global_reverse_residual", "global_shared_mlp"] = "global_reverse_residual"
+    d_resid_ci_fn: int | None = Field(
+        None, gt=0, description="global_reverse_residual (required there): width of the CI function's residual stream."
+    )
+    reader_hidden_dims: list[int] = Field(
+        default_factory=list, description="global_reverse_residual: hidden widths of each block's reader."
+    )
+    block_groups: list[BlockGroup] = Field(
+        default_factory=list, description="global_reverse_residual (required there): ordered blocks, output end first."
+    )
     transition_hidden_dim: int | None = Field(
-        None, gt=0, description="Transition = Linear-GELU-Linear with this hidden width; None = one Linear."
+        None,
+        gt=0,
+        description="global_reverse_residual: transition = Linear-GELU-Linear with this hidden width; None = one "
+        "Linear.",
     )
     member_order: Literal["config", "name"] = Field(
         "config",
@@ -43,9 +58,26 @@ class GlobalCiFnConfig(BaseModel):
             "reference's) or `name` (sorted; decompositions made by versions of this project before it)."
         ),
     )
+    hidden_dims: list[int] | None = Field(
+        None, description="global_shared_mlp (required there): hidden widths of the shared MLP (GELU between)."
+    )
 
     @model_validator(mode="after")
-    def _unique_names(self) -> GlobalCiFnConfig:
+    def _check(self) -> GlobalCiFnConfig:
+        if self.fn_type == "global_reverse_residual":
+            if self.d_resid_ci_fn is None or not self.block_groups:
+                raise ValueError("global_reverse_residual needs d_resid_ci_fn and at least one block_groups entry")
+            if self.hidden_dims is not None:
+                raise ValueError(
+                    "hidden_dims is for global_shared_mlp; global_reverse_residual reads reader_hidden_dims"
+                )
+        else:
+            if self.hidden_dims is None:
+                raise ValueError("global_shared_mlp needs hidden_dims (may be [])")
+            if self.d_resid_ci_fn is not None or self.block_groups or self.reader_hidden_dims:
+                raise ValueError("d_resid_ci_fn, block_groups and reader_hidden_dims are for global_reverse_residual")
+            if self.transition_hidden_dim is not None:
+                raise ValueError("transition_hidden_dim is for global_reverse_residual")
         names = [b.name for b in self.block_groups]
         if len(names) != len(set(names)):
             raise ValueError(f"block_groups names must be unique, got {names}")

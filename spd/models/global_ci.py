@@ -1,4 +1,4 @@
-"""Global causal-importance function `global_reverse_residual` (reference spec 2.2).
+"""Global causal-importance functions: `global_reverse_residual` (reference spec 2.2) and `global_shared_mlp`.
 
 One network sees every decomposed module. Modules are grouped into ordered blocks (by convention from the
 output end backwards). A residual r (... x d_resid) starts at zero; for block k:
@@ -86,6 +86,7 @@ class GlobalReverseResidualCiFn(nn.Module):
         self.blocks = assign_blocks(config, list(module_to_c))
         self.module_to_c = dict(module_to_c)
         d = config.d_resid_ci_fn
+        assert d is not None  # the config's validator requires it for global_reverse_residual
         n = len(self.blocks)
         self.proj_in = nn.ModuleList(PlainLinear(sum(input_dims[p] for p in b), d, RELU_GAIN) for b in self.blocks)
         self.transition_norms = nn.ModuleList(nn.RMSNorm(d) for _ in range(n - 1))
@@ -107,6 +108,34 @@ class GlobalReverseResidualCiFn(nn.Module):
             for p, z in zip(block, logits.split([self.module_to_c[p] for p in block], dim=-1), strict=True):
                 out[p] = z
         return out
+
+
+class GlobalSharedMlpCiFn(nn.Module):
+    """`global_shared_mlp`: one MLP (Linear+GELU per hidden width, then a Linear to Σ C) over the concatenation of
+    every module's input, its output split into each module's C logits.
+
+    Modules are concatenated in name order, as the reference does, so a checkpoint's columns mean the same modules
+    whatever order module_info lists them in. Hidden layers use the relu gain and the logit head gain 1, like the
+    other CI functions here.
+    """
+
+    def __init__(self, config: GlobalCiFnConfig, module_to_c: dict[str, int], input_dims: dict[str, int]) -> None:
+        super().__init__()
+        self.order = sorted(module_to_c)
+        self.split = [module_to_c[p] for p in self.order]
+        dims = [sum(input_dims[p] for p in self.order), *(config.hidden_dims or []), sum(self.split)]
+        self.layers = _mlp(dims, 1.0)
+
+    def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        logits = _run_mlp(self.layers, _cat([inputs[p] for p in self.order]))
+        return dict(zip(self.order, logits.split(self.split, dim=-1), strict=True))
+
+
+def make_global_ci_fn(config: GlobalCiFnConfig, module_to_c: dict[str, int], input_dims: dict[str, int]) -> nn.Module:
+    """The global CI function of `config.fn_type`."""
+    if config.fn_type == "global_shared_mlp":
+        return GlobalSharedMlpCiFn(config, module_to_c, input_dims)
+    return GlobalReverseResidualCiFn(config, module_to_c, input_dims)
 
 
 def _cat(xs: list[Tensor]) -> Tensor:

@@ -49,6 +49,19 @@ def hard_sigmoid(z: Tensor) -> Tensor:
     return z.clamp(0.0, 1.0)
 
 
+SWISH_HARD_BETA = 10.0
+
+
+def swish_hard_sigmoid(z: Tensor, beta: float = SWISH_HARD_BETA) -> Tensor:
+    """Smooth hard sigmoid: swish(z) - swish(z - 1), swish(x) = x·σ(βx).
+
+    About 0 below 0, z on [0, 1] and 1 above, with rounded corners whose width shrinks as β grows (β = 10, the
+    reference's). Unlike the clamps it has a gradient everywhere, so a CI on either side of the corners can still
+    move; it dips slightly below 0 and above 1 near the corners (by about 0.028 at β = 10).
+    """
+    return z * torch.sigmoid(beta * z) - (z - 1) * torch.sigmoid(beta * (z - 1))
+
+
 def get_sigmoids(sigmoid_type: SigmoidType) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
     """(lower, upper) pair: `leaky_hard` uses both leaky variants; the others use one function for both."""
     if sigmoid_type == "leaky_hard":
@@ -58,5 +71,6 @@ def get_sigmoids(sigmoid_type: SigmoidType) -> tuple[Callable[[Tensor], Tensor],
         "upper_leaky_hard": upper_leaky_hard_sigmoid,
         "lower_leaky_hard": lower_leaky_hard_sigmoid,
         "normal": torch.sigmoid,
+        "swish_hard": swish_hard_sigmoid,
     }[sigmoid_type]
     return single, single

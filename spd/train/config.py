@@ -96,7 +96,12 @@ class PersistentPGDReconLossConfig(_LossBase, PersistentPGDConfig):
     classname: Literal["PersistentPGDReconLoss"] = "PersistentPGDReconLoss"
 
     def ppgd(self) -> PersistentPGDConfig:
-        return PersistentPGDConfig(scope=self.scope, optimizer=self.optimizer, n_warmup_steps=self.n_warmup_steps)
+        return PersistentPGDConfig(
+            scope=self.scope,
+            optimizer=self.optimizer,
+            n_warmup_steps=self.n_warmup_steps,
+            use_sigmoid_parameterization=self.use_sigmoid_parameterization,
+        )
 
 
 class PersistentPGDReconSubsetLossConfig(PersistentPGDReconLossConfig):

@@ -34,7 +34,7 @@ from spd.losses.hidden_acts_recon import (
 from spd.losses.importance_minimality import annealed_p
 from spd.losses.persistent_pgd import PersistentPGDState, ppgd_recon_loss, ppgd_warmup
 from spd.losses.pgd_recon import pgd_recon_layerwise_loss, pgd_recon_loss
-from spd.models.checkpoint import TARGET_DIR, save_model_state, save_run_config
+from spd.models.checkpoint import TARGET_DIR, load_ppgd_state, save_model_state, save_ppgd_state, save_run_config
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.models.identity import insert_identity_operations
 from spd.schedules import coeff_warmup_factor, scheduled_value
@@ -226,6 +226,11 @@ class Decomposer:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.metrics_path.unlink(missing_ok=True)
 
+    def load_ppgd_checkpoint(self, path: Path) -> int:
+        """Continue the persistent PGD sources (and their Adam moments) of an earlier run: a ppgd_<step>.pth or
+        a run dir (its latest); returns the saved step."""
+        return load_ppgd_state(path, self.ppgd_states)
+
     # --- helpers -----------------------------------------------------------------------------------
 
     def sample(self, batch_size: int) -> Tensor:
@@ -402,6 +407,7 @@ class Decomposer:
                 self._write_metrics(record)
             if (cfg.save_freq and step > 0 and step % cfg.save_freq == 0) or step == cfg.steps:
                 save_model_state(model, self.out_dir, step)
+                save_ppgd_state(self.ppgd_states, self.out_dir, step)
             if step < cfg.steps:
                 if cfg.grad_clip_norm_components is not None:
                     torch.nn.utils.clip_grad_norm_(self.comp_params, cfg.grad_clip_norm_components)
