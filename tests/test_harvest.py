@@ -806,3 +806,19 @@ def test_planted_feature_matching_rule(stores: dict[int, Path]) -> None:
     assert matches["planted"].matched and matches["planted"].direction in ("input", "output")
     assert not matches["partial"].matched and not matches["absent"].matched
     assert match_rate(list(matches.values())) == pytest.approx(1 / 3)
+
+
+def test_autocast_bf16_reader_is_off_by_default_and_close_when_on(decomposition: Path) -> None:
+    """HarvestSettings.autocast_bf16 (issue 24): off by default; on, the forwards run in bfloat16 and the batch's
+    CIs and activations come back as fp32 tensors close to the fp32 ones."""
+    assert HarvestSettings().autocast_bf16 is False
+    model = load_decomposition(decomposition)
+    corpus = load_decomposition_corpus(decomposition)
+    settings = HarvestSettings(**SETTINGS)
+    batch = next(iter(CorpusSlice(corpus, slice_spec(model.run_config, corpus, settings, 0))))
+    exact = ActivationReader(model, settings.output_top_m)(batch.tokens)
+    bf16 = ActivationReader(model, settings.output_top_m, autocast_bf16=True)(batch.tokens)
+    assert bf16.ci.dtype == torch.float32 and bf16.act.dtype == torch.float32
+    assert not torch.equal(bf16.act, exact.act)  # the forwards really ran in bfloat16
+    assert (bf16.ci - exact.ci).abs().max() < 0.05
+    assert (bf16.act - exact.act).abs().max() < 0.05 * exact.act.abs().max()

@@ -109,7 +109,12 @@ def test_fixture_runs_translate_with_every_field_set(name: str) -> None:
         assert (run.spd.steps, run.spd.batch_size, run.spd.eval_batch_size) == (2000, 1024, 4096)
         assert run.spd.ci_alive_threshold == 0.1 and run.spd.output_loss_type == "mse"
         assert _loss(run, "ImportanceMinimalityLoss").coeff == 0.003
-        assert any("(IdentityCIError): computed here" in w for w in run.warnings)
+        identity = next(m for m in run.spd.eval_metrics if m.classname == "IdentityCIError")
+        assert [(p.layer_pattern, p.n_features) for p in identity.identity_ci] == [("linear1", 5), ("linear2", 5)]
+        if name == "tms_5-2":
+            assert identity.dense_ci == []  # null in the reference: no dense pattern (not the target's own)
+        else:
+            assert [(p.layer_pattern, p.k) for p in identity.dense_ci] == [("hidden_layers.0", 2)]
     else:
         assert isinstance(run.task, LMTask) and run.task.max_seq_len == 64 and run.task.dataset_name == "./dataset"
         assert run.task.dataset_seed is None and run.target.tokenizer_name == "./tokenizer"
@@ -412,6 +417,13 @@ def test_eval_only_and_eval_metric_decisions() -> None:
         {**losses[1], "n_steps": 20, "coeff": None},  # computed with the training loss's fields
         {"classname": "CEandKLLosses", "rounding_threshold": 0.1},
         {"classname": "UVPlots", "identity_patterns": None, "dense_patterns": None},
+        {"classname": "CI_L0", "groups": {"mlps": ["layers.*.mlp"]}},
+        {"classname": "CIMeanPerComponent"},
+        {"classname": "ComponentActivationDensity"},
+        {"classname": "CIHiddenActsReconLoss"},
+        {"classname": "StochasticHiddenActsReconLoss"},
+        {"classname": "IdentityCIError", "identity_ci": None, "dense_ci": [{"layer_pattern": "a", "k": 2}]},
+        {"classname": "CIMeanPerComponent"},
     ]
     run = translate_reference_config(_minimal(loss_metric_configs=losses, eval_metric_configs=evals))
     assert [lc.classname for lc in run.spd.losses] == ["StochasticReconLoss", "PGDReconLoss"]
@@ -420,8 +432,22 @@ def test_eval_only_and_eval_metric_decisions() -> None:
     _one_warning(
         run, "`eval_metric_configs[2]` (PGDReconLoss): computed here as `eval/loss/PGDReconLoss` with the training"
     )
-    _one_warning(run, "`eval_metric_configs[3].rounding_threshold` = 0.1")
+    _one_warning(run, "`eval_metric_configs[3]` (CEandKLLosses): computed here only for LM targets")
     _one_warning(run, "`eval_metric_configs[4]` (UVPlots): not computed here")
+    _one_warning(run, "`eval_metric_configs[11]` (CIMeanPerComponent) repeats `eval_metric_configs[6]`")
+    ours = {m.classname: m for m in run.spd.eval_metrics}
+    assert list(ours) == ["CEandKLLosses", "CI_L0", "CIMeanPerComponent", "ComponentActivationDensity",
+                          "CIHiddenActsReconLoss", "StochasticHiddenActsReconLoss", "IdentityCIError"]  # fmt: skip
+    assert ours["CEandKLLosses"].rounding_threshold == 0.1 and ours["CI_L0"].groups == {"mlps": ["layers.*.mlp"]}
+    assert ours["IdentityCIError"].identity_ci == [] and ours["IdentityCIError"].dense_ci[0].k == 2
+    _all_fields_set(run.spd)
+    assert translate_reference_config(_minimal()).spd.eval_metrics == []  # the reference's default: none
+    _refused(
+        _minimal(eval_metric_configs=[{"classname": "PersistentPGDReconEval"}]),
+        "eval_metric_configs[0].classname",
+        "PersistentPGDReconEval",
+        match="not a training loss",
+    )
     _refused(_minimal(eval_metric_configs=[{"classname": "Nope"}]), "eval_metric_configs[0].classname", "Nope")
     _refused(_minimal(eval_metric_configs=[{"classname": "CI_L0"}]), "eval_metric_configs[0].groups")
 

@@ -1,5 +1,6 @@
 """What the harvest sees of one batch: per-token CI and component activation of every component, firings,
-and the target's top next-token predictions. Computed deterministically in fp32 (no autocast, no sampling).
+and the target's top next-token predictions. Computed deterministically in fp32 (no sampling; no autocast unless
+the harvest's `autocast_bf16` asks for bfloat16 forwards, whose outputs are cast back to fp32).
 
 - CI is the lower-leaky CI function output with `sampling="continuous"`: for the leaky hard sigmoid that is
   clamp(pre-activation, 0, 1), with none of the binomial noise SPD training may use, so firings do not
@@ -50,9 +51,10 @@ class BatchActivations:
 class ActivationReader:
     """Runs the frozen decomposition on token batches (one forward of the target plus the CI functions)."""
 
-    def __init__(self, model: ComponentModel, output_top_m: int) -> None:
+    def __init__(self, model: ComponentModel, output_top_m: int, autocast_bf16: bool = False) -> None:
         self.model = model
         self.output_top_m = output_top_m
+        self.autocast_bf16 = autocast_bf16
         self.spans = layer_spans(model)
         self.u_norms = {span.name: model.components(span.name).U.detach().float().norm(dim=1) for span in self.spans}
 
@@ -67,14 +69,21 @@ class ActivationReader:
         ci = self.model.lower_leaky_ci(inputs)
         return logits, ci
 
+    def autocast(self, tokens: Tensor) -> torch.autocast:
+        """bfloat16 autocast on the batch's device when autocast_bf16 (a no-op context otherwise)."""
+        return torch.autocast(device_type=tokens.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
+
     @torch.inference_mode()
     def __call__(self, tokens: Tensor) -> BatchActivations:
-        logits, inputs = self.model.forward_with_inputs(tokens)
-        ci = self.model.lower_leaky_ci(inputs)
+        with self.autocast(tokens):
+            logits, inputs = self.model.forward_with_inputs(tokens)
+            ci = self.model.lower_leaky_ci(inputs)
+            comp = {
+                span.name: self.model.components(span.name).component_acts(inputs[span.name]) for span in self.spans
+            }
         ci_parts, act_parts = [], []
         for span in self.spans:
-            x = inputs[span.name]
-            comp_acts = self.model.components(span.name).component_acts(x).float()
+            comp_acts = comp[span.name].float()
             act_parts.append(comp_acts * self.u_norms[span.name])
             ci_parts.append(ci[span.name].float())
         # unsorted: the statistics count membership in the top m (spd.harvest.top_m: exact, 1.6-8x faster on CPU)

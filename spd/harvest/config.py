@@ -69,6 +69,12 @@ class HarvestSettings(BaseModel):
         True,
         description="Count same-token co-firing of every component pair (a dense C x C accumulator on the device).",
     )
+    autocast_bf16: bool = Field(
+        False,
+        description="Run the target forward and CI functions under torch.autocast (bfloat16), as SPD training's "
+        "autocast_bf16 does: faster on GPUs with bf16 units; CIs near ci_threshold may then fire differently. "
+        "Statistics are still accumulated in fp32/fp64.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> HarvestSettings:

@@ -106,7 +106,7 @@ def run_harvest_task(
     corpus = decomposition_corpus(decomposition_dir, settings.dataset)
     spec = slice_spec(model.run_config, corpus, settings, task)
     data = CorpusSlice(corpus, spec)
-    reader = ActivationReader(model, settings.output_top_m)
+    reader = ActivationReader(model, settings.output_top_m, settings.autocast_bf16)
     vocab_size = max(corpus.vocab_size, output_vocab_size(model, device))
     acc = TaskAccumulator(reader.n_components, vocab_size, settings, seed, device)
     log(

@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from spd.models.global_ci import GlobalCiFnConfig
-from spd.train.config import PPGD_LOSSES, CiFnConfig, LossConfig, ModuleSpec, SPDConfig
+from spd.train.config import PPGD_EVALS, PPGD_LOSSES, CiFnConfig, EvalMetricConfig, LossConfig, ModuleSpec, SPDConfig
 
 Probability = Annotated[float, Field(ge=0, le=1)]
 
@@ -518,9 +518,7 @@ LOSS_MAPPINGS: dict[str, LossMapping] = {
     "PGDReconSubsetLoss": LossMapping({**_PGD, **_ROUTING}),
     "PGDReconLayerwiseLoss": LossMapping(_PGD),
     "StochasticHiddenActsReconLoss": LossMapping({}),
-    "PersistentPGDReconLoss": LossMapping(
-        _PPGD, "scope single_source -> single_mask; LM tasks only"
-    ),
+    "PersistentPGDReconLoss": LossMapping(_PPGD, "scope single_source -> single_mask; LM tasks only"),
     "PersistentPGDReconSubsetLoss": LossMapping(
         {**_PPGD, **_ROUTING},
         "scope single_source -> single_mask; LM tasks only",
@@ -627,11 +625,11 @@ EVAL_METRICS: dict[str, EvalMetric] = {
     },
     "CEandKLLosses": EvalMetric(
         {"classname": Spec(str), "rounding_threshold": Spec(float)},
-        "`eval/lm/*` (CE/KL per mask kind) on LM targets, rounding threshold 0.0",
+        "eval_metrics CEandKLLosses: `eval/lm/*` (CE/KL per mask kind) on LM targets, same rounding threshold",
     ),
     "CI_L0": EvalMetric(
         {"classname": Spec(str), "groups": Spec(dict[str, list[str]] | None)},
-        "`eval/l0/<threshold>_<module>` and `_mean` (per module; no groups)",
+        "eval_metrics CI_L0: `eval/l0/<threshold>_<module>`, `_mean` and `_<group>` (sum over the group's modules)",
     ),
     "IdentityCIError": EvalMetric(
         {
@@ -639,11 +637,16 @@ EVAL_METRICS: dict[str, EvalMetric] = {
             "identity_ci": Spec(list[dict[str, str | int]] | None),
             "dense_ci": Spec(list[dict[str, str | int]] | None),
         },
-        "`eval/identity_ci_error/*` from the toy target's own expected CI patterns (not the config's lists)",
+        "eval_metrics IdentityCIError: `eval/identity_ci_error/*` for the listed patterns (null -> [])",
     ),
     "CIHistograms": EvalMetric({"classname": Spec(str), "n_batches_accum": Spec(int | None)}, "", _FIGURES),
-    "CIMeanPerComponent": EvalMetric({"classname": Spec(str)}, "", _FIGURES),
-    "ComponentActivationDensity": EvalMetric({"classname": Spec(str)}, "", _FIGURES),
+    "CIMeanPerComponent": EvalMetric(
+        {"classname": Spec(str)}, "eval_metrics CIMeanPerComponent: `eval/ci_mean/<module>` (a list of C values)"
+    ),
+    "ComponentActivationDensity": EvalMetric(
+        {"classname": Spec(str)},
+        "eval_metrics ComponentActivationDensity: `eval/activation_density/<module>` (a list of C values)",
+    ),
     "PermutedCIPlots": EvalMetric(
         {
             "classname": Spec(str),
@@ -671,10 +674,19 @@ EVAL_METRICS: dict[str, EvalMetric] = {
         "",
         "per-subset CE/KL is not implemented here",
     ),
-    "CIHiddenActsReconLoss": EvalMetric({"classname": Spec(str)}, "", "an eval-only metric not computed here"),
-    "PersistentPGDReconEval": EvalMetric({"classname": Spec(str)}, "", "this project's eval skips the PPGD losses"),
+    "CIHiddenActsReconLoss": EvalMetric(
+        {"classname": Spec(str)},
+        "eval_metrics CIHiddenActsReconLoss: `eval/loss/CIHiddenActsReconLoss` and `/<module>` (slow eval)",
+    ),
+    "PersistentPGDReconEval": EvalMetric(
+        {"classname": Spec(str)},
+        "eval_metrics PersistentPGDReconEval: `eval/loss/PersistentPGDReconEval/{output_recon,hidden_acts,"
+        "hidden_acts/<module>}` (slow eval; needs the PersistentPGDReconLoss training loss)",
+    ),
     "PersistentPGDReconSubsetEval": EvalMetric(
-        {"classname": Spec(str)}, "", "this project's eval skips the PPGD losses"
+        {"classname": Spec(str)},
+        "eval_metrics PersistentPGDReconSubsetEval: as PersistentPGDReconEval with the subset loss's sources, "
+        "routing all (needs the PersistentPGDReconSubsetLoss training loss)",
     ),
     "PGDMultiBatchReconLoss": EvalMetric({**_COEFF, **_PGD_MULTI}, "", "multi-batch PGD is not implemented here"),
     "PGDMultiBatchReconSubsetLoss": EvalMetric(
@@ -689,7 +701,8 @@ EVAL_METRICS: dict[str, EvalMetric] = {
 }
 
 
-def _eval_metric(ctx: _Ctx, item: Any, path: str) -> None:
+def _eval_metric(ctx: _Ctx, item: Any, path: str) -> dict[str, Any] | None:
+    """One reference eval metric config -> our eval_metrics entry (None: nothing of ours to run; warned)."""
     if not isinstance(item, Mapping):
         raise ctx.error(path, item, "expected a mapping with a `classname`")
     item = dict(item)
@@ -706,6 +719,8 @@ def _eval_metric(ctx: _Ctx, item: Any, path: str) -> None:
     for key in ("routing", "scope", "optimizer"):  # check nested values the same way as in losses
         if key in d:
             {"routing": _routing, "scope": _scope, "optimizer": _ppgd_optimizer}[key](ctx, d[key], _join(path, key))
+    if name == "StochasticHiddenActsReconLoss":  # per-module and pooled hidden-activation MSE, as the reference's
+        return {"classname": name}
     if name in LOSS_MAPPINGS:
         trained = next((lc for lc in ctx.losses if lc.classname == name), None)
         if trained is None and name not in ALWAYS_EVALUATED:
@@ -718,29 +733,44 @@ def _eval_metric(ctx: _Ctx, item: Any, path: str) -> None:
                     "not this entry's."
                 )
         elif trained is not None and name in PPGD_LOSSES:
-            ctx.warn(f"`{path}` ({name}): not computed here: this project's eval skips the PPGD losses.")
-    elif not rule.here:
+            ctx.warn(
+                f"`{path}` ({name}): not computed here as a loss; PersistentPGDReconEval / "
+                "PersistentPGDReconSubsetEval evaluate the persistent sources."
+            )
+        return None
+    if not rule.here:
         ctx.warn(f"`{path}` ({name}): not computed here: {rule.why_not}.")
-    elif name == "CEandKLLosses":
+        return None
+    if name == "CEandKLLosses":
         if ctx.task_name != "lm":
             ctx.warn(f"`{path}` (CEandKLLosses): computed here only for LM targets.")
-        if d["rounding_threshold"] != 0.0:
-            ctx.warn(
-                f"`{path}.rounding_threshold` = {d['rounding_threshold']!r}: this project's eval rounds at 0.0 "
-                "(`eval/lm/*_rounded_masked`)."
-            )
-    elif name == "CI_L0" and d["groups"] is not None:
-        ctx.warn(f"`{path}.groups`: grouped L0 is not computed here; per-module L0 and its mean are.")
-    elif name == "IdentityCIError":
-        ctx.warn(
-            f"`{path}` (IdentityCIError): computed here from the target's own expected CI patterns, not from "
-            "this entry's identity_ci / dense_ci."
+        return {"classname": name, "rounding_threshold": d["rounding_threshold"]}
+    if name == "CI_L0":
+        return {"classname": name, "groups": d["groups"]}
+    if name == "IdentityCIError":
+        return {"classname": name, "identity_ci": d["identity_ci"] or [], "dense_ci": d["dense_ci"] or []}
+    if name in PPGD_EVALS and not any(lc.classname == PPGD_EVALS[name] for lc in ctx.losses):
+        raise ctx.error(
+            _join(path, "classname"),
+            name,
+            f"evaluates the sources of {PPGD_EVALS[name]}, which is not a training loss (the reference asserts it)",
         )
+    return {"classname": name}
 
 
-def _eval_metrics(ctx: _Ctx, value: Any, path: str) -> None:
+def _eval_metrics(ctx: _Ctx, value: Any, path: str) -> list[Any]:
+    out: list[Any] = []
+    seen: dict[str, str] = {}
     for i, item in enumerate(value):
-        _eval_metric(ctx, item, _join(path, i))
+        ours = _eval_metric(ctx, item, _join(path, i))
+        if ours is None:
+            continue
+        if ours["classname"] in seen:
+            ctx.warn(f"`{_join(path, i)}` ({ours['classname']}) repeats `{seen[ours['classname']]}`: computed once.")
+            continue
+        seen[ours["classname"]] = _join(path, i)
+        out.append(_ours(ctx, EvalMetricConfig, ours, _join(path, i)))
+    return out
 
 
 # --- the top-level table --------------------------------------------------------------------------------------
@@ -855,8 +885,8 @@ FIELD_MAPPINGS: tuple[FieldMapping, ...] = (
     FieldMapping(
         "eval_metric_configs",
         Spec(list[Any], []),
-        "ReferenceRun.warnings",
-        "eval only; see the eval-metric table (a warning for each one not computed here)",
+        "SPDConfig.eval_metrics",
+        "see the eval-metric table (a warning for each one not computed here)",
         _eval_metrics,
     ),
     FieldMapping("ci_alive_threshold", Spec(Probability, 0.0), "SPDConfig.ci_alive_threshold"),
@@ -1197,6 +1227,12 @@ DEFAULTS_THAT_DIFFER: tuple[tuple[str, str, str, str], ...] = (
     ("PersistentPGD*Loss.scope", "required", "PPGDScope", "single_mask"),
     ("PersistentPGD*Loss.optimizer", "required", "PPGDOptimizer", "adam"),
     ("PersistentPGD*Loss.optimizer.lr_schedule", "required", "PPGDOptimizer.lr_schedule", "constant 0.1"),
+    (
+        "eval_metric_configs",
+        "[] (no eval metric)",
+        "SPDConfig.eval_metrics",
+        "None (CI_L0, IdentityCIError, CEandKLLosses on LMs, the PPGD evals of trained PPGD losses)",
+    ),
     ("seed", "0", "decompose(seed=...)", "no default"),
     ("slow_eval_on_first_step", "true", "the training loop", "always"),
 )

@@ -33,6 +33,21 @@ def hidden_acts_recon(
     return total / count, per_module
 
 
+@torch.no_grad()
+def hidden_acts_squared_errors(
+    model: ComponentModel,
+    batch: Tensor,
+    mask_infos: dict[str, MaskInfo],
+    target_outputs: dict[str, Tensor] | None = None,
+) -> dict[str, tuple[float, int]]:
+    """Per masked module, (Σ squared error of its output, its number of elements): for evals that pool several
+    batches per module and over modules before dividing, as the reference's hidden-activation evals do."""
+    if target_outputs is None:
+        _, target_outputs = model.forward_with_outputs(batch)
+    _, _, squared = _squared_errors(model, batch, mask_infos, target_outputs)
+    return {path: (float(sq), target_outputs[path].numel()) for path, sq in squared.items()}
+
+
 def _squared_errors(
     model: ComponentModel, batch: Tensor, mask_infos: dict[str, MaskInfo], target_outputs: dict[str, Tensor]
 ) -> tuple[Tensor, int, dict[str, Tensor]]:

@@ -178,6 +178,28 @@ def ppgd_recon_loss(
     return s / n
 
 
+@torch.no_grad()
+def ppgd_eval_sums(
+    model: ComponentModel,
+    batch: Tensor,
+    target_out: Tensor,
+    ci: dict[str, Tensor],
+    deltas: dict[str, Tensor] | None,
+    state: PersistentPGDState,
+    output_loss_type: OutputLossType = "mse",
+) -> tuple[dict[str, tuple[float, int]], tuple[float, int]]:
+    """How well the components hold up against the current persistent sources (the reference's PPGD evals): one
+    forward with every module masked by g + (1 - g) s (routing "all", also for the subset loss's sources, so the
+    eval measures the sources and not the router). Returns per module (Σ squared error of its output against the
+    target's, numel) and (output divergence sum, count) as the training loss normalises it (mse: elements; kl:
+    positions). Sums, so the caller pools batches and modules before dividing."""
+    _, target_outputs = model.forward_with_outputs(batch)
+    out, outputs = model.forward_with_outputs(batch, state.mask_infos(ci, deltas))
+    per = {p: (float(((outputs[p] - target_outputs[p]) ** 2).sum()), target_outputs[p].numel()) for p in ci}
+    total, n = divergence_sum_and_count(out, target_out, output_loss_type)
+    return per, (float(total), n)
+
+
 def ppgd_warmup(
     model: ComponentModel,
     batch: Tensor,
@@ -203,6 +225,7 @@ __all__ = [
     "PPGDScope",
     "PersistentPGDConfig",
     "PersistentPGDState",
+    "ppgd_eval_sums",
     "ppgd_recon_loss",
     "ppgd_warmup",
     "route",

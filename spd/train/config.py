@@ -199,6 +199,101 @@ LossConfig = Annotated[
 ]
 
 
+# --- eval metrics (reference `eval_metric_configs`) ------------------------------------------------------------
+
+
+class CIL0EvalConfig(_Strict):
+    """`eval/l0/<threshold>_<module>` and `_mean`; each group adds `eval/l0/<threshold>_<group>`: the sum of the
+    L0s of the modules that start with a match of one of its fnmatch patterns (the reference's prefix match)."""
+
+    classname: Literal["CI_L0"] = "CI_L0"
+    groups: dict[str, list[str]] | None = None
+
+
+class CEandKLLossesEvalConfig(_Strict):
+    """LM targets only: `eval/lm/*` (CE, KL and CE unrecovered per mask kind); rounded masks 1[g > threshold]."""
+
+    classname: Literal["CEandKLLosses"] = "CEandKLLosses"
+    rounding_threshold: float = Field(0.0, ge=0, le=1)
+
+
+class CIMeanPerComponentEvalConfig(_Strict):
+    """`eval/ci_mean/<module>`: the mean lower-leaky CI of every component over the eval positions (a list)."""
+
+    classname: Literal["CIMeanPerComponent"] = "CIMeanPerComponent"
+
+
+class ComponentActivationDensityEvalConfig(_Strict):
+    """`eval/activation_density/<module>`: per component, the share of eval positions with CI > ci_alive_threshold."""
+
+    classname: Literal["ComponentActivationDensity"] = "ComponentActivationDensity"
+
+
+class IdentityCIPattern(_Strict):
+    layer_pattern: str = Field(description="fnmatch pattern of the decomposed modules expected to be identity-like.")
+    n_features: int = Field(gt=0)
+
+
+class DenseCIPattern(_Strict):
+    layer_pattern: str = Field(description="fnmatch pattern of the decomposed modules expected to be dense.")
+    k: int = Field(gt=0, description="Number of components that should carry every input.")
+
+
+class IdentityCIErrorEvalConfig(_Strict):
+    """Slow eval: `eval/identity_ci_error/<module>` and `/total` on the target's probe batch, tolerances 0.1 and
+    0.2 (`_0p2`). Both lists None: the toy target's own expected patterns; otherwise only the listed ones."""
+
+    classname: Literal["IdentityCIError"] = "IdentityCIError"
+    identity_ci: list[IdentityCIPattern] | None = None
+    dense_ci: list[DenseCIPattern] | None = None
+
+
+class StochasticHiddenActsReconEvalConfig(_Strict):
+    """Slow eval: hidden-activation MSE under stochastic masks, `eval/loss/StochasticHiddenActsReconLoss/<module>`
+    per module and pooled (the pooled value is the loss's own key when it is also a training loss)."""
+
+    classname: Literal["StochasticHiddenActsReconLoss"] = "StochasticHiddenActsReconLoss"
+
+
+class CIHiddenActsReconEvalConfig(_Strict):
+    """Slow eval: hidden-activation MSE with masks m = g, per module and pooled (as StochasticHiddenActsRecon)."""
+
+    classname: Literal["CIHiddenActsReconLoss"] = "CIHiddenActsReconLoss"
+
+
+class PersistentPGDReconEvalConfig(_Strict):
+    """Slow eval of the trained PersistentPGDReconLoss's current sources, every module replaced:
+    `eval/loss/PersistentPGDReconEval/output_recon`, `.../hidden_acts` and `.../hidden_acts/<module>`."""
+
+    classname: Literal["PersistentPGDReconEval"] = "PersistentPGDReconEval"
+
+
+class PersistentPGDReconSubsetEvalConfig(_Strict):
+    """As PersistentPGDReconEval with the PersistentPGDReconSubsetLoss's sources; routes every module ("all"), as
+    the reference does, so it measures the sources, not the router."""
+
+    classname: Literal["PersistentPGDReconSubsetEval"] = "PersistentPGDReconSubsetEval"
+
+
+PPGD_EVALS = {
+    "PersistentPGDReconEval": "PersistentPGDReconLoss",
+    "PersistentPGDReconSubsetEval": "PersistentPGDReconSubsetLoss",
+}
+
+EvalMetricConfig = Annotated[
+    CIL0EvalConfig
+    | CEandKLLossesEvalConfig
+    | CIMeanPerComponentEvalConfig
+    | ComponentActivationDensityEvalConfig
+    | IdentityCIErrorEvalConfig
+    | StochasticHiddenActsReconEvalConfig
+    | CIHiddenActsReconEvalConfig
+    | PersistentPGDReconEvalConfig
+    | PersistentPGDReconSubsetEvalConfig,
+    Field(discriminator="classname"),
+]
+
+
 def _default_losses() -> list:
     return [
         ImportanceMinimalityLossConfig(coeff=3e-3, pnorm=1.0),
@@ -241,6 +336,12 @@ class SPDConfig(_Strict):
     n_eval_steps: int = Field(10, ge=1)
     save_freq: int | None = Field(None, description="Extra checkpoints every save_freq steps (final always saved).")
     ci_alive_threshold: float = Field(0.1, ge=0)
+    eval_metrics: list[EvalMetricConfig] | None = Field(
+        None,
+        description="Which eval metrics run besides the eval losses (every training loss but the PPGD ones, plus "
+        "CIMaskedRecon, UnmaskedRecon, Faithfulness) and MMCS/ML2R/#large: None = CI_L0, IdentityCIError, "
+        "CEandKLLosses (LM targets) and the PPGD evals of the trained PPGD losses.",
+    )
     autocast_bf16: bool = Field(
         False,
         description="Run the forward passes and losses of each training step and of eval under torch.autocast "
@@ -254,4 +355,23 @@ class SPDConfig(_Strict):
         names = [loss.classname for loss in self.losses]
         if len(names) != len(set(names)):
             raise ValueError(f"each loss may appear once, got {names}")
+        evals = [m.classname for m in self.eval_metrics or []]
+        if len(evals) != len(set(evals)):
+            raise ValueError(f"each eval metric may appear once, got {evals}")
+        for name in evals:
+            if name in PPGD_EVALS and PPGD_EVALS[name] not in names:
+                raise ValueError(f"{name} evaluates the sources of {PPGD_EVALS[name]}, which is not a training loss")
         return self
+
+    def resolved_eval_metrics(self, is_lm: bool) -> list[Any]:
+        """The eval metrics a run computes: `eval_metrics`, or (None) today's default set."""
+        if self.eval_metrics is not None:
+            return list(self.eval_metrics)
+        out: list[Any] = [CIL0EvalConfig(), IdentityCIErrorEvalConfig()]
+        if is_lm:
+            out.append(CEandKLLossesEvalConfig())
+        trained = {lc.classname for lc in self.losses}
+        ppgd_evals = {"PersistentPGDReconEval": PersistentPGDReconEvalConfig(),
+                      "PersistentPGDReconSubsetEval": PersistentPGDReconSubsetEvalConfig()}  # fmt: skip
+        out += [ppgd_evals[name] for name, loss in PPGD_EVALS.items() if loss in trained]
+        return out

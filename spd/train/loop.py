@@ -28,12 +28,14 @@ from spd.losses import (
 from spd.losses.ci_masked_recon_layerwise import ci_masked_recon_layerwise_loss
 from spd.losses.hidden_acts_recon import (
     ci_hidden_acts_recon_loss,
+    hidden_acts_squared_errors,
     pgd_hidden_acts_recon_loss,
     stochastic_hidden_acts_recon_loss,
 )
 from spd.losses.importance_minimality import annealed_p
-from spd.losses.persistent_pgd import PersistentPGDState, ppgd_recon_loss, ppgd_warmup
+from spd.losses.persistent_pgd import PersistentPGDState, ppgd_eval_sums, ppgd_recon_loss, ppgd_warmup
 from spd.losses.pgd_recon import pgd_recon_layerwise_loss, pgd_recon_loss
+from spd.models import masks as mask_lib
 from spd.models.checkpoint import TARGET_DIR, load_ppgd_state, save_model_state, save_ppgd_state, save_run_config
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.models.identity import insert_identity_operations
@@ -42,7 +44,9 @@ from spd.targets import TargetModelConfig, save_target
 from spd.targets.lm import LMData, ToyData, tiny_lm_module_info
 from spd.train import metrics as M
 from spd.train.config import (
+    PPGD_EVALS,
     PPGD_LOSSES,
+    IdentityCIErrorEvalConfig,
     ImportanceMinimalityLossConfig,
     PersistentPGDReconLossConfig,
     PersistentPGDReconSubsetLossConfig,
@@ -264,8 +268,12 @@ class Decomposer:
         return float(loss.detach())
 
     @torch.no_grad()
-    def evaluate(self, step: int, slow: bool) -> dict[str, float]:
-        """Eval losses and CI-L0 on n_eval_steps fresh batches; slow: IdentityCIError, MMCS/ML2R, #large."""
+    def evaluate(self, step: int, slow: bool) -> dict[str, Any]:
+        """Eval losses and the configured eval metrics (cfg.resolved_eval_metrics) on n_eval_steps fresh batches;
+        slow steps add the slow ones (hidden-activation and PPGD evals, IdentityCIError) and MMCS/ML2R/#large.
+
+        Values are means over the eval batches (all of one size); CIMeanPerComponent and ComponentActivationDensity
+        give one list of C values per module."""
         cfg, model = self.cfg, self.model
         bs = cfg.eval_batch_size or cfg.batch_size
         eval_losses = [lc for lc in cfg.losses if lc.classname not in PPGD_LOSSES]  # tied to the train batch shape
@@ -275,8 +283,18 @@ class Decomposer:
         for extra in (CIMaskedReconLossConfig, UnmaskedReconLossConfig, FaithfulnessLossConfig):
             if extra.model_fields["classname"].default not in present:
                 eval_losses.append(extra(coeff=0.0))
-        sums: dict[str, float] = {}
+        metrics = {m.classname: m for m in cfg.resolved_eval_metrics(self.data.is_lm)}
+        l0_cfg, lm_cfg = metrics.get("CI_L0"), metrics.get("CEandKLLosses") if self.data.is_lm else None
+        sums: dict[str, Any] = {}
+
+        def add(key: str, value: Any) -> None:
+            sums[key] = sums[key] + value if key in sums else value
+
+        hidden = [n for n in ("StochasticHiddenActsReconLoss", "CIHiddenActsReconLoss") if slow and n in metrics]
+        ppgd = [n for n in PPGD_EVALS if slow and n in metrics]
+        sq_sums: dict[str, dict[str, list[float]]] = {}  # metric -> module -> [Σ squared error, numel]
         deltas = model.deltas()
+        stoch_deltas = deltas if cfg.use_delta_component else None
         for _ in range(cfg.n_eval_steps):
             batch = self.data.eval_batch(bs)
             target_out, acts = model.forward_with_inputs(batch)
@@ -285,30 +303,59 @@ class Decomposer:
                 model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step, eval_losses
             )
             for k, v in losses.items():
-                sums[f"eval/loss/{k}"] = sums.get(f"eval/loss/{k}", 0.0) + float(v)
-            l0 = M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold)
-            l0["mean"] = sum(l0.values()) / len(l0)
-            for k, v in l0.items():
-                sums[f"eval/l0/{cfg.ci_alive_threshold}_{k}"] = (
-                    sums.get(f"eval/l0/{cfg.ci_alive_threshold}_{k}", 0.0) + v
-                )
-            if self.data.is_lm:
+                add(f"eval/loss/{k}", float(v))
+            if l0_cfg is not None:
+                l0 = M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold)
+                groups = M.group_sums(l0, l0_cfg.groups or {})
+                l0["mean"] = sum(l0.values()) / len(l0)
+                for k, v in {**l0, **groups}.items():
+                    add(f"eval/l0/{cfg.ci_alive_threshold}_{k}", v)
+            if "CIMeanPerComponent" in metrics:
+                for k, v in M.ci_mean_per_component(ci.lower_leaky).items():
+                    add(f"eval/ci_mean/{k}", v)
+            if "ComponentActivationDensity" in metrics:
+                for k, v in M.activation_density(ci.lower_leaky, cfg.ci_alive_threshold).items():
+                    add(f"eval/activation_density/{k}", v)
+            if lm_cfg is not None:
                 lm = ce_and_kl(
-                    model, batch, target_out, ci.lower_leaky, deltas if cfg.use_delta_component else None, cfg.sampling
+                    model, batch, target_out, ci.lower_leaky, stoch_deltas, cfg.sampling, lm_cfg.rounding_threshold
                 )
                 for k, v in lm.items():
-                    sums[f"eval/lm/{k}"] = sums.get(f"eval/lm/{k}", 0.0) + v
-        out = {k: v / cfg.n_eval_steps for k, v in sums.items()}
-        if self.data.is_lm:
+                    add(f"eval/lm/{k}", v)
+            for name in hidden:
+                if name == "CIHiddenActsReconLoss":
+                    per = hidden_acts_squared_errors(model, batch, mask_lib.ci_mask_infos(ci.lower_leaky))
+                    _accumulate(sq_sums.setdefault(name, {}), per)
+                for _ in range(cfg.n_mask_samples if name == "StochasticHiddenActsReconLoss" else 0):
+                    infos = mask_lib.stochastic_mask_infos(ci.lower_leaky, cfg.sampling, stoch_deltas)
+                    _accumulate(sq_sums.setdefault(name, {}), hidden_acts_squared_errors(model, batch, infos))
+            for name in ppgd:
+                per, (out_sum, out_n) = ppgd_eval_sums(
+                    model, batch, target_out, ci.lower_leaky, stoch_deltas, self.ppgd_states[PPGD_EVALS[name]],
+                    cfg.output_loss_type,
+                )  # fmt: skip
+                _accumulate(sq_sums.setdefault(name, {}), per)
+                _accumulate(sq_sums.setdefault(f"{name}/output", {}), {"output": (out_sum, out_n)})
+        out: dict[str, Any] = {}
+        for k, v in sums.items():  # means over the eval batches; per-component vectors as lists
+            out[k] = (v / cfg.n_eval_steps).tolist() if isinstance(v, Tensor) else v / cfg.n_eval_steps
+        for name in hidden:
+            out.update({k: v for k, v in _mse_metrics(f"eval/loss/{name}", sq_sums[name]).items() if k not in out})
+        for name in ppgd:
+            out.update(_mse_metrics(f"eval/loss/{name}/hidden_acts", sq_sums[name]))
+            total, n = sq_sums[f"{name}/output"]["output"]
+            out[f"eval/loss/{name}/output_recon"] = total / n
+        if lm_cfg is not None:
             add_ce_unrecovered(out, prefix="eval/lm/")
         if slow:
-            out.update(self.slow_metrics())
+            out.update(self.slow_metrics(metrics.get("IdentityCIError")))
         return out
 
     @torch.no_grad()
-    def slow_metrics(self) -> dict[str, float]:
+    def slow_metrics(self, identity: IdentityCIErrorEvalConfig | None = None) -> dict[str, float]:
+        """IdentityCIError on the target's probe batch (when configured), MMCS/ML2R and #large subcomponents."""
         model, out = self.model, {}
-        patterns = self.target.expected_ci_patterns() if hasattr(self.target, "expected_ci_patterns") else {}
+        patterns = _ci_patterns(identity, self.target, model.target_module_paths) if identity is not None else {}
         if patterns and hasattr(self.target, "probe_batch"):  # no pattern defined: no error to report (not 0)
             _, acts = model.forward_with_inputs(self.target.probe_batch(self.device))
             ci = model.lower_leaky_ci(acts)
@@ -334,7 +381,7 @@ class Decomposer:
         slow_freq = cfg.slow_eval_freq or cfg.eval_freq
         imp = _imp_config(cfg)
         train_start = time.perf_counter()
-        last_eval: dict[str, float] = {}
+        last_eval: dict[str, Any] = {}
         for step in range(cfg.steps + 1):
             record: dict[str, Any] = {"step": step}
             if step < cfg.steps:
@@ -428,13 +475,44 @@ class Decomposer:
         return summary
 
 
+def _accumulate(into: dict[str, list[float]], per: dict[str, tuple[float, int]]) -> None:
+    for key, (total, n) in per.items():
+        acc = into.setdefault(key, [0.0, 0])
+        acc[0] += total
+        acc[1] += n
+
+
+def _mse_metrics(prefix: str, sq: dict[str, list[float]]) -> dict[str, float]:
+    """`prefix/<module>` = Σ squared error / numel per module, and `prefix` pooled over all modules."""
+    out = {f"{prefix}/{k}": total / n for k, (total, n) in sq.items()}
+    out[prefix] = sum(t for t, _ in sq.values()) / sum(n for _, n in sq.values())
+    return out
+
+
+def _ci_patterns(
+    identity: IdentityCIErrorEvalConfig, target: nn.Module, paths: list[str]
+) -> dict[str, tuple[str, int]]:
+    """Expected CI pattern per module: the config's lists (fnmatch on module paths; the first match wins) or,
+    when both are None, the toy target's own `expected_ci_patterns()`."""
+    if identity.identity_ci is None and identity.dense_ci is None:
+        return target.expected_ci_patterns() if hasattr(target, "expected_ci_patterns") else {}
+    out: dict[str, tuple[str, int]] = {}
+    for p in identity.identity_ci or []:
+        out.update(
+            {path: ("identity", p.n_features) for path in paths if _fn(path, p.layer_pattern) and path not in out}
+        )
+    for p in identity.dense_ci or []:
+        out.update({path: ("dense", p.k) for path in paths if _fn(path, p.layer_pattern) and path not in out})
+    return out
+
+
 def _fn(path: str, pattern: str) -> bool:
     from fnmatch import fnmatch
 
     return fnmatch(path, pattern)
 
 
-def _summary_line(step: int, ev: dict[str, float]) -> str:
+def _summary_line(step: int, ev: dict[str, Any]) -> str:
     keys = [k for k in ev if "loss/Stochastic" in k or k.split("eval/")[-1] == "identity_ci_error/total" or "/l0/" in k]
     keys += [k for k in ev if k.startswith(("eval/mmcs", "eval/ml2r"))]
     keys += [f"eval/lm/{k}" for k in ("ce_target", "ce_stoch_masked", "kl_stoch_masked", "kl_ci_masked")]

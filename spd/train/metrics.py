@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import torch
 from torch import Tensor
 
@@ -12,6 +14,26 @@ from spd.train.assignment import greedy_assignment, min_cost_assignment
 def ci_l0(ci: dict[str, Tensor], threshold: float) -> dict[str, float]:
     """Per module: mean over positions of the number of subcomponents with CI > threshold."""
     return {p: float((g > threshold).float().sum(-1).mean()) for p, g in ci.items()}
+
+
+def group_sums(per_module: dict[str, float], groups: dict[str, list[str]]) -> dict[str, float]:
+    """Per group, the sum of the values of the modules that start with a match of one of its fnmatch patterns
+    (the reference's CI_L0 groups match pattern prefixes: `layers.*.mlp` covers `layers.0.mlp_in`)."""
+    return {
+        name: sum(v for path, v in per_module.items() if any(fnmatch(path, pat + "*") for pat in patterns))
+        for name, patterns in groups.items()
+    }
+
+
+def ci_mean_per_component(ci: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per module, the mean CI of each component over all positions (a C-vector on the CPU)."""
+    return {p: g.detach().float().reshape(-1, g.shape[-1]).mean(0).cpu() for p, g in ci.items()}
+
+
+def activation_density(ci: dict[str, Tensor], threshold: float) -> dict[str, Tensor]:
+    """Per module, the share of positions where each component's CI exceeds `threshold` (a C-vector on the CPU):
+    how often a component fires, the quantity whose spread tells dead and dense components apart."""
+    return {p: (g.detach() > threshold).float().reshape(-1, g.shape[-1]).mean(0).cpu() for p, g in ci.items()}
 
 
 def identity_ci_error(ci: Tensor, tol: float = 0.1) -> int:
