@@ -176,3 +176,13 @@ def test_eval_metric_config_validation() -> None:
     with pytest.raises(ValidationError):
         SPDConfig(eval_metrics=[{"classname": "UVPlots"}])
     assert SPDConfig(eval_metrics=[]).resolved_eval_metrics(True) == []
+    per_token = PersistentPGDReconLossConfig(coeff=1.0, scope={"type": "per_batch_per_position"})
+    cfg = SPDConfig(batch_size=8, eval_batch_size=4, losses=[per_token])
+    assert cfg.resolved_eval_metrics(True) == [m for m in cfg.resolved_eval_metrics(True) if "PGD" not in m.classname]
+    assert "PersistentPGDReconEval" in [
+        m.classname for m in SPDConfig(batch_size=8, losses=[per_token]).resolved_eval_metrics(True)
+    ]
+    with pytest.raises(ValidationError, match="cannot serve"):
+        SPDConfig(
+            batch_size=8, eval_batch_size=4, losses=[per_token], eval_metrics=[{"classname": "PersistentPGDReconEval"}]
+        )

@@ -361,7 +361,25 @@ class SPDConfig(_Strict):
         for name in evals:
             if name in PPGD_EVALS and PPGD_EVALS[name] not in names:
                 raise ValueError(f"{name} evaluates the sources of {PPGD_EVALS[name]}, which is not a training loss")
+            if name in PPGD_EVALS and not self._ppgd_sources_fit_eval(PPGD_EVALS[name]):
+                raise ValueError(
+                    f"{name}: the sources of {PPGD_EVALS[name]} (scope {self._ppgd_loss(PPGD_EVALS[name]).scope.type}) "
+                    f"cannot serve eval batches of {self.eval_batch_size}"
+                )
         return self
+
+    def _ppgd_loss(self, classname: str) -> Any:
+        return next(lc for lc in self.losses if lc.classname == classname)
+
+    def _ppgd_sources_fit_eval(self, classname: str) -> bool:
+        """Whether a PPGD loss's sources, shaped by the training batch, broadcast to an eval batch: per-token
+        sources need the same batch size, tiled ones a batch size their count divides."""
+        scope, eval_bs = self._ppgd_loss(classname).scope, self.eval_batch_size or self.batch_size
+        if scope.type == "per_batch_per_position":
+            return eval_bs == self.batch_size
+        if scope.type == "repeat_across_batch":
+            return eval_bs % scope.n_sources == 0
+        return True
 
     def resolved_eval_metrics(self, is_lm: bool) -> list[Any]:
         """The eval metrics a run computes: `eval_metrics`, or (None) today's default set."""
@@ -373,5 +391,10 @@ class SPDConfig(_Strict):
         trained = {lc.classname for lc in self.losses}
         ppgd_evals = {"PersistentPGDReconEval": PersistentPGDReconEvalConfig(),
                       "PersistentPGDReconSubsetEval": PersistentPGDReconSubsetEvalConfig()}  # fmt: skip
-        out += [ppgd_evals[name] for name, loss in PPGD_EVALS.items() if loss in trained]
+        # by default only where the sources fit the eval batch (listing one that does not is a config error)
+        out += [
+            ppgd_evals[name]
+            for name, loss in PPGD_EVALS.items()
+            if loss in trained and self._ppgd_sources_fit_eval(loss)
+        ]
         return out
