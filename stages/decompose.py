@@ -16,8 +16,8 @@ Out directory (spd/models/checkpoint.py has the details):
 
 The config, its validators and `source_digest` import no torch for our own targets and checkpoints: they run on
 the login node whenever a pipeline is planned or submitted. Training code (spd.targets, spd.train, spd.models) is
-imported inside `run_task`. `from_reference` and `spd.reference_yaml` are checked through spd/interop, which still
-imports torch.
+imported inside `run_task`. `from_reference` and `spd.reference_yaml` are checked through spd/interop/source.py, which
+imports no torch either.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ class ReferenceYamlSpec(BaseModel):
     @model_validator(mode="after")
     def _translates(self) -> ReferenceYamlSpec:
         from spd.interop.reference_config import read_reference_config
+        from spd.interop.source import check_trainable
         from spd.interop.targets import check_target_fields
-        from spd.interop.training import check_trainable
 
         run = read_reference_config(self.reference_yaml, self.overrides)  # a refused field fails here, before any job
         check_target_fields(run.target)
@@ -138,8 +138,8 @@ class DecomposeConfig(StageConfig):
         if self.reference_target is not None and self.from_reference is None:
             raise ValueError("`reference_target` is only used with `from_reference`")
         if self.from_reference is not None:
-            from spd.interop.importer import find_reference_source
             from spd.interop.reference_config import read_reference_config
+            from spd.interop.source import find_reference_source
             from spd.interop.targets import check_target_fields
 
             run = read_reference_config(find_reference_source(self.from_reference).config_file)  # refused: now
@@ -164,11 +164,11 @@ def reference_user_errors() -> tuple[type[Exception], ...]:
 def source_digest(config: DecomposeConfig) -> str | None:
     """Content of the files outside the run that the stage reads, so editing them reruns it (None: none)."""
     if config.from_reference is not None:
-        from spd.interop.importer import source_digest as reference_digest
+        from spd.interop.source import source_digest as reference_digest
 
         return reference_digest(config.from_reference, target_path=config.reference_target)
     if isinstance(config.spd, ReferenceYamlSpec):
-        from spd.interop.training import reference_yaml_digest
+        from spd.interop.source import reference_yaml_digest
 
         return reference_yaml_digest(config.spd.reference_yaml, config.spd.overrides)
     return None

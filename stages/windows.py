@@ -11,7 +11,7 @@ from typing import Any
 def check_windows_available(config: Any, upstream_configs: dict[str, Any], upstream_dirs: dict[str, Path]) -> None:
     decompose = upstream_configs.get("decompose")
     if decompose is not None and getattr(decompose, "from_reference", None) is not None:
-        from spd.interop.importer import check_run_data
+        from spd.interop.source import check_run_data
 
         check_run_data(decompose.from_reference, decompose.reference_target, getattr(config, "dataset", None))
     elif "decompose" in upstream_dirs:

@@ -14,12 +14,13 @@ import pytest
 import torch
 import yaml
 
-from spd.interop.importer import ReferenceImportError, import_reference_run, source_digest
+from spd.interop.importer import import_reference_run
 from spd.interop.paths import ReferencePathError, resolve_reference_path
 from spd.interop.probe import compare_probes, probe
 from spd.interop.probe import main as probe_main
+from spd.interop.source import ReferenceImportError, source_digest
 from spd.models import load_decomposition
-from spd.targets.pretrain_run import UnsupportedReferenceModelError
+from spd.targets.pretrain_names import UnsupportedReferenceModelError
 from tests.conftest import REPO_ROOT, run_cli
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "reference_runs"

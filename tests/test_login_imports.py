@@ -105,6 +105,27 @@ def test_command_imports_no_torch(workdir: Path, args: tuple[str, ...]) -> None:
     assert not result["torch"], f"`run.py {' '.join(args)}` imported torch"
 
 
+def test_planning_reference_runs_imports_no_torch(tmp_path: Path) -> None:
+    """The way our users start: a decompose stage importing a reference run (`from_reference`, with harvest and
+    attributions whose preflight reads the run's dataset) or training a reference experiment YAML."""
+    imported = probe("plan", str(REPO_ROOT / "examples" / "reference_run.yaml"), cwd=REPO_ROOT)
+    assert imported["exit"] in (0, None), imported["stdout"] + imported["stderr"]
+    assert "harvest" in imported["stdout"] and not imported["torch"], "planning a from_reference run imported torch"
+    reference_yaml = REPO_ROOT / "tests/fixtures/reference_runs/lm_llama_mlp_layerwise/final_config.yaml"
+    spec = {"reference_yaml": str(reference_yaml), "overrides": {"steps": 5}}
+    write_pipeline(
+        tmp_path / "ry.yaml",
+        {
+            "run": {"name": "ry", "out_dir": str(tmp_path / "runs")},
+            "executor": "local",
+            "stages": {"decompose": {"spd": spec}},
+        },
+    )
+    trained = probe("plan", "ry.yaml", cwd=tmp_path)
+    assert trained["exit"] in (0, None), trained["stdout"] + trained["stderr"]
+    assert not trained["torch"], "planning a reference_yaml training imported torch"
+
+
 @pytest.fixture
 def live_run(workdir: Path) -> Iterator[str]:
     """The run `live`, started by the test; stopped and waited for whatever the test did."""

@@ -12,12 +12,8 @@ import yaml
 
 from spd.targets import build_target, load_target, parse_target_config, save_target
 from spd.targets.llama_simple_mlp import LlamaSimpleMLP, LlamaSimpleMLPConfig
-from spd.targets.pretrain_run import (
-    PRETRAIN_MODEL_CLASSES,
-    UnsupportedReferenceModelError,
-    load_pretrain_run,
-    pretrain_config_from_dict,
-)
+from spd.targets.pretrain_names import UnsupportedReferenceModelError
+from spd.targets.pretrain_run import PRETRAIN_MODEL_CLASSES, load_pretrain_run, pretrain_config_from_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference_runs"
 LM_RUNS = {"lm_llama_mlp_layerwise": "model_400.pth", "lm_llama_mlp_global": "model_200.pth"}

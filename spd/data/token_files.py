@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
+
+if TYPE_CHECKING:  # torch loads in the method that returns a tensor: planning reads only the metadata
+    import torch
 
 
 class TokenFiles:
@@ -41,4 +43,6 @@ class TokenFiles:
 
     def tokens(self, split: str = "train") -> torch.Tensor:
         """The split's whole token stream as a 1-D int64 tensor."""
+        import torch
+
         return torch.from_numpy(np.fromfile(self.token_file(split), dtype=self.token_dtype).astype(np.int64))

@@ -5,12 +5,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     """What importing or training a reference run raises for input the user can fix (a CLI exits 2 on these).
 
     A function, so that importing spd.interop loads neither torch nor transformers."""
-    from spd.interop.importer import ReferenceImportError
     from spd.interop.paths import ReferencePathError
     from spd.interop.reference_config import ReferenceConfigError
+    from spd.interop.source import ReferenceImportError
     from spd.interop.state_dict import StateDictMismatch
     from spd.lm.hf import HFExtraMissingError, HFResourceMissingError
-    from spd.targets.pretrain_run import UnsupportedReferenceModelError
+    from spd.targets.pretrain_names import UnsupportedReferenceModelError
 
     return (
         ReferenceConfigError, ReferencePathError, ReferenceImportError, StateDictMismatch,

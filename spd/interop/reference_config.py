@@ -41,7 +41,7 @@ from pydantic import (
     ValidationError,
 )
 
-from spd.models.global_ci import GlobalCiFnConfig
+from spd.models.config import GlobalCiFnConfig
 from spd.train.config import PPGD_EVALS, PPGD_LOSSES, CiFnConfig, EvalMetricConfig, LossConfig, ModuleSpec, SPDConfig
 
 Probability = Annotated[float, Field(ge=0, le=1)]

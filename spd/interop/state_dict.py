@@ -25,11 +25,12 @@ Every key must be understood: an unknown one raises `StateDictMismatch` naming i
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from spd.models.config import GlobalCiFnConfig
 
-from spd.models.global_ci import GlobalCiFnConfig
+if TYPE_CHECKING:  # the error class is read at plan time; tensors only when an import runs
+    from torch import Tensor
 
 TARGET_PREFIX = "target_model."
 COMPONENTS_PREFIX = "_components."
@@ -96,6 +97,8 @@ def identity_weights(state: dict[str, Tensor], identity_paths: list[str]) -> dic
         v = state.get(f"{COMPONENTS_PREFIX}{path.replace('.', '-')}.V")
         if v is None:
             raise StateDictMismatch(f"identity module {path!r} has no components in the checkpoint")
+        import torch
+
         out[f"{TARGET_PREFIX}{path}.weight"] = torch.eye(v.shape[0], dtype=v.dtype)
     return out
 

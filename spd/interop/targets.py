@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from torch import nn
 
 from spd.interop.paths import (
     ReferencePathError,
@@ -28,7 +27,10 @@ from spd.interop.paths import (
     resolve_local_or_hub,
     resolve_reference_path,
 )
-from spd.targets.pretrain_run import UnsupportedReferenceModelError
+from spd.targets.pretrain_names import PRETRAIN_CLASS_NAMES, UnsupportedReferenceModelError, pretrain_class_name
+
+if TYPE_CHECKING:  # a target is built (torch) only when an import or training runs; planning checks names
+    from torch import nn
 
 TMS_CLASS = "spd.experiments.tms.models.TMSModel"
 RESID_MLP_CLASS = "spd.experiments.resid_mlp.models.ResidMLP"
@@ -51,26 +53,20 @@ def _short(class_path: str) -> str:
 
 
 def supported_classes() -> list[str]:
-    from spd.targets.pretrain_run import PRETRAIN_MODEL_CLASSES
-
-    pretrain = sorted(c for c in PRETRAIN_MODEL_CLASSES if "." in c)
+    pretrain = sorted(path for path in PRETRAIN_CLASS_NAMES if "." in path)
     return [TMS_CLASS, RESID_MLP_CLASS, *pretrain, "transformers.<causal LM class>"]
 
 
 def check_supported_class(class_path: str | None) -> None:
     """Refuse a `pretrained_model_class` this project cannot build, before any file is read (plan time)."""
-    from spd.targets.pretrain_run import resolve_pretrain_class
-
     if class_path is None:
         raise UnsupportedReferenceModelError("pretrained_model_class is not set: the run names no target")
     if class_path in _TOY_FILES or class_path.startswith("transformers."):
         return
     if class_path.startswith(("spd.pretrain.", "simple_stories_train.")):
-        resolve_pretrain_class(class_path)  # names the class and the supported ones
+        pretrain_class_name(class_path)  # names the class and the supported ones
         return
-    from spd.targets.pretrain_run import PRETRAIN_MODEL_CLASSES
-
-    if class_path not in PRETRAIN_MODEL_CLASSES:
+    if class_path not in PRETRAIN_CLASS_NAMES:
         raise UnsupportedReferenceModelError(
             f"pretrained_model_class = {class_path!r} is not supported; supported: {', '.join(supported_classes())}"
         )
@@ -180,7 +176,7 @@ def locate_reference_target(
         if not config_file.is_file():
             raise ReferencePathError(f"{config_file} is missing: the reference writes it beside {weights.name}")
         return TargetLocation(class_path, "toy", str(weights), tokenizer, (config_file,), (weights,))
-    from spd.targets.pretrain_run import MODEL_CONFIG_FILE, TOKENIZER_FILE
+    from spd.targets.pretrain_names import MODEL_CONFIG_FILE, TOKENIZER_FILE
 
     checkpoint = _pretrain_checkpoint(path)
     run = [checkpoint.parent, checkpoint.parent.parent]

@@ -24,18 +24,14 @@ from torch import Tensor, nn
 
 from spd.interop.paths import resolve_local_or_hub
 from spd.interop.reference_config import ReferenceConfigError, ReferenceRun, read_reference_config
+from spd.interop.source import TOY_VALUE_RANGES, check_trainable, locate_yaml_target
 from spd.interop.targets import (
     LoadedTarget,
-    TargetLocation,
     check_target_fields,
     load_reference_target,
-    locate_reference_target,
 )
 from spd.targets.data import sparse_feature_batch
 from spd.train import SPDConfig
-
-_VALUE_RANGES = {"tms": (0.0, 1.0), "resid_mlp": (-1.0, 1.0)}
-_GENERATION_TYPES = ("at_least_zero_active", "exactly_one_active")
 
 
 class ReferenceToyData:
@@ -45,7 +41,7 @@ class ReferenceToyData:
 
     def __init__(self, task: Any, n_features: int, device: torch.device | str = "cpu") -> None:
         self.task, self.n_features, self.device = task, n_features, device
-        self.value_range = _VALUE_RANGES[task.task_name]
+        self.value_range = TOY_VALUE_RANGES[task.task_name]
 
     def train_batch(self, batch_size: int) -> Tensor:
         t = self.task
@@ -100,36 +96,6 @@ class ReferenceTraining:
         return self.run.spd
 
 
-def locate_yaml_target(run: ReferenceRun, path: Path) -> TargetLocation:
-    """The YAML's target, its paths resolved against the YAML's directory."""
-    t = run.target
-    return locate_reference_target(
-        t.pretrained_model_class, t.pretrained_model_path, t.pretrained_model_name, t.tokenizer_name,
-        Path(path).expanduser().parent,
-    )  # fmt: skip
-
-
-def check_trainable(run: ReferenceRun) -> None:
-    """What translation accepts but training here cannot do, refused when the pipeline is planned."""
-    task = run.task
-    if task.task_name in _VALUE_RANGES and task.data_generation_type not in _GENERATION_TYPES:
-        raise ReferenceConfigError(
-            "task_config.data_generation_type", task.data_generation_type,
-            f"batches of this kind are not drawn here (supported: {', '.join(_GENERATION_TYPES)})", source=run.source,
-        )  # fmt: skip
-
-
-def reference_yaml_digest(path: Path, overrides: dict[str, Any] | None = None) -> str:
-    """What a cached training from a reference YAML is keyed by: the YAML and the target's files (weights
-    included). The dataset is not hashed (it may be a hub cache of many GB): a dataset replaced under the same
-    name needs `run --force`."""
-    from spd.interop.importer import digest_files
-
-    run = read_reference_config(path, overrides)
-    location = locate_yaml_target(run, path)
-    return digest_files([Path(path).expanduser(), *location.arch_files, *location.weight_files])
-
-
 def prepare_reference_training(
     path: Path, overrides: dict[str, Any] | None = None, device: torch.device | str = "cpu"
 ) -> ReferenceTraining:
@@ -141,7 +107,7 @@ def prepare_reference_training(
     target = load_reference_target(locate_yaml_target(run, path))
     _load_target_file_weights(target)
     task = run.task
-    if task.task_name in _VALUE_RANGES:
+    if task.task_name in TOY_VALUE_RANGES:
         if "synced_inputs" in target.info:
             raise ReferenceConfigError(
                 "synced_inputs", target.info["synced_inputs"], "the target's data couples features; not drawn here"

@@ -25,11 +25,21 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from spd.lm.config import HFDatasetConfig, HFModelConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _torch() -> Any:
+    """torch, imported when a model or tensor is made: the error classes and configs here are read when a
+    pipeline is planned on a login node, which must not load torch."""
+    import torch
+
+    return torch
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _DATA_BUILDERS = {
@@ -178,7 +188,7 @@ def load_hf_model(config: HFModelConfig, device: str | torch.device = "cpu") -> 
                 path,
                 revision=None if local else config.revision,
                 local_files_only=local or hf_offline(),
-                dtype=getattr(torch, config.dtype),
+                dtype=getattr(_torch(), config.dtype),
             )
     except (OSError, ValueError) as err:
         raise HFModelMissingError(_missing_model_message(name, "model", err), name) from None
@@ -245,6 +255,7 @@ def tokens_to_stream(docs: Iterable[list[int]], eos_id: int) -> torch.Tensor:
     for ids in docs:
         out.extend(ids)
         out.append(eos_id)
+    torch = _torch()
     return torch.tensor(out, dtype=torch.int64)
 
 

@@ -26,22 +26,18 @@ from spd.targets.gpt2_simple import GPT2Simple, GPT2SimpleConfig
 from spd.targets.llama import Llama, LlamaConfig
 from spd.targets.llama_simple import LlamaSimple, LlamaSimpleConfig
 from spd.targets.llama_simple_mlp import LlamaSimpleMLP, LlamaSimpleMLPConfig
+from spd.targets.pretrain_names import (
+    IMPLEMENTED_NAMES,
+    MODEL_CONFIG_FILE,
+    PRETRAIN_CLASS_NAMES,
+    TOKENIZER_FILE,
+    pretrain_class_name,
+)
 
-MODEL_CONFIG_FILE = "model_config.yaml"
-TOKENIZER_FILE = "tokenizer.json"
 REFERENCE_LAYOUT = (
     "a reference pretrain run is <run>/model_config.yaml, <run>/final_config.yaml, <run>/tokenizer.json (optional) "
     "and <run>/checkpoints/model_step_<N>.pt (its wandb upload: the same files side by side); pass the checkpoint file"
 )
-
-# Every class of the reference's spd.pretrain.models, by module: the vocabulary a reference config can name.
-REFERENCE_MODEL_MODULES: dict[str, str] = {
-    "GPT2": "gpt2",
-    "GPT2Simple": "gpt2_simple",
-    "Llama": "llama",
-    "LlamaSimple": "llama_simple",
-    "LlamaSimpleMLP": "llama_simple_mlp",
-}
 
 _IMPLEMENTED: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "GPT2": (GPT2Config, GPT2),
@@ -50,42 +46,16 @@ _IMPLEMENTED: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "LlamaSimple": (LlamaSimpleConfig, LlamaSimple),
     "LlamaSimpleMLP": (LlamaSimpleMLPConfig, LlamaSimpleMLP),
 }
-
-
-def _class_paths(name: str) -> list[str]:
-    """The spellings reference configs use for one class: full path, package re-export, bare name, and the
-    pre-move `simple_stories_train.models.*` path that the reference still rewrites to spd.pretrain."""
-    module = REFERENCE_MODEL_MODULES[name]
-    return [
-        f"spd.pretrain.models.{module}.{name}",
-        f"spd.pretrain.models.{name}",
-        f"simple_stories_train.models.{module}.{name}",
-        name,
-    ]
-
+assert set(_IMPLEMENTED) == set(IMPLEMENTED_NAMES)  # the names planning checks are the classes built here
 
 PRETRAIN_MODEL_CLASSES: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
-    path: pair for name, pair in _IMPLEMENTED.items() for path in _class_paths(name)
+    path: _IMPLEMENTED[name] for path, name in PRETRAIN_CLASS_NAMES.items()
 }
-
-
-class UnsupportedReferenceModelError(ValueError):
-    """A reference model class or model_type this project does not implement."""
-
-
-def _supported() -> str:
-    return ", ".join(sorted(_IMPLEMENTED))
 
 
 def resolve_pretrain_class(class_path: str) -> tuple[type[BaseModel], type[nn.Module]]:
     """(config class, model class) for a reference class path or bare class name."""
-    if class_path in PRETRAIN_MODEL_CLASSES:
-        return PRETRAIN_MODEL_CLASSES[class_path]
-    name = class_path.rsplit(".", 1)[-1]
-    known = "a reference class not implemented here" if name in REFERENCE_MODEL_MODULES else "not a reference class"
-    raise UnsupportedReferenceModelError(
-        f"model class {class_path!r} is {known}; supported reference pretrain classes: {_supported()}"
-    )
+    return _IMPLEMENTED[pretrain_class_name(class_path)]
 
 
 def _unwrap_state_dict(obj: object, checkpoint: Path) -> dict[str, torch.Tensor]:
