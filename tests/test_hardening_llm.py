@@ -40,7 +40,7 @@ from tests import llm_server
 from tests.conftest import run_cli, write_pipeline
 from tests.journal_kill import sigkill_once_saved
 from tests.llm_server import LLMTestServer, client_error, default_responder, hang
-from tests.test_autointerp import build_harvest
+from tests.test_autointerp import build_harvest, llm
 
 KEY_ENV = "SPD_TEST_HARDENING_KEY"
 PRICE = ModelPrice(input_per_mtok=1.0, output_per_mtok=2.0)
@@ -105,20 +105,8 @@ def stage_pipeline(harvest_dir: Path, name: str, llm: dict[str, Any], limit: int
 
 
 def stage_llm(server: LLMTestServer, **overrides: Any) -> dict[str, Any]:
-    return {
-        "provider": "openai",
-        "model": "loopback-model",
-        "base_url": server.openai_base_url,
-        "api_key_env": KEY_ENV,
-        "max_concurrent": 4,
-        "requests_per_minute": None,
-        "max_retries": 1,
-        "backoff_initial_s": 0.01,
-        "backoff_max_s": 0.02,
-        "timeout_s": 10,
-        "progress": False,
-        **overrides,
-    }
+    """The autointerp tests' loopback LLM section, reading this module's key variable."""
+    return llm(server, api_key_env=KEY_ENV, **overrides)
 
 
 # --- 1. a lone surrogate in an answer ---------------------------------------------------------------------
