@@ -171,3 +171,22 @@ def test_training_checkpoints_carry_ppgd_state(tmp_path: Path) -> None:
     for p, s in resumed.ppgd_states["PersistentPGDReconLoss"].sources_by_module.items():
         assert torch.equal(s, trained.sources_by_module[p]) and not torch.equal(s, fresh[p])
     assert resumed.ppgd_states["PersistentPGDReconLoss"]._t == 3
+
+
+def test_reference_global_shared_mlp_checkpoint_keys_load() -> None:
+    """The reference keeps its GELUs inside one Sequential (`layers.0`, `layers.2`): they map onto our layer list."""
+    from spd.interop.state_dict import StateDictMismatch, convert_reference_state_dict
+
+    cfg = GlobalCiFnConfig(fn_type="global_shared_mlp", hidden_dims=[5])
+    torch.manual_seed(0)
+    model = ComponentModel(TwoLinear(), {"a": 3, "b": 2}, global_ci=cfg)
+    ours = model.state_dict()
+    reference = {k: v for k, v in ours.items() if not k.startswith("ci_fn.")}
+    for i, layer in enumerate(("0", "2")):
+        for p in ("W", "b"):
+            reference[f"ci_fn._global_ci_fn.layers.{layer}.{p}"] = ours[f"ci_fn._global.layers.{i}.{p}"]
+    converted = convert_reference_state_dict(reference, cfg, [])
+    assert set(converted) == set(ours)
+    model.load_state_dict(converted, strict=True)
+    with pytest.raises(StateDictMismatch, match="even index"):
+        convert_reference_state_dict({"ci_fn._global_ci_fn.layers.1.W": torch.zeros(1)}, cfg, [])
