@@ -139,7 +139,7 @@ def load_plan(run: RunDir) -> tuple[dict[str, Any], Plan]:
         return record, Plan.from_records(record["stages"])
     except KeyError as e:
         problem = f"a stage record lacks the field {e}"
-    except (TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+    except (TypeError, ValueError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
         problem = str(e).splitlines()[0]
     raise UserError(f"{run.plan_json}: {problem}; was it edited by hand? (`python run.py <pipeline file>` writes it)")
 
@@ -176,7 +176,10 @@ def recorded_stage_key(plan: Plan, name: str, spec: StageSpec) -> str:
     recorded keys, the keys of outputs it was given by path and the files its config names: what `rerun`
     compares with the recorded key, so a plan.json edited by hand can never save new work under an old key."""
     stage = plan.stages[name]
-    upstream_keys = {u: dependency_key(plan.stages[u], spec.upstream_fields.get(u)) for u in stage.upstreams}
+    # A record written before upstream_keys were recorded was keyed on its upstreams' whole keys.
+    recorded_before_cutoff = stage.upstreams and not stage.upstream_keys
+    fields = {} if recorded_before_cutoff else spec.upstream_fields
+    upstream_keys = {u: dependency_key(plan.stages[u], fields.get(u)) for u in stage.upstreams}
     for upstream, out_dir in stage.external.items():
         upstream_keys[upstream] = resolve_external(name, upstream, Path(out_dir))[1]
     sources = _source_digest(name, spec, spec.config_type.model_validate(stage.config))

@@ -42,7 +42,10 @@ def decide_stages(run: RunDir, plan: Plan) -> dict[str, StageDecision]:
         if run.is_done(name, stage.key):
             decisions[name] = StageDecision(CACHED, "done with the same key")
             continue
-        earlier = run.finished_superseded(name, stage.key)
+        # An unfinished directory for this key is a redo someone asked for (`run --force`, `rerun` of a done
+        # stage, which supersede the finished result under the same key): it is finished, never swapped back.
+        redoing = run.stage_dir(name).exists() and run.prepared_key(name) == stage.key
+        earlier = None if redoing else run.finished_superseded(name, stage.key)
         if earlier is not None:
             where = earlier.relative_to(run.root)
             decisions[name] = StageDecision(REUSED, f"a finished result with the same key is kept in {where}", earlier)

@@ -70,17 +70,19 @@ class RunDir:
         return self.root.name
 
     def identity(self) -> str:
-        """Which directory this is beyond its records: resolved path and inode.
+        """Which directory this is beyond its records: its inode.
 
         Executors write it into every record of something they start (driver.json, task pid files, SLURM
         submissions) and trust a record as this run's only when it matches: a copy (`cp -a runs/A runs/B`,
-        or the same run id under another out_dir) carries A's records but not A's identity, so its status
-        shows nothing of A live and its `cancel` signals nothing of A.
+        or the same run id under another out_dir) carries A's records but not A's inode, so its status
+        shows nothing of A live and its `cancel` signals nothing of A. The path is not part of it: a run
+        renamed in place, or seen through another mount point of the same file system (another login node),
+        is still the directory its jobs were started for.
         """
         try:
-            return f"{self.root}#{self.root.stat().st_ino}"
+            return f"inode:{self.root.stat().st_ino}"
         except OSError:
-            return f"{self.root}#missing"
+            return "inode:missing"
 
     def owns(self, record: dict[str, Any]) -> bool:
         """Whether a launch record was written for this very run directory (see `identity`).
@@ -261,7 +263,7 @@ class RunDir:
         for path in root.iterdir():
             parts = path.name.split(".")
             wanted = len(parts) == 3 and is_stage_name(parts[0]) and stage in (None, parts[0])
-            if wanted and parts[2].isdigit() and path.is_dir():
+            if wanted and parts[2].isdigit() and path.is_dir() and not path.is_symlink():
                 found.append((int(parts[2]), path))
         return [path for _, path in sorted(found, reverse=True)]
 
@@ -301,7 +303,10 @@ class RunDir:
         src = self.stage_dir(stage)
         if not src.exists():
             return None
-        dest = self.superseded_root / f"{stage}.{old_key}.{int(time.time() * 1000)}"
+        # The key comes from stage.json: only a key's spelling names the directory (nothing a record holds can
+        # point it elsewhere).
+        key = old_key if re.fullmatch(r"[0-9a-f]{16}", old_key) else "unknown"
+        dest = self.superseded_root / f"{stage}.{key}.{int(time.time() * 1000)}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
         return dest

@@ -111,7 +111,7 @@ def _done_mismatch(run: RunDir, stage: str, key: str) -> str:
     edit by hand, or files copied in from another run), so the outputs cannot be trusted as this plan's."""
     return (
         f"{run.done_json(stage)} records key {run.done_key(stage)!r}, but the stage was prepared for {key!r}: "
-        f"its outputs are not this plan's; redo it with `python run.py rerun {run.root} --stage {stage}`"
+        f"its outputs are not this plan's; redo it with `python run.py rerun {run.root} --stage {stage} --force`"
     )
 
 

@@ -254,10 +254,25 @@ def test_a_done_json_for_another_key_is_one_consistent_failure(run_copy: Path) -
     result = run_cli("status", "runs/demo", "--json", cwd=run_copy)
     assert result.returncode == 1, result.stdout + result.stderr
     source = next(s for s in result.json()["stages"] if s["name"] == "t_source")
-    assert source["state"] == "FAILED" and "0000000000000000" in source["error"] and "rerun" in source["error"]
-    repaired = run_cli("rerun", "runs/demo", "--stage", "t_source", cwd=run_copy)
+    assert source["state"] == "FAILED" and "0000000000000000" in source["error"] and "--force" in source["error"]
+    launches = (run_copy / "runs/demo/stages/t_source/jobs.jsonl").read_text().count('"launch"')
+    repaired = run_cli("rerun", "runs/demo", "--stage", "t_source", "--force", cwd=run_copy)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert set(_states(run_copy).values()) == {"COMPLETED"}
+    # every task was redone (the foreign outputs are not merged under this plan's key)
+    stage_dir = run_copy / "runs/demo/stages/t_source"
+    assert stage_dir.joinpath("jobs.jsonl").read_text().count('"launch"') == launches + 3  # 2 tasks + merge
+
+
+def test_a_key_read_from_stage_json_never_moves_a_stage_outside_the_run(run_copy: Path) -> None:
+    stage_json = run_copy / "runs/demo/stages/t_after/stage.json"
+    stage_json.write_text(json.dumps({**json.loads(stage_json.read_text()), "key": "/../../../escaped"}))
+    run = RunDir(run_copy / "runs/demo")
+    record = next(r for r in json.loads(run.plan_json.read_text())["stages"] if r["name"] == "t_after")
+    run.prepare_stage("t_after", record["key"], record["config"], record)  # stage.json's key differs: superseded
+    assert not list(run_copy.parent.rglob("escaped*"))
+    (moved,) = (run_copy / "runs/demo/superseded").iterdir()
+    assert moved.name.startswith("t_after.unknown.")
 
 
 def test_a_superseded_stage_keeps_its_outputs_read_only(run_copy: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from pipeline.plan_reasons import config_changes
+from pipeline.runs import RunDir
 from tests.conftest import run_cli, write_pipeline
 from tests.lm_fixtures import build_tiny_lm_decomposition
 
@@ -101,6 +102,19 @@ def test_plan_says_why_and_a_switched_back_setting_reuses_the_finished_result(tm
     assert list((tmp_path / "runs/demo/superseded").iterdir()) == []
     assert json.loads((tmp_path / "runs/demo/plan.json").read_text()) == plan_json
     assert {s["state"] for s in run_cli("status", "runs/demo", "--json", cwd=tmp_path).json()["stages"]} == {"CACHED"}
+
+
+def test_an_interrupted_redo_is_finished_not_swapped_for_the_old_result(tmp_path: Path) -> None:
+    """`rerun` of a done stage supersedes it under the same key, then runs it again; killed before it ends, the
+    next `run` finishes the redo (WILL RUN) instead of moving the old result back (REUSED)."""
+    write_pipeline(tmp_path / "p.yaml", _pipeline(10))
+    _run(tmp_path)
+    run = RunDir(tmp_path / "runs/demo")
+    record = next(s for s in json.loads(run.plan_json.read_text())["stages"] if s["name"] == "t_after")
+    run.supersede_stage("t_after", record["key"])  # what rerun does first ...
+    run.prepare_stage("t_after", record["key"], record["config"], record)  # ... and then it was killed
+    decision = _plan(tmp_path)["t_after"]
+    assert decision["action"] == "WILL RUN" and decision["reason"].startswith("unfinished with this key"), decision
 
 
 def test_clean_keeps_the_result_the_plan_would_reuse(tmp_path: Path) -> None:

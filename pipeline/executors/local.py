@@ -95,7 +95,7 @@ class StageReadouts:
     def _read(read: Any) -> Any:
         try:
             return read()
-        except (OSError, ValueError):  # a file being written: next time
+        except Exception:  # a file being written, a damaged record: shown as nothing, never a stopped run
             return None
 
     def _load(self, stage: str) -> tuple[Any, Any] | None:
@@ -402,21 +402,24 @@ class LocalExecutor:
         return True
 
     def driver_alive(self, run: RunDir) -> bool:
-        record = read_json(run.driver_json) or {}
-        pid = int(record.get("pid") or 0)
+        record = read_json(run.driver_json)
+        if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+            return False  # no driver, or a record damaged past naming one
+        pid = record["pid"]
         if pid <= 0 or pid == os.getpid() or record.get("host", socket.gethostname()) != socket.gethostname():
             return False
         return run.owns(record) and process_alive(pid, record.get("cmdline") or DRIVER_MODULE)
 
     def task_states(self, run: RunDir, plan: Plan) -> dict[str, dict[str, TaskView]]:
         views: dict[str, dict[str, TaskView]] = {}
-        driver = read_json(run.driver_json) or {}
+        driver = read_json(run.driver_json)
+        driver = driver if isinstance(driver, dict) and isinstance(driver.get("work", {}), dict) else {}
         driver_alive = self.driver_alive(run)
         for name, planned in plan.stages.items():
             states: dict[str, TaskView] = {}
             for label in _pid_labels(run, name):
-                info = read_json(run.task_pid(name, label)) or {}
-                pid = int(info.get("pid", 0))
+                info = _pid_record(run, name, label)
+                pid = info["pid"]
                 if _own_worker(run, info):
                     states[label] = TaskView("RUNNING", job_id=str(pid))
                 elif not driver_alive and not run.task_failed(name, label).exists() and not _finished(run, name, label):
@@ -449,8 +452,8 @@ class LocalExecutor:
         pids: list[int] = []
         for name in stages:
             for label in _pid_labels(run, name):
-                info = read_json(run.task_pid(name, label)) or {}
-                pid = int(info.get("pid", 0))
+                info = _pid_record(run, name, label)
+                pid = info["pid"]
                 if _own_worker(run, info):
                     _stop_group(pid, signal.SIGTERM)
                     pids.append(pid)
@@ -469,9 +472,17 @@ class LocalExecutor:
 _NOT_OURS = "was started for another directory (this run was copied or moved while it ran); it does not run here"
 
 
+def _pid_record(run: RunDir, stage: str, label: str) -> dict[str, Any]:
+    """A task's pid file as a record whose `pid` is an int (0 when the file is damaged: nothing to signal)."""
+    info = read_json(run.task_pid(stage, label))
+    info = info if isinstance(info, dict) else {}
+    pid = info.get("pid")
+    return {**info, "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else 0}
+
+
 def _own_worker(run: RunDir, info: dict[str, Any]) -> bool:
     """Whether a task pid record names a live worker started for this very run directory."""
-    return run.owns(info) and process_alive(int(info.get("pid", 0)), WORKER_MODULE)
+    return run.owns(info) and process_alive(info["pid"], WORKER_MODULE)
 
 
 def _finished(run: RunDir, stage: str, label: str) -> bool:
