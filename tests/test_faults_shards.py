@@ -247,7 +247,7 @@ VOLATILE = {
     "seconds",
     "tokens_per_s",
     "shard_bytes",  # the redone shard's JSON meta holds other timings
-    "cofiring_method",  # int8 or fp32, whichever timed faster on the redone task's first batch (the same counts)
+    "cofiring_method",  # sparse, int8 or fp32, whichever timed faster on the redone task's first batch (the same counts)
     "code",
     "runtime",
     "first_task_started_at",

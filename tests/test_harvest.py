@@ -36,7 +36,7 @@ from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader
 from spd.harvest.batch_scan import BatchEntries, Candidates, ScanRules, default_kernels, scan_batch
 from spd.harvest.batch_scan_numba import scan_batch_numba
-from spd.harvest.cofiring import CofiringCounter
+from spd.harvest.cofiring import CofiringCounter, SparsePairCounter, firing_lists, pair_keys_torch
 from spd.harvest.counters import DenseCounter, DenseTokenFiringCounter, SparseCounter, SparseTokenFiringCounter
 from spd.harvest.data import CorpusSlice
 from spd.harvest.keys import (
@@ -167,12 +167,12 @@ def test_magnitude_floor_is_the_smallest_value_a_key_can_beat() -> None:
     assert bool((below > magnitude_keys(torch.tensor([0.5]), torch.tensor([2**62 - 1]))).all())
 
 
-@pytest.mark.parametrize("method", ["fp32", "int8"])
+@pytest.mark.parametrize("method", ["fp32", "int8", "sparse", "sparse-torch"])
 @pytest.mark.parametrize("n_components", [5, 130, 300])  # below, across and beyond one 128-row matmul block
 def test_cofiring_counts_pairs_above_the_diagonal_exactly(method: str, n_components: int) -> None:
     gen = torch.Generator().manual_seed(n_components)
-    counter = CofiringCounter(n_components, "cpu")
-    counter.method = method  # both ways of multiplying must give the same exact counts
+    counter = CofiringCounter(n_components, "cpu", torch_only=method == "sparse-torch")
+    counter.method = method.removesuffix("-torch")  # every way of counting must give the same exact counts
     expected = torch.zeros(n_components, n_components, dtype=torch.int64)
     for _ in range(3):
         firing = torch.rand(700, n_components, generator=gen) < 0.3
@@ -185,11 +185,49 @@ def test_cofiring_counts_pairs_above_the_diagonal_exactly(method: str, n_compone
     assert torch.equal(n, expected[want_a, want_b])
 
 
+def test_sparse_cofiring_grows_its_table_and_agrees_with_the_torch_pair_keys() -> None:
+    """Rows with 0, 1 and many firings, a table that starts tiny and must double many times (and once for a row
+    larger than half the table), against brute force and the torch reference of the loop."""
+    gen = torch.Generator().manual_seed(3)
+    C = 97
+    counter = SparsePairCounter(C, capacity=16)
+    expected = torch.zeros(C, C, dtype=torch.int64)
+    for density in (0.0, 0.01, 0.2, 0.9):
+        firing = torch.rand(50, C, generator=gen) < density
+        counter.add(firing)
+        expected += firing.long().T @ firing.long()
+        offsets, comps = firing_lists(firing)
+        keys = pair_keys_torch(offsets, comps, C)
+        via_torch = torch.zeros(C * C, dtype=torch.int64).index_add_(0, keys, torch.ones_like(keys)).view(C, C)
+        assert torch.equal(via_torch, torch.triu(firing.long().T @ firing.long(), diagonal=1))
+    a, b, n = counter.pairs()
+    want_a, want_b = (torch.triu(expected, diagonal=1) > 0).nonzero(as_tuple=True)
+    assert torch.equal(a.long(), want_a) and torch.equal(b.long(), want_b) and torch.equal(n, expected[want_a, want_b])
+
+
+def test_store_cofiring_equals_brute_force_when_counted_sparse(
+    decomposition: Path, brute_force: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no room for a dense table every task counts sparse; the store holds exactly the pairs whose total count
+    over all tasks reaches cofiring_min_count (here 3: a pair counted twice in one task and once in another is
+    kept), with their exact counts, in both orders."""
+    monkeypatch.setattr("spd.harvest.cofiring.DENSE_TABLE_LIMIT", 0)
+    store = _harvest(decomposition, tmp_path / "sparse", 3, cofiring_min_count=3)
+    C = brute_force["input_counts"].shape[0]
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT cofiring_method FROM tasks").fetchall() == [("sparse",)]
+        cofire = _sparse_table(con, "SELECT component, other, count FROM cofiring", (C, C))
+    off_diagonal = brute_force["cofire"] - torch.diag(torch.diag(brute_force["cofire"]))
+    expected = torch.where(off_diagonal >= 3, off_diagonal, 0)
+    assert bool(((off_diagonal > 0) & (off_diagonal < 3)).any())  # the rule drops some pairs here
+    assert torch.equal(cofire, expected)
+
+
 def test_cofiring_picks_an_exact_method_on_the_first_batch() -> None:
     counter = CofiringCounter(40, "cpu")
     firing = torch.rand(256, 40) < 0.5
     counter.add(firing)
-    assert counter.method in ("fp32", "int8")
+    assert counter.method in ("sparse", "fp32", "int8")
     _, _, n = counter.pairs()
     assert int(n.sum()) == int(torch.triu(firing.long().T @ firing.long(), diagonal=1).sum())
 
@@ -665,7 +703,7 @@ def test_store_is_independent_of_the_number_of_tasks(stores: dict[int, Path]) ->
         )
         assert four.execute("SELECT count(*), sum(n_batches) FROM tasks").fetchone() == (4, 24)
         methods = four.execute("SELECT DISTINCT cofiring_method FROM tasks").fetchall()
-        assert methods and {m for (m,) in methods} <= {"int8", "fp32"}
+        assert methods and {m for (m,) in methods} <= {"sparse", "int8", "fp32"}
         assert four.execute("SELECT DISTINCT kernels FROM tasks").fetchall() == [("numba",)]  # CPU tasks
 
 
@@ -678,7 +716,7 @@ def test_shards_are_sparse_and_record_their_slice(stores: dict[int, Path]) -> No
         shard.meta["task"] == 2 and shard.meta["slice"]["batch_start"] == 2 and shard.meta["slice"]["batch_step"] == 4
     )
     assert shard.meta["n_batches"] == 6 and len(shard.sequences) == 6 * 8
-    assert shard.meta["cofiring_method"] in ("int8", "fp32")  # the exact product this task timed fastest
+    assert shard.meta["cofiring_method"] in ("sparse", "int8", "fp32")  # the exact method this task timed fastest
     assert shard.meta["kernels"] == "numba"  # compiled scan and selections on the CPU (torch on other devices)
     assert shard.input_count.dtype == torch.int64 and shard.input_component.dtype == torch.int32
     assert bool((shard.input_count > 0).all()) and bool((shard.cofire_a < shard.cofire_b).all())

@@ -9,8 +9,9 @@ Per component c (flat index) and token t:
   output_total[t]: all positions where t is among them. Exact integers (spd.harvest.counters: the batch's
   firing rows added into a dense [V, C] table while C x V is small, composite keys counted sparse beyond),
   written sparse.
-- co-firing counts (a, b), a < b: tokens where both fire (spd.harvest.cofiring: F^T F per batch, exact, into an
-  int64 table; only the blocks on and above the diagonal are multiplied).
+- co-firing counts (a, b), a < b: tokens where both fire (spd.harvest.cofiring: exact; the pairs among each
+  token's firings counted in a hash table of the pairs seen, or F^T F per batch into a dense int64 table where
+  that is faster and fits, chosen on the first batch).
 - the uniform example reservoir and the top-|activation| set (spd.harvest.reservoir).
 
 Everything that reads each (token, component) entry of a batch (firings, sums, token counts, the selections'
@@ -56,9 +57,11 @@ class TaskAccumulator:
         self.output_total = torch.zeros(vocab_size, dtype=torch.int64, device=dev)
         self.input_counts = make_token_firing_counter(n_components, vocab_size, dev)
         self.output_counts = make_token_firing_counter(n_components, vocab_size, dev)
-        self.cofire = CofiringCounter(n_components, dev) if settings.cofiring else None
         # numba on the CPU, torch elsewhere (spd.harvest.batch_scan); "torch" forces the reference everywhere
         self.kernels: Kernels = kernels or default_kernels(dev, (self.input_counts, self.output_counts))
+        # forced torch kernels count sparse co-firing with torch ops too; the default counts it with numba on the CPU
+        torch_only = kernels == "torch"
+        self.cofire = CofiringCounter(n_components, dev, torch_only) if settings.cofiring else None
         window = settings.window
         self.salts = component_salts(seed, torch.arange(n_components, device=dev))  # sampling-key salt per component
         self.uniform = ExampleSelection(n_components, settings.examples_per_component, window, dev)

@@ -67,7 +67,14 @@ class HarvestSettings(BaseModel):
     )
     cofiring: bool = Field(
         True,
-        description="Count same-token co-firing of every component pair (a dense C x C accumulator on the device).",
+        description="Count same-token co-firing of component pairs, exactly: the pairs among each token's firings "
+        "in a hash table of the pairs seen (memory per distinct pair), or a dense C x C product where that is faster.",
+    )
+    cofiring_min_count: int = Field(
+        1,
+        ge=1,
+        description="The store keeps a co-firing pair only when it co-fires on at least this many tokens over the "
+        "whole harvest (exact count; 1 keeps every pair that co-fires). Bounds the store and the merge's output.",
     )
     autocast_bf16: bool = Field(
         False,

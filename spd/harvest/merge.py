@@ -1,7 +1,8 @@
 """The merge: check every expected shard is there, intact and consistent, fold them in one at a time, build the store.
 
 Peak memory is the running totals plus one shard, whatever the number of tasks: a shard is loaded, added
-and dropped before the next is read. Sums are exact (int64 counts; fp64 float sums), and example sets are
+and dropped before the next is read. Co-firing pairs are the exception: they are summed by DuckDB while the
+store is built (out of core, under a memory limit), since their union can dwarf everything else at large C. Sums are exact (int64 counts; fp64 float sums), and example sets are
 merged exactly (bottom-k of the union, spd.harvest.reservoir), so the store does not depend on the number
 of tasks beyond fp64 rounding in the float means.
 
@@ -104,7 +105,9 @@ class MergedHarvest:
         self.output_total = torch.zeros(self.V, dtype=torch.int64)
         self.input_counts = make_counter(self.C * self.V)
         self.output_counts = make_counter(self.C * self.V)
-        self.cofire = make_counter(self.C * self.C)
+        # co-firing pairs are not summed here: the store builder aggregates them from these shards in DuckDB, on
+        # disk, so the merge never holds every distinct pair in memory (spd.harvest.store_builder._cofiring)
+        self.cofire_shards: list[Path] = []
         self.uniform = ExampleSelection(self.C, int(settings["examples_per_component"]), window)
         self.top = ExampleSelection(self.C, int(settings["top_examples_per_component"]), window)
 
@@ -131,10 +134,10 @@ class MergedHarvest:
             self.sums[name] += shard.sums[name]
         self.input_total += shard.input_total
         self.output_total += shard.output_total
-        V, C = self.V, self.C
+        V = self.V
         self.input_counts.add_counts(shard.input_component.long() * V + shard.input_token.long(), shard.input_count)
         self.output_counts.add_counts(shard.output_component.long() * V + shard.output_token.long(), shard.output_count)
-        self.cofire.add_counts(shard.cofire_a.long() * C + shard.cofire_b.long(), shard.cofire_count)
+        self.cofire_shards.append(path)
         self.uniform.offer_rows(shard.uniform_component.long(), shard.uniform_rows)
         self.top.offer_rows(shard.top_component.long(), shard.top_rows)
 
@@ -143,11 +146,6 @@ class MergedHarvest:
         counter = self.input_counts if direction == "input" else self.output_counts
         comp, tok = split_flat_index(counter.keys(), self.V)
         return comp, tok, counter.counts()
-
-    def cofiring_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(a, b, count) with a < b, sorted."""
-        a, b = split_flat_index(self.cofire.keys(), self.C)
-        return a, b, self.cofire.counts()
 
 
 def merge_shards(out_dir: Path, n_tasks: int, log=print) -> MergedHarvest:

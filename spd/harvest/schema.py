@@ -75,7 +75,7 @@ TABLES: dict[str, str] = {
         CREATE TABLE cofiring (
             component INTEGER NOT NULL,
             other INTEGER NOT NULL,          -- both orders are stored, other != component
-            count BIGINT NOT NULL            -- tokens where both fire (never 0: sparse)
+            count BIGINT NOT NULL            -- tokens where both fire (>= cofiring_min_count)
         )""",
     "tasks": """
         CREATE TABLE tasks (
@@ -88,7 +88,7 @@ TABLES: dict[str, str] = {
             slice_sha256 VARCHAR NOT NULL,   -- sha256 of its window ids in processing order
             task_seed BIGINT,
             device VARCHAR NOT NULL,
-            cofiring_method VARCHAR,         -- int8 or fp32 (both exact: the faster on its first batch); NULL: off
+            cofiring_method VARCHAR,         -- sparse, int8 or fp32 (all exact: the faster on its first batch); NULL: off
             kernels VARCHAR,                 -- numba (CPU) or torch: the same per-batch statistics
             host VARCHAR,
             started_at VARCHAR NOT NULL,

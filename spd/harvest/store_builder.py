@@ -175,19 +175,39 @@ def _examples(con: duckdb.DuckDBPyConnection, merged: MergedHarvest, corpus: Tok
             )
 
 
+COFIRING_MEMORY_LIMIT = "1GB"  # DuckDB's budget while it sums co-firing pairs; past it, it spills to disk
+
+
 def _cofiring(con: duckdb.DuckDBPyConnection, merged: MergedHarvest) -> None:
-    a, b, count = (_np(t) for t in merged.cofiring_pairs())
-    component, other, count = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([count, count])
-    order = np.lexsort((other, component))  # one component's partners are one contiguous range
-    insert_columns(
-        con,
-        "cofiring",
-        {
-            "component": component[order].astype(np.int32),
-            "other": other[order].astype(np.int32),
-            "count": count[order],
-        },
-    )
+    """Sum every shard's co-firing pairs in DuckDB and keep those reaching cofiring_min_count, in both orders.
+
+    The shards' pairs are staged one shard at a time (only their three co-firing members are read) and aggregated
+    by DuckDB under COFIRING_MEMORY_LIMIT, spilling to the store's temp directory: the merge's memory does not
+    grow with the number of distinct pairs, which at C = 40K can reach billions."""
+    min_count = int(merged.meta["settings"].get("cofiring_min_count", 1))
+    con.execute("CREATE TEMP TABLE cofiring_parts (a INTEGER NOT NULL, b INTEGER NOT NULL, n BIGINT NOT NULL)")
+    for path in merged.cofire_shards:
+        with np.load(path, allow_pickle=False) as npz:
+            part = {"a": npz["cofire_a"], "b": npz["cofire_b"], "n": npz["cofire_count"]}
+        insert_columns(con, "cofiring_parts", part)
+        del part
+    con.execute(f"SET memory_limit = '{COFIRING_MEMORY_LIMIT}'")
+    con.execute("SET preserve_insertion_order = false")  # lets the ordered insert spill instead of buffering
+    try:
+        con.execute(
+            """
+            INSERT INTO cofiring (component, other, count)
+            WITH kept AS (SELECT a, b, sum(n)::BIGINT AS n FROM cofiring_parts GROUP BY a, b HAVING sum(n) >= ?)
+            SELECT component, other, n FROM (
+                SELECT a AS component, b AS other, n FROM kept UNION ALL SELECT b, a, n FROM kept
+            ) ORDER BY component, other
+            """,
+            [min_count],
+        )
+    finally:
+        con.execute("RESET memory_limit")
+        con.execute("RESET preserve_insertion_order")
+        con.execute("DROP TABLE cofiring_parts")
 
 
 def _tasks_and_provenance(
