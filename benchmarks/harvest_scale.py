@@ -1,0 +1,231 @@
+"""Harvest (and attributions) cost as the number of components grows, at a fixed number of firings per token.
+
+    OMP_NUM_THREADS=1 python benchmarks/harvest_scale.py                                 # C_total 1K, 4K, 16K, 40K
+    OMP_NUM_THREADS=1 python benchmarks/harvest_scale.py --sizes 1024 4096 --tokens 16384 --attribution-batches 0
+
+Per size C_total the benchmark
+1. builds a decomposition of a small LM through the real decompose stage (tests/lm_fixtures.py: the tiny LM on
+   the planted-feature corpus, 2 layers, both MLP projections decomposed, C_total / 4 components each, a few SPD
+   steps: the CI functions are barely trained, which is fine for cost);
+2. controls CI-L0 through the CI functions: every CI function's output-layer bias is lowered by one common
+   constant, found by bisection on the first batch, so that about `--l0` components per token (all modules
+   together) exceed the harvest's default ci_threshold (0.1), and the decomposition is saved so shifted (a barely
+   trained CI function saturates at 1 on thousands of components per token at large C, so a threshold alone
+   cannot do it); the measured L0 is printed;
+3. runs `--tasks` harvest array tasks over `--tokens` tokens in all, each in a fresh process (peak RSS from
+   /proc VmHWM; seconds from the shard's own record, model loading included), then the merge of their shards in a
+   fresh process (seconds, peak RSS), and reports shard and store bytes and the stored co-firing rows;
+4. times a bare forward (target + CI functions) over the same batches in this process for harvest/bare
+   (= bare us/token / harvest us/token: the share of a task's time that is the forward itself);
+5. computes attributions over `--attribution-batches` batches in a fresh process (seconds per batch, peak RSS),
+   when that is not 0.
+
+All sizes run in one invocation, one after the other: compare their ratios from one run, since the machine may be
+shared with other work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from spd.harvest.activations import ActivationReader  # noqa: E402
+from spd.harvest.config import HarvestSettings  # noqa: E402
+from spd.harvest.data import CorpusSlice  # noqa: E402
+from spd.harvest.task import decomposition_corpus, slice_spec  # noqa: E402
+from spd.models import load_decomposition  # noqa: E402
+from spd.models.checkpoint import latest_model_file  # noqa: E402
+from tests.lm_fixtures import build_tiny_lm_decomposition, tiny_lm_decompose_config  # noqa: E402
+
+N_MODULES = 4  # 2 layers x (up, down) projections
+
+# each child prints one JSON line: what it measured and its own peak RSS (VmHWM belongs to the new process)
+CHILD_PRELUDE = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+def peak_gb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e6
+"""
+TASK_CHILD = """
+from spd.harvest import HarvestSettings, run_harvest_task
+settings = HarvestSettings.model_validate_json({settings!r})
+path = run_harvest_task({decomposition!r}, {out!r}, settings, {task}, seed=0, log=lambda _: None)
+from spd.harvest.shard import read_shard
+meta = read_shard(path).meta
+print(json.dumps({{"seconds": meta["seconds"], "tokens": meta["n_tokens"], "bytes": path.stat().st_size,
+                  "method": meta["cofiring_method"], "kernels": meta["kernels"], "peak_gb": peak_gb()}}))
+"""
+MERGE_CHILD = """
+from pathlib import Path
+from spd.harvest import merge_harvest
+start = time.perf_counter()
+path = merge_harvest(Path({out!r}), {n_tasks}, Path({decomposition!r}), log=lambda _: None)
+seconds = time.perf_counter() - start
+import duckdb
+with duckdb.connect(str(path), read_only=True) as con:
+    rows = con.execute("SELECT count(*) FROM cofiring").fetchone()[0]
+print(json.dumps({{"seconds": seconds, "bytes": path.stat().st_size, "cofiring_rows": rows, "peak_gb": peak_gb()}}))
+"""
+ATTRIBUTION_CHILD = """
+from pathlib import Path
+from spd.attributions import AttributionSettings, compute_shard
+settings = AttributionSettings(batch_size={batch_size}, n_batches={n_batches}, top_k=50)
+start = time.perf_counter()
+compute_shard(settings, Path({decomposition!r}), Path({out!r}), 0, 1, log=lambda _: None)
+print(json.dumps({{"seconds": time.perf_counter() - start, "peak_gb": peak_gb()}}))
+"""
+
+
+def run_child(body: str, **fields: object) -> dict:
+    """Run a measurement in a fresh Python process (one thread) and return the JSON it prints last."""
+    code = CHILD_PRELUDE.format(root=str(REPO_ROOT)) + body.format(**fields)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"child failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+LAST_CI_BIAS = re.compile(r"^(ci_fn\..+)\.layers\.(\d+)\.b$")
+
+
+def last_ci_biases(names: list[str]) -> list[str]:
+    """The output-layer bias of every CI function (the highest-numbered layer of each)."""
+    last: dict[str, tuple[int, str]] = {}
+    for name in names:
+        match = LAST_CI_BIAS.match(name)
+        if match and int(match.group(2)) >= last.get(match.group(1), (-1, ""))[0]:
+            last[match.group(1)] = (int(match.group(2)), name)
+    return [name for _, name in last.values()]
+
+
+@torch.no_grad()
+def set_ci_l0(decomposition: Path, settings: HarvestSettings, l0: int, n_bare: int) -> tuple[float, float, float]:
+    """Shift every CI function's output bias by one constant so that ~l0 components per token fire at the harvest
+    threshold on the first batch, and save the decomposition so shifted. Returns (shift, measured L0, bare
+    us/token). A barely trained CI function at large C saturates at 1 on thousands of components per token, so no
+    threshold can control L0; a bias shift moves every pre-activation down alike (bisection; L0 falls with it)."""
+    model = load_decomposition(decomposition, "cpu")
+    corpus = decomposition_corpus(decomposition)
+    data = CorpusSlice(corpus, slice_spec(model.run_config, corpus, settings, 0))
+    reader = ActivationReader(model, settings.output_top_m)
+    batches = [b.tokens for _, b in zip(range(n_bare), data, strict=False)]
+    params = dict(model.named_parameters())
+    names = last_ci_biases(list(params))
+    original = {n: params[n].detach().clone() for n in names}
+
+    def l0_at(shift: float) -> float:
+        for n in names:
+            params[n].copy_(original[n] - shift)
+        ci = reader(batches[0]).ci
+        return float((ci > settings.ci_threshold).sum()) / batches[0].numel()
+
+    lo, hi = -20.0, 20.0  # L0 at lo is above the target, at hi below (bisection keeps that)
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if l0_at(mid) > l0 else (lo, mid)
+    shift = hi
+    measured = l0_at(shift)
+    model_file = latest_model_file(decomposition)
+    state = torch.load(model_file, map_location="cpu", weights_only=False)
+    for n in names:
+        state[n] = state[n] - shift
+    torch.save(state, model_file)
+    reader.bare_forward(batches[0])  # warm-up
+    start = time.perf_counter()
+    for tokens in batches:
+        reader.bare_forward(tokens)
+    bare_us = (time.perf_counter() - start) / sum(t.numel() for t in batches) * 1e6
+    return shift, measured, bare_us
+
+
+def measure(c_total: int, args: argparse.Namespace, tmp: Path) -> dict:
+    started = time.perf_counter()
+    per_module = c_total // N_MODULES
+    config = tiny_lm_decompose_config(
+        n_docs=args.n_docs, default_c=per_module, n_layers=2, spd_steps=args.spd_steps, lm_steps=20, seq_len=64
+    )
+    decomposition = build_tiny_lm_decomposition(tmp / f"decomposition-{c_total}", config)
+    build_s = time.perf_counter() - started
+    n_batches = args.tokens // (args.batch_size * 64)
+    base = {"batch_size": args.batch_size, "n_batches": n_batches, "n_tasks": args.tasks, "device": "cpu"}
+    settings = HarvestSettings(**base)
+    shift, l0, bare_us = set_ci_l0(decomposition, settings, args.l0, args.bare_batches)
+    out = tmp / f"harvest-{c_total}"
+    tasks = [
+        run_child(
+            TASK_CHILD, settings=settings.model_dump_json(), decomposition=str(decomposition), out=str(out), task=t
+        )
+        for t in range(args.tasks)
+    ]
+    merge = run_child(MERGE_CHILD, out=str(out), n_tasks=args.tasks, decomposition=str(decomposition))
+    tokens = sum(t["tokens"] for t in tasks)
+    harvest_us = sum(t["seconds"] for t in tasks) / tokens * 1e6
+    row = {
+        "C_total": per_module * N_MODULES,
+        "L0": round(l0, 1),
+        "ci_bias_shift": round(shift, 3),
+        "tokens": tokens,
+        "harvest_us_per_token": round(harvest_us, 1),
+        "bare_us_per_token": round(bare_us, 1),
+        "harvest_over_bare": round(bare_us / harvest_us, 3),
+        "task_peak_gb": round(max(t["peak_gb"] for t in tasks), 2),
+        "shard_mb": round(sum(t["bytes"] for t in tasks) / len(tasks) / 1e6, 1),
+        "cofiring_methods": sorted({t["method"] for t in tasks}),
+        "kernels": sorted({t["kernels"] for t in tasks}),
+        "merge_s": round(merge["seconds"], 1),
+        "merge_peak_gb": round(merge["peak_gb"], 2),
+        "store_mb": round(merge["bytes"] / 1e6, 1),
+        "cofiring_rows": merge["cofiring_rows"],
+        "build_s": round(build_s, 1),
+    }
+    if args.attribution_batches:
+        attr = run_child(
+            ATTRIBUTION_CHILD,
+            batch_size=args.attribution_batch_size,
+            n_batches=args.attribution_batches,
+            decomposition=str(decomposition),
+            out=str(tmp / f"attr-{c_total}"),
+        )
+        row["attr_s_per_batch"] = round(attr["seconds"] / args.attribution_batches, 2)
+        row["attr_peak_gb"] = round(attr["peak_gb"], 2)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384, 40000])
+    parser.add_argument("--tokens", type=int, default=65536, help="harvested tokens per size, over all tasks")
+    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32, help="windows of 64 tokens per harvest batch")
+    parser.add_argument("--l0", type=int, default=128, help="target firings per token (all modules together)")
+    parser.add_argument("--n-docs", type=int, default=6000, help="corpus documents (enough for --tokens)")
+    parser.add_argument("--spd-steps", type=int, default=2)
+    parser.add_argument("--bare-batches", type=int, default=8)
+    parser.add_argument("--attribution-batches", type=int, default=1, help="0 skips attributions")
+    parser.add_argument("--attribution-batch-size", type=int, default=8)
+    parser.add_argument("--keep", type=Path, default=None, help="build under this directory and keep it")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or Path(scratch)
+        for c_total in args.sizes:
+            print(json.dumps(measure(c_total, args, tmp)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
