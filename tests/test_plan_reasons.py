@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.plan_reasons import config_changes
 from pipeline.runs import RunDir
+from spd.harvest.config import DENSITY_FIELDS, DENSITY_FREE_FIELDS, HarvestSettings
 from tests.conftest import run_cli, write_pipeline
 from tests.lm_fixtures import build_tiny_lm_decomposition
 
@@ -128,6 +129,13 @@ def test_clean_keeps_the_result_the_plan_would_reuse(tmp_path: Path) -> None:
     assert cleaned.returncode == 0, cleaned.stderr
     assert cleaned.stdout.count("kept superseded/") == 2 and "planned key" in cleaned.stdout, cleaned.stdout
     assert _plan(tmp_path)["t_sink"]["action"] == "REUSED"
+
+
+def test_attributions_key_on_every_harvest_setting_except_the_declared_density_free_ones() -> None:
+    """A harvest setting added later counts as one densities depend on until it is listed as free of them."""
+    assert set(HarvestSettings.model_fields) >= DENSITY_FREE_FIELDS  # a misspelt name would exclude nothing
+    assert set(DENSITY_FIELDS) == set(HarvestSettings.model_fields) - DENSITY_FREE_FIELDS
+    assert {"ci_threshold", "autocast_bf16", "device", "n_batches"} <= set(DENSITY_FIELDS)
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spd.data.hf_source import HFTokensOverride
 
-# The settings a component's firing density depends on: which windows are read (data, slice, window length, order),
-# where the CIs are computed (device: float differences can cross the threshold) and the firing threshold. The
-# example counts, context width, output top-m, co-firing and the split into tasks change what else a harvest
-# stores, never a density (counts are exact integers summed over the same batches, however they are split).
-DENSITY_FIELDS: tuple[str, ...] = (
-    "device",
-    "split",
-    "dataset",
-    "batch_size",
-    "n_batches",
-    "seq_len",
-    "dataset_seed",
-    "ci_threshold",
+# The settings that change what else a harvest stores but never a component's firing density: example counts and
+# context width, output top-m, co-firing and its cut, and the split into tasks (counts are exact integers summed over
+# the same batches, however they are split). Every other setting (data, slice, window, order, device, autocast,
+# threshold, and any setting added later until it is listed here) counts as one densities depend on: a dependant
+# keyed on DENSITY_FIELDS reruns when in doubt, never serves masks from other densities.
+DENSITY_FREE_FIELDS: frozenset[str] = frozenset(
+    {
+        "n_tasks",
+        "context_tokens_per_side",
+        "examples_per_component",
+        "top_examples_per_component",
+        "output_top_m",
+        "cofiring",
+        "cofiring_min_count",
+    }
 )
 
 
@@ -93,3 +95,7 @@ class HarvestSettings(BaseModel):
     def window(self) -> int:
         """Tokens per example window."""
         return 2 * self.context_tokens_per_side + 1
+
+
+# What a component's firing density depends on (see DENSITY_FREE_FIELDS): the early cut-off key of attributions.
+DENSITY_FIELDS: tuple[str, ...] = tuple(f for f in HarvestSettings.model_fields if f not in DENSITY_FREE_FIELDS)
