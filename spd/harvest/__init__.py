@@ -6,7 +6,7 @@
 
 Module map: config (settings), data (a task's slice of the corpus), activations (CI, component activations,
 top predictions of a batch), keys (shard-invariant sampling keys), reservoir (bottom-k example sets),
-windows (example windows), counters (exact int64 counters, sparse or dense), cofiring (C x C counts),
+windows (example windows), counters (exact int64 counters, sparse or dense), cofiring (exact pair counts, sparse or dense),
 batch_scan (a batch's per-entry work: firings, sums, token counts, example candidates), accumulators (a task's
 statistics), *_numba + jit (the CPU kernels), malloc (page reuse across batches), shard (the task's file),
 faults (test-only fault injection), merge (shards -> totals), schema + store_builder (the DuckDB store), store
