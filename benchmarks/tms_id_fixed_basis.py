@@ -1,11 +1,14 @@
 """Diagnostic for TMS 5-2-id (issue #5): SPD with the hidden identity's two pieces FIXED to the basis that is farthest
 from orthogonal to every feature, everything else as benchmarks/decompose_toy.py --variant 5-2-id.
 
-Why: free SPD runs end with each hidden piece (nearly) orthogonal to one feature, so that feature's CI on it is 0
-and the reference's dense k = 2 check of hidden_layers.0 counts 2 errors. This run answers whether a decomposition
-whose pieces are important for every feature is reachable and cheaper: with 5 features in 2 dimensions every read
-direction is within 18 degrees of orthogonal to some feature, so the best basis has min_i |cos(v, h_i)| ~ 0.31. Compare
-its final losses and identity errors with a free run on the same target and seed:
+Why: free SPD runs end with each hidden piece (nearly) orthogonal to one feature, so that feature's CI on it is 0.
+The reference's dense k = 2 check of hidden_layers.0 does not count that (it asks only that each of the two most used
+pieces has one input with CI >= 0.9, and that the other pieces stay off: spd/train/metrics.py dense_ci_error), so
+these runs pass it; an earlier, stricter rule here (every entry of the two pieces >= 0.9) counted 2 errors, and this
+diagnostic was written to see whether a decomposition whose pieces are important for EVERY feature is reachable and
+cheaper: with 5 features in 2 dimensions every read direction is within 18 degrees of orthogonal to some feature, so
+the best basis has min_i |cos(v, h_i)| ~ 0.31 (it is neither: docs/benchmarks.md). Compare its final losses and
+identity errors with a free run on the same target and seed:
 
     python benchmarks/tms_id_fixed_basis.py --target-seed 11
     python benchmarks/decompose_toy.py --variant 5-2-id --target-seed 11 --seed-search 1 --seeds 0

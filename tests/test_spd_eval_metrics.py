@@ -58,7 +58,7 @@ def test_ppgd_eval_sums_exact_value() -> None:
     # the same masks through the training loss's and the hidden-acts loss's own code paths
     assert out_sum / out_n == pytest.approx(float(ppgd_recon_loss(model, x, target_out, ci, None, state)), rel=1e-5)
     pooled, by_module = hidden_acts_recon(model, x, state.mask_infos(ci, None))
-    assert (per["a"][0] + per["b"][0]) / 30 == pytest.approx(float(pooled), rel=1e-5)
+    assert (per["a"][0] + per["b"][0]) / 30 == pytest.approx(float(pooled.detach()), rel=1e-5)
     assert per["a"][0] / 20 == pytest.approx(by_module["a"], rel=1e-5)
 
 
@@ -149,16 +149,16 @@ def test_configured_eval_metrics_exact_values(tmp_path: Path) -> None:
     probe_ci = model.lower_leaky_ci(model.forward_with_inputs(dec.target.probe_batch(torch.device("cpu")))[1])
     assert out["eval/identity_ci_error/hidden_layers.0"] == M.dense_ci_error(probe_ci["hidden_layers.0"], 2, 0.1)
     ci_pooled, ci_per = hidden_acts_recon(model, batch, {p: MaskInfo(mask=g) for p, g in ci.items()})
-    assert out["eval/loss/CIHiddenActsReconLoss"] == pytest.approx(float(ci_pooled), rel=1e-5)
+    assert out["eval/loss/CIHiddenActsReconLoss"] == pytest.approx(float(ci_pooled.detach()), rel=1e-5)
     assert out["eval/loss/CIHiddenActsReconLoss/linear1"] == pytest.approx(ci_per["linear1"], rel=1e-5)
     assert "eval/loss/StochasticHiddenActsReconLoss/hidden_layers.0" in out
     for name, loss in (("PersistentPGDReconEval", "PersistentPGDReconLoss"),
                        ("PersistentPGDReconSubsetEval", "PersistentPGDReconSubsetLoss")):  # fmt: skip
         state = dec.ppgd_states[loss]
         expected = ppgd_recon_loss(model, batch, target_out, ci, deltas, state, "all")
-        assert out[f"eval/loss/{name}/output_recon"] == pytest.approx(float(expected), rel=1e-5)
+        assert out[f"eval/loss/{name}/output_recon"] == pytest.approx(float(expected.detach()), rel=1e-5)
         pooled, per = hidden_acts_recon(model, batch, state.mask_infos(ci, deltas))
-        assert out[f"eval/loss/{name}/hidden_acts"] == pytest.approx(float(pooled), rel=1e-5)
+        assert out[f"eval/loss/{name}/hidden_acts"] == pytest.approx(float(pooled.detach()), rel=1e-5)
         for p in model.target_module_paths:
             assert out[f"eval/loss/{name}/hidden_acts/{p}"] == pytest.approx(per[p], rel=1e-5)
     sub, full = (
