@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
-from torch import nn
 
 from spd.losses.hidden_acts_recon import hidden_acts_recon
 from spd.losses.persistent_pgd import PersistentPGDConfig, PersistentPGDState, ppgd_eval_sums, ppgd_recon_loss
@@ -21,16 +20,7 @@ from spd.train.config import (
     PersistentPGDReconSubsetLossConfig,
     StochasticReconLossConfig,
 )
-
-
-class TwoLinear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(3, 4, bias=False)
-        self.b = nn.Linear(4, 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.relu(self.a(x)))
+from tests.test_spd_ppgd_hidden import TwoLinear
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
-from torch import nn
 
 from spd.losses.persistent_pgd import PersistentPGDConfig, PersistentPGDState
 from spd.models import ComponentModel
@@ -18,17 +17,7 @@ from spd.models.sigmoids import get_sigmoids, swish_hard_sigmoid
 from spd.targets import TMSModel, TMSTargetConfig
 from spd.train import Decomposer, SPDConfig
 from spd.train.config import PersistentPGDReconLossConfig, StochasticReconLossConfig
-
-
-class TwoLinear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(3, 4, bias=False)
-        self.b = nn.Linear(4, 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.relu(self.a(x)))
-
+from tests.test_spd_ppgd_hidden import TwoLinear
 
 # --- swish_hard ---------------------------------------------------------------------------------------------
 
