@@ -44,21 +44,23 @@ def decide_stages(run: RunDir, plan: Plan) -> dict[str, StageDecision]:
             continue
         # An unfinished directory for this key is a redo someone asked for (`run --force`, `rerun` of a done
         # stage, which supersede the finished result under the same key): it is finished, never swapped back.
-        redoing = run.stage_dir(name).exists() and run.prepared_key(name) == stage.key
-        earlier = None if redoing else run.finished_superseded(name, stage.key)
+        if run.stage_dir(name).exists() and run.prepared_key(name) == stage.key:
+            done = len(run.done_tasks(name, stage.num_tasks))
+            why = f"unfinished with this key ({done}/{stage.num_tasks} tasks done): the rest run"
+            decisions[name] = StageDecision(WILL_RUN, why)
+            continue
+        earlier = run.finished_superseded(name, stage.key)
         if earlier is not None:
             where = earlier.relative_to(run.root)
             decisions[name] = StageDecision(REUSED, f"a finished result with the same key is kept in {where}", earlier)
             continue
-        decisions[name] = StageDecision(WILL_RUN, _why_it_runs(run, stage))
+        decisions[name] = StageDecision(WILL_RUN, _what_changed(run, stage))
     return decisions
 
 
-def _why_it_runs(run: RunDir, stage: PlannedStage) -> str:
+def _what_changed(run: RunDir, stage: PlannedStage) -> str:
+    """Why a stage with no directory for its key runs: what differs from its last completed attempt."""
     name = stage.name
-    if run.stage_dir(name).exists() and run.prepared_key(name) == stage.key:
-        done = len(run.done_tasks(name, stage.num_tasks))
-        return f"unfinished with this key ({done}/{stage.num_tasks} tasks done): the rest run"
     previous = run.last_completed_record(name)
     if previous is None:
         return "not completed before in this run"

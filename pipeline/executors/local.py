@@ -74,16 +74,23 @@ class StageReadouts:
     """What running stages say about themselves from their out/ (StageSpec.progress, StageSpec.spend_usd): step
     progress for the bars, money spent for the event lines. A readout is a nicety: one that fails shows nothing."""
 
+    STEPS_EVERY_S = 1.0  # the driver loop polls every 50 ms; a training log is read at most this often
+
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self._specs: dict[str, tuple[Any, Any] | None] = {}
+        self._steps: dict[str, tuple[float, tuple[int, int] | None]] = {}  # stage -> (read at, value)
 
     def steps(self, stage: str, out_dir: Path) -> tuple[int, int] | None:
         loaded = self._load(stage)
         if loaded is None or loaded[0].progress is None:
             return None
-        spec, config = loaded
-        return self._read(lambda: spec.progress(config, out_dir))
+        read_at, value = self._steps.get(stage, (-float("inf"), None))
+        if time.monotonic() - read_at >= self.STEPS_EVERY_S:
+            spec, config = loaded
+            value = self._read(lambda: spec.progress(config, out_dir))
+            self._steps[stage] = (time.monotonic(), value)
+        return value
 
     def spend_usd(self, stage: str, out_dir: Path) -> float | None:
         loaded = self._load(stage)
