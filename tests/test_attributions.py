@@ -164,7 +164,12 @@ def test_accumulator_equals_brute_force_autograd_float64(
                 assert key not in acc.sums
                 assert expected.abs().max() == 0, f"{key}: brute force finds a path the probe missed"
                 continue
-            got = acc.sums[key] @ w_u.T if t_name == OUT else acc.sums[key]
+            got = acc.sums[key]
+            target = Layer.from_key(t_name)
+            if acc.basis_of(target) == "residual":
+                got = got @ w_u.T
+            elif acc.basis_of(target) == "inputs":  # module-input columns: the merge multiplies by V
+                got = got @ model.components(target.module).V
             scale = expected.abs().max().item()
             assert scale > 1e-3, f"{key}: brute-force block is (near) zero"
             torch.testing.assert_close(got, expected, atol=1e-9 * scale, rtol=1e-9)
@@ -198,8 +203,41 @@ def _all_edges(path: Path) -> list[tuple]:
 def test_store_equals_brute_force_including_output_logits(
     one_task_store: Path, stream_batches: list[torch.Tensor], brute: dict[tuple[str, str], torch.Tensor]
 ) -> None:
+    _assert_store_is_brute_force(one_task_store, stream_batches, brute)
+
+
+def test_input_basis_store_is_narrow_and_equals_brute_force(
+    decomposition: Path,
+    stream_batches: list[torch.Tensor],
+    brute: dict[tuple[str, str], torch.Tensor],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Input-basis blocks stay [source nodes, d_in] in the shard (never [C, C]); the merge's V projection, in
+    3-row chunks here, and gradient chunks cut by a tiny budget give the brute-force numbers."""
+    import spd.attributions.compute as compute
+    import spd.attributions.merge as merge
+
+    monkeypatch.setattr(merge, "CHUNK_BYTES", 8 * 16 * 3)  # 3 source rows per chunk for the 16 components
+    monkeypatch.setattr(compute, "GRAD_BUDGET_BYTES", 1)  # one target per batched backward
+    store = _run_stage(decomposition, tmp_path / "out", n_tasks=2, backward_basis="inputs")
+    model = load_decomposition(decomposition)
+    shard = load_shard(tmp_path / "out/shards/shard-00000.pt")
+    assert shard["bases"] == {f"component:{UP}": "inputs", f"component:{DOWN}": "inputs", OUT: "residual"}
+    d_in = {UP: model.components(UP).d_in, DOWN: model.components(DOWN).d_in}
+    assert d_in[UP] != model.module_to_c[UP] and d_in[DOWN] != model.module_to_c[DOWN]  # the widths tell
+    for key, block in shard["sums"].items():
+        target = Layer.from_key(key.split("->")[1])
+        width = shard["layout"]["d_model"] if target.kind == "output" else d_in[target.module]
+        assert block.shape[1] == width, key
+    _assert_store_is_brute_force(store, stream_batches, brute)
+
+
+def _assert_store_is_brute_force(
+    store_path: Path, stream_batches: list[torch.Tensor], brute: dict[tuple[str, str], torch.Tensor]
+) -> None:
     n_tokens = sum(b.numel() for b in stream_batches)
-    stored = {(e[0], e[1], e[2], e[3], e[4], e[5]): e[6] for e in _all_edges(one_task_store)}
+    stored = {(e[0], e[1], e[2], e[3], e[4], e[5]): e[6] for e in _all_edges(store_path)}
     checked = 0
     for (s_name, t_name), total in brute.items():
         expected = total / n_tokens
@@ -211,7 +249,7 @@ def test_store_equals_brute_force_including_output_logits(
             assert abs(got - expected[s, t].item()) <= 1e-4 * scale + 1e-4 * abs(expected[s, t].item())
             checked += 1
     assert len(stored) == checked
-    with AttributionsStore.open(one_task_store) as store:
+    with AttributionsStore.open(store_path) as store:
         assert store.n_tokens == n_tokens == 3 * 2 * 8
         some = next(iter(stored))  # the read API returns the same numbers
         assert store.value(Node(*some[:3]), Node(*some[3:])) == stored[some]

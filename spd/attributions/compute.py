@@ -23,6 +23,19 @@ linear in the cotangent, attr[s, t] = sum_i attr[s, x_i] V[i, t]: a module with 
 input dimensions is differentiated once per input dimension and projected through V ("inputs" basis), the
 same trick as W_U for the logits. Either basis gives the same numbers (up to rounding).
 
+Because that projection is linear too, it is not done per batch: an input-basis block keeps the sums of
+attr[s, x_i] ([source nodes, d_in]) and the merge multiplies the token-weighted mean by V once, a chunk of
+source rows at a time, like W_U for the logits. So no block is ever [C, C]: a task holds
+(vocab + C) x (d_in or d_model) per connected layer pair (plus narrow targets-basis blocks, which auto only
+picks when a module has fewer alive components than input dims), and a batch costs
+
+    backward passes per batch = sum over component target layers of min(alive components, d_in)
+                                + d_model for the output target
+
+bounded by the model's widths whatever C; each costs time linear in C (the component matmuls and the
+grad x act product over the source components). The batched backward's gradients ([chunk, B, T, source
+width] per source layer) are kept under GRAD_BUDGET_BYTES by shrinking the chunk, never the results.
+
 This module keeps the sums (numerators) per (target layer, source layer) block and the token count; shards
 and the merge divide once at the end, so combining tasks is an exact token-weighted mean.
 """
@@ -31,15 +44,24 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from spd.attributions.capture import Captured, capture_forward
+from spd.attributions.config import BATCHED_GRADS_MIB
 from spd.attributions.layout import Layout
 from spd.attributions.nodes import Layer
 from spd.models.component_model import ComponentModel
 from spd.models.components import LinearComponents
+
+GRAD_BUDGET_BYTES = BATCHED_GRADS_MIB * 2**20  # one batched backward's gradients, all source layers together
+
+Basis = Literal["targets", "inputs", "residual"]
+"""How a block's columns relate to its target layer's nodes: the nodes themselves ('targets'), the input
+dimensions of the target's module, to multiply by V ('inputs'), or the unembedding input, to multiply by W_U
+('residual', the output target)."""
 
 
 def block_key(source: Layer, target: Layer) -> str:
@@ -49,16 +71,14 @@ def block_key(source: Layer, target: Layer) -> str:
 
 @dataclass
 class _Plan:
-    """What one target layer differentiates: `total[r]` for r in rows, then optionally projected to columns."""
+    """What one target layer differentiates: `total[r]` for r in rows; the i-th row's result is block column i."""
 
     total: Tensor  # [width]: the summed target tensor
     rows: Tensor  # which entries of total get a backward
-    columns: Tensor  # block columns the result lands in
-    projection: Tensor | None  # [len(rows), len(columns)] (V restricted), None = rows are the columns
 
 
 class AttributionAccumulator:
-    """Sums of grad x activation over every batch added; blocks are float64 [source nodes, target width]."""
+    """Sums of grad x activation over every batch added; blocks are float64 [source nodes, block width]."""
 
     def __init__(
         self, model: ComponentModel, layout: Layout, targets_per_backward: int = 16, basis: str = "auto"
@@ -73,7 +93,7 @@ class AttributionAccumulator:
         self.sums: dict[str, Tensor] = {}
         for target in layout.targets:
             for source in layout.sources_of(target):
-                shape = (layout.size(source), layout.computed_width(target))
+                shape = (layout.size(source), self.block_width(target))
                 self.sums[block_key(source, target)] = torch.zeros(shape, dtype=torch.float64, device=self.device)
         self.n_tokens = 0
         self.n_batches = 0
@@ -87,6 +107,25 @@ class AttributionAccumulator:
         if not isinstance(comp, LinearComponents) or self.basis == "targets":
             return False
         return self.basis == "inputs" or comp.d_in < int(self.layout.alive_mask(target).sum())
+
+    def basis_of(self, target: Layer) -> Basis:
+        """What the columns of this target's blocks are (see Basis); the merge projects 'inputs' and 'residual'."""
+        if target.kind == "output":
+            return "residual"
+        return "inputs" if self.uses_inputs(target) else "targets"
+
+    def block_width(self, target: Layer) -> int:
+        """Columns of a block into `target`: d_model, the module's d_in, or its alive components (in index order)."""
+        basis = self.basis_of(target)
+        if basis == "residual":
+            return self.layout.d_model
+        if basis == "inputs":
+            return self.model.components(target.module).d_in
+        return int(self.layout.alive_mask(target).sum())
+
+    def bases(self) -> dict[str, Basis]:
+        """Target layer key -> basis of its blocks (recorded in the shard for the merge)."""
+        return {t.key: self.basis_of(t) for t in self.layout.targets if self.layout.sources_of(t)}
 
     def backwards_per_batch(self) -> int:
         """Backward passes (before batching) one batch costs: alive targets or input dims, plus d_model."""
@@ -103,15 +142,19 @@ class AttributionAccumulator:
         return total
 
     def _plan(self, target: Layer, cap: Captured) -> _Plan:
-        if target.kind == "output":
-            idx = torch.arange(self.layout.d_model, device=self.device)
-            return _Plan(cap.targets[target.key].sum(dim=(0, 1)), idx, idx, None)
+        basis = self.basis_of(target)
+        if basis == "residual":
+            return _Plan(cap.targets[target.key].sum(dim=(0, 1)), torch.arange(self.layout.d_model, device=self.device))
+        if basis == "inputs":
+            d_in = self.model.components(target.module).d_in
+            return _Plan(cap.inputs[target.key].sum(dim=(0, 1)), torch.arange(d_in, device=self.device))
         alive = self.layout.alive_mask(target).nonzero().flatten().to(self.device)
-        if self.uses_inputs(target):
-            comp = self.model.components(target.module)
-            rows = torch.arange(comp.d_in, device=self.device)
-            return _Plan(cap.inputs[target.key].sum(dim=(0, 1)), rows, alive, comp.V.detach()[:, alive])
-        return _Plan(cap.targets[target.key].sum(dim=(0, 1)), alive, alive, None)
+        return _Plan(cap.targets[target.key].sum(dim=(0, 1)), alive)
+
+    def chunk_size(self, leaves: list[Tensor]) -> int:
+        """Targets per batched backward: targets_per_backward, fewer when their gradients would pass the budget."""
+        per_target = sum(leaf.numel() * leaf.element_size() for leaf in leaves)
+        return max(1, min(self.targets_per_backward, GRAD_BUDGET_BYTES // max(per_target, 1)))
 
     def _grads(self, total: Tensor, rows: Tensor, leaves: list[Tensor]) -> list[Tensor]:
         """d total[r] / d leaf for every r in rows: [len(rows), *leaf.shape] per leaf."""
@@ -147,12 +190,13 @@ class AttributionAccumulator:
         for target in self.layout.targets:
             sources = self.layout.sources_of(target)
             plan = self._plan(target, cap)
-            if not sources or len(plan.columns) == 0:
+            if not sources or len(plan.rows) == 0:
                 continue
             leaves = [cap.sources[s.key] for s in sources]
             parts: list[list[Tensor]] = [[] for _ in sources]
-            for start in range(0, len(plan.rows), self.targets_per_backward):
-                rows = plan.rows[start : start + self.targets_per_backward]
+            chunk = self.chunk_size(leaves)
+            for start in range(0, len(plan.rows), chunk):
+                rows = plan.rows[start : start + chunk]
                 for i, (source, grad, leaf) in enumerate(
                     zip(sources, self._grads(plan.total, rows, leaves), leaves, strict=True)
                 ):
@@ -162,8 +206,6 @@ class AttributionAccumulator:
             with torch.no_grad():
                 for source, chunks in zip(sources, parts, strict=True):
                     contrib = torch.cat(chunks, dim=1)  # [source nodes, len(rows)]
-                    if plan.projection is not None:
-                        contrib = contrib @ plan.projection
-                    self.sums[block_key(source, target)][:, plan.columns] += contrib.to(torch.float64)
+                    self.sums[block_key(source, target)] += contrib.to(torch.float64)
         self.n_tokens += tokens.numel()
         self.n_batches += 1

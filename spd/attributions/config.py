@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from spd.data.hf_source import HFTokensOverride
 
+BATCHED_GRADS_MIB = 512  # one batched backward's gradients (all source layers) stay under this; see compute.py
+
 
 class AttributionSettings(BaseModel):
     """Data, storage and compute settings of dataset attributions."""
@@ -59,7 +61,8 @@ class AttributionSettings(BaseModel):
         ge=1,
         description=(
             "Targets differentiated in one batched backward (torch vmap over one-hot grad_outputs); "
-            "1 = one backward per target. Trades memory for speed, never changes results."
+            "1 = one backward per target. Trades memory for speed, never changes results; fewer are taken when "
+            f"one call's gradients would pass {BATCHED_GRADS_MIB} MiB."
         ),
     )
     backward_basis: Literal["auto", "targets", "inputs"] = Field(

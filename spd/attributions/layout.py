@@ -56,10 +56,6 @@ class Layout:
             return self.n_components[self.modules.index(layer.module)]
         return self.vocab_size
 
-    def computed_width(self, layer: Layer) -> int:
-        """Columns a shard block holds for a target layer: C, or d_model for the output (residual) target."""
-        return self.d_model if layer.kind == "output" else self.size(layer)
-
     def sources_of(self, target: Layer) -> list[Layer]:
         connected = {s for s, t in self.connections if t == target.key}
         return [s for s in self.sources if s.key in connected]

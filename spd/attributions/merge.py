@@ -10,9 +10,12 @@ carrying `invalid_tasks` (spd.shard_checksums), so the orchestrator drops those 
 exactly them. Shards are kept (they are the exact dense data; a merge can be rerun), and read memory-mapped one
 block at a time.
 
-Output logits: the output block holds attributions to the unembedding input x (d_model columns); logit
-attributions are that times W_U^T, computed here in row chunks and fed straight into the top-k buffers, so a
-sources x vocab matrix never exists in memory.
+Projected blocks: the output block holds attributions to the unembedding input x (d_model columns), and a
+component target differentiated in its module's input basis holds attributions to the module input (d_in
+columns). Logit attributions are the mean block times W_U^T, component ones the mean block times V (alive
+columns): computed here in source-row chunks of about CHUNK_BYTES and fed straight into the top-k buffers, so
+no sources x vocab or sources x C matrix exists in memory; what the merge holds beyond one chunk is O(nodes x
+top_k).
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from spd.attributions.shard import load_shard, shard_path
 from spd.attributions.store import DEFINITION, EdgeArrays, write_store
 from spd.attributions.topk import RunningTopK
 from spd.models import load_decomposition
+from spd.models.component_model import ComponentModel
 from spd.shard_checksums import ShardsCorrupt, ShardsMissing, unreadable_shard, verify_shards
 
-ROW_CHUNK = 1024  # source rows per output-logit chunk: ROW_CHUNK x vocab float64 in memory at a time
+CHUNK_BYTES = 256 * 2**20  # float64 [source rows, target nodes] of one projected chunk
 WHAT = "attributions merge"
 
 
@@ -62,7 +66,7 @@ def _load_all(shard_dir: Path, num_tasks: int) -> list[dict[str, Any]]:
     for i, shard in enumerate(shards):
         # Not alive_source: it is the harvest store's path, which a moved or copied run reads elsewhere; the
         # alive masks themselves are part of the layout.
-        for field in ("layout", "settings"):
+        for field in ("layout", "settings", "bases"):
             if shard[field] != first[field]:
                 raise ValueError(
                     f"{paths[i].name} disagrees with {paths[0].name} on {field}: shards of different runs?"
@@ -96,6 +100,17 @@ def _mean_block(shards: list[dict[str, Any]], key: str, n_tokens: int) -> Tensor
         total = block if total is None else total + block
     assert total is not None  # n_tokens > 0 guarantees one non-empty shard
     return total / n_tokens
+
+
+def _projection(basis: str, target: Layer, tgt_idx: Tensor, model: ComponentModel, w_u: Tensor) -> Tensor | None:
+    """[block width, alive targets] that turns a mean block into attributions to the target's nodes (None: it is)."""
+    if basis == "residual":
+        return w_u.T
+    if basis == "inputs":
+        return model.components(target.module).V.detach().to(torch.float64)[:, tgt_idx]
+    if basis == "targets":
+        return None
+    raise ValueError(f"attributions merge: unknown block basis {basis!r} for {target.key}")
 
 
 class _Collectors:
@@ -169,12 +184,14 @@ def merge_shards(
         for source in layout.sources_of(target):
             src_idx = layout.alive_mask(source).nonzero().flatten()
             block = _mean_block(shards, block_key(source, target), n_tokens)[src_idx]
-            if target.kind != "output":
-                collectors.add(source, src_idx, target, tgt_idx, block[:, tgt_idx])
+            projection = _projection(shards[0]["bases"][target.key], target, tgt_idx, model, w_u)
+            if projection is None:  # the block's columns are the alive targets already
+                collectors.add(source, src_idx, target, tgt_idx, block)
                 continue
-            for start in range(0, len(src_idx), ROW_CHUNK):
-                rows = slice(start, start + ROW_CHUNK)
-                collectors.add(source, src_idx[rows], target, tgt_idx, block[rows] @ w_u.T)
+            rows_per_chunk = max(1, CHUNK_BYTES // (8 * max(len(tgt_idx), 1)))
+            for start in range(0, len(src_idx), rows_per_chunk):
+                rows = slice(start, start + rows_per_chunk)
+                collectors.add(source, src_idx[rows], target, tgt_idx, block[rows] @ projection)
     src, tgt, val = collectors.edges()
     s_pos, s_idx = layout.decode(src, "source")
     t_pos, t_idx = layout.decode(tgt, "target")

@@ -10,12 +10,15 @@ from scratch and replaces it whole), followed by its checksum record `shards/che
     layout        Layout.to_dict(): layers, sizes, connections, alive masks (must match across shards)
     settings      the AttributionSettings that produced it (must match across shards)
     alive_source  the harvest store the alive masks came from, or None
-    sums          {"<source layer>-><target layer>": float32 [source nodes, target width]}: SUMS over tokens
+    bases         {"<target layer>": "targets" | "inputs" | "residual"}: what a block's columns are
+                  (spd.attributions.compute.Basis): its alive nodes, its module's input dims (the merge
+                  multiplies by V) or the unembedding input (the merge multiplies by W_U)
+    sums          {"<source layer>-><target layer>": float32 [source nodes, block width]}: SUMS over tokens
                   (not means), so the merge's total / total tokens is an exact token-weighted mean; empty
                   for an empty task
 
-A shard is dense over connected layer pairs (that is what an exact sum needs): about 4 bytes x
-(vocab + components) x (components + d_model). The merge reduces it to top-k lists.
+A shard is dense over connected layer pairs (that is what an exact sum needs), but narrow: about 4 bytes x
+(vocab + components) x (d_in or d_model) per pair, linear in C. The merge projects and reduces to top-k lists.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from spd.models.component_model import ComponentModel
 from spd.shard_checksums import write_checksum
 from spd.utils import atomic_torch_save, resolve_device, set_seed
 
-SHARD_FORMAT = "spd-attributions-shard/1"
+SHARD_FORMAT = "spd-attributions-shard/2"  # /2: input-basis blocks unprojected, with bases
 
 
 def shard_path(shard_dir: Path, task: int) -> Path:
@@ -97,7 +100,10 @@ def compute_shard(
         f"{n_alive}/{sum(layout.n_components)} components alive, {len(layout.connections)} connected layer pairs"
     )
     acc = AttributionAccumulator(model, layout, settings.targets_per_backward, settings.backward_basis)
-    log(f"  {acc.backwards_per_batch()} backward passes per batch, {settings.targets_per_backward} per batched call")
+    log(
+        f"  {acc.backwards_per_batch()} backward passes per batch, up to {settings.targets_per_backward} per batched "
+        f"call; block columns per target layer: {acc.bases()}"
+    )
     for i, batch in enumerate(stream.iter_shard(task, num_tasks)):
         acc.add_batch(batch.tokens)
         if (i + 1) % 10 == 0 or i + 1 == len(indices):
@@ -113,6 +119,7 @@ def compute_shard(
         "settings": settings.model_dump(mode="json"),
         "alive_source": alive.source,
         "density": {m: alive.density[m] for m in layout.modules},
+        "bases": acc.bases(),
         "sums": {k: v.to(torch.float32).cpu() for k, v in acc.sums.items()} if acc.n_tokens else {},
     }
     path = shard_path(shard_dir, task)
