@@ -499,6 +499,36 @@ def test_compiled_offer_keeps_what_queue_and_fold_keep() -> None:
     assert torch.equal(selections[True].threshold, selections[False].threshold)
 
 
+def _resident_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1e3
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="resident memory read from Linux /proc")
+def test_example_slots_are_resident_only_for_components_that_fire() -> None:
+    """50K components x 100 slots x 21-token windows: 1.38 GB of slots if filled up front; only the keys (40 MB)
+    and the slots of the components that got examples become resident, and those read back exactly."""
+    C, k, window = 50_000, 100, 21
+    before = _resident_mb()
+    selection = ExampleSelection(C, k, window)
+    after_alloc = _resident_mb()
+    keys = torch.arange(3 * k, dtype=torch.int64) * 7919 % 1_000_003  # distinct
+    comp = torch.tensor([17, 25_000, 49_999]).repeat_interleave(k)
+    tags = torch.arange(3 * k)
+    selection.offer_rows(comp, _rows(keys, tags, window))
+    after_offer = _resident_mb()
+    full_mb = C * k * (window * 12 + 32) / 1e6
+    assert after_alloc - before < 0.1 * full_mb, (before, after_alloc)
+    assert after_offer - before < 0.1 * full_mb, (before, after_offer)
+    got_comp, _, got = selection.flat()
+    assert got_comp.unique().tolist() == [17, 25_000, 49_999]
+    assert sorted(got.sequence.tolist()) == tags.tolist()  # each example's provenance is the one offered
+    assert (got.tokens == got.sequence.unsqueeze(1)).all() and (got.act == got.sequence.unsqueeze(1)).all()
+    assert int(selection.filled().sum()) == 3 * k
+
+
 def test_selection_keeps_the_k_smallest_keys_per_component_and_merges_exactly() -> None:
     gen = torch.Generator().manual_seed(1)
     C, k = 6, 5

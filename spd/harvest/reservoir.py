@@ -11,6 +11,12 @@ folded in batches (one sort per fold, not per batch); a fold writes each winner 
 example it evicts, so every written slot is written once: an example can never be torn between two
 windows (reference section 7.2 risk). Merging shards is `offer` with another selection's rows: the k
 smallest keys of a union are the k smallest of the parts' k smallest, so the merge is exact.
+
+Only the keys (8 bytes per slot) are filled up front. The window payload and provenance (12 x W + 24 bytes per
+slot) are allocated uninitialised and read only for filled slots, each written whole when its example got in.
+On the CPU a large allocation is mapped lazily by the kernel, so its pages become resident only for components
+that fire, as their slots fill: a 40K-component task does not pay C x k x (12 W + 24) bytes up front (about
+1.3 GB) for components it never sees fire.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import Tensor
 
 from spd.harvest.keys import EMPTY_KEY
 from spd.harvest.nonzero import flat_nonzero, split_flat_index
-from spd.harvest.windows import PAD_TOKEN, extract_windows
+from spd.harvest.windows import extract_windows
 
 
 @dataclass
@@ -82,12 +88,13 @@ class ExampleSelection:
         dev = torch.device(device)
         self.rows = ExampleRows(
             key=torch.full((n_components, k), EMPTY_KEY, dtype=torch.int64, device=dev),
-            tokens=torch.full((n_components, k, window), PAD_TOKEN, dtype=torch.int32, device=dev),
-            ci=torch.zeros((n_components, k, window), dtype=torch.float32, device=dev),
-            act=torch.zeros((n_components, k, window), dtype=torch.float32, device=dev),
-            sequence=torch.full((n_components, k), -1, dtype=torch.int64, device=dev),
-            position=torch.full((n_components, k), -1, dtype=torch.int64, device=dev),
-            batch=torch.full((n_components, k), -1, dtype=torch.int64, device=dev),
+            # everything but the key: uninitialised on purpose, read only for filled slots (module docstring)
+            tokens=torch.empty((n_components, k, window), dtype=torch.int32, device=dev),
+            ci=torch.empty((n_components, k, window), dtype=torch.float32, device=dev),
+            act=torch.empty((n_components, k, window), dtype=torch.float32, device=dev),
+            sequence=torch.empty((n_components, k), dtype=torch.int64, device=dev),
+            position=torch.empty((n_components, k), dtype=torch.int64, device=dev),
+            batch=torch.empty((n_components, k), dtype=torch.int64, device=dev),
         )
         # admission threshold: the largest key held per component (EMPTY_KEY while a slot is free)
         self.threshold = torch.full((n_components,), EMPTY_KEY, dtype=torch.int64, device=dev)
