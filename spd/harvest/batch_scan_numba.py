@@ -1,8 +1,9 @@
 """`scan_batch` on the CPU as one compiled loop (numba): each (token, component) entry is read once.
 
-Per token row: the column sums and the firing flags in one vectorised loop, the row's firings added into the
-input-token row and the m output-token rows of the counters' tables, then the row's firings listed without
-branches and only those checked against the selections' limits. Results equal `scan_batch_torch`'s (the same
+Per token row: the column sums and the firing flags in one vectorised loop, the row's firings listed without
+branches, added into the input-token row and the m output-token rows of the counters' tables (work per firing,
+not per component: at 16K components, ~128 firings per token and m = 3 a 2048-token batch took 145 ms with dense
+row adds and takes 98; equal at 1K), and only those checked against the selections' limits. Results equal `scan_batch_torch`'s (the same
 candidates in the same order, the same counts, the same keys); the fp32 sums differ only in summation order.
 
 Compiled on first use and cached on disk (spd.harvest.jit), so a harvest task pays the few seconds of
@@ -44,7 +45,6 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
           input_table, output_table, firing):  # fmt: skip
     N, C = ci.shape
     m = top_next.shape[1]
-    row_firing = np.empty(C, np.float32)
     fired = np.empty(C, np.int64)
     # candidates of the uniform (0) and top (1) selections: (token, component, key) and activation
     ids, acts, n_uni, n_top = np.empty((2, 3, 1024), np.int64), np.empty((2, 1024), np.float32), 0, 0
@@ -55,7 +55,6 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
             x, a = ci_row[c], act_row[c]
             fires = x > threshold
             f = np.float32(fires)
-            row_firing[c] = f
             firing_row[c] = fires
             count[c] += f
             ci_sum[c] += x
@@ -63,17 +62,18 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
             abs_sum[c] += abs(a)
             ci_firing[c] += x * f
             act_firing[c] += a * f
-        table_row = input_table[tokens[n]]
-        for c in range(C):
-            table_row[c] += row_firing[c]
-        for j in range(m):
-            table_row = output_table[top_next[n, j]]
-            for c in range(C):
-                table_row[c] += row_firing[c]
         n_fired = 0
         for c in range(C):  # the row's firing components, listed without a branch per entry
             fired[n_fired] = c
             n_fired += firing_row[c]
+        # the row's firings into its input-token row and its m output-token rows: work per firing, not per entry
+        table_row = input_table[tokens[n]]
+        for i in range(n_fired):
+            table_row[fired[i]] += np.float32(1.0)
+        for j in range(m):
+            table_row = output_table[top_next[n, j]]
+            for i in range(n_fired):
+                table_row[fired[i]] += np.float32(1.0)
         if max(n_uni, n_top) + n_fired > acts.shape[1]:
             ids, acts = _grown(ids, max(n_uni, n_top) + n_fired), _grown(acts, max(n_uni, n_top) + n_fired)
         h = position_hash[n]
