@@ -81,16 +81,13 @@ class ActivationReader:
             comp = {
                 span.name: self.model.components(span.name).component_acts(inputs[span.name]) for span in self.spans
             }
-        ci_parts, act_parts = [], []
+        # each module's columns written in place into the flat [B, S, C] tensors (a cat would write both once more)
+        flat_ci = torch.empty((*tokens.shape, self.n_components), dtype=torch.float32, device=tokens.device)
+        flat_act = torch.empty_like(flat_ci)
         for span in self.spans:
-            comp_acts = comp[span.name].float()
-            act_parts.append(comp_acts * self.u_norms[span.name])
-            ci_parts.append(ci[span.name].float())
+            columns = slice(span.offset, span.offset + span.C)
+            flat_ci[..., columns] = ci.pop(span.name)
+            torch.mul(comp.pop(span.name), self.u_norms[span.name], out=flat_act[..., columns])
         # unsorted: the statistics count membership in the top m (spd.harvest.top_m: exact, 1.6-8x faster on CPU)
         top_next = top_m_indices(logits.float(), self.output_top_m)
-        return BatchActivations(
-            tokens=tokens,
-            ci=torch.cat(ci_parts, dim=-1),
-            act=torch.cat(act_parts, dim=-1),
-            top_next=top_next,
-        )
+        return BatchActivations(tokens=tokens, ci=flat_ci, act=flat_act, top_next=top_next)
