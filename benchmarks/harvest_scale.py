@@ -12,9 +12,11 @@ Per size C_total the benchmark
    together) exceed the harvest's default ci_threshold (0.1), and the decomposition is saved so shifted (a barely
    trained CI function saturates at 1 on thousands of components per token at large C, so a threshold alone
    cannot do it); the measured L0 is printed;
-3. runs `--tasks` harvest array tasks over `--tokens` tokens in all, each in a fresh process (peak RSS from
-   /proc VmHWM; seconds from the shard's own record, model loading included), then the merge of their shards in a
-   fresh process (seconds, peak RSS), and reports shard and store bytes and the stored co-firing rows;
+3. runs one untimed one-batch harvest task first (it loads the numba kernels into their disk cache, compiling them
+   once after a code change: ~20 s that a first task would otherwise count), then `--tasks` harvest array tasks
+   over `--tokens` tokens in all, each in a fresh process (peak RSS from /proc VmHWM; seconds from the shard's own
+   record, model loading included), then the merge of their shards in a fresh process (seconds, peak RSS), and
+   reports shard and store bytes and the stored co-firing rows;
 4. times a bare forward (target + CI functions) over the same batches in this process for harvest/bare
    (= bare us/token / harvest us/token: the share of a task's time that is the forward itself);
 5. computes attributions over `--attribution-batches` batches in a fresh process (seconds per batch, peak RSS),
@@ -165,6 +167,12 @@ def measure(c_total: int, args: argparse.Namespace, tmp: Path) -> dict:
     base = {"batch_size": args.batch_size, "n_batches": n_batches, "n_tasks": args.tasks, "device": "cpu"}
     settings = HarvestSettings(**base)
     shift, l0, bare_us = set_ci_l0(decomposition, settings, args.l0, args.bare_batches)
+    # untimed: loads (or, after a code change, compiles once per machine) the numba kernels into the disk cache,
+    # so the timed tasks measure harvesting, not a one-off compilation of ~20 s
+    warm = HarvestSettings(**{**base, "n_batches": 1, "n_tasks": 1})
+    warm_up = run_child(
+        TASK_CHILD, settings=warm.model_dump_json(), decomposition=str(decomposition), out=str(tmp / "warm-up"), task=0
+    )
     out = tmp / f"harvest-{c_total}"
     tasks = [
         run_child(
@@ -192,6 +200,7 @@ def measure(c_total: int, args: argparse.Namespace, tmp: Path) -> dict:
         "store_mb": round(merge["bytes"] / 1e6, 1),
         "cofiring_rows": merge["cofiring_rows"],
         "build_s": round(build_s, 1),
+        "warm_up_task_s": round(warm_up["seconds"], 1),
     }
     if args.attribution_batches:
         attr = run_child(
