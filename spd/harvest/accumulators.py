@@ -11,7 +11,8 @@ Per component c (flat index) and token t:
   written sparse.
 - co-firing counts (a, b), a < b: tokens where both fire (spd.harvest.cofiring: exact; the pairs among each
   token's firings counted in a hash table of the pairs seen, or F^T F per batch into a dense int64 table where
-  that is faster and fits, chosen on the first batch).
+  that is faster and fits, chosen on the first batch). The CPU hash table is capped; past the cap it spills sorted
+  runs of pairs to `spill_dir`, which the shard lists before the final table's pairs.
 - the uniform example reservoir and the top-|activation| set (spd.harvest.reservoir).
 
 Everything that reads each (token, component) entry of a batch (firings, sums, token counts, the selections'
@@ -19,6 +20,8 @@ candidates) is one scan (spd.harvest.batch_scan: numba on the CPU, torch elsewhe
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -45,7 +48,9 @@ class TaskAccumulator:
         seed: int,
         device: torch.device | str,
         kernels: Kernels | None = None,
+        spill_dir: Path | None = None,
     ) -> None:
+        """`spill_dir`: where the co-firing table spills at its cap (the task's temp directory beside its shard)."""
         self.C, self.V, self.settings, self.seed = n_components, vocab_size, settings, seed
         self.device = dev = torch.device(device)
         self.n_tokens = 0
@@ -61,7 +66,7 @@ class TaskAccumulator:
         self.kernels: Kernels = kernels or default_kernels(dev, (self.input_counts, self.output_counts))
         # forced torch kernels count sparse co-firing with torch ops too; the default counts it with numba on the CPU
         torch_only = kernels == "torch"
-        self.cofire = CofiringCounter(n_components, dev, torch_only) if settings.cofiring else None
+        self.cofire = CofiringCounter(n_components, dev, torch_only, spill_dir) if settings.cofiring else None
         window = settings.window
         self.salts = component_salts(seed, torch.arange(n_components, device=dev))  # sampling-key salt per component
         self.uniform = ExampleSelection(n_components, settings.examples_per_component, window, dev)
@@ -134,6 +139,7 @@ class TaskAccumulator:
             top_component=t_comp.to(cpu, torch.int32),
             top_rows=t_rows.to(cpu),
             sequences=torch.cat(self.sequences) if self.sequences else torch.zeros(0, dtype=torch.int64),
+            cofire_spills=list(self.cofire.spills) if self.cofire is not None else [],
         )
 
     def _cofiring_pairs(self) -> tuple[Tensor, Tensor, Tensor]:

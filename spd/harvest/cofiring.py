@@ -6,7 +6,12 @@ Two ways to count, with identical results (every pair that co-fires at least onc
   table of the pairs seen so far. Work is k (k - 1) / 2 per token and memory is 16 bytes (at most half-full
   table: <= 32) per distinct pair seen, never C^2: at C = 40K with k ~ 100-500 this is the only workable way.
   On the CPU a compiled loop (numba) fills an open-addressing table; elsewhere (or with kernels forced to torch)
-  the batch's pair keys are generated with torch ops and summed in a `SparseCounter`.
+  the batch's pair keys are generated with torch ops and summed in a `SparseCounter` (device memory, not capped).
+  The CPU table is capped at SPARSE_TABLE_LIMIT bytes: a long task at C = 40K can see ~C^2 / 2 = 800M distinct
+  pairs (~25 GB), more than a node should give one task. Where doubling would pass the cap, the table's entries
+  are spilled to a file, sorted by key (a "run": `PairRun`), and the table is cleared and reused. A pair may so
+  be in several runs and the final table; its exact count is the sum over them (the shard lists every part, the
+  merge sums them). A spill needs, briefly, at most half the cap more (the sort order of the used keys).
 - dense: F^T F per batch for the batch's [N, C] 0/1 firing matrix F, added into an int64 [C, C] table. Only the
   row blocks on and above the diagonal are multiplied (about half the work). Two exact ways to multiply:
   int8 x int8 -> int32 (`torch._int_mm`, CPU only: 2-3x faster than fp32 with AVX512-VNNI, slower without), or
@@ -23,7 +28,9 @@ table when dense wins). On other devices dense fp32 is used while its table fits
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +43,9 @@ from spd.harvest.keys import MIX_MULTIPLIER
 MATMUL_BLOCK = 128  # rows of F^T F per matmul: smaller blocks skip more of the lower triangle
 SCAN_BLOCK = 1024  # rows of the table scanned at once when listing the non-zero pairs
 DENSE_TABLE_LIMIT = 1 << 30  # bytes: a dense int64 [C, C] table is a candidate up to C ~ 11.5K
+SPARSE_TABLE_LIMIT = 1 << 30  # bytes: the CPU pair table's cap (64M slots, 32M pairs at half load); past it, spill
+SPILL_CHUNK = 1 << 20  # pairs gathered, converted and written (or read back) at a time: 16 MB
+MIN_TABLE_SLOTS = 16
 METHODS = ("sparse", "int8", "fp32")
 
 # (firing [N, C] as bool for int8, as 0/1 float32 for fp32, r0, r1) -> the block F[:, r0:r1]^T F[:, r0:] as an integer
@@ -90,20 +100,19 @@ _EMPTY = -1
 
 
 @compiled
-def _count_rows(offsets, comps, n_components, row, table, n_used, limit, shift):  # fmt: skip
-    """Add the pairs of rows row.. into the open-addressing table ([slots, 2]: key, count side by side, so a probe
-    touches one cache line; key -1 = empty slot; linear probing); stop before a row that could take the table past
-    `limit` used slots. Returns (next row, slots used)."""
+def _count_pairs(offsets, comps, n_components, row, i, j, table, n_used, limit, shift):  # fmt: skip
+    """Add the same-row pairs (comps[i], comps[j]), i < j, from the cursor (row, i, j) on into the open-addressing
+    table ([slots, 2]: key, count side by side, so a probe touches one cache line; key -1 = empty slot; linear
+    probing). Stops, without counting it, at the first pair that is new to a table already holding `limit` pairs,
+    and returns its cursor and the slots used: the caller grows or spills the table and resumes there, so even a
+    row with more pairs than the table can hold is counted exactly. At the end the cursor's row is n_rows."""
     mask = table.shape[0] - 1
     n_rows = offsets.shape[0] - 1
     while row < n_rows:
-        lo, hi = offsets[row], offsets[row + 1]
-        k = hi - lo
-        if n_used + k * (k - 1) // 2 > limit:
-            return row, n_used
-        for i in range(lo, hi):
+        hi = offsets[row + 1]
+        while i < hi:
             base = comps[i] * n_components
-            for j in range(i + 1, hi):
+            while j < hi:
                 key = base + comps[j]
                 slot = np.int64((np.uint64(key) * _MIX) >> shift)
                 while True:
@@ -112,13 +121,31 @@ def _count_rows(offsets, comps, n_components, row, table, n_used, limit, shift):
                         table[slot, 1] += 1
                         break
                     if held == _EMPTY:
+                        if n_used >= limit:
+                            return row, i, j, n_used
                         table[slot, 0] = key
                         table[slot, 1] = 1
                         n_used += 1
                         break
                     slot = (slot + 1) & mask
-        row += 1
-    return row, n_used
+                j += 1
+            i += 1
+            j = i + 1
+        row += 1  # i == hi: the next row's first firing, j the one after it
+    return row, i, j, n_used
+
+
+@compiled
+def _compact(table):  # fmt: skip
+    """Move the used entries to the front of the table (in place, order kept); returns how many there are. The table
+    is no longer a hash table afterwards: only for a table about to be cleared."""
+    n = 0
+    for s in range(table.shape[0]):
+        if table[s, 0] != _EMPTY:
+            table[n, 0] = table[s, 0]
+            table[n, 1] = table[s, 1]
+            n += 1
+    return n
 
 
 @compiled
@@ -135,41 +162,132 @@ def _rehash(table, new_table, shift):  # fmt: skip
         new_table[slot, 1] = table[i, 1]
 
 
+@dataclass(frozen=True)
+class PairRun:
+    """One spill of a `SparsePairCounter`: `n` pairs sorted by (a, b), in a raw file of three columns back to back,
+    a (int32 [n]), b (int32 [n]), count (int64 [n]), little-endian: each column is one contiguous byte range, so a
+    shard member that concatenates runs copies bytes instead of converting them (spd.harvest.shard.write_shard)."""
+
+    path: Path
+    n: int
+
+    COLUMNS = (("a", np.dtype("<i4")), ("b", np.dtype("<i4")), ("count", np.dtype("<i8")))
+
+    def column_span(self, column: str) -> tuple[int, np.dtype, int]:
+        """(byte offset, dtype, byte length) of one column in the file."""
+        offset = 0
+        for name, dtype in self.COLUMNS:
+            if name == column:
+                return offset, dtype, self.n * dtype.itemsize
+            offset += self.n * dtype.itemsize
+        raise KeyError(column)
+
+    def column_bytes(self, column: str, chunk_rows: int | None = None) -> Iterator[bytes]:
+        """The column's bytes, at most `chunk_rows` values at a time (bounded memory whatever the run's size)."""
+        offset, dtype, length = self.column_span(column)
+        step = (chunk_rows or SPILL_CHUNK) * dtype.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            while length > 0:
+                buf = f.read(min(step, length))
+                if not buf:
+                    raise EOFError(f"{self.path} ends before its {column} column")
+                length -= len(buf)
+                yield buf
+
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(a, b, count) at most `chunk_rows` pairs at a time, in order."""
+        columns = [self.column_bytes(name, chunk_rows) for name, _ in self.COLUMNS]
+        for parts in zip(*columns, strict=True):
+            # copies: writable arrays (torch.from_numpy warns on the read-only view of `bytes`)
+            yield tuple(np.frombuffer(buf, dtype).copy() for buf, (_, dtype) in zip(parts, self.COLUMNS, strict=True))
+
+
 class SparsePairCounter:
     """Exact counts of the pairs that co-fire, held as a hash table of the pairs seen (see the module docstring).
 
-    CPU only (numba); the table doubles when half full, so memory is 16-32 bytes per distinct pair seen."""
+    CPU only (numba). The table doubles when half full (16-32 bytes per distinct pair) up to `table_limit` bytes
+    (default SPARSE_TABLE_LIMIT, read when the counter is made); at the cap its entries are spilled, sorted, to a
+    file in `spill_dir` (`spills`) and the table is cleared. The exact counts are the sum over `spills` and
+    `pairs()` (a pair may be in several). Without a `spill_dir`, reaching the cap is an error."""
 
-    def __init__(self, n_components: int, capacity: int = 1 << 16) -> None:
+    def __init__(
+        self,
+        n_components: int,
+        capacity: int = 1 << 16,
+        spill_dir: Path | None = None,
+        table_limit: int | None = None,
+    ) -> None:
         self.C = n_components
-        self._alloc(capacity)
+        self.table_limit = SPARSE_TABLE_LIMIT if table_limit is None else int(table_limit)
+        slot_bytes = 2 * np.dtype(np.int64).itemsize
+        if self.table_limit < MIN_TABLE_SLOTS * slot_bytes:
+            raise ValueError(f"a co-firing table limit of {self.table_limit} bytes is below {MIN_TABLE_SLOTS} slots")
+        self.max_slots = 1 << ((self.table_limit // slot_bytes).bit_length() - 1)  # largest power of 2 that fits
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.spills: list[PairRun] = []
+        self.peak_nbytes = 0  # the largest table held so far (tests: never above table_limit)
+        self._alloc(min(capacity, self.max_slots))
         self.n_used = 0
 
     def _alloc(self, capacity: int) -> None:
-        self.bits = max(int(capacity - 1).bit_length(), 4)
+        self.bits = max(int(capacity - 1).bit_length(), MIN_TABLE_SLOTS.bit_length() - 1)
         self.table = np.full((1 << self.bits, 2), _EMPTY, dtype=np.int64)
+        self.peak_nbytes = max(self.peak_nbytes, self.table.nbytes)
 
-    def _grow(self, needed: int) -> None:
+    def _grow(self) -> None:
         old = self.table
-        self._alloc(max(2 * old.shape[0], 2 * needed))
+        del self.table  # the old table is freed once rehashed
+        self._alloc(2 * old.shape[0])
         _rehash(old, self.table, np.uint64(64 - self.bits))
 
     def add(self, firing: Tensor) -> None:
         """Count one batch's [N, C] bool firing matrix (CPU)."""
         offsets, comps = firing_lists(firing)
         off, cs = numpy_view(offsets), numpy_view(comps.to(torch.int64))
-        row, n_rows = 0, firing.shape[0]
-        while row < n_rows:
+        row, i, j, n_rows = 0, 0, 1, firing.shape[0]
+        while True:
             limit = self.table.shape[0] // 2
-            row, self.n_used = _count_rows(
-                off, cs, self.C, row, self.table, self.n_used, limit, np.uint64(64 - self.bits)
+            row, i, j, self.n_used = _count_pairs(
+                off, cs, self.C, row, i, j, self.table, self.n_used, limit, np.uint64(64 - self.bits)
             )
-            if row < n_rows:  # the next row does not fit at half load: double (or more, for one huge row)
-                k = int(off[row + 1] - off[row])
-                self._grow(self.n_used + k * (k - 1) // 2)
+            if row >= n_rows:
+                return
+            # the table is half full and the next pair is new: double, or spill where doubling would pass the cap
+            if self.table.shape[0] < self.max_slots:
+                self._grow()
+            else:
+                self.spill()
+
+    def spill(self) -> None:
+        """Write the table's pairs, sorted by (a, b), to a new run in spill_dir, and clear the table (kept its size)."""
+        if self.n_used == 0:
+            return
+        if self.spill_dir is None:
+            raise RuntimeError(
+                f"the co-firing table reached its cap of {self.table_limit} bytes and has no spill directory"
+            )
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        n = _compact(self.table)
+        order = np.argsort(self.table[:n, 0])  # keys are distinct: any sort is the same order
+        path = self.spill_dir / f"spill-{len(self.spills):05d}.bin"
+        with open(path, "wb") as f:
+            for name, dtype in PairRun.COLUMNS:
+                for s in range(0, n, SPILL_CHUNK):
+                    rows = order[s : s + SPILL_CHUNK]
+                    if name == "count":
+                        values = self.table[rows, 1]
+                    else:
+                        keys = self.table[rows, 0]
+                        values = keys // self.C if name == "a" else keys % self.C
+                    f.write(values.astype(dtype, copy=False).tobytes())
+        del order
+        self.spills.append(PairRun(path, n))
+        self.table.fill(_EMPTY)
+        self.n_used = 0
 
     def pairs(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(a, b, count), a < b, sorted by (a, b)."""
+        """(a, b, count) of the table, a < b, sorted by (a, b); the runs in `spills` hold the rest of the counts."""
         used = self.table[:, 0] != _EMPTY
         keys, counts = self.table[used, 0], self.table[used, 1]
         order = np.argsort(keys, kind="stable")
@@ -182,7 +300,10 @@ class SparsePairCounter:
 
 
 class TorchPairCounter:
-    """The same exact counts with torch ops on any device: the batch's pair keys summed in a SparseCounter."""
+    """The same exact counts with torch ops on any device: the batch's pair keys summed in a SparseCounter.
+
+    Not capped: its memory is the device's (a GPU task's), which SPARSE_TABLE_LIMIT, a bound on host memory, does
+    not govern; a task that sees too many distinct pairs for its device needs more tasks (fewer tokens each)."""
 
     def __init__(self, n_components: int, device: torch.device | str) -> None:
         self.C = n_components
@@ -191,6 +312,11 @@ class TorchPairCounter:
     def add(self, firing: Tensor) -> None:
         offsets, comps = firing_lists(firing)
         self.counter.add(pair_keys_torch(offsets, comps, self.C))
+
+    @property
+    def spills(self) -> list[PairRun]:
+        """Never any (the same interface as SparsePairCounter)."""
+        return []
 
     def pairs(self) -> tuple[Tensor, Tensor, Tensor]:
         keys = self.counter.keys()
@@ -205,12 +331,20 @@ class CofiringCounter:
     """Exact co-firing counts (a, b), a < b, accumulated batch by batch, sparse or dense (see the module docstring).
 
     `method` may be set before the first batch to force one ("sparse", "int8", "fp32"); `torch_only` counts the
-    sparse way with torch ops even on the CPU (the harvest's "torch" kernels)."""
+    sparse way with torch ops even on the CPU (the harvest's "torch" kernels). `spill_dir` is where the CPU sparse
+    table spills at its cap (SparsePairCounter); the counts are then `spills` plus `pairs()`."""
 
-    def __init__(self, n_components: int, device: torch.device | str, torch_only: bool = False) -> None:
+    def __init__(
+        self,
+        n_components: int,
+        device: torch.device | str,
+        torch_only: bool = False,
+        spill_dir: Path | None = None,
+    ) -> None:
         self.C = n_components
         self.device = torch.device(device)
         self.torch_only = torch_only
+        self.spill_dir = spill_dir
         self.table: Tensor | None = None  # the dense int64 [C, C] table, once a dense method is chosen
         self.sparse: SparsePairCounter | TorchPairCounter | None = None
         self.method: str | None = None  # "sparse", "int8" or "fp32", chosen on the first batch
@@ -233,8 +367,29 @@ class CofiringCounter:
     def _sparse(self) -> SparsePairCounter | TorchPairCounter:
         if self.sparse is None:
             on_cpu = self.device.type == "cpu" and not self.torch_only
-            self.sparse = SparsePairCounter(self.C) if on_cpu else TorchPairCounter(self.C, self.device)
+            self.sparse = (
+                SparsePairCounter(self.C, spill_dir=self.spill_dir) if on_cpu else TorchPairCounter(self.C, self.device)
+            )
         return self.sparse
+
+    @property
+    def spills(self) -> list[PairRun]:
+        """The sparse table's spilled runs (none for the dense and torch ways): part of the counts, with `pairs()`."""
+        return self.sparse.spills if self.sparse is not None else []
+
+    def _sparse_to_dense(self) -> None:
+        """Move the sparse counts (the first batch's: its table and any runs it spilled) into a new dense table."""
+        assert self.sparse is not None
+        self.table = torch.zeros((self.C, self.C), dtype=torch.int64, device=self.device)
+        for run in self.sparse.spills:
+            for a, b, n in run.chunks():
+                self.table.index_put_(
+                    (torch.from_numpy(a).long(), torch.from_numpy(b).long()), torch.from_numpy(n), accumulate=True
+                )
+            run.path.unlink(missing_ok=True)
+        a, b, n = self.sparse.pairs()
+        self.table.index_put_((a.long(), b.long()), n.to(self.device), accumulate=True)
+        self.sparse = None
 
     def _dense_add(self, firing: Tensor, firing_rows: Tensor | None) -> None:
         if self.table is None:
@@ -264,10 +419,7 @@ class CofiringCounter:
                     timings[name] = (time.perf_counter() - begin) * triangle
         method = min(timings, key=timings.__getitem__)
         if method != "sparse":  # move the first batch's counts into the dense table
-            a, b, n = self.sparse.pairs()
-            self.sparse = None
-            self.table = torch.zeros((self.C, self.C), dtype=torch.int64, device=self.device)
-            self.table[a.long(), b.long()] = n
+            self._sparse_to_dense()
         return method
 
     def _count_first(self, method: str, firing: Tensor, firing_rows: Tensor | None) -> None:
@@ -278,7 +430,8 @@ class CofiringCounter:
             self._dense_add(firing, firing_rows)
 
     def pairs(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Non-zero counts above the diagonal as (a, b, count) on the CPU, a < b, sorted by (a, b)."""
+        """Non-zero counts above the diagonal as (a, b, count) on the CPU, a < b, sorted by (a, b); where the sparse
+        table spilled, the runs in `spills` hold more counts (the same pair may be in both)."""
         if self.table is None:
             if self.sparse is None:
                 empty = torch.zeros(0, dtype=torch.int32)

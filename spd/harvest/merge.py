@@ -71,7 +71,7 @@ def verified_shards(out_dir: Path, n_tasks: int) -> list[Path]:
 def load_verified_shard(path: Path, task: int, n_tasks: int) -> ShardData:
     """Parse a verified shard; a file that does not parse, or holds another task, is that task's bad output."""
     try:
-        shard = read_shard(path)
+        shard = read_shard(path, cofiring=False)  # its pairs are summed from the file by the store builder
     except MemoryError:
         raise
     except Exception as e:

@@ -28,6 +28,7 @@ from spd.harvest.merge import MergedHarvest
 from spd.harvest.provenance import code_version, now_iso, runtime
 from spd.harvest.reservoir import ExampleSelection
 from spd.harvest.schema import STORE_FILE, STORE_FORMAT, STORE_FORMAT_VERSION, TABLES
+from spd.harvest.shard import cofiring_chunks
 from spd.harvest.task import decomposition_corpus
 from spd.harvest.windows import PAD_TOKEN
 from spd.models import decomposition_tokenizer_path
@@ -176,24 +177,25 @@ def _examples(con: duckdb.DuckDBPyConnection, merged: MergedHarvest, corpus: Tok
 
 
 COFIRING_MEMORY_LIMIT = "1GB"  # DuckDB's budget while it sums co-firing pairs; past it, it spills to disk
+COFIRING_CHUNK_ROWS = 1 << 22  # co-firing pairs read from a shard and inserted at a time (64 MB of columns)
 
 
 def _cofiring(con: duckdb.DuckDBPyConnection, merged: MergedHarvest) -> None:
     """Sum every shard's co-firing pairs in DuckDB and keep those reaching cofiring_min_count, in both orders.
 
-    The shards' pairs are staged one shard at a time (only their three co-firing members are read) and aggregated
-    by DuckDB under COFIRING_MEMORY_LIMIT, spilling to the store's temp directory: the merge's memory does not
-    grow with the number of distinct pairs, which at C = 40K can reach billions."""
+    The shards' pairs are read COFIRING_CHUNK_ROWS at a time straight from each shard's three co-firing members
+    (spd.harvest.shard.cofiring_chunks), staged in a temp table and aggregated by DuckDB, both under
+    COFIRING_MEMORY_LIMIT, spilling to the store's temp directory: the merge's memory grows neither with the number
+    of distinct pairs, which at C = 40K can reach billions, nor with one shard's pair count. A shard may list a pair
+    more than once (its task's table spilled at its cap): GROUP BY sums those like the pairs of different shards."""
     min_count = int(merged.meta["settings"].get("cofiring_min_count", 1))
     con.execute("CREATE TEMP TABLE cofiring_parts (a INTEGER NOT NULL, b INTEGER NOT NULL, n BIGINT NOT NULL)")
-    for path in merged.cofire_shards:
-        with np.load(path, allow_pickle=False) as npz:
-            part = {"a": npz["cofire_a"], "b": npz["cofire_b"], "n": npz["cofire_count"]}
-        insert_columns(con, "cofiring_parts", part)
-        del part
     con.execute(f"SET memory_limit = '{COFIRING_MEMORY_LIMIT}'")
     con.execute("SET preserve_insertion_order = false")  # lets the ordered insert spill instead of buffering
     try:
+        for path in merged.cofire_shards:
+            for a, b, n in cofiring_chunks(path, COFIRING_CHUNK_ROWS):
+                insert_columns(con, "cofiring_parts", {"a": a, "b": b, "n": n})
         con.execute(
             """
             INSERT INTO cofiring (component, other, count)

@@ -1,12 +1,14 @@
 """One harvest array task: its slice of the corpus through the decomposition, into one shard file.
 
-Idempotent: it starts from scratch every time (deleting temp files an earlier, killed attempt of the same
-task left), and its shard appears only when complete. Sampling keys depend on (stage seed, token position,
+Idempotent: it starts from scratch every time (deleting temp files and the co-firing spill directory an earlier,
+killed attempt of the same task left), and its shard appears only when complete; its own spill directory is
+removed when it ends, written or failed. Sampling keys depend on (stage seed, token position,
 component) only, so the shard does not depend on which attempt or how many tasks produced it.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +23,14 @@ from spd.harvest.config import HarvestSettings
 from spd.harvest.data import CorpusSlice, SliceSpec
 from spd.harvest.malloc import keep_freed_memory
 from spd.harvest.provenance import code_version, now_iso, runtime, sha256_file
-from spd.harvest.shard import SHARD_FORMAT, SHARD_FORMAT_VERSION, remove_stale_temps, shard_path, write_shard
+from spd.harvest.shard import (
+    SHARD_FORMAT,
+    SHARD_FORMAT_VERSION,
+    cofiring_spill_dir,
+    remove_stale_temps,
+    shard_path,
+    write_shard,
+)
 from spd.models import load_decomposition, load_decomposition_data
 from spd.models.checkpoint import CONFIG_FILE, latest_model_file
 from spd.utils import resolve_device
@@ -108,45 +117,54 @@ def run_harvest_task(
     data = CorpusSlice(corpus, spec)
     reader = ActivationReader(model, settings.output_top_m, settings.autocast_bf16)
     vocab_size = max(corpus.vocab_size, output_vocab_size(model, device))
-    acc = TaskAccumulator(reader.n_components, vocab_size, settings, seed, device)
-    log(
-        f"task {task}/{settings.n_tasks}: {len(data)} of {spec.n_batches} batches of {spec.batch_size} x "
-        f"{spec.seq_len} tokens from split {spec.split!r}, {reader.n_components} components, device {device}, "
-        f"kernels {acc.kernels}"
-    )
-    last_log = time.monotonic()
-    for i, batch in enumerate(data):
-        acts = reader(batch.tokens.to(device))
-        acc.process(batch.index, batch.starts.to(device), spec.seq_len, acts)
-        if time.monotonic() - last_log > 30:
-            last_log = time.monotonic()
-            log(f"  {i + 1}/{len(data)} batches, {acc.n_tokens} tokens")
-    seconds = time.monotonic() - started
-    meta = {
-        "format": SHARD_FORMAT,
-        "format_version": SHARD_FORMAT_VERSION,
-        "task": task,
-        "n_tasks": settings.n_tasks,
-        "seed": seed,
-        "task_seed": task_seed,
-        "settings": settings.model_dump(mode="json"),
-        "slice": {**asdict(spec), "batch_start": task, "batch_step": settings.n_tasks, "sha256": data.slice_digest()},
-        "n_tokens": acc.n_tokens,
-        "n_batches": acc.n_batches,
-        "n_sequences": acc.n_batches * spec.batch_size,
-        "vocab_size": vocab_size,
-        "layers": [{"name": s.name, "offset": s.offset, "C": s.C} for s in layer_spans(model)],
-        "decomposition": decomposition_identity(decomposition_dir, corpus),
-        "device": str(device),
-        "cofiring_method": acc.cofire.method if acc.cofire is not None else None,  # both exact; provenance
-        "kernels": acc.kernels,  # numba or torch: the same statistics (spd.harvest.batch_scan)
-        "started_at": started_at,
-        "finished_at": now_iso(),
-        "seconds": round(seconds, 3),
-        "tokens_per_s": round(acc.n_tokens / seconds, 1) if seconds > 0 else None,
-        "code": code_version(),
-        "runtime": runtime(),
-    }
-    write_shard(path, acc.to_shard(meta), task)
-    log(f"task {task}: {acc.n_tokens} tokens in {seconds:.1f}s -> {path.name}")
+    spill_dir = cofiring_spill_dir(path)  # created only if the co-firing table reaches its cap
+    try:
+        acc = TaskAccumulator(reader.n_components, vocab_size, settings, seed, device, spill_dir=spill_dir)
+        log(
+            f"task {task}/{settings.n_tasks}: {len(data)} of {spec.n_batches} batches of {spec.batch_size} x "
+            f"{spec.seq_len} tokens from split {spec.split!r}, {reader.n_components} components, device {device}, "
+            f"kernels {acc.kernels}"
+        )
+        last_log = time.monotonic()
+        for i, batch in enumerate(data):
+            acts = reader(batch.tokens.to(device))
+            acc.process(batch.index, batch.starts.to(device), spec.seq_len, acts)
+            if time.monotonic() - last_log > 30:
+                last_log = time.monotonic()
+                log(f"  {i + 1}/{len(data)} batches, {acc.n_tokens} tokens")
+        seconds = time.monotonic() - started
+        meta = {
+            "format": SHARD_FORMAT,
+            "format_version": SHARD_FORMAT_VERSION,
+            "task": task,
+            "n_tasks": settings.n_tasks,
+            "seed": seed,
+            "task_seed": task_seed,
+            "settings": settings.model_dump(mode="json"),
+            "slice": {
+                **asdict(spec),
+                "batch_start": task,
+                "batch_step": settings.n_tasks,
+                "sha256": data.slice_digest(),
+            },
+            "n_tokens": acc.n_tokens,
+            "n_batches": acc.n_batches,
+            "n_sequences": acc.n_batches * spec.batch_size,
+            "vocab_size": vocab_size,
+            "layers": [{"name": s.name, "offset": s.offset, "C": s.C} for s in layer_spans(model)],
+            "decomposition": decomposition_identity(decomposition_dir, corpus),
+            "device": str(device),
+            "cofiring_method": acc.cofire.method if acc.cofire is not None else None,  # both exact; provenance
+            "kernels": acc.kernels,  # numba or torch: the same statistics (spd.harvest.batch_scan)
+            "started_at": started_at,
+            "finished_at": now_iso(),
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(acc.n_tokens / seconds, 1) if seconds > 0 else None,
+            "code": code_version(),
+            "runtime": runtime(),
+        }
+        write_shard(path, acc.to_shard(meta), task)
+        log(f"task {task}: {acc.n_tokens} tokens in {seconds:.1f}s -> {path.name}")
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)  # the runs are in the shard by now, or useless
     return path
