@@ -34,7 +34,14 @@ from spd.harvest import (
 )
 from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader
-from spd.harvest.batch_scan import BatchEntries, Candidates, ScanRules, default_kernels, scan_batch
+from spd.harvest.batch_scan import (
+    BatchEntries,
+    Candidates,
+    ScanRules,
+    default_kernels,
+    scan_batch,
+    scan_batch_torch,
+)
 from spd.harvest.batch_scan_numba import scan_batch_numba
 from spd.harvest.cofiring import CofiringCounter, SparsePairCounter, firing_lists, pair_keys_torch
 from spd.harvest.counters import DenseCounter, DenseTokenFiringCounter, SparseCounter, SparseTokenFiringCounter
@@ -405,6 +412,25 @@ def test_kernels_are_numba_on_the_cpu_with_dense_token_counters_and_torch_otherw
             ScanRules(0.5, torch.arange(4), torch.full((4,), EMPTY_KEY), torch.zeros(4)),
             sparse, sparse,
         )  # fmt: skip
+
+
+def test_both_scans_list_the_firings_as_csr_rows() -> None:
+    """What sparse co-firing reads instead of a nonzero: each row's firing components, ascending, rows in order
+    (rows with no firing included), the same from both scans and from the bool firing matrix."""
+    gen = torch.Generator().manual_seed(5)
+    N, C, V = 40, 23, 9
+    ci = torch.rand(N, C, generator=gen) * (torch.rand(N, 1, generator=gen) > 0.3)  # about 30% of rows fire nowhere
+    entries = BatchEntries(ci, torch.randn(N, C, generator=gen), torch.randint(0, V, (N,), generator=gen),
+                           torch.randint(0, V, (N, 2), generator=gen), torch.arange(N))  # fmt: skip
+    rules = ScanRules(0.6, torch.arange(C), torch.full((C,), EMPTY_KEY), torch.zeros(C))
+    scans = [scan(entries, rules, DenseTokenFiringCounter(C, V), DenseTokenFiringCounter(C, V))
+             for scan in (scan_batch_numba, scan_batch_torch)]  # fmt: skip
+    want_offsets, want_comps = firing_lists(ci > 0.6)
+    assert int(want_offsets[-1]) == int((ci > 0.6).sum()) > 0 and bool((want_offsets.diff() == 0).any())
+    for scan in scans:
+        assert scan.firing_lists is not None
+        offsets, comps = scan.firing_lists
+        assert torch.equal(offsets, want_offsets) and torch.equal(comps.long(), want_comps.long())
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ class TaskAccumulator:
         for name, batch_sum in zip(SCAN_SUMS[1:], scan.sums[1:], strict=True):
             self.sums[name] += batch_sum
         if self.cofire is not None:
-            self.cofire.add(scan.firing, scan.firing_rows)
+            self.cofire.add(scan.firing, scan.firing_rows, scan.firing_lists)
 
         source = BatchSource(tokens, ci, act, starts, seq_len, batch_index, self.settings.context_tokens_per_side)
         compiled = self.kernels == "numba"

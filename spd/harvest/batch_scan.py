@@ -50,6 +50,9 @@ class BatchScan:
     sums: Tensor  # [len(SCAN_SUMS), C] float32
     uniform: Candidates  # firings whose key is below the uniform selection's threshold for their component
     top: Candidates  # firings whose |activation| reaches the top selection's floor for their component
+    # the firings as CSR (row offsets [N + 1], components ascending per row), listed by the scan anyway: sparse
+    # co-firing reads them instead of another nonzero over `firing`
+    firing_lists: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,13 @@ def scan_batch_torch(
         pick = flat_nonzero(where)
         return Candidates(*(t.index_select(0, pick) for t in (token_index, comp, keys, act_fired)))
 
+    offsets = torch.zeros(ci.shape[0] + 1, dtype=torch.int64, device=ci.device)
+    offsets[1:] = torch.cumsum(torch.bincount(token_index, minlength=ci.shape[0]), 0)  # `fired` is row-major
     return BatchScan(
         firing=firing,
         firing_rows=firing_rows,
         sums=sums,
         uniform=candidates(keys < rules.uniform_threshold.index_select(0, comp)),
         top=candidates(act_fired.abs() >= rules.top_floor.index_select(0, comp)),
+        firing_lists=(offsets, comp),
     )

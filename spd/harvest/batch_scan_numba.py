@@ -46,6 +46,8 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
     N, C = ci.shape
     m = top_next.shape[1]
     fired = np.empty(C, np.int64)
+    # every row's firings as CSR lists (what sparse co-firing counts pairs from)
+    offsets, listed, n_listed = np.zeros(N + 1, np.int64), np.empty(1024, np.int64), 0
     # candidates of the uniform (0) and top (1) selections: (token, component, key) and activation
     ids, acts, n_uni, n_top = np.empty((2, 3, 1024), np.int64), np.empty((2, 1024), np.float32), 0, 0
     count, ci_sum, act_sum, abs_sum, ci_firing, act_firing = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5]
@@ -66,6 +68,11 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
         for c in range(C):  # the row's firing components, listed without a branch per entry
             fired[n_fired] = c
             n_fired += firing_row[c]
+        if n_listed + n_fired > listed.shape[0]:
+            listed = _grown(listed, n_listed + n_fired)
+        listed[n_listed : n_listed + n_fired] = fired[:n_fired]
+        n_listed += n_fired
+        offsets[n + 1] = n_listed
         # the row's firings into its input-token row and its m output-token rows: work per firing, not per entry
         table_row = input_table[tokens[n]]
         for i in range(n_fired):
@@ -89,7 +96,7 @@ def _scan(ci, act, tokens, top_next, position_hash, salts, threshold, uniform_th
             if abs(a) >= top_floor[c]:
                 _put(ids[1], acts[1], n_top, n, c, key, a)
                 n_top += 1
-    return ids[0, :, :n_uni], acts[0, :n_uni], ids[1, :, :n_top], acts[1, :n_top]
+    return ids[0, :, :n_uni], acts[0, :n_uni], ids[1, :, :n_top], acts[1, :n_top], offsets, listed[:n_listed]
 
 
 def scan_batch_numba(
@@ -107,5 +114,6 @@ def scan_batch_numba(
         np.float32(rules.threshold), numpy_view(rules.uniform_threshold), numpy_view(rules.top_floor), sums.numpy(),
         input_counts.table_for(N).numpy(), output_counts.table_for(N).numpy(), firing.numpy(),
     )  # fmt: skip
-    uniform, top = (Candidates(*torch.from_numpy(ids), torch.from_numpy(acts)) for ids, acts in (parts[:2], parts[2:]))
-    return BatchScan(firing=firing, firing_rows=None, sums=sums, uniform=uniform, top=top)
+    uniform, top = (Candidates(*torch.from_numpy(ids), torch.from_numpy(acts)) for ids, acts in (parts[:2], parts[2:4]))
+    lists = (torch.from_numpy(parts[4]), torch.from_numpy(parts[5]))
+    return BatchScan(firing=firing, firing_rows=None, sums=sums, uniform=uniform, top=top, firing_lists=lists)

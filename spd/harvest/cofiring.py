@@ -72,7 +72,10 @@ def _operand(method: str, firing: Tensor, firing_rows: Tensor | None) -> Tensor:
     return firing_rows if firing_rows is not None else firing.to(torch.float32)
 
 
-def firing_lists(firing: Tensor) -> tuple[Tensor, Tensor]:
+FiringLists = tuple[Tensor, Tensor]  # a batch's firings as CSR: row offsets [N + 1], components (ascending per row)
+
+
+def firing_lists(firing: Tensor) -> FiringLists:
     """The batch's firings as CSR: row offsets [N + 1] and the firing components of each row, ascending."""
     rows, comps = firing.nonzero(as_tuple=True)  # row-major: rows ascending, components ascending within a row
     per_row = torch.bincount(rows, minlength=firing.shape[0])
@@ -241,9 +244,9 @@ class SparsePairCounter:
         self._alloc(2 * old.shape[0])
         _rehash(old, self.table, np.uint64(64 - self.bits))
 
-    def add(self, firing: Tensor) -> None:
-        """Count one batch's [N, C] bool firing matrix (CPU)."""
-        offsets, comps = firing_lists(firing)
+    def add(self, firing: Tensor, lists: FiringLists | None = None) -> None:
+        """Count one batch's [N, C] bool firing matrix (CPU), from its CSR `lists` when the caller has them."""
+        offsets, comps = lists if lists is not None else firing_lists(firing)
         off, cs = numpy_view(offsets), numpy_view(comps.to(torch.int64))
         row, i, j, n_rows = 0, 0, 1, firing.shape[0]
         while True:
@@ -309,8 +312,8 @@ class TorchPairCounter:
         self.C = n_components
         self.counter = SparseCounter(device)
 
-    def add(self, firing: Tensor) -> None:
-        offsets, comps = firing_lists(firing)
+    def add(self, firing: Tensor, lists: FiringLists | None = None) -> None:
+        offsets, comps = lists if lists is not None else firing_lists(firing)
         self.counter.add(pair_keys_torch(offsets, comps, self.C))
 
     @property
@@ -353,14 +356,15 @@ class CofiringCounter:
     def dense_fits(self) -> bool:
         return 8 * self.C * self.C <= DENSE_TABLE_LIMIT
 
-    def add(self, firing: Tensor, firing_rows: Tensor | None = None) -> None:
-        """Count one batch: its [N, C] bool firing matrix (N < 2**24 tokens), and the same as 0/1 float32 when the
-        caller has it (the fp32 product reads that instead of converting the bool again)."""
+    def add(self, firing: Tensor, firing_rows: Tensor | None = None, lists: FiringLists | None = None) -> None:
+        """Count one batch: its [N, C] bool firing matrix (N < 2**24 tokens), and the same as 0/1 float32 and as CSR
+        lists when the caller has them (the fp32 product and the sparse count read those instead of deriving them
+        again from the bool)."""
         if self.method is None:
-            self.method = self._choose(firing, firing_rows)  # may count this batch (sparse) on the way
+            self.method = self._choose(firing, firing_rows, lists)  # may count this batch (sparse) on the way
             return
         if self.method == "sparse":
-            self._sparse().add(firing)
+            self._sparse().add(firing, lists)
             return
         self._dense_add(firing, firing_rows)
 
@@ -399,14 +403,14 @@ class CofiringCounter:
             r1 = min(r0 + MATMUL_BLOCK, self.C)
             self.table[r0:r1, r0:] += product(operand, r0, r1)
 
-    def _choose(self, firing: Tensor, firing_rows: Tensor | None) -> str:
+    def _choose(self, firing: Tensor, firing_rows: Tensor | None, lists: FiringLists | None) -> str:
         """Pick the method on the first batch and count that batch with it."""
         if self.device.type != "cpu":
             method = "fp32" if self.dense_fits else "sparse"
-            self._count_first(method, firing, firing_rows)
+            self._count_first(method, firing, firing_rows, lists)
             return method
         start = time.perf_counter()
-        self._sparse().add(firing)  # the first batch, counted sparse
+        self._sparse().add(firing, lists)  # the first batch, counted sparse
         timings = {"sparse": time.perf_counter() - start}
         if self.dense_fits:
             n_blocks = -(-self.C // MATMUL_BLOCK)
@@ -422,9 +426,9 @@ class CofiringCounter:
             self._sparse_to_dense()
         return method
 
-    def _count_first(self, method: str, firing: Tensor, firing_rows: Tensor | None) -> None:
+    def _count_first(self, method: str, firing: Tensor, firing_rows: Tensor | None, lists: FiringLists | None) -> None:
         if method == "sparse":
-            self._sparse().add(firing)
+            self._sparse().add(firing, lists)
         else:
             self.method = method
             self._dense_add(firing, firing_rows)
