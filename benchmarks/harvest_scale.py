@@ -67,7 +67,7 @@ from spd.harvest import HarvestSettings, run_harvest_task
 settings = HarvestSettings.model_validate_json({settings!r})
 path = run_harvest_task({decomposition!r}, {out!r}, settings, {task}, seed=0, log=lambda _: None)
 from spd.harvest.shard import read_shard
-meta = read_shard(path).meta
+meta = read_shard(path, cofiring=False).meta  # after the peak-relevant work; its pairs are not needed
 print(json.dumps({{"seconds": meta["seconds"], "tokens": meta["n_tokens"], "bytes": path.stat().st_size,
                   "method": meta["cofiring_method"], "kernels": meta["kernels"], "peak_gb": peak_gb()}}))
 """
