@@ -282,6 +282,42 @@ def test_one_task_equals_four_tasks_through_the_cli(decomposition: Path, one_tas
         assert not any(v != v for *_, v in four)  # no NaN from the empty task
 
 
+def test_merge_names_every_unreadable_shard_at_once(decomposition: Path, tmp_path: Path) -> None:
+    """Shards of an older format (here /1, whose component blocks were [sources, C]) are each their task's bad
+    output, all named in one error, so a single rerun recomputes them all."""
+    from spd.shard_checksums import ShardsCorrupt
+
+    config = AttributionsConfig(n_tasks=3, **SMALL)
+    ctx = StageContext(stage="attributions", out_dir=tmp_path, upstream_dirs={"decompose": decomposition},
+                       num_tasks=3, seed=0)  # fmt: skip
+    for i in range(3):
+        STAGE.run_task(config, ctx, i)
+    for i in (0, 2):
+        path = tmp_path / f"shards/shard-{i:05d}.pt"
+        payload = torch.load(path, weights_only=True)  # not memory-mapped: the file is replaced below
+        torch.save({**payload, "format": "spd-attributions-shard/1"}, path.with_name("old.pt"))
+        path.with_name("old.pt").replace(path)
+        write_checksum(path)  # intact files of another format: only parsing can refuse them
+    with pytest.raises(ShardsCorrupt, match="shard-00000.pt.*\n.*shard-00002.pt") as refused:
+        STAGE.merge(config, ctx)
+    assert sorted(refused.value.invalid_tasks) == [0, 2]
+
+
+def test_a_layer_without_alive_targets_costs_no_backward_in_any_basis(decomposition: Path) -> None:
+    model = load_decomposition(decomposition)
+    alive = all_alive(model.module_to_c)
+    alive.alive[DOWN] = [False] * model.module_to_c[DOWN]
+    layout = build_layout(model, AttributionSettings(), alive)
+    down = Layer("component", DOWN)
+    counts = {}
+    for basis in ("targets", "inputs", "auto"):
+        acc = AttributionAccumulator(model, layout, basis=basis)
+        assert acc.basis_of(down) == "targets" and acc.block_width(down) == 0
+        counts[basis] = acc.backwards_per_batch()
+    # what is left: UP's 16 alive components (targets) or its 32 input dims (inputs; auto picks the 16), + d_model
+    assert counts == {"targets": 16 + layout.d_model, "inputs": 32 + layout.d_model, "auto": 16 + layout.d_model}
+
+
 def test_merge_names_missing_shards_and_refuses_zero_tokens(decomposition: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     config = AttributionsConfig(n_tasks=4, **SMALL)

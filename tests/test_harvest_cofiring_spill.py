@@ -44,8 +44,9 @@ def _dense(C: int, parts: list[tuple[np.ndarray | torch.Tensor, ...]]) -> torch.
 
 
 def _counter_total(counter: SparsePairCounter | CofiringCounter, C: int) -> torch.Tensor:
+    final = counter.pairs()  # first: a table that spilled before is spilled once more by it
     parts = [chunk for run in counter.spills for chunk in run.chunks(50)]  # several chunks per run
-    return _dense(C, [*parts, counter.pairs()])
+    return _dense(C, [*parts, final])
 
 
 def _check_run(run: PairRun) -> None:
@@ -70,7 +71,10 @@ def test_table_never_exceeds_its_cap_and_spilled_counts_are_exact(tmp_path: Path
     for run in counter.spills:
         _check_run(run)
     assert sorted(p.name for p in (tmp_path / "spill").iterdir()) == [r.path.name for r in counter.spills]
+    n_runs = len(counter.spills)
     assert torch.equal(_counter_total(counter, C), torch.triu(expected, diagonal=1))
+    # at the end the full table went to one more run and was released, not listed and sorted in memory
+    assert len(counter.spills) == n_runs + 1 and counter.nbytes == 16 * 16 and counter.pairs()[0].numel() == 0
 
 
 def test_a_row_with_more_pairs_than_the_table_is_counted_across_spills(tmp_path: Path) -> None:

@@ -25,16 +25,18 @@ same trick as W_U for the logits. Either basis gives the same numbers (up to rou
 
 Because that projection is linear too, it is not done per batch: an input-basis block keeps the sums of
 attr[s, x_i] ([source nodes, d_in]) and the merge multiplies the token-weighted mean by V once, a chunk of
-source rows at a time, like W_U for the logits. So no block is ever [C, C]: a task holds
+source rows at a time, like W_U for the logits. So with basis "auto" no block is [C, C]: a task holds
 (vocab + C) x (d_in or d_model) per connected layer pair (plus narrow targets-basis blocks, which auto only
-picks when a module has fewer alive components than input dims), and a batch costs
+picks when a module has fewer alive components than input dims; a forced basis "targets" makes them as wide as
+the alive C), and a batch costs
 
     backward passes per batch = sum over component target layers of min(alive components, d_in)
                                 + d_model for the output target
 
 bounded by the model's widths whatever C; each costs time linear in C (the component matmuls and the
 grad x act product over the source components). The batched backward's gradients ([chunk, B, T, source
-width] per source layer) are kept under GRAD_BUDGET_BYTES by shrinking the chunk, never the results.
+width] per source layer) are kept under GRAD_BUDGET_BYTES by shrinking the chunk (down to one target per call,
+whose gradients alone may pass it; vmap's own temporaries are not counted), never the results.
 
 This module keeps the sums (numerators) per (target layer, source layer) block and the token count; shards
 and the merge divide once at the end, so combining tasks is an exact token-weighted mean.
@@ -104,9 +106,10 @@ class AttributionAccumulator:
         if target.kind != "component":
             return False
         comp = self.model.components(target.module)
-        if not isinstance(comp, LinearComponents) or self.basis == "targets":
-            return False
-        return self.basis == "inputs" or comp.d_in < int(self.layout.alive_mask(target).sum())
+        n_alive = int(self.layout.alive_mask(target).sum())
+        if not isinstance(comp, LinearComponents) or self.basis == "targets" or n_alive == 0:
+            return False  # (no alive target: nothing to differentiate in either basis)
+        return self.basis == "inputs" or comp.d_in < n_alive
 
     def basis_of(self, target: Layer) -> Basis:
         """What the columns of this target's blocks are (see Basis); the merge projects 'inputs' and 'residual'."""

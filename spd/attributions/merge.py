@@ -13,9 +13,12 @@ block at a time.
 Projected blocks: the output block holds attributions to the unembedding input x (d_model columns), and a
 component target differentiated in its module's input basis holds attributions to the module input (d_in
 columns). Logit attributions are the mean block times W_U^T, component ones the mean block times V (alive
-columns): computed here in source-row chunks of about CHUNK_BYTES and fed straight into the top-k buffers, so
-no sources x vocab or sources x C matrix exists in memory; what the merge holds beyond one chunk is O(nodes x
-top_k).
+columns): computed here in source-row chunks of about CHUNK_BYTES (each chunk's mean read from the shards'
+memory-mapped rows) and fed straight into the top-k buffers, so no sources x vocab or sources x C matrix exists in
+memory: the merge holds the top-k buffers (O(nodes x top_k)), one chunk, and one target layer's projection (V of
+its module in float64, d_in x alive C, or W_U). A block in the "targets" basis is [sources, alive targets] in the
+shard; auto picks it only where a module has fewer alive components than input dims, a forced `backward_basis:
+targets` makes it as wide as C (still read a chunk of rows at a time).
 """
 
 from __future__ import annotations
@@ -61,7 +64,14 @@ def _load_all(shard_dir: Path, num_tasks: int) -> list[dict[str, Any]]:
             f"{WHAT}: {len(missing)} of {num_tasks} shard(s) missing in {shard_dir}: {names}", [i for i, _ in missing]
         )
     verify_shards(dict(enumerate(paths)), WHAT)  # every shard, before any is loaded
-    shards = [_load_verified(p, i, num_tasks) for i, p in enumerate(paths)]
+    shards, bad = [], []
+    for i, p in enumerate(paths):  # every unreadable shard named at once, so one rerun redoes them all
+        try:
+            shards.append(_load_verified(p, i, num_tasks))
+        except ShardsCorrupt as e:
+            bad.append(e)
+    if bad:
+        raise ShardsCorrupt("\n".join(str(e) for e in bad), [t for e in bad for t in e.invalid_tasks])
     first = shards[0]
     for i, shard in enumerate(shards):
         # Not alive_source: it is the harvest store's path, which a moved or copied run reads elsewhere; the
@@ -91,15 +101,17 @@ def _load_verified(path: Path, task: int, num_tasks: int) -> dict[str, Any]:
     return shard
 
 
-def _mean_block(shards: list[dict[str, Any]], key: str, n_tokens: int) -> Tensor:
+def _mean_rows(shards: list[dict[str, Any]], key: str, rows: Tensor, n_tokens: int) -> Tensor:
+    """float64 [len(rows), block width]: the token-weighted mean of those source rows of a block, gathered from
+    each shard's memory-mapped sums (only these rows are read)."""
     total: Tensor | None = None
     for shard in shards:
         if shard["n_tokens"] == 0:
             continue
-        block = shard["sums"][key].to(torch.float64)
-        total = block if total is None else total + block
+        part = shard["sums"][key].index_select(0, rows).to(torch.float64)
+        total = part if total is None else total.add_(part)
     assert total is not None  # n_tokens > 0 guarantees one non-empty shard
-    return total / n_tokens
+    return total.div_(n_tokens)
 
 
 def _projection(basis: str, target: Layer, tgt_idx: Tensor, model: ComponentModel, w_u: Tensor) -> Tensor | None:
@@ -180,18 +192,21 @@ def merge_shards(
         raise ValueError(f"unembedding {tuple(w_u.shape)} does not match the shards' layout; wrong decomposition?")
     collectors = _Collectors(layout, settings.top_k)
     for target in layout.targets:
+        sources = layout.sources_of(target)
+        if not sources:
+            continue
         tgt_idx = layout.alive_mask(target).nonzero().flatten()
-        for source in layout.sources_of(target):
+        # None: the block's columns are the alive targets already
+        projection = _projection(shards[0]["bases"][target.key], target, tgt_idx, model, w_u)
+        for source in sources:
             src_idx = layout.alive_mask(source).nonzero().flatten()
-            block = _mean_block(shards, block_key(source, target), n_tokens)[src_idx]
-            projection = _projection(shards[0]["bases"][target.key], target, tgt_idx, model, w_u)
-            if projection is None:  # the block's columns are the alive targets already
-                collectors.add(source, src_idx, target, tgt_idx, block)
-                continue
-            rows_per_chunk = max(1, CHUNK_BYTES // (8 * max(len(tgt_idx), 1)))
+            key = block_key(source, target)
+            width = max(int(shards[0]["sums"][key].shape[1]) if key in shards[0]["sums"] else 0, len(tgt_idx), 1)
+            rows_per_chunk = max(1, CHUNK_BYTES // (8 * width))
             for start in range(0, len(src_idx), rows_per_chunk):
-                rows = slice(start, start + rows_per_chunk)
-                collectors.add(source, src_idx[rows], target, tgt_idx, block[rows] @ projection)
+                rows = src_idx[start : start + rows_per_chunk]
+                mean = _mean_rows(shards, key, rows, n_tokens)
+                collectors.add(source, rows, target, tgt_idx, mean if projection is None else mean @ projection)
     src, tgt, val = collectors.edges()
     s_pos, s_idx = layout.decode(src, "source")
     t_pos, t_idx = layout.decode(tgt, "target")

@@ -11,7 +11,9 @@ Two ways to count, with identical results (every pair that co-fires at least onc
   pairs (~25 GB), more than a node should give one task. Where doubling would pass the cap, the table's entries
   are spilled to a file, sorted by key (a "run": `PairRun`), and the table is cleared and reused. A pair may so
   be in several runs and the final table; its exact count is the sum over them (the shard lists every part, the
-  merge sums them). A spill needs, briefly, at most half the cap more (the sort order of the used keys).
+  merge sums them). Memory, all told: the table up to the cap; 1.5x the cap while its last doubling rehashes;
+  at most half the cap more during a spill (the sort order of the used keys); at the end of a task a table at its
+  cap (or one that spilled before) is spilled once more rather than listed in memory.
 - dense: F^T F per batch for the batch's [N, C] 0/1 firing matrix F, added into an int64 [C, C] table. Only the
   row blocks on and above the diagonal are multiplied (about half the work). Two exact ways to multiply:
   int8 x int8 -> int32 (`torch._int_mm`, CPU only: 2-3x faster than fp32 with AVX512-VNNI, slower without), or
@@ -290,7 +292,14 @@ class SparsePairCounter:
         self.n_used = 0
 
     def pairs(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(a, b, count) of the table, a < b, sorted by (a, b); the runs in `spills` hold the rest of the counts."""
+        """(a, b, count) of the table, a < b, sorted by (a, b); the runs in `spills` hold the rest of the counts.
+
+        A table that spilled before or is at its cap is spilled once more and released instead (its pairs are then
+        all in `spills`, which the shard streams from disk): listing and sorting it in memory would take about the
+        cap again, which is what the cap is there to bound. So read `spills` after calling this."""
+        if self.spill_dir is not None and self.n_used and (self.spills or self.table.shape[0] >= self.max_slots):
+            self.spill()
+            self._alloc(MIN_TABLE_SLOTS)  # the cleared full-size table is not needed any more
         used = self.table[:, 0] != _EMPTY
         keys, counts = self.table[used, 0], self.table[used, 1]
         order = np.argsort(keys, kind="stable")
@@ -385,14 +394,14 @@ class CofiringCounter:
         """Move the sparse counts (the first batch's: its table and any runs it spilled) into a new dense table."""
         assert self.sparse is not None
         self.table = torch.zeros((self.C, self.C), dtype=torch.int64, device=self.device)
+        a, b, n = self.sparse.pairs()  # before reading the runs: it may add one (SparsePairCounter.pairs)
+        self.table.index_put_((a.long(), b.long()), n.to(self.device), accumulate=True)
         for run in self.sparse.spills:
             for a, b, n in run.chunks():
                 self.table.index_put_(
                     (torch.from_numpy(a).long(), torch.from_numpy(b).long()), torch.from_numpy(n), accumulate=True
                 )
             run.path.unlink(missing_ok=True)
-        a, b, n = self.sparse.pairs()
-        self.table.index_put_((a.long(), b.long()), n.to(self.device), accumulate=True)
         self.sparse = None
 
     def _dense_add(self, firing: Tensor, firing_rows: Tensor | None) -> None:
