@@ -17,7 +17,8 @@ Per size C_total the benchmark
    over `--tokens` tokens in all, each in a fresh process (peak RSS from /proc VmHWM; seconds from the shard's own
    record, model loading included), then the merge of their shards in a fresh process (seconds, peak RSS), and
    reports shard and store bytes and the stored co-firing rows;
-4. times a bare forward (target + CI functions) over the same batches in this process for harvest/bare
+4. times a bare forward (target + CI functions) over the same batches in this process, under a task's malloc
+   settings (spd.harvest.malloc: without them its large blocks are faulted in afresh every batch), for harvest/bare
    (= bare us/token / harvest us/token: the share of a task's time that is the forward itself);
 5. computes attributions over `--attribution-batches` batches in a fresh process (seconds per batch, peak RSS),
    when that is not 0.
@@ -46,6 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from spd.harvest.activations import ActivationReader  # noqa: E402
 from spd.harvest.config import HarvestSettings  # noqa: E402
 from spd.harvest.data import CorpusSlice  # noqa: E402
+from spd.harvest.malloc import keep_freed_memory  # noqa: E402
 from spd.harvest.task import decomposition_corpus, slice_spec  # noqa: E402
 from spd.models import load_decomposition  # noqa: E402
 from spd.models.checkpoint import latest_model_file  # noqa: E402
@@ -230,6 +232,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="build under this directory and keep it")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()  # the bare forward under the malloc settings of a harvest task (spd.harvest.malloc)
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or Path(scratch)
         for c_total in args.sizes:

@@ -376,11 +376,12 @@ FAULTS_SCRIPT = """
 import resource, torch
 from spd.harvest.malloc import keep_freed_memory
 assert keep_freed_memory()
-def batch():  # 128 MB of temporaries under the mmap threshold and a small one after them, all freed
+def batch():  # 128 MB of temporaries under the mmap threshold, two above it, and a small one after them, all freed
     for _ in range(3):
         temporaries = [torch.ones(2 << 20) for _ in range(16)]  # 8 MB each
+        large = [torch.ones(10 << 20), torch.ones(35 << 20)]  # 40 and 140 MB: mapped afresh each time unless kept
         small = torch.ones(1000)
-        del temporaries, small
+        del temporaries, large, small
 batch()
 batch()  # the heap reaches its layout within two batches
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
