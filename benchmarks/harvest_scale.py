@@ -20,7 +20,9 @@ Per size C_total the benchmark
 4. times a bare forward (target + CI functions) over the same batches in this process, under a task's malloc
    settings (spd.harvest.malloc: without them its large blocks are faulted in afresh every batch), for harvest/bare
    (= bare us/token / harvest us/token: the share of a task's time that is the forward itself);
-5. computes attributions over `--attribution-batches` batches in a fresh process (seconds per batch, peak RSS),
+5. times `--steady-batches` batches in this process, each one's bare forward, then its harvest activations and
+   accumulation (medians, ms per batch: a task's per-batch work without its fixed costs, and their ratio);
+6. computes attributions over `--attribution-batches` batches in a fresh process (seconds per batch, peak RSS),
    when that is not 0.
 
 All sizes run in one invocation, one after the other: compare their ratios from one run, since the machine may be
@@ -157,6 +159,36 @@ def set_ci_l0(decomposition: Path, settings: HarvestSettings, l0: int, n_bare: i
     return shift, measured, bare_us
 
 
+@torch.no_grad()
+def steady_state(decomposition: Path, settings: HarvestSettings, n_batches: int) -> dict[str, float]:
+    """Per-batch medians in this process, each batch's bare forward, then its harvest activations and accumulation
+    (what a task does per batch, without its fixed costs: model load, kernel cache load, shard write)."""
+    import statistics
+
+    from spd.harvest.accumulators import TaskAccumulator
+
+    model = load_decomposition(decomposition, "cpu")
+    corpus = decomposition_corpus(decomposition)
+    spec = slice_spec(model.run_config, corpus, settings, 0)
+    reader = ActivationReader(model, settings.output_top_m)
+    acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, 0, "cpu")
+    times: dict[str, list[float]] = {"bare": [], "activations": [], "accumulate": []}
+    for i, batch in zip(range(n_batches + 2), CorpusSlice(corpus, spec), strict=False):
+        t0 = time.perf_counter()
+        reader.bare_forward(batch.tokens)
+        t1 = time.perf_counter()
+        acts = reader(batch.tokens)
+        t2 = time.perf_counter()
+        acc.process(batch.index, batch.starts, spec.seq_len, acts)
+        t3 = time.perf_counter()
+        if i >= 2:  # the first two batches settle the heap and the co-firing method
+            for name, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                times[name].append(seconds * 1e3)
+    medians = {f"steady_{name}_ms": round(statistics.median(v), 1) for name, v in times.items()}
+    harvest = medians["steady_activations_ms"] + medians["steady_accumulate_ms"]
+    return {**medians, "steady_harvest_over_bare": round(medians["steady_bare_ms"] / harvest, 3)}
+
+
 def measure(c_total: int, args: argparse.Namespace, tmp: Path) -> dict:
     started = time.perf_counter()
     per_module = c_total // N_MODULES
@@ -204,6 +236,8 @@ def measure(c_total: int, args: argparse.Namespace, tmp: Path) -> dict:
         "build_s": round(build_s, 1),
         "warm_up_task_s": round(warm_up["seconds"], 1),
     }
+    if args.steady_batches:
+        row.update(steady_state(decomposition, settings, args.steady_batches))
     if args.attribution_batches:
         attr = run_child(
             ATTRIBUTION_CHILD,
@@ -227,6 +261,7 @@ def main() -> None:
     parser.add_argument("--n-docs", type=int, default=6000, help="corpus documents (enough for --tokens)")
     parser.add_argument("--spd-steps", type=int, default=2)
     parser.add_argument("--bare-batches", type=int, default=8)
+    parser.add_argument("--steady-batches", type=int, default=6, help="per-batch medians in-process; 0 skips")
     parser.add_argument("--attribution-batches", type=int, default=1, help="0 skips attributions")
     parser.add_argument("--attribution-batch-size", type=int, default=8)
     parser.add_argument("--keep", type=Path, default=None, help="build under this directory and keep it")
