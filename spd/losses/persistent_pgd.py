@@ -10,6 +10,12 @@ unbounded (drawn from randn, never clamped) and the masks read σ(s) instead: th
 `state_dict()` / `load_state_dict()` carry the sources and the Adam moments, so a checkpoint (spd/models/checkpoint.py
 `save_ppgd_state`) lets continued training pick the adversary up where it was.
 
+Data-parallel training (spd/train/distributed.py): `batch_dims` stay the GLOBAL batch's and each rank holds the
+sources of its slice. Shared scopes (all but per_batch_per_position) are one adversary: identical on every rank,
+their gradients averaged through `grad_reducer` before each ascent step. per_batch_per_position sources are this
+rank's rows [r*B/W, (r+1)*B/W) of what one process would hold (drawn at the global shape, so the start is the
+same), never averaged; `load_state_dict` takes the global [B, ...] form a checkpoint stores and keeps its rows.
+
 Scopes (source leading shape for batch dims (B, T)):
     single_mask              (1, 1, C')   one source for every position
     broadcast_across_batch   (1, T, C')   one per sequence position
@@ -19,6 +25,7 @@ Scopes (source leading shape for batch dims (B, T)):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,19 +66,47 @@ class PersistentPGDState:
         config: PersistentPGDConfig,
         use_delta_component: bool = True,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
-        self.config, self.batch_dims, self.use_delta = config, tuple(batch_dims), use_delta_component
+        self.config, self.use_delta = config, use_delta_component
+        self.rank, self.world_size = rank, world_size
+        global_dims = tuple(batch_dims)
+        if global_dims[0] % world_size:
+            raise ValueError(f"batch size {global_dims[0]} is not divisible by world_size={world_size}")
+        self.local_rows = global_dims[0] // world_size
+        self.batch_dims = (self.local_rows, *global_dims[1:])  # this rank's slice of the training batch
+        scope = config.scope
+        if world_size > 1 and scope.type == "repeat_across_batch" and self.local_rows % scope.n_sources:
+            raise ValueError(
+                f"repeat_across_batch: n_sources={scope.n_sources} must divide the per-rank batch "
+                f"{self.local_rows} (batch_size {global_dims[0]} / world_size {world_size})"
+            )
+        # averages shared sources' gradients over ranks (in place) before an ascent step; None: one process
+        self.grad_reducer: Callable[[list[Tensor]], None] | None = None
         self.sources_by_module: dict[str, Tensor] = {}
         init = torch.randn if config.use_sigmoid_parameterization else torch.rand
         for path, C in module_to_c.items():
-            shape = source_shape(config.scope, self.batch_dims, C + int(use_delta_component))
-            self.sources_by_module[path] = init(shape, device=device).requires_grad_(True)
+            shape = source_shape(scope, global_dims, C + int(use_delta_component))
+            s = init(shape, device=device)  # the global shape: a 1-process run's draw, whatever the world size
+            if self.per_rank:
+                s = s[rank * self.local_rows : (rank + 1) * self.local_rows].clone()
+            self.sources_by_module[path] = s.requires_grad_(True)
         self._m = {p: torch.zeros_like(s) for p, s in self.sources_by_module.items()}
         self._v = {p: torch.zeros_like(s) for p, s in self.sources_by_module.items()}
         self._t = 0
 
+    @property
+    def per_rank(self) -> bool:
+        """Whether each rank holds its own rows (per_batch_per_position over several ranks), not a shared copy."""
+        return self.world_size > 1 and self.config.scope.type == "per_batch_per_position"
+
     def sources(self) -> list[Tensor]:
         return list(self.sources_by_module.values())
+
+    def tensors(self) -> list[Tensor]:
+        """Sources and Adam moments: what ranks must agree on for a shared scope (broadcast from rank 0)."""
+        return [*self.sources(), *self._m.values(), *self._v.values()]
 
     def effective(self, path: str) -> Tensor:
         """The source values the masks read: σ(s) with the sigmoid parameterisation, s itself otherwise."""
@@ -115,17 +150,21 @@ class PersistentPGDState:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict()` saved, in place (the source tensors stay the same leaves)."""
+        """Restore what `state_dict()` saved, in place (the source tensors stay the same leaves). Per-rank sources
+        are loaded from the global form (every rank's rows concatenated, as a 1-process run saves them)."""
         if set(state["sources"]) != set(self.sources_by_module):
             raise ValueError(
                 f"PPGD state holds modules {sorted(state['sources'])}, expected {sorted(self.sources_by_module)}"
             )
+        rows = slice(self.rank * self.local_rows, (self.rank + 1) * self.local_rows)
         for path, s in self.sources_by_module.items():
             for mine, saved in (
                 (s, state["sources"][path]),
                 (self._m[path], state["m"][path]),
                 (self._v[path], state["v"][path]),
             ):
+                if self.per_rank and saved.shape[0] == self.local_rows * self.world_size:
+                    saved = saved[rows]
                 if mine.shape != saved.shape:
                     raise ValueError(
                         f"PPGD state of {path!r}: shape {tuple(saved.shape)}, expected {tuple(mine.shape)}"
@@ -142,6 +181,9 @@ class PersistentPGDState:
         whose raw sources are unbounded)."""
         if not isinstance(grads, dict):
             grads = dict(zip(self.sources_by_module, grads, strict=True))
+        if self.grad_reducer is not None and not self.per_rank:
+            grads = {p: g.clone() for p, g in grads.items()}  # averaged in place: leave the caller's tensors alone
+            self.grad_reducer(list(grads.values()))
         opt, lr = self.config.optimizer, self.lr(step, total_steps)
         self._t += 1
         for path, s in self.sources_by_module.items():

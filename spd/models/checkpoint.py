@@ -48,12 +48,19 @@ def save_model_state(model: ComponentModel, out_dir: Path, step: int) -> Path:
 
 
 def save_ppgd_state(states: dict[str, Any], out_dir: Path, step: int) -> Path | None:
-    """Write ppgd_<step>.pth: every PersistentPGDState (by loss classname) as its state_dict(); None: no states."""
+    """Write ppgd_<step>.pth: every PersistentPGDState (by loss classname) as its state_dict(); None: no states.
+
+    A value may also be a ready state dict: data-parallel training passes per-rank sources gathered from every
+    rank into the 1-process form (spd/train/loop.py), which no single rank's state_dict() holds."""
     if not states:
         return None
     path = Path(out_dir) / f"ppgd_{step}.pth"
-    atomic_torch_save(path, {name: state.state_dict() for name, state in states.items()})
+    atomic_torch_save(path, {name: _ppgd_dict(state) for name, state in states.items()})
     return path
+
+
+def _ppgd_dict(state: Any) -> dict[str, Any]:
+    return state if isinstance(state, dict) else state.state_dict()
 
 
 def load_ppgd_state(path: str | Path, states: dict[str, Any]) -> int:

@@ -2,6 +2,10 @@
 
 Order per step: lr from schedule -> Δ = W - W' (with grad) -> batch -> frozen target forward caching
 module inputs -> CIs -> losses -> backward -> log / eval / save -> clip -> optimizer step.
+
+Data-parallel (spd/train/distributed.py, issue 26): `cfg.batch_size` is the global batch; every rank draws the
+same global batch and keeps its slice, runs its losses on its own RNG stream (`RankRNG`), and averages gradients
+after backward; logged train losses and eval metrics are the global ones, and only rank 0 writes out_dir.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,7 @@ from spd.train.config import (
     PersistentPGDReconSubsetLossConfig,
     SPDConfig,
 )
+from spd.train.distributed import DataParallel, RankRNG, local_batch_size
 from spd.train.lm_metrics import add_ce_unrecovered, ce_and_kl
 from spd.utils import atomic_write_json, set_seed
 
@@ -69,8 +75,10 @@ def compute_losses(
     step: int,
     losses: list | None = None,
     ppgd_states: dict[str, PersistentPGDState] | None = None,
+    world_size: int = 1,
 ) -> dict[str, Tensor]:
-    """Every configured loss by classname (unweighted). PPGD losses need their persistent states by classname."""
+    """Every configured loss by classname (unweighted). PPGD losses need their persistent states by classname;
+    world_size (data-parallel ranks) scales the importance penalty's frequency term to the global batch."""
     frac = step / max(cfg.steps, 1)
     stoch_deltas = deltas if cfg.use_delta_component else None
     out: dict[str, Tensor] = {}
@@ -83,7 +91,7 @@ def compute_losses(
                 frac,
                 lc.eps,
                 lc.beta,
-                1,
+                world_size,
                 lc.p_anneal_start_frac,
                 lc.p_anneal_final_p,
                 lc.p_anneal_end_frac,
@@ -168,12 +176,21 @@ class Decomposer:
         data: LMData | ToyData | None = None,
         tokenizer: Path | None = None,
         extra_run_config: dict[str, Any] | None = None,
+        parallel: DataParallel | None = None,
     ) -> None:
-        self.cfg, self.out_dir, self.seed, self.device, self.log = cfg, Path(out_dir), seed, device, log
+        self.parallel = parallel if parallel is not None else DataParallel()
+        world, rank = self.parallel.world_size, self.parallel.rank
+        local_batch_size(cfg.batch_size, world, "batch_size")  # before anything is built or written
+        local_batch_size(cfg.eval_batch_size or cfg.batch_size, world, "eval_batch_size")
+        self.is_main = self.parallel.is_main
+        self.cfg, self.out_dir, self.seed, self.device = cfg, Path(out_dir), seed, device
+        self.log: Log = log if world == 1 else _rank_prefixed(log, rank)
         self.data = data if data is not None else ToyData(target, device)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         set_seed(seed)
-        save_target(target, target_config, self.out_dir / TARGET_DIR, target_info, tokenizer=tokenizer)
+        if self.is_main:
+            save_target(target, target_config, self.out_dir / TARGET_DIR, target_info, tokenizer=tokenizer)
         target.eval().requires_grad_(False)
         identity_paths = insert_identity_operations(target, [s.module_pattern for s in cfg.identity_module_info])
         if cfg.module_info is not None:
@@ -196,16 +213,25 @@ class Decomposer:
                 target, module_info, cfg.ci_fn.fn_type, cfg.ci_fn.hidden_dims, cfg.sigmoid_type, tied
             )
         self.model.to(device)
+        # every rank starts from rank 0's components, CI functions and target (in case a rank built it differently)
+        self.parallel.broadcast_(list(self.model.state_dict().values()))
         set_seed(seed)  # masks and data: a fresh stream from the seed, as the reference's seed_per_rank
+        # data-parallel: the global stream above stays the shared data stream; each rank's masks come from its own
+        self.rank_rng = RankRNG(seed, rank, world, device)
         # persistent PGD sources, one state per PPGD loss, shaped by the training batch's leading dims
         batch_dims = (cfg.batch_size, self.data.seq_len) if self.data.is_lm else (cfg.batch_size,)
         self.ppgd_states: dict[str, PersistentPGDState] = {
             lc.classname: PersistentPGDState(
-                self.model.module_to_c, batch_dims, lc.ppgd(), cfg.use_delta_component, device
+                self.model.module_to_c, batch_dims, lc.ppgd(), cfg.use_delta_component, device, rank, world
             )
             for lc in cfg.losses
             if isinstance(lc, PersistentPGDReconLossConfig)
         }
+        for state in self.ppgd_states.values():
+            if world > 1:
+                state.grad_reducer = self.parallel.average_
+            if not state.per_rank:  # one shared adversary: rank 0's
+                self.parallel.broadcast_(state.tensors())
         self.target = target
         self.comp_params = self.model.component_parameters()
         self.ci_params = self.model.ci_fn_parameters()
@@ -224,11 +250,13 @@ class Decomposer:
             "target": target_config.model_dump(mode="json"),
             "target_info": target_info or {},
             "data": self.data.describe(),
+            "world_size": world,
             **(extra_run_config or {}),
         }
-        save_run_config(self.run_config, self.out_dir)
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.metrics_path.unlink(missing_ok=True)
+        if self.is_main:
+            save_run_config(self.run_config, self.out_dir)
+            self.metrics_path.unlink(missing_ok=True)
 
     def load_ppgd_checkpoint(self, path: Path) -> int:
         """Continue the persistent PGD sources (and their Adam moments) of an earlier run: a ppgd_<step>.pth or
@@ -238,13 +266,20 @@ class Decomposer:
     # --- helpers -----------------------------------------------------------------------------------
 
     def sample(self, batch_size: int) -> Tensor:
-        return self.data.train_batch(batch_size)
+        """This rank's rows of the next global training batch (the whole batch with one process)."""
+        return self.parallel.shard(self.data.train_batch(batch_size))
+
+    def eval_sample(self, batch_size: int) -> Tensor:
+        """This rank's rows of the next global eval batch."""
+        return self.parallel.shard(self.data.eval_batch(batch_size))
 
     def autocast(self) -> torch.autocast:
         """bfloat16 autocast on the model's device when cfg.autocast_bf16 (a no-op context otherwise)."""
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16)
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
@@ -273,9 +308,27 @@ class Decomposer:
         slow steps add the slow ones (hidden-activation and PPGD evals, IdentityCIError) and MMCS/ML2R/#large.
 
         Values are means over the eval batches (all of one size); CIMeanPerComponent and ComponentActivationDensity
-        give one list of C values per module."""
-        cfg, model = self.cfg, self.model
+        give one list of C values per module. Data-parallel: each rank evaluates its slice of every eval batch and
+        the sums are reduced across ranks (weighted by example counts; squared errors as plain sums) before
+        dividing, so the values are those of the global batches."""
+        cfg = self.cfg
         bs = cfg.eval_batch_size or cfg.batch_size
+        plan = self._eval_plan(slow)
+        acc = _EvalSums()
+        deltas = self.model.deltas()
+        n_local = 0
+        for _ in range(cfg.n_eval_steps):
+            batch = self.eval_sample(bs)
+            n_local = batch.shape[0]
+            with self.rank_rng.active():
+                self._eval_batch(batch, step, deltas, plan, acc)
+        if self.parallel.distributed:
+            acc.reduce(self.parallel, n_local)
+        return self._eval_results(acc, plan, slow)
+
+    def _eval_plan(self, slow: bool) -> _EvalPlan:
+        """Which losses and metrics this eval computes."""
+        cfg = self.cfg
         eval_losses = [lc for lc in cfg.losses if lc.classname not in PPGD_LOSSES]  # tied to the train batch shape
         present = {lc.classname for lc in eval_losses}
         from spd.train.config import CIMaskedReconLossConfig, FaithfulnessLossConfig, UnmaskedReconLossConfig
@@ -284,71 +337,76 @@ class Decomposer:
             if extra.model_fields["classname"].default not in present:
                 eval_losses.append(extra(coeff=0.0))
         metrics = {m.classname: m for m in cfg.resolved_eval_metrics(self.data.is_lm)}
-        l0_cfg, lm_cfg = metrics.get("CI_L0"), metrics.get("CEandKLLosses") if self.data.is_lm else None
-        sums: dict[str, Any] = {}
+        return _EvalPlan(
+            losses=eval_losses,
+            metrics=metrics,
+            l0=metrics.get("CI_L0"),
+            lm=metrics.get("CEandKLLosses") if self.data.is_lm else None,
+            hidden=[n for n in ("StochasticHiddenActsReconLoss", "CIHiddenActsReconLoss") if slow and n in metrics],
+            ppgd=[n for n in PPGD_EVALS if slow and n in metrics],
+        )
 
-        def add(key: str, value: Any) -> None:
-            sums[key] = sums[key] + value if key in sums else value
-
-        hidden = [n for n in ("StochasticHiddenActsReconLoss", "CIHiddenActsReconLoss") if slow and n in metrics]
-        ppgd = [n for n in PPGD_EVALS if slow and n in metrics]
-        sq_sums: dict[str, dict[str, list[float]]] = {}  # metric -> module -> [Σ squared error, numel]
-        deltas = model.deltas()
+    def _eval_batch(self, batch: Tensor, step: int, deltas: dict[str, Tensor], plan: _EvalPlan, acc: _EvalSums) -> None:
+        """Accumulate one eval batch's metrics (means over the batch, and squared-error sums with counts)."""
+        cfg, model, add = self.cfg, self.model, acc.add
         stoch_deltas = deltas if cfg.use_delta_component else None
-        for _ in range(cfg.n_eval_steps):
-            batch = self.data.eval_batch(bs)
-            target_out, acts = model.forward_with_inputs(batch)
-            ci = model.causal_importances(acts, cfg.sampling)
-            losses = compute_losses(
-                model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step, eval_losses
+        target_out, acts = model.forward_with_inputs(batch)
+        ci = model.causal_importances(acts, cfg.sampling)
+        losses = compute_losses(
+            model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step, plan.losses,
+            world_size=self.parallel.world_size,
+        )  # fmt: skip
+        for k, v in losses.items():
+            add(f"eval/loss/{k}", float(v))
+        if plan.l0 is not None:
+            l0 = M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold)
+            groups = M.group_sums(l0, plan.l0.groups or {})
+            l0["mean"] = sum(l0.values()) / len(l0)
+            for k, v in {**l0, **groups}.items():
+                add(f"eval/l0/{cfg.ci_alive_threshold}_{k}", v)
+        if "CIMeanPerComponent" in plan.metrics:
+            for k, v in M.ci_mean_per_component(ci.lower_leaky).items():
+                add(f"eval/ci_mean/{k}", v)
+        if "ComponentActivationDensity" in plan.metrics:
+            for k, v in M.activation_density(ci.lower_leaky, cfg.ci_alive_threshold).items():
+                add(f"eval/activation_density/{k}", v)
+        if plan.lm is not None:
+            lm = ce_and_kl(
+                model, batch, target_out, ci.lower_leaky, stoch_deltas, cfg.sampling, plan.lm.rounding_threshold
             )
-            for k, v in losses.items():
-                add(f"eval/loss/{k}", float(v))
-            if l0_cfg is not None:
-                l0 = M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold)
-                groups = M.group_sums(l0, l0_cfg.groups or {})
-                l0["mean"] = sum(l0.values()) / len(l0)
-                for k, v in {**l0, **groups}.items():
-                    add(f"eval/l0/{cfg.ci_alive_threshold}_{k}", v)
-            if "CIMeanPerComponent" in metrics:
-                for k, v in M.ci_mean_per_component(ci.lower_leaky).items():
-                    add(f"eval/ci_mean/{k}", v)
-            if "ComponentActivationDensity" in metrics:
-                for k, v in M.activation_density(ci.lower_leaky, cfg.ci_alive_threshold).items():
-                    add(f"eval/activation_density/{k}", v)
-            if lm_cfg is not None:
-                lm = ce_and_kl(
-                    model, batch, target_out, ci.lower_leaky, stoch_deltas, cfg.sampling, lm_cfg.rounding_threshold
-                )
-                for k, v in lm.items():
-                    add(f"eval/lm/{k}", v)
-            for name in hidden:
-                if name == "CIHiddenActsReconLoss":
-                    per = hidden_acts_squared_errors(model, batch, mask_lib.ci_mask_infos(ci.lower_leaky))
-                    _accumulate(sq_sums.setdefault(name, {}), per)
-                for _ in range(cfg.n_mask_samples if name == "StochasticHiddenActsReconLoss" else 0):
-                    infos = mask_lib.stochastic_mask_infos(ci.lower_leaky, cfg.sampling, stoch_deltas)
-                    _accumulate(sq_sums.setdefault(name, {}), hidden_acts_squared_errors(model, batch, infos))
-            for name in ppgd:
-                per, (out_sum, out_n) = ppgd_eval_sums(
-                    model, batch, target_out, ci.lower_leaky, stoch_deltas, self.ppgd_states[PPGD_EVALS[name]],
-                    cfg.output_loss_type,
-                )  # fmt: skip
-                _accumulate(sq_sums.setdefault(name, {}), per)
-                _accumulate(sq_sums.setdefault(f"{name}/output", {}), {"output": (out_sum, out_n)})
+            for k, v in lm.items():
+                add(f"eval/lm/{k}", v)
+        for name in plan.hidden:
+            if name == "CIHiddenActsReconLoss":
+                per = hidden_acts_squared_errors(model, batch, mask_lib.ci_mask_infos(ci.lower_leaky))
+                _accumulate(acc.sq.setdefault(name, {}), per)
+            for _ in range(cfg.n_mask_samples if name == "StochasticHiddenActsReconLoss" else 0):
+                infos = mask_lib.stochastic_mask_infos(ci.lower_leaky, cfg.sampling, stoch_deltas)
+                _accumulate(acc.sq.setdefault(name, {}), hidden_acts_squared_errors(model, batch, infos))
+        for name in plan.ppgd:
+            per, (out_sum, out_n) = ppgd_eval_sums(
+                model, batch, target_out, ci.lower_leaky, stoch_deltas, self.ppgd_states[PPGD_EVALS[name]],
+                cfg.output_loss_type,
+            )  # fmt: skip
+            _accumulate(acc.sq.setdefault(name, {}), per)
+            _accumulate(acc.sq.setdefault(f"{name}/output", {}), {"output": (out_sum, out_n)})
+
+    def _eval_results(self, acc: _EvalSums, plan: _EvalPlan, slow: bool) -> dict[str, Any]:
+        """The eval record from the accumulated sums: means over the eval batches, pooled squared errors."""
+        cfg, sq_sums = self.cfg, acc.sq
         out: dict[str, Any] = {}
-        for k, v in sums.items():  # means over the eval batches; per-component vectors as lists
+        for k, v in acc.sums.items():  # means over the eval batches; per-component vectors as lists
             out[k] = (v / cfg.n_eval_steps).tolist() if isinstance(v, Tensor) else v / cfg.n_eval_steps
-        for name in hidden:
+        for name in plan.hidden:
             out.update({k: v for k, v in _mse_metrics(f"eval/loss/{name}", sq_sums[name]).items() if k not in out})
-        for name in ppgd:
+        for name in plan.ppgd:
             out.update(_mse_metrics(f"eval/loss/{name}/hidden_acts", sq_sums[name]))
             total, n = sq_sums[f"{name}/output"]["output"]
             out[f"eval/loss/{name}/output_recon"] = total / n
-        if lm_cfg is not None:
+        if plan.lm is not None:
             add_ce_unrecovered(out, prefix="eval/lm/")
         if slow:
-            out.update(self.slow_metrics(metrics.get("IdentityCIError")))
+            out.update(self.slow_metrics(plan.metrics.get("IdentityCIError")))
         return out
 
     @torch.no_grad()
@@ -374,76 +432,17 @@ class Decomposer:
     # --- main loop ---------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         start = time.perf_counter()
         warm = self.faithfulness_warmup()
         self.log(f"faithfulness warm-up ({cfg.faithfulness_warmup_steps} steps): {warm:.3e}")
         slow_freq = cfg.slow_eval_freq or cfg.eval_freq
-        imp = _imp_config(cfg)
         train_start = time.perf_counter()
         last_eval: dict[str, Any] = {}
         for step in range(cfg.steps + 1):
             record: dict[str, Any] = {"step": step}
             if step < cfg.steps:
-                lr = scheduled_value(step, cfg.steps, cfg.lr_schedule)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.optimizer.zero_grad(set_to_none=True)
-                deltas = model.deltas()
-                batch = self.sample(cfg.batch_size)
-                with self.autocast():  # forward passes and losses only (the reference's autocast_bf16)
-                    with torch.no_grad():
-                        target_out, acts = model.forward_with_inputs(batch)
-                    ci = model.causal_importances(acts, cfg.sampling)
-                    ppgd_deltas = deltas if cfg.use_delta_component else None
-                    for lc in cfg.losses:  # optional inner ascent steps on this batch before the loss that trains
-                        if lc.classname in self.ppgd_states and lc.n_warmup_steps:
-                            routing = lc.routing if isinstance(lc, PersistentPGDReconSubsetLossConfig) else "all"
-                            state = self.ppgd_states[lc.classname]
-                            ppgd_warmup(
-                                model, batch, target_out, ci.lower_leaky, ppgd_deltas, state, step, cfg.steps,
-                                routing, cfg.output_loss_type,
-                            )  # fmt: skip
-                    losses = compute_losses(
-                        model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step,
-                        ppgd_states=self.ppgd_states,
-                    )  # fmt: skip
-                weights = {
-                    lc.classname: lc.coeff * coeff_warmup_factor(step, cfg.steps, lc.warmup_frac) for lc in cfg.losses
-                }
-                total = sum(weights[k] * v.float() for k, v in losses.items())  # float32 sum (bf16 under autocast)
-                # PPGD (reference 9.3 step 7): source gradients of each PPGD loss BEFORE the total backward
-                # (retaining the graph), the ascent step on the sources AFTER it.
-                ppgd_grads = {
-                    name: torch.autograd.grad(losses[name], state.sources(), retain_graph=True)
-                    for name, state in self.ppgd_states.items()
-                }
-                total.backward()
-                for name, grads in ppgd_grads.items():
-                    self.ppgd_states[name].update(grads, step, cfg.steps)
-                if not math.isfinite(float(total.detach())):
-                    raise FloatingPointError(
-                        f"non-finite SPD loss at step {step}: { {k: float(v) for k, v in losses.items()} }"
-                    )
-                if step % cfg.train_log_freq == 0:
-                    record.update({f"train/loss/{k}": float(v.detach()) for k, v in losses.items()})
-                    record["train/loss/total"] = float(total.detach())
-                    record["train/lr"] = lr
-                    for name, state in self.ppgd_states.items():
-                        record[f"train/ppgd_lr/{name}"] = state.lr(step, cfg.steps)
-                    if imp is not None:
-                        record["train/p"] = annealed_p(
-                            imp.pnorm,
-                            step / cfg.steps,
-                            imp.p_anneal_start_frac,
-                            imp.p_anneal_final_p,
-                            imp.p_anneal_end_frac,
-                        )
-                    record.update(
-                        {f"train/l0/{k}": v for k, v in M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold).items()}
-                    )
-                    record["train/grad_norm/components"] = _grad_norm(self.comp_params)
-                    record["train/grad_norm/ci_fns"] = _grad_norm(self.ci_params)
+                record.update(self._train_step(step))
             if step % cfg.eval_freq == 0 or step == cfg.steps:
                 with self.autocast():
                     last_eval = self.evaluate(step, slow=step % slow_freq == 0 or step == cfg.steps)
@@ -453,26 +452,163 @@ class Decomposer:
                 record["elapsed_s"] = round(time.perf_counter() - start, 3)
                 self._write_metrics(record)
             if (cfg.save_freq and step > 0 and step % cfg.save_freq == 0) or step == cfg.steps:
-                save_model_state(model, self.out_dir, step)
-                save_ppgd_state(self.ppgd_states, self.out_dir, step)
+                self._save_checkpoint(step)
             if step < cfg.steps:
-                if cfg.grad_clip_norm_components is not None:
-                    torch.nn.utils.clip_grad_norm_(self.comp_params, cfg.grad_clip_norm_components)
-                if cfg.grad_clip_norm_ci_fns is not None:
-                    torch.nn.utils.clip_grad_norm_(self.ci_params, cfg.grad_clip_norm_ci_fns)
-                self.optimizer.step()
+                self._optimizer_step()
+        self.parallel.barrier()  # every rank finished: rank 0 returns (and reports success) only then
         train_s = time.perf_counter() - train_start
         summary = {
             "steps": cfg.steps,
             "seed": self.seed,
             "device": str(self.device),
+            "world_size": self.parallel.world_size,
             "wall_s": round(time.perf_counter() - start, 3),
             "train_s": round(train_s, 3),
             "steps_per_s": round(cfg.steps / train_s, 3) if cfg.steps else None,
             "metrics": last_eval,
         }
-        atomic_write_json(self.out_dir / "summary.json", summary)
+        if self.is_main:
+            atomic_write_json(self.out_dir / "summary.json", summary)
         return summary
+
+    def _train_step(self, step: int) -> dict[str, Any]:
+        """Forward, losses and backward of one step, gradients averaged over ranks (the optimizer step comes after
+        logging, eval and saving); returns the train record on log steps (global values), else {}."""
+        cfg, model = self.cfg, self.model
+        lr = scheduled_value(step, cfg.steps, cfg.lr_schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        deltas = model.deltas()
+        batch = self.sample(cfg.batch_size)
+        # this rank's masks: its own stream (the shared one, untouched, stays the data stream)
+        with self.rank_rng.active(), self.autocast():  # autocast: forward passes and losses only (as the reference)
+            with torch.no_grad():
+                target_out, acts = model.forward_with_inputs(batch)
+            ci = model.causal_importances(acts, cfg.sampling)
+            ppgd_deltas = deltas if cfg.use_delta_component else None
+            for lc in cfg.losses:  # optional inner ascent steps on this batch before the loss that trains
+                if lc.classname in self.ppgd_states and lc.n_warmup_steps:
+                    routing = lc.routing if isinstance(lc, PersistentPGDReconSubsetLossConfig) else "all"
+                    state = self.ppgd_states[lc.classname]
+                    ppgd_warmup(
+                        model, batch, target_out, ci.lower_leaky, ppgd_deltas, state, step, cfg.steps,
+                        routing, cfg.output_loss_type,
+                    )  # fmt: skip
+            losses = compute_losses(
+                model, cfg, batch, target_out, ci.lower_leaky, ci.upper_leaky, deltas, step,
+                ppgd_states=self.ppgd_states, world_size=self.parallel.world_size,
+            )  # fmt: skip
+        weights = {lc.classname: lc.coeff * coeff_warmup_factor(step, cfg.steps, lc.warmup_frac) for lc in cfg.losses}
+        total = sum(weights[k] * v.float() for k, v in losses.items())  # float32 sum (bf16 under autocast)
+        # PPGD (reference 9.3 step 7): source gradients of each PPGD loss BEFORE the total backward
+        # (retaining the graph), the ascent step on the sources AFTER it.
+        ppgd_grads = {
+            name: torch.autograd.grad(losses[name], state.sources(), retain_graph=True)
+            for name, state in self.ppgd_states.items()
+        }
+        total.backward()
+        self.parallel.average_grads_(self.comp_params + self.ci_params)  # before clipping and the optimizer step
+        for name, grads in ppgd_grads.items():
+            self.ppgd_states[name].update(grads, step, cfg.steps)  # shared sources: grads averaged inside
+        values = self.parallel.mean_floats(
+            {**{k: float(v.detach()) for k, v in losses.items()}, "": float(total.detach())}
+        )
+        if not math.isfinite(values[""]):  # the global total: every rank stops at the same step
+            raise FloatingPointError(f"non-finite SPD loss at step {step}: { {k: v for k, v in values.items() if k} }")
+        if step % cfg.train_log_freq:
+            return {}
+        record: dict[str, Any] = {f"train/loss/{k}": values[k] for k in losses}
+        record["train/loss/total"] = values[""]
+        record["train/lr"] = lr
+        for name, state in self.ppgd_states.items():
+            record[f"train/ppgd_lr/{name}"] = state.lr(step, cfg.steps)
+        imp = _imp_config(cfg)
+        if imp is not None:
+            record["train/p"] = annealed_p(
+                imp.pnorm, step / cfg.steps, imp.p_anneal_start_frac, imp.p_anneal_final_p, imp.p_anneal_end_frac
+            )
+        l0 = self.parallel.mean_floats(M.ci_l0(ci.lower_leaky, cfg.ci_alive_threshold))
+        record.update({f"train/l0/{k}": v for k, v in l0.items()})
+        record["train/grad_norm/components"] = _grad_norm(self.comp_params)  # averaged gradients: the same everywhere
+        record["train/grad_norm/ci_fns"] = _grad_norm(self.ci_params)
+        return record
+
+    def _optimizer_step(self) -> None:
+        cfg = self.cfg
+        if cfg.grad_clip_norm_components is not None:
+            torch.nn.utils.clip_grad_norm_(self.comp_params, cfg.grad_clip_norm_components)
+        if cfg.grad_clip_norm_ci_fns is not None:
+            torch.nn.utils.clip_grad_norm_(self.ci_params, cfg.grad_clip_norm_ci_fns)
+        self.optimizer.step()
+
+    def _ppgd_state_dicts(self) -> dict[str, dict[str, Any]]:
+        """Every PPGD state in its 1-process form: per-rank sources and moments gathered from every rank and
+        concatenated along the batch dim (a collective: every rank calls it). Shared ones are rank 0's."""
+        out = {}
+        for name, state in self.ppgd_states.items():
+            sd = state.state_dict()
+            if state.per_rank:
+                for part in ("sources", "m", "v"):
+                    sd[part] = {
+                        p: torch.cat([t.cpu() for t in self.parallel.all_gather(mine.to(self.device))])
+                        for p, mine in sd[part].items()
+                    }
+            out[name] = sd
+        return out
+
+    def _save_checkpoint(self, step: int) -> None:
+        """model_<step>.pth and ppgd_<step>.pth, written by rank 0."""
+        ppgd = self._ppgd_state_dicts()
+        if self.is_main:
+            save_model_state(self.model, self.out_dir, step)
+            save_ppgd_state(ppgd, self.out_dir, step)
+
+
+@dataclass(frozen=True)
+class _EvalPlan:
+    """Which eval losses and metrics one evaluation computes (fixed for the whole evaluation)."""
+
+    losses: list[Any]
+    metrics: dict[str, Any]
+    l0: Any
+    lm: Any
+    hidden: list[str]
+    ppgd: list[str]
+
+
+@dataclass
+class _EvalSums:
+    """What an evaluation accumulates: per-batch means summed over the eval batches (floats, or C-vectors), and
+    per metric and module [Σ squared error, numel]."""
+
+    sums: dict[str, Any] = field(default_factory=dict)
+    sq: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def add(self, key: str, value: Any) -> None:
+        self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    def reduce(self, parallel: DataParallel, n_local: int) -> None:
+        """Make the sums the global batches' (one collective): per-batch means weighted by each rank's example
+        count, squared-error sums and counts added. Every rank holds the same keys (same config, same model)."""
+        keys = sorted(self.sums)
+        flat: list[float] = [n_local]
+        for k in keys:
+            v = self.sums[k]
+            flat += [x * n_local for x in v.tolist()] if isinstance(v, Tensor) else [v * n_local]
+        pairs = [(m, k) for m in sorted(self.sq) for k in sorted(self.sq[m])]
+        flat += [x for m, k in pairs for x in self.sq[m][k]]
+        total = parallel.sum_floats(flat)
+        n_total, pos = total[0], 1
+        for k in keys:
+            v = self.sums[k]
+            width = v.numel() if isinstance(v, Tensor) else 1
+            chunk = [x / n_total for x in total[pos : pos + width]]
+            self.sums[k] = torch.tensor(chunk, dtype=torch.float64) if isinstance(v, Tensor) else chunk[0]
+            pos += width
+        for m, k in pairs:
+            self.sq[m][k] = [total[pos], round(total[pos + 1])]
+            pos += 2
 
 
 def _accumulate(into: dict[str, list[float]], per: dict[str, tuple[float, int]]) -> None:
@@ -521,6 +657,11 @@ def _summary_line(step: int, ev: dict[str, Any]) -> str:
     return f"step {step}: " + ", ".join(f"{k.removeprefix('eval/')}={ev[k]:.4g}" for k in keys)
 
 
+def _rank_prefixed(log: Log, rank: int) -> Log:
+    """Each rank's lines say which rank wrote them (every rank logs, each to its own file)."""
+    return lambda line: log(f"[rank {rank}] {line}")
+
+
 def decompose(
     target: nn.Module,
     target_config: TargetModelConfig,
@@ -533,16 +674,20 @@ def decompose(
     data: LMData | ToyData | None = None,
     tokenizer: Path | None = None,
     extra_run_config: dict[str, Any] | None = None,
+    parallel: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Train an SPD decomposition of `target` into out_dir; returns the summary (also in summary.json).
 
     Toy targets generate their own batches; LMs need `data` (LMData) and should pass their `tokenizer` so
-    the checkpoint's target/ directory is self-contained.
+    the checkpoint's target/ directory is self-contained. `parallel` (spd.train.distributed.data_parallel): this
+    process's rank in a data-parallel job; None = one process. Every rank calls decompose with the same
+    arguments; cuda devices become cuda:local_rank; only rank 0 writes out_dir.
     """
-    device = torch.device(device)
+    device = torch.device(device) if parallel is None else parallel.device_for(device)
     target = target.to(device)
     if isinstance(data, LMData):
         data.device = device
     return Decomposer(
-        target, cfg, out_dir, seed, device, target_config, target_info, log, data, tokenizer, extra_run_config
-    ).run()
+        target, cfg, out_dir, seed, device, target_config, target_info, log, data, tokenizer, extra_run_config,
+        parallel,
+    ).run()  # fmt: skip
