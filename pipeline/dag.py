@@ -229,6 +229,30 @@ def _topological_order(edges: dict[str, tuple[str, ...]], rank: dict[str, int]) 
     return order
 
 
+def check_world_size(
+    name: str, spec: StageSpec, stage_config: Any, resources: Resources, merge_resources: Resources
+) -> None:
+    """A task runs as nodes x tasks_per_node processes only in a stage made for it (StageSpec.check_world_size),
+    and only if its config allows that many; refused here, before any job is submitted."""
+    where = f"the resources of stage {name!r} (slurm profile or slurm.resources.{name})"
+    if merge_resources.world_size > 1:
+        raise UserError(f"{where}: merge: nodes / tasks_per_node above 1, but a merge job is one process")
+    world = resources.world_size
+    if world == 1:
+        return
+    if spec.check_world_size is None:
+        raise UserError(
+            f"{where}: nodes x tasks_per_node = {world}, but each {name!r} task is one process; only stages that "
+            "train across processes (decompose) run a task on several"
+        )
+    try:
+        spec.check_world_size(stage_config, world)
+    except ValueError as e:
+        raise UserError(
+            f"stages.{name}: cannot run as {world} processes ({where}: nodes x tasks_per_node): {e}"
+        ) from None
+
+
 def build_plan(
     config: BaseModel, registry: dict[str, StageSpec], modules: dict[str, str], profile: SlurmProfile
 ) -> Plan:
@@ -283,6 +307,7 @@ def build_plan(
         if num_tasks < 1:
             raise UserError(f"stages.{name}: the config gives {num_tasks} tasks; at least 1 is needed")
         resources, merge_resources = resolve_resources(profile, name, resource_override(config, name))
+        check_world_size(name, spec, stage_config, resources, merge_resources)
         config_json = stage_config.model_dump(mode="json")
         sources = _source_digest(name, spec, stage_config)
         plan.stages[name] = PlannedStage(

@@ -108,7 +108,21 @@ def plan_pipeline(pipeline_path: Path) -> PlannedRun:
     decisions = decide_stages(run, plan)
     planned = PlannedRun(config, text, Path(pipeline_path), plan, choose_executor(config.executor), run, decisions)
     _preflight(pipeline_path, config, registry, plan, planned.cached)
+    _check_one_machine(pipeline_path, plan, planned.executor)
     return planned
+
+
+def _check_one_machine(pipeline_path: Path, plan: Plan, executor: str) -> None:
+    """The local executor starts a multi-process task's processes on this machine (torchrun): one node only."""
+    if executor != "local":
+        return
+    for name, stage in plan.stages.items():
+        if (stage.resources.nodes or 1) > 1:
+            raise UserError(
+                f"{pipeline_path}: the resources of stage {name!r} ask for {stage.resources.nodes} nodes, but the "
+                "local executor runs on this machine only: set nodes to 1 (its tasks_per_node processes still run "
+                "here) or run on SLURM"
+            )
 
 
 def _ensure_writable(out_dir: Path) -> None:

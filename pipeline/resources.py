@@ -31,7 +31,22 @@ class Resources(BaseModel):
     partition: str | None = Field(None, description="SLURM partition (--partition).")
     account: str | None = Field(None, description="SLURM account (--account).")
     qos: str | None = Field(None, description="SLURM quality of service (--qos).")
-    gpus_per_node: int | None = Field(None, ge=0, description="GPUs per task (--gpus-per-node).")
+    gpus_per_node: int | None = Field(
+        None, ge=0, description="GPUs per node (--gpus-per-node); for one process per GPU set tasks_per_node too."
+    )
+    nodes: int | None = Field(
+        None,
+        ge=1,
+        description="Nodes of one task (--nodes). A task on several nodes, or with tasks_per_node > 1, runs as "
+        "nodes x tasks_per_node processes of one torch.distributed job (only stages that train across processes: "
+        "decompose).",
+    )
+    tasks_per_node: int | None = Field(
+        None,
+        ge=1,
+        description="Processes per node of one task (--ntasks-per-node; the local executor starts this many "
+        "processes with torchrun). Usually equal to gpus_per_node: one process per GPU.",
+    )
     cpus_per_task: int | None = Field(None, ge=1, description="CPU cores per task (--cpus-per-task).")
     mem_gb: float | None = Field(None, gt=0, description="Memory per task in GB (--mem).")
     time_min: int | None = Field(None, ge=1, description="Wall-time limit in minutes (--time).")
@@ -53,6 +68,11 @@ class Resources(BaseModel):
         if reserved:
             raise ValueError(f"{reserved} are set by the SLURM executor and cannot be overridden")
         return options
+
+    @property
+    def world_size(self) -> int:
+        """Processes one task runs as: nodes x tasks_per_node (1 unless either is set above 1)."""
+        return (self.nodes or 1) * (self.tasks_per_node or 1)
 
     def overlay(self, other: Resources | None) -> Resources:
         """These resources with every field that `other` sets replacing ours."""

@@ -170,6 +170,10 @@ class RunDir:
         name = "merge.log" if label == MERGE else f"task-{label}.log"
         return self.logs_dir(stage) / name
 
+    def rank_log(self, stage: str, label: str, rank: int) -> Path:
+        """The log of process `rank` > 0 of a multi-process task (rank 0 writes the task's own log)."""
+        return self.logs_dir(stage) / f"task-{label}.rank{rank}.log"
+
     # --- records -------------------------------------------------------------------
     def done_key(self, stage: str) -> str | None:
         """The key done.json records (None: no done.json, or not a record)."""

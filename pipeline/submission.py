@@ -23,6 +23,7 @@ def build_task(run: RunDir, plan: Plan, stage: str, index: int | None) -> StageT
         upstream_dirs=upstream_dirs,
         upstream_markers={u: str(run.done_json(u)) for u in planned.upstreams},
         index=index,
+        world_size=1 if index is None else planned.resources.world_size,  # a merge is one process
     )
 
 

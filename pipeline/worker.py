@@ -7,6 +7,10 @@ the paths it needs and a task index. No pipeline config, no other stage, no secr
 Idempotent: a task whose marker exists returns at once; a task that runs again starts from
 scratch (stages write outputs through temp files), and markers are written last.
 
+A task planned as several processes (resources nodes x tasks_per_node > 1: data-parallel decompose) runs this
+entry once per process; each finds its rank in the launcher's environment (pipeline.ranks). Rank 0 alone clears
+and writes the task's records (marker, done.json); every rank records its own failure if none is recorded yet.
+
 A merge that finds some tasks' outputs unusable (a corrupted or missing shard) says so with an error
 carrying `invalid_tasks` (stages.base.TaskOutputInvalid). The worker then removes those tasks' markers
 before recording the failure, so `rerun --stage <stage>` redoes exactly those tasks and the merge.
@@ -26,9 +30,10 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_write_json, make_read_only, make_writable, read_json
 from pipeline.errors import UpstreamMissing
+from pipeline.ranks import started_by_torchrun, task_ranks
 from pipeline.registry import load_stage
 from pipeline.runs import RunDir, now_iso, task_label
-from stages.base import StageContext, StageSpec, TaskOutputInvalid, invalid_task_outputs
+from stages.base import StageContext, StageSpec, TaskOutputInvalid, TaskRanks, invalid_task_outputs
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class StageTask:
     upstream_dirs: dict[str, str] = field(default_factory=dict)
     upstream_markers: dict[str, str] = field(default_factory=dict)
     index: int | None = None
+    world_size: int = 1  # processes this task runs as (nodes x tasks_per_node); each one calls run_stage_task
 
     @property
     def label(self) -> str:
@@ -63,9 +69,22 @@ class StageTask:
         return cls(**json.loads(text))
 
 
-def _log(task: StageTask, message: str) -> None:
+def _log(task: StageTask, message: str, ranks: TaskRanks | None = None) -> None:
+    where = f"{task.stage}:{task.label}" + (f" rank {ranks.rank}" if ranks and ranks.world_size > 1 else "")
     with contextlib.suppress(OSError):  # a log on a full disk must not replace the error being reported
-        print(f"[{now_iso()}] [{task.stage}:{task.label}] {message}", flush=True)
+        print(f"[{now_iso()}] [{where}] {message}", flush=True)
+
+
+def _own_rank_log(task: StageTask, run: RunDir, ranks: TaskRanks) -> None:
+    """Under torchrun every process shares the task's log; ranks above 0 move to logs/task-<i>.rank<r>.log.
+    (srun already gives each process its own file; the SLURM executor links it under the same name.)"""
+    path = run.rank_log(task.stage, task.label, ranks.rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), sys.stdout.fileno())
+        os.dup2(log.fileno(), sys.stderr.fileno())
 
 
 def check_upstreams(task: StageTask) -> None:
@@ -79,13 +98,14 @@ def check_upstreams(task: StageTask) -> None:
         )
 
 
-def _context(task: StageTask, run: RunDir) -> StageContext:
+def _context(task: StageTask, run: RunDir, ranks: TaskRanks | None = None) -> StageContext:
     return StageContext(
         stage=task.stage,
         out_dir=run.out_dir(task.stage),
         upstream_dirs={k: Path(v) for k, v in task.upstream_dirs.items()},
         num_tasks=task.num_tasks,
         seed=task.seed,
+        ranks=ranks or TaskRanks(),
     )
 
 
@@ -144,7 +164,11 @@ def _send_tasks_back(task: StageTask, run: RunDir, invalid: list[int], error: Ex
 def run_stage_task(task: StageTask) -> str:
     """Run one task (or the merge) of a stage. Raises on failure, after recording it."""
     run = task.run_dir
+    ranks = TaskRanks()
     try:
+        ranks = task_ranks(task.world_size)
+        if ranks.rank > 0 and started_by_torchrun():
+            _own_rank_log(task, run, ranks)
         check_upstreams(task)
         spec = load_stage(task.module, task.stage)
         config = spec.config_type.model_validate(task.config)
@@ -154,14 +178,20 @@ def run_stage_task(task: StageTask) -> str:
         marker = run.task_marker(task.stage, task.index)
         recorded = read_json(marker)
         if recorded and recorded.get("key") == task.key:
-            _log(task, "marker present; skipping")
+            _log(task, "marker present; skipping", ranks)
         else:
-            run.clear_task_failure(task.stage, task.label)
-            run.out_dir(task.stage).mkdir(parents=True, exist_ok=True)
-            make_writable(run.out_dir(task.stage))  # left read-only by a merge killed before done.json
+            if ranks.is_main:
+                if ranks.world_size == 1:  # of several processes, another may have failed already: its record stays
+                    run.clear_task_failure(task.stage, task.label)
+                run.out_dir(task.stage).mkdir(parents=True, exist_ok=True)
+                make_writable(run.out_dir(task.stage))  # left read-only by a merge killed before done.json
             started = time.monotonic()
-            _log(task, f"start (pid {os.getpid()} on {socket.gethostname()})")
-            spec.run_task(config, _context(task, run), task.index)
+            of = f", rank {ranks.rank} of {ranks.world_size}" if ranks.world_size > 1 else ""
+            _log(task, f"start (pid {os.getpid()} on {socket.gethostname()}{of})", ranks)
+            spec.run_task(config, _context(task, run, ranks), task.index)
+            if not ranks.is_main:  # rank 0 alone records the task (run_task returns on every rank together)
+                _log(task, f"rank {ranks.rank} done in {time.monotonic() - started:.2f}s", ranks)
+                return "done"
             atomic_write_json(
                 marker,
                 {
@@ -174,25 +204,32 @@ def run_stage_task(task: StageTask) -> str:
                 },
             )
             _log(task, f"done in {time.monotonic() - started:.2f}s")
-        if task.num_tasks == 1:
+        if task.num_tasks == 1 and ranks.is_main:
             _finalize(task, spec, config, run)
         return "done"
     except BaseException as e:
         if not isinstance(e, SystemExit | KeyboardInterrupt):
-            _record_failure(task, run, e)
+            _record_failure(task, run, e, ranks)
         raise
 
 
-def _record_failure(task: StageTask, run: RunDir, error: BaseException) -> None:
+def _record_failure(task: StageTask, run: RunDir, error: BaseException, ranks: TaskRanks | None = None) -> None:
+    """Write tasks/<label>.failed. Of the processes of one task, the first to fail writes it: its error is the
+    cause, the others' (a peer closed the connection, a collective timed out) are consequences, kept in their logs."""
+    ranks = ranks or TaskRanks()
     tb = traceback.format_exception(type(error), error, error.__traceback__)
-    _log(task, f"FAILED: {type(error).__name__}: {error}")
+    _log(task, f"FAILED: {type(error).__name__}: {error}", ranks)
+    failed = run.task_failed(task.stage, task.label)
+    of = f"rank {ranks.rank} of {ranks.world_size}: " if ranks.world_size > 1 else ""
+    if of and failed.exists():
+        return
     try:
         atomic_write_json(
-            run.task_failed(task.stage, task.label),
+            failed,
             {
                 "stage": task.stage,
                 "task": task.label,
-                "error": f"{type(error).__name__}: {error}",
+                "error": f"{of}{type(error).__name__}: {error}",
                 "traceback": "".join(tb)[-4000:],
                 "time": now_iso(),
                 "host": socket.gethostname(),

@@ -68,6 +68,27 @@ C = TypeVar("C", bound=StageConfig)
 
 
 @dataclass(frozen=True)
+class TaskRanks:
+    """Where this process sits among the processes of one task (one torch.distributed job).
+
+    A task whose resources ask for nodes x tasks_per_node > 1 processes runs `run_task` once in each of them;
+    the orchestrator fills this from the launcher's environment (torchrun locally, srun under SLURM). Only rank 0
+    may write the stage's outputs; the others compute and exchange through the process group at
+    master_addr:master_port.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
 class StageContext:
     """What a running task may touch: its own output dir and its upstreams' outputs."""
 
@@ -76,6 +97,7 @@ class StageContext:
     upstream_dirs: dict[str, Path]
     num_tasks: int
     seed: int
+    ranks: TaskRanks = field(default_factory=TaskRanks)
 
     def upstream(self, name: str) -> Path:
         try:
@@ -128,6 +150,10 @@ class StageSpec(Generic[C]):
     # Money the stage has spent so far, read from its out/ (LLM stages: their answer journals), for the lines a
     # run prints as tasks finish; None while nothing is recorded.
     spend_usd: Callable[[Path], float | None] | None = None
+    # Stages that run one task as several processes (data-parallel training): checks that this config can run as
+    # `world_size` processes (e.g. the batch divides), raising ValueError saying why not; called when planning.
+    # None: every task is one process, and resources asking for more are refused before anything is submitted.
+    check_world_size: Callable[[C, int], None] | None = None
 
     @property
     def available(self) -> bool:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
     from spd.data.corpus import Corpus
+    from spd.train.distributed import DataParallel, ProcessGroupSpec
 
 
 class TargetCheckpointConfig(BaseModel):
@@ -114,7 +115,17 @@ class DecomposeConfig(StageConfig):
     reference_target: Path | None = Field(
         None, description="from_reference: the target's file or directory, instead of the path the run names."
     )
-    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available).")
+    device: str = Field(
+        "cpu",
+        description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available). A task run as several processes "
+        "(resources nodes x tasks_per_node) puts process r of a node on cuda:<local rank r>.",
+    )
+    collective_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Several processes (data-parallel training): how long one waits in a collective for the "
+        "others before failing, so a dead or hung process fails the stage within this bound instead of hanging.",
+    )
 
     @field_validator("spd", mode="wrap")
     @classmethod
@@ -145,6 +156,19 @@ class DecomposeConfig(StageConfig):
             run = read_reference_config(find_reference_source(self.from_reference).config_file)  # refused: now
             check_target_fields(run.target)
         return self
+
+
+def check_world_size(config: DecomposeConfig, world_size: int) -> None:
+    """Data-parallel training splits every global batch evenly over the processes; copies and imports do not train."""
+    if config.target is None and not isinstance(config.spd, ReferenceYamlSpec):
+        raise ValueError("from_checkpoint and from_reference copy or import a decomposition: run them as one process")
+    if isinstance(config.spd, SPDConfig):
+        for field_name in ("batch_size", "eval_batch_size"):
+            size = getattr(config.spd, field_name)
+            if size is not None and size % world_size:
+                raise ValueError(
+                    f"spd.{field_name} = {size} (the global batch) does not split evenly over {world_size} processes"
+                )
 
 
 def import_reference_run(src: Path, dest: Path, **kwargs: Any) -> Path:
@@ -218,13 +242,12 @@ def _lm_kwargs(corpus: Corpus, lm_config: TinyLMConfig, data: LMDataConfig, toke
 
 
 def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
-    """Train (seeded from the stage seed) or reuse a decomposition into ctx.out_dir."""
-    from spd.data.corpus import Corpus
-    from spd.models.checkpoint import CORPUS_DIR
-    from spd.targets import load_target, load_target_record, train_target
-    from spd.targets.hf import prepare_hf_target
-    from spd.targets.lm import prepare_tiny_lm
+    """Train (seeded from the stage seed) or reuse a decomposition into ctx.out_dir.
+
+    A task run as several processes (ctx.ranks) trains data-parallel: every process runs this, the global batch is
+    split among them, and only rank 0 writes out/ (spd.train.distributed)."""
     from spd.train import decompose
+    from spd.train.distributed import data_parallel
     from spd.utils import resolve_device
 
     out_dir = Path(ctx.out_dir)
@@ -236,10 +259,43 @@ def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
 
         import_reference_run(config.from_reference, out_dir, target_path=config.reference_target, overwrite=True)
         return
-    device = resolve_device(config.device)
-    if isinstance(config.spd, ReferenceYamlSpec):
-        _train_reference_yaml(config.spd, out_dir, device)
-        return
+    with data_parallel(_process_group(config, ctx), resolve_device(config.device)) as parallel:
+        # rank 0 prepares first (it alone writes a corpus or fills a cache); the others then find it ready
+        device = parallel.device_for(resolve_device(config.device))
+        if isinstance(config.spd, ReferenceYamlSpec):
+            _train_reference_yaml(config.spd, out_dir, device, parallel)
+            return
+        with parallel.main_first():
+            target, target_config, info, extra = _prepare_target(config, out_dir, device)
+        summary = decompose(
+            target, target_config, config.spd, out_dir, seed=ctx.seed, device=device, target_info=info,
+            parallel=parallel, **extra,
+        )  # fmt: skip
+    print(f"decomposition done: {summary['steps']} steps in {summary['train_s']}s ({summary['steps_per_s']} steps/s)")
+
+
+def _process_group(config: DecomposeConfig, ctx: StageContext) -> ProcessGroupSpec | None:
+    """The torch.distributed group of a task run as several processes (None: one process)."""
+    from spd.train.distributed import ProcessGroupSpec
+
+    r = ctx.ranks
+    if r.world_size == 1:
+        return None
+    return ProcessGroupSpec(
+        r.rank, r.world_size, r.local_rank, r.master_addr, r.master_port, config.collective_timeout_s
+    )
+
+
+def _prepare_target(
+    config: DecomposeConfig, out_dir: Path, device: torch.device
+) -> tuple[torch.nn.Module, Any, dict[str, Any], dict[str, Any]]:
+    """(target, its config, info, decompose's data/tokenizer arguments) for a `target` section."""
+    from spd.data.corpus import Corpus
+    from spd.models.checkpoint import CORPUS_DIR
+    from spd.targets import load_target, load_target_record, train_target
+    from spd.targets.hf import prepare_hf_target
+    from spd.targets.lm import prepare_tiny_lm
+
     extra: dict = {}
     if isinstance(config.target, TargetCheckpointConfig):
         path = Path(config.target.path)
@@ -266,22 +322,20 @@ def run_task(config: DecomposeConfig, ctx: StageContext, index: int) -> None:
     else:
         target_config = config.target
         target, info = train_target(target_config, device)
-    summary = decompose(
-        target, target_config, config.spd, out_dir, seed=ctx.seed, device=device, target_info=info, **extra
-    )
-    print(f"decomposition done: {summary['steps']} steps in {summary['train_s']}s ({summary['steps_per_s']} steps/s)")
+    return target, target_config, info, extra
 
 
-def _train_reference_yaml(spec: ReferenceYamlSpec, out_dir: Path, device: torch.device) -> None:
+def _train_reference_yaml(spec: ReferenceYamlSpec, out_dir: Path, device: torch.device, parallel: DataParallel) -> None:
     """Train the reference experiment with its own seed (so the experiment moves over unchanged)."""
     from spd.interop.training import prepare_reference_training
     from spd.train import decompose
 
-    job = prepare_reference_training(spec.reference_yaml, spec.overrides, device)
+    with parallel.main_first():
+        job = prepare_reference_training(spec.reference_yaml, spec.overrides, device)
     info = {**job.target.info, "reference_yaml": str(spec.reference_yaml), "overrides": spec.overrides}
     summary = decompose(
         job.target.model, job.target.config, job.spd, out_dir, seed=job.run.seed, device=device,
-        target_info=info, data=job.data, tokenizer=job.tokenizer,
+        target_info=info, data=job.data, tokenizer=job.tokenizer, parallel=parallel,
     )  # fmt: skip
     print(
         f"decomposition done: {summary['steps']} steps in {summary['train_s']}s (reference yaml, seed {job.run.seed})"
@@ -304,5 +358,6 @@ STAGE = StageSpec(
     run_task=run_task,
     source_digest=source_digest,
     progress=training_progress,
+    check_world_size=check_world_size,
     description="Train an SPD decomposition of a target model (or point at an existing checkpoint).",
 )

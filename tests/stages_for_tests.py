@@ -2,7 +2,8 @@
 
 `t_source` writes one file per task (optionally failing on one task, or sleeping), `t_sink`
 reads every file of its upstream and writes their sum (and keeps a journal across a redo, like an
-LLM stage), and `t_after` depends on `t_sink`.
+LLM stage), and `t_after` depends on `t_sink`. `t_ranks` runs its one task as several processes (resources
+tasks_per_node) and records where each sits.
 A `fail_once_marker` makes a task fail only until a given file exists, so "fix and rerun" is
 testable without editing configs.
 """
@@ -81,6 +82,41 @@ def after_task(config: AfterConfig, ctx: StageContext, index: int) -> None:
     _write_atomic(ctx.out_dir / "final.json", json.dumps({"final": result + 1}))
 
 
+class RanksConfig(StageConfig):
+    """A task run as several processes (resources tasks_per_node): each process reports where it sits."""
+
+    scratch: str = Field(description="directory where every process drops rank-<r>.json (out/ is rank 0's)")
+    fail_rank: int | None = None
+    fail_unless_exists: str | None = Field(None, description="fail_rank fails only while this path is missing")
+    max_world_size: int = 4
+
+
+def ranks_task(config: RanksConfig, ctx: StageContext, index: int) -> None:
+    """Every rank drops its TaskRanks in scratch/; rank 0 waits for all of them and writes out/ranks.json."""
+    r = ctx.ranks
+    print(f"rank {r.rank} of {r.world_size} (local {r.local_rank}), group at {r.master_addr}:{r.master_port}")
+    if r.rank == config.fail_rank and not (config.fail_unless_exists and Path(config.fail_unless_exists).exists()):
+        raise RuntimeError(f"planted failure on rank {r.rank}")
+    scratch = Path(config.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    record = {"rank": r.rank, "world_size": r.world_size, "local_rank": r.local_rank, "pid": os.getpid()}
+    _write_atomic(scratch / f"rank-{r.rank}.json", json.dumps({**record, "master": f"{r.master_addr}:{r.master_port}"}))
+    if r.rank != 0:
+        return
+    deadline = time.monotonic() + 60
+    paths = [scratch / f"rank-{i}.json" for i in range(r.world_size)]
+    while not all(p.exists() for p in paths):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ranks missing after 60 s: {[p.name for p in paths if not p.exists()]}")
+        time.sleep(0.05)
+    _write_atomic(ctx.out_dir / "ranks.json", json.dumps([json.loads(p.read_text()) for p in paths]))
+
+
+def ranks_world_size(config: RanksConfig, world_size: int) -> None:
+    if world_size > config.max_world_size:
+        raise ValueError(f"max_world_size is {config.max_world_size}")
+
+
 class CycleConfig(StageConfig):
     """Two stages that depend on each other: only there to test cycle detection."""
 
@@ -106,8 +142,9 @@ T_SINK = StageSpec(
     spend_usd=sink_spend,
 )
 T_AFTER = StageSpec(name="t_after", config_type=AfterConfig, upstreams=("t_sink",), run_task=after_task)
+T_RANKS = StageSpec(name="t_ranks", config_type=RanksConfig, run_task=ranks_task, check_world_size=ranks_world_size)
 T_CYCLE_A = StageSpec(name="t_cycle_a", config_type=CycleConfig, upstreams=("t_cycle_b",), run_task=after_task)
 T_CYCLE_B = StageSpec(name="t_cycle_b", config_type=CycleConfig, upstreams=("t_cycle_a",), run_task=after_task)
 # Declared but not runnable yet, as a built-in stage is before its issue lands.
 T_PLANNED = StageSpec(name="t_planned", config_type=AfterConfig, unavailable_reason="not implemented yet (issue #999)")
-STAGES = (T_SOURCE, T_SINK, T_AFTER, T_CYCLE_A, T_CYCLE_B, T_PLANNED)
+STAGES = (T_SOURCE, T_SINK, T_AFTER, T_RANKS, T_CYCLE_A, T_CYCLE_B, T_PLANNED)

@@ -32,10 +32,26 @@ from pipeline.registry import load_stage
 from pipeline.runs import MERGE, RunDir, is_task_label, now_iso, task_label
 from pipeline.snapshot import worker_env
 from pipeline.submission import build_task
+from pipeline.worker import StageTask
 
 WORKER_MODULE = "pipeline.worker"
 DRIVER_MODULE = "pipeline.executors.local"
 KILL_GRACE_S = 5.0
+
+
+def worker_command(task: StageTask) -> list[str]:
+    """The worker's command line: one process, or torchrun starting `world_size` of them on this machine.
+
+    torchrun (torch.distributed.run, standalone: a rendezvous on a free local port) sets each process's RANK,
+    WORLD_SIZE, MASTER_ADDR and MASTER_PORT, and when one process fails it stops the others and exits non-zero, so
+    the task fails as a whole. `--no-python` lets the workers keep `python -P` (the snapshot, not the working
+    directory, provides the code).
+    """
+    worker = [sys.executable, "-P", "-m", WORKER_MODULE, task.to_json()]
+    if task.world_size == 1:
+        return worker
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={task.world_size}"]
+    return [*torchrun, "--max-restarts=0", "--no-python", *worker]
 
 
 def _cmdline(pid: int) -> str:
@@ -282,13 +298,14 @@ class LocalDriver:
         log = open(log_path, "ab")  # noqa: SIM115 - closed when the task is reaped
         log.write(f"=== {now_iso()} local task {stage}:{label} ===\n".encode())
         log.flush()
+        threads = (os.cpu_count() or 1) // self.parallelism // task.world_size
         proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", WORKER_MODULE, task.to_json()],
+            worker_command(task),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=worker_env(self.snapshot, (os.cpu_count() or 1) // self.parallelism),
-            start_new_session=True,
+            env=worker_env(self.snapshot, threads),
+            start_new_session=True,  # one process group: cancel stops torchrun and every rank it started
         )
         atomic_write_json(
             self.run.task_pid(stage, label),

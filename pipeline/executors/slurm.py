@@ -68,6 +68,7 @@ POLL_S = 2.0  # `--wait` polling interval: one sacct call per poll
 JUST_SUBMITTED_S = 60.0  # a job this young that no tool reports yet is taken as pending
 CANCEL_WAIT_S = 30.0  # how long `cancel` waits for scancelled jobs to leave the queue
 SCHEDULER_TIMEOUT_S = 60.0
+MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 20000  # a multi-process job's rendezvous port: base + job id % span
 SACCT_FIELDS = ("JobID", "JobName", "State", "Reason", "Elapsed", "ExitCode")
 
 PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"})
@@ -124,10 +125,16 @@ def sbatch_parameters(resources: Resources, name: str, dependency: str | None) -
         "stderr_to_stdout": True,
         "additional_parameters": {**resources.extra_sbatch, "kill-on-invalid-dep": "yes"},
     }
-    for key in ("partition", "account", "qos", "constraint", "cpus_per_task", "array_parallelism"):
+    for key in ("partition", "account", "qos", "constraint", "cpus_per_task", "array_parallelism", "nodes"):
         value = getattr(resources, key)
         if value is not None:
             params[key] = value
+    if resources.tasks_per_node is not None:
+        params["ntasks_per_node"] = resources.tasks_per_node
+    if resources.world_size > 1:
+        # one process failing ends the others at once instead of leaving them in a collective until its timeout;
+        # the failing one has recorded its error first (pipeline.worker)
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     if resources.mem_gb is not None:
         params["mem"] = mem_spec(resources.mem_gb)
     if resources.gpus_per_node:
@@ -137,20 +144,30 @@ def sbatch_parameters(resources: Resources, name: str, dependency: str | None) -
     return params
 
 
-def worker_setup(snapshot: Path, submit_dir: Path) -> list[str]:
+def worker_setup(snapshot: Path, submit_dir: Path, multi_process: bool = False) -> list[str]:
     """Shell lines run in the batch script before the worker: imports resolve to the snapshot.
 
     The caller's PYTHONPATH (exported by sbatch with the rest of the environment, as are API
     keys) comes after the snapshot, and the submit directory last, where `python -m` would
     have put it first. OpenMP threads follow the allocation.
+
+    A multi-process task (nodes x tasks_per_node > 1) also gets the address of its process group: the first node
+    of the allocation, and a port derived from the job id (two jobs sharing a first node get different ports);
+    srun passes both to every process (pipeline.ranks reads them with SLURM_PROCID and SLURM_NTASKS).
     """
     snap, cwd = shlex.quote(str(snapshot)), shlex.quote(str(submit_dir))
-    return [
+    lines = [
         f"export PYTHONPATH={snap}${{PYTHONPATH:+:$PYTHONPATH}}:{cwd}",
         # One OpenMP thread per allocated CPU (SLURM does not set it): torch would start one per
         # core of the node and spin against other jobs' threads (see snapshot.worker_env).
         "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}",
     ]
+    if multi_process:
+        lines += [
+            'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+            f"export MASTER_PORT=$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % {MASTER_PORT_SPAN} ))",
+        ]
+    return lines
 
 
 def python_command() -> str:
@@ -505,7 +522,8 @@ class SlurmExecutor:
             executor = submitit.SlurmExecutor(folder=folder / "%j", python=python_command())
         except RuntimeError as e:
             raise UserError(f"executor slurm: {e} (sbatch/srun must be on PATH; or use `executor: local`)") from e
-        executor.update_parameters(setup=worker_setup(self.snapshot, Path.cwd()), **params)
+        multi_process = params.get("nodes", 1) * params.get("ntasks_per_node", 1) > 1
+        executor.update_parameters(setup=worker_setup(self.snapshot, Path.cwd(), multi_process), **params)
         return executor
 
     def _submit(
@@ -536,7 +554,13 @@ class SlurmExecutor:
         logs = {t.label: os.path.relpath(j.paths.stdout, stage_dir) for t, j in zip(tasks, jobs, strict=True)}
         run.record_job(stage, {"event": "submitted", **record, "job_id": job_id, "task_jobs": task_jobs, "logs": logs})
         for label, log in logs.items():
-            _link_log(run, stage, label, stage_dir / log)
+            _link_log(run.task_log(stage, label), stage_dir / log)
+        for job, task in zip(jobs, tasks, strict=True):  # srun writes one file per process: %j_<rank>_log.out
+            from submitit.core.utils import JobPaths
+
+            for rank in range(1, task.world_size):
+                rank_log = JobPaths(job.paths.folder, job_id=str(job.job_id), task_id=rank).stdout
+                _link_log(run.rank_log(stage, task.label, rank), rank_log)
         what = f"array {job_id} ({len(tasks)} tasks)" if len(tasks) > 1 else f"job {job_id} ({record['tasks'][0]})"
         self.console.print(f"  {stage}: submitted {what}" + (f", {dependency}" if dependency else ""), highlight=False)
         return job_id
@@ -652,9 +676,8 @@ class SlurmExecutor:
             time.sleep(0.5)
 
 
-def _link_log(run: RunDir, stage: str, label: str, target: Path) -> None:
-    """Point logs/task-<i>.log (or merge.log) at the latest attempt's submitit log, atomically."""
-    link = run.task_log(stage, label)
+def _link_log(link: Path, target: Path) -> None:
+    """Point logs/task-<i>.log (merge.log, task-<i>.rank<r>.log) at the latest attempt's submitit log, atomically."""
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
