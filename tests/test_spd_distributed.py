@@ -7,6 +7,7 @@ Every rank writes its outcome (state dicts, or the error) to a file outside the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -121,9 +122,30 @@ def _job_rank1_raises(dp: DataParallel, root: Path) -> dict[str, Any]:
     return _run_tms(root / f"fail_rank{dp.rank}", _tms_cfg(DETERMINISTIC, 50), dp)
 
 
+def _job_resume(dp: DataParallel, root: Path) -> dict[str, Any]:
+    """An uninterrupted 2-process run, and one killed on both ranks after its save at step 4, then rerun."""
+    cfg = _tms_cfg(PPGD_LOSSES, 8).model_copy(update={"save_freq": 4, "eval_freq": 3})
+    suffix = "" if dp.is_main else "_rank1"
+    _run_tms(root / f"whole{suffix}", cfg, dp)
+    original = Decomposer._train_step
+
+    def killed(self: Decomposer, step: int) -> dict[str, Any]:
+        if step == 6:
+            raise KeyboardInterrupt  # every rank at once, as when the job is cancelled
+        return original(self, step)
+
+    Decomposer._train_step = killed  # type: ignore[method-assign]
+    with contextlib.suppress(KeyboardInterrupt):
+        _run_tms(root / f"killed{suffix}", cfg, dp)
+    Decomposer._train_step = original  # type: ignore[method-assign]
+    kept = sorted(p.name for p in (root / "killed" / "resume").iterdir()) if dp.is_main else []
+    return {"kept": kept, "resumed": _run_tms(root / f"killed{suffix}", cfg, dp)}
+
+
 JOBS: dict[str, Callable[[DataParallel, Path], dict[str, Any]]] = {
     "equivalence": _job_equivalence,
     "rank1_raises": _job_rank1_raises,
+    "resume": _job_resume,
 }
 
 
@@ -282,6 +304,27 @@ def test_a_failing_rank_fails_the_other(tmp_path: Path) -> None:
     assert (tmp_path / "results" / "rank0.err").is_file()
     assert wall < 45
     assert not (tmp_path / "fail_rank0" / "summary.json").exists()
+
+
+def test_two_process_run_resumes_exactly(tmp_path: Path) -> None:
+    codes, _ = _launch("resume", tmp_path)
+    assert codes == [0, 0], {p.name: p.read_text() for p in (tmp_path / "results").glob("*.err")}
+    r0 = torch.load(tmp_path / "results" / "rank0.pt", weights_only=False)
+    assert r0["kept"] == ["metrics_4.jsonl", "state_4.pth"]
+    state = r0["resumed"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(_records(killed)) == strip(_records(whole))
+    for name in ("model_8.pth", "ppgd_8.pth", "ppgd_4.pth"):
+        a = torch.load(whole / name, weights_only=True)
+        b = torch.load(killed / name, weights_only=True)
+        if name.startswith("model"):
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+        else:
+            for loss, sd in a.items():
+                assert all(torch.equal(v, b[loss]["sources"][k]) for k, v in sd["sources"].items()), name
+    assert not (killed / "resume").exists() and not (tmp_path / "killed_rank1").exists()
+    assert state["summary"]["world_size"] == 2
 
 
 def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:

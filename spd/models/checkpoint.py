@@ -14,6 +14,11 @@ Layout (every file written atomically):
                         (sources and Adam moments), saved with every model_<step>.pth so that continued
                         training (`load_ppgd_state`) resumes the adversary instead of restarting it
     metrics.jsonl       one JSON object per logged step;  summary.json  final metrics
+    resume/             only while training runs (deleted after success): at every save, what continuing the run
+                        needs, `state_<step>.pth` (model and optimizer, PPGD states, every rank's RNG states, data
+                        stream positions, the run config) and `metrics_<step>.jsonl` (metrics.jsonl up to that
+                        step). The state is written last: its presence says the pair is complete
+                        (`save_resume_state` / `load_resume_state`, used by spd/train/loop.py)
 
 Later stages (harvest, attributions) need only the directory: `load_decomposition(d)` (model),
 `decomposition_tokenizer_path(d)` and `load_decomposition_data(d)` (the corpus, or the token cache of the
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +38,15 @@ import torch
 from spd.models.component_model import ComponentModel
 from spd.models.identity import insert_identity_operations
 from spd.targets import load_target
-from spd.utils import atomic_torch_save, atomic_write_json
+from spd.utils import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 CONFIG_FILE = "config.json"
 TARGET_DIR = "target"
 CORPUS_DIR = "corpus"
 _MODEL_RE = re.compile(r"^model_(\d+)\.pth$")
 _PPGD_RE = re.compile(r"^ppgd_(\d+)\.pth$")
+RESUME_DIR = "resume"
+_RESUME_RE = re.compile(r"^state_(\d+)\.pth$")
 
 
 def save_model_state(model: ComponentModel, out_dir: Path, step: int) -> Path:
@@ -80,6 +88,38 @@ def load_ppgd_state(path: str | Path, states: dict[str, Any]) -> int:
     for name, state in states.items():
         state.load_state_dict(saved[name])
     return int(m.group(1)) if m else -1
+
+
+def save_resume_state(out_dir: Path, step: int, state: dict[str, Any], metrics: bytes) -> Path:
+    """Write resume/metrics_<step>.jsonl, then resume/state_<step>.pth (last: a state file means a complete pair),
+    then drop older pairs. A job killed at any point leaves the previous complete pair or the new one."""
+    resume = Path(out_dir) / RESUME_DIR
+    atomic_write_bytes(resume / f"metrics_{step}.jsonl", metrics)
+    path = resume / f"state_{step}.pth"
+    atomic_torch_save(path, {**state, "step": step})
+    for old in resume.iterdir():
+        if old.name not in (path.name, f"metrics_{step}.jsonl"):
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_resume_state(out_dir: Path) -> tuple[dict[str, Any], bytes] | None:
+    """The latest resume state in out_dir and its metrics.jsonl copy; None when there is none. An unreadable one
+    raises (the caller decides whether to start afresh)."""
+    resume = Path(out_dir) / RESUME_DIR
+    if not resume.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in resume.iterdir() if (m := _RESUME_RE.match(p.name))]
+    if not found:
+        return None
+    step, path = max(found)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state, (resume / f"metrics_{step}.jsonl").read_bytes()
+
+
+def clear_resume_state(out_dir: Path) -> None:
+    """Remove resume/ (a finished run keeps only its checkpoint files)."""
+    shutil.rmtree(Path(out_dir) / RESUME_DIR, ignore_errors=True)
 
 
 def save_run_config(config: dict[str, Any], out_dir: Path) -> None:

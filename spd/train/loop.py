@@ -6,6 +6,11 @@ module inputs -> CIs -> losses -> backward -> log / eval / save -> clip -> optim
 Data-parallel (spd/train/distributed.py, issue 26): `cfg.batch_size` is the global batch; every rank draws the
 same global batch and keeps its slice, runs its losses on its own RNG stream (`RankRNG`), and averages gradients
 after backward; logged train losses and eval metrics are the global ones, and only rank 0 writes out_dir.
+
+Resume (issue 26): at every save rank 0 also writes out_dir/resume/ (spd.models.checkpoint.save_resume_state):
+everything the loop carries from one step to the next. A run that finds a resume state of the same run config
+continues after its step (bit-identical to an uninterrupted run with the same world size); resume/ is removed
+once the run succeeds.
 """
 
 from __future__ import annotations
@@ -41,7 +46,16 @@ from spd.losses.importance_minimality import annealed_p
 from spd.losses.persistent_pgd import PersistentPGDState, ppgd_eval_sums, ppgd_recon_loss, ppgd_warmup
 from spd.losses.pgd_recon import pgd_recon_layerwise_loss, pgd_recon_loss
 from spd.models import masks as mask_lib
-from spd.models.checkpoint import TARGET_DIR, load_ppgd_state, save_model_state, save_ppgd_state, save_run_config
+from spd.models.checkpoint import (
+    TARGET_DIR,
+    clear_resume_state,
+    load_ppgd_state,
+    load_resume_state,
+    save_model_state,
+    save_ppgd_state,
+    save_resume_state,
+    save_run_config,
+)
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.models.identity import insert_identity_operations
 from spd.schedules import coeff_warmup_factor, scheduled_value
@@ -57,9 +71,15 @@ from spd.train.config import (
     PersistentPGDReconSubsetLossConfig,
     SPDConfig,
 )
-from spd.train.distributed import DataParallel, RankRNG, local_batch_size
+from spd.train.distributed import (
+    DataParallel,
+    RankRNG,
+    global_rng_state,
+    local_batch_size,
+    set_global_rng_state,
+)
 from spd.train.lm_metrics import add_ce_unrecovered, ce_and_kl
-from spd.utils import atomic_write_json, set_seed
+from spd.utils import atomic_write_bytes, atomic_write_json, set_seed
 
 Log = Callable[[str], None]
 
@@ -254,9 +274,14 @@ class Decomposer:
             **(extra_run_config or {}),
         }
         self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.drawn: dict[str, int] = {}  # batches drawn per "train:<size>" / "eval:<size>" stream, for resume
+        self.resume = self._find_resume()
         if self.is_main:
             save_run_config(self.run_config, self.out_dir)
-            self.metrics_path.unlink(missing_ok=True)
+            if self.resume is None:
+                self.metrics_path.unlink(missing_ok=True)
+            else:  # the records up to the resumed step (a killed run may have logged further)
+                atomic_write_bytes(self.metrics_path, self.resume[1])
 
     def load_ppgd_checkpoint(self, path: Path) -> int:
         """Continue the persistent PGD sources (and their Adam moments) of an earlier run: a ppgd_<step>.pth or
@@ -267,11 +292,16 @@ class Decomposer:
 
     def sample(self, batch_size: int) -> Tensor:
         """This rank's rows of the next global training batch (the whole batch with one process)."""
+        self._count(f"train:{batch_size}")
         return self.parallel.shard(self.data.train_batch(batch_size))
 
     def eval_sample(self, batch_size: int) -> Tensor:
         """This rank's rows of the next global eval batch."""
+        self._count(f"eval:{batch_size}")
         return self.parallel.shard(self.data.eval_batch(batch_size))
+
+    def _count(self, stream: str) -> None:
+        self.drawn[stream] = self.drawn.get(stream, 0) + 1
 
     def autocast(self) -> torch.autocast:
         """bfloat16 autocast on the model's device when cfg.autocast_bf16 (a no-op context otherwise)."""
@@ -433,13 +463,18 @@ class Decomposer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        start = time.perf_counter()
-        warm = self.faithfulness_warmup()
-        self.log(f"faithfulness warm-up ({cfg.faithfulness_warmup_steps} steps): {warm:.3e}")
+        if self.resume is not None:  # the warm-up is in the restored weights
+            first, before, last_eval = self._restore(self.resume[0])
+            self.log(f"resuming from step {first - 1} (out_dir/resume)")
+            start, train_start = time.perf_counter() - before[0], time.perf_counter() - before[1]
+        else:
+            first, last_eval, start = 0, {}, time.perf_counter()
+            warm = self.faithfulness_warmup()
+            self.log(f"faithfulness warm-up ({cfg.faithfulness_warmup_steps} steps): {warm:.3e}")
+            train_start = time.perf_counter()
+        self.resume = None  # restored: free the copy
         slow_freq = cfg.slow_eval_freq or cfg.eval_freq
-        train_start = time.perf_counter()
-        last_eval: dict[str, Any] = {}
-        for step in range(cfg.steps + 1):
+        for step in range(first, cfg.steps + 1):
             record: dict[str, Any] = {"step": step}
             if step < cfg.steps:
                 record.update(self._train_step(step))
@@ -451,10 +486,14 @@ class Decomposer:
             if len(record) > 1:
                 record["elapsed_s"] = round(time.perf_counter() - start, 3)
                 self._write_metrics(record)
-            if (cfg.save_freq and step > 0 and step % cfg.save_freq == 0) or step == cfg.steps:
+            saves = (cfg.save_freq and step > 0 and step % cfg.save_freq == 0) or step == cfg.steps
+            if saves:
                 self._save_checkpoint(step)
             if step < cfg.steps:
                 self._optimizer_step()
+            if saves:  # after the optimizer step: the state the next step starts from
+                elapsed = (time.perf_counter() - start, time.perf_counter() - train_start)
+                self._save_resume(step, elapsed, last_eval)
         self.parallel.barrier()  # every rank finished: rank 0 returns (and reports success) only then
         train_s = time.perf_counter() - train_start
         summary = {
@@ -469,7 +508,82 @@ class Decomposer:
         }
         if self.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
+            clear_resume_state(self.out_dir)  # finished: the checkpoint files are the run's whole output
         return summary
+
+    # --- resume ------------------------------------------------------------------------------------
+
+    def _find_resume(self) -> tuple[dict[str, Any], bytes] | None:
+        """Rank 0 reads out_dir/resume/ and every rank gets the same answer: (state, metrics copy) when it was
+        written by this very run (`_resume_mismatch`), else None (another run's state is ignored, and said so)."""
+        found = None
+        if self.is_main:
+            try:
+                found = load_resume_state(self.out_dir)
+            except Exception as e:  # a state we cannot read is no state: start afresh, but say why
+                self.log(f"ignoring the resume state in {self.out_dir}: unreadable ({type(e).__name__}: {e})")
+            reason = self._resume_mismatch(found[0]) if found is not None else None
+            if reason is not None:
+                self.log(f"ignoring the resume state in {self.out_dir}: {reason}; starting from step 0")
+                found = None
+        return self.parallel.broadcast_object(found)
+
+    def _resume_mismatch(self, state: dict[str, Any]) -> str | None:
+        """Why a resume state is not this run's, None when it is: the same run config (spd config, seed, device,
+        target config, data, modules, world size) and the same target weights. `target_info` is left out of the
+        comparison (a target retrained by the same stage differs in wall time, not in weights): the weights say
+        whether it is the same target."""
+        saved = json.loads(state.get("run_config") or "{}")
+        current = json.loads(_canonical(self.run_config))
+        differ = sorted(
+            k for k in saved.keys() | current.keys() if k != "target_info" and saved.get(k) != current.get(k)
+        )
+        if differ:
+            return f"another run config (differs in {differ})"
+        mine = {k: v for k, v in self.model.state_dict().items() if k.startswith("target_model.")}
+        theirs = state.get("model", {})
+        if any(k not in theirs or not torch.equal(v.detach().cpu(), theirs[k]) for k, v in mine.items()):
+            return "another target (its weights differ)"
+        return None
+
+    def _restore(self, state: dict[str, Any]) -> tuple[int, tuple[float, float], dict[str, Any]]:
+        """Put the run back where the resume state left it; returns (first step to run, (elapsed, train) seconds
+        before, last eval)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, ppgd in self.ppgd_states.items():
+            ppgd.load_state_dict(state["ppgd"][name])  # per-rank sources: this rank's rows of the saved batch
+        if self.data.is_lm:  # the window streams are iterators: draw the batches the earlier run drew
+            for stream, n in sorted(state["data"].items()):
+                kind, size = stream.split(":")
+                draw = self.data.train_batch if kind == "train" else self.data.eval_batch
+                for _ in range(n):
+                    draw(int(size))
+        self.drawn = dict(state["data"])
+        rng = state["rng"][self.parallel.rank]
+        set_global_rng_state(rng["shared"], self.device)  # after the fast-forward (toy streams are this RNG)
+        self.rank_rng.load_state(rng["rank"])
+        return state["step"] + 1, (state["elapsed_s"], state["train_s"]), state["last_eval"]
+
+    def _save_resume(self, step: int, elapsed: tuple[float, float], last_eval: dict[str, Any]) -> None:
+        """Everything the loop carries into step + 1 (a collective: every rank's RNG states and PPGD rows)."""
+        ppgd = self._ppgd_state_dicts()
+        rng = self.parallel.all_gather_object({"shared": global_rng_state(self.device), "rank": self.rank_rng.state()})
+        if not self.is_main:
+            return
+        state = {
+            "run_config": _canonical(self.run_config),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "ppgd": ppgd,
+            "rng": rng,
+            "data": dict(self.drawn),
+            "elapsed_s": elapsed[0],
+            "train_s": elapsed[1],
+            "last_eval": last_eval,
+        }
+        metrics = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
+        save_resume_state(self.out_dir, step, state, metrics)
 
     def _train_step(self, step: int) -> dict[str, Any]:
         """Forward, losses and backward of one step, gradients averaged over ranks (the optimizer step comes after
@@ -655,6 +769,11 @@ def _summary_line(step: int, ev: dict[str, Any]) -> str:
     keys += ["eval/loss/FaithfulnessLoss"]
     keys = [k for k in dict.fromkeys(keys) if k in ev]
     return f"step {step}: " + ", ".join(f"{k.removeprefix('eval/')}={ev[k]:.4g}" for k in keys)
+
+
+def _canonical(run_config: dict[str, Any]) -> str:
+    """The run config as config.json holds it (JSON, sorted keys): what a resume state must match."""
+    return json.dumps(run_config, sort_keys=True)
 
 
 def _rank_prefixed(log: Log, rank: int) -> Log:
