@@ -122,6 +122,19 @@ def _job_rank1_raises(dp: DataParallel, root: Path) -> dict[str, Any]:
     return _run_tms(root / f"fail_rank{dp.rank}", _tms_cfg(DETERMINISTIC, 50), dp)
 
 
+def _job_rank1_hangs(dp: DataParallel, root: Path) -> dict[str, Any]:
+    original = Decomposer._train_step
+
+    def hanging(self: Decomposer, step: int) -> dict[str, Any]:
+        if self.parallel.rank == 1 and step == 3:
+            (root / "results" / "hang_start").write_text(str(time.time()))
+            time.sleep(6.0)  # alive but silent: only the collective timeout can tell
+        return original(self, step)
+
+    Decomposer._train_step = hanging  # type: ignore[method-assign]
+    return _run_tms(root / f"hang_rank{dp.rank}", _tms_cfg(DETERMINISTIC, 50), dp)
+
+
 def _job_resume(dp: DataParallel, root: Path) -> dict[str, Any]:
     """An uninterrupted 2-process run, and one killed on both ranks after its save at step 4, then rerun."""
     cfg = _tms_cfg(PPGD_LOSSES, 8).model_copy(update={"save_freq": 4, "eval_freq": 3})
@@ -145,6 +158,7 @@ def _job_resume(dp: DataParallel, root: Path) -> dict[str, Any]:
 JOBS: dict[str, Callable[[DataParallel, Path], dict[str, Any]]] = {
     "equivalence": _job_equivalence,
     "rank1_raises": _job_rank1_raises,
+    "rank1_hangs": _job_rank1_hangs,
     "resume": _job_resume,
 }
 
@@ -304,6 +318,14 @@ def test_a_failing_rank_fails_the_other(tmp_path: Path) -> None:
     assert (tmp_path / "results" / "rank0.err").is_file()
     assert wall < 45
     assert not (tmp_path / "fail_rank0" / "summary.json").exists()
+
+
+def test_a_hung_rank_fails_the_other_within_the_timeout(tmp_path: Path) -> None:
+    codes, _ = _launch("rank1_hangs", tmp_path, timeout_s=2.0, wait_s=60.0)
+    assert codes[0] not in (0, None), codes
+    hang_start = float((tmp_path / "results" / "hang_start").read_text())
+    failed_after = (tmp_path / "results" / "rank0.err").stat().st_mtime - hang_start
+    assert failed_after < 5.0, failed_after  # timeout_s=2 bounds the wait, not the 6 s the peer stays silent
 
 
 def test_two_process_run_resumes_exactly(tmp_path: Path) -> None:
