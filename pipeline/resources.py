@@ -17,9 +17,11 @@ from pipeline.yaml_input import read_yaml_file
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "slurm_configs"
 # sbatch options the SLURM executor owns: a user `dependency` would cut the DAG's edges, turning
 # off `kill-on-invalid-dep` would leave dependants of a failed stage pending forever, and names,
-# arrays and output paths are how status and logs find the jobs.
+# arrays and output paths are how status and logs find the jobs; the number of processes of a job comes from
+# `nodes` and `tasks_per_node`, which the plan checks (a task must know it runs as several processes).
 RESERVED_SBATCH = frozenset(
     {"dependency", "kill-on-invalid-dep", "job-name", "J", "array", "a", "output", "o", "error", "e", "open-mode"}
+    | {"nodes", "N", "ntasks", "n", "ntasks-per-node"}
 )
 
 
@@ -48,7 +50,9 @@ class Resources(BaseModel):
         "processes with torchrun). Usually equal to gpus_per_node: one process per GPU.",
     )
     cpus_per_task: int | None = Field(None, ge=1, description="CPU cores per task (--cpus-per-task).")
-    mem_gb: float | None = Field(None, gt=0, description="Memory per task in GB (--mem).")
+    mem_gb: float | None = Field(
+        None, gt=0, description="Memory per node in GB (--mem), shared by a node's tasks_per_node processes."
+    )
     time_min: int | None = Field(None, ge=1, description="Wall-time limit in minutes (--time).")
     constraint: str | None = Field(None, description="Node features (--constraint).")
     array_parallelism: int | None = Field(

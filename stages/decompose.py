@@ -162,12 +162,24 @@ def check_world_size(config: DecomposeConfig, world_size: int) -> None:
     """Data-parallel training splits every global batch evenly over the processes; copies and imports do not train."""
     if config.target is None and not isinstance(config.spd, ReferenceYamlSpec):
         raise ValueError("from_checkpoint and from_reference copy or import a decomposition: run them as one process")
-    if isinstance(config.spd, SPDConfig):
-        for field_name in ("batch_size", "eval_batch_size"):
-            size = getattr(config.spd, field_name)
-            if size is not None and size % world_size:
+    if not isinstance(config.spd, SPDConfig):
+        return  # a reference YAML's batch is read when the task starts, which checks it then
+    sizes = {"batch_size": config.spd.batch_size, "eval_batch_size": config.spd.eval_batch_size}
+    for field_name, size in sizes.items():
+        if size is not None and size % world_size:
+            raise ValueError(
+                f"spd.{field_name} = {size} (the global batch) does not split evenly over {world_size} processes"
+            )
+    for i, loss in enumerate(config.spd.losses):  # shared PPGD sources tile each process's share of the batch
+        scope = getattr(loss, "scope", None)
+        if getattr(scope, "type", None) != "repeat_across_batch":
+            continue
+        for field_name, size in sizes.items():
+            share = (size or config.spd.batch_size) // world_size
+            if share % scope.n_sources:
                 raise ValueError(
-                    f"spd.{field_name} = {size} (the global batch) does not split evenly over {world_size} processes"
+                    f"spd.losses[{i}] ({loss.classname}): scope.n_sources = {scope.n_sources} does not divide each "
+                    f"process's share of spd.{field_name} ({share} of {size or config.spd.batch_size})"
                 )
 
 

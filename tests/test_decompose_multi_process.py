@@ -147,16 +147,24 @@ def test_two_processes_on_slurm_complete_and_a_killed_process_fails_the_stage_th
     os.kill(pid, signal.SIGKILL)  # rank 1 vanishes without a word: rank 0 must not wait for it forever
     killed_at = time.monotonic()
     states = wait_states(run, {"decompose": "FAILED"}, timeout=section["collective_timeout_s"] + 60)
-    assert time.monotonic() - killed_at < section["collective_timeout_s"] + 60
-    assert "decompose" in states and states["decompose"].error
+    failed_after = time.monotonic() - killed_at
+    assert failed_after < section["collective_timeout_s"] + 60
+    print(
+        f"rank 1 killed at step ~{_last_step(out)}; stage FAILED {failed_after:.1f} s later: {states['decompose'].error}"
+    )
+    error = states["decompose"].error
+    # rank 0 records the broken connection (its collective fails at once), unless srun's kill-on-bad-exit ends it
+    # first: then the scheduler's state is the record
+    assert "rank 0 of 2: RuntimeError" in error or "SLURM state FAILED" in error, error
     wait_queue_empty(run, ["decompose"])
     resumed_from = _last_step(out)
     check(run_cli("rerun", run.root, "--stage", "decompose", cwd=tmp_path))
     wait_states(run, {"decompose": "COMPLETED"}, timeout=900)
     log = run.task_log("decompose", "0").read_text()
-    assert re.search(r"resuming from step (\d+)", log), log[-3000:]
-    assert int(re.search(r"resuming from step (\d+)", log).group(1)) >= SAVE_FREQ
-    assert resumed_from >= SAVE_FREQ
+    resumed = re.search(r"resuming from step (\d+)", log)
+    assert resumed is not None, log[-3000:]
+    assert int(resumed.group(1)) >= SAVE_FREQ and resumed_from >= SAVE_FREQ
+    print(f"rerun: {resumed.group(0)} (last logged step before the rerun {resumed_from})")
     # rank 0 alone wrote: one metrics file whose steps run once each from 0 to the end, one final checkpoint
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == SLURM_STEPS

@@ -8,6 +8,9 @@ records the task, every process logs to its own file, and one failing process fa
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from pipeline.executors.local import worker_command
+from pipeline.executors.local import _stop_group, worker_command
 from pipeline.executors.slurm import sbatch_parameters, worker_setup
 from pipeline.ranks import RanksMissing, task_ranks
 from pipeline.resources import Resources
@@ -79,9 +83,9 @@ def test_the_local_executor_starts_several_processes_through_torchrun() -> None:
     assert one[1:4] == ["-P", "-m", "pipeline.worker"]
     two = worker_command(_task(2))
     assert two[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    # every process runs the worker command, `python -P` kept (--no-python), with the task of 2 processes
-    assert two[-len(one) :] == worker_command(_task(2))[-len(one) :] and two[-len(one) : -1] == one[:-1]
-    assert "--no-python" in two and StageTask.from_json(two[-1]).world_size == 2
+    # every process runs the worker command (`python -P` kept: --no-python) with the task of 2 processes
+    assert two[-len(one) : -1] == one[:-1] and two[-len(one) - 1] == "--no-python"
+    assert StageTask.from_json(two[-1]).world_size == 2
 
 
 def test_sbatch_asks_for_nodes_and_tasks_per_node_and_the_group_address() -> None:
@@ -93,6 +97,9 @@ def test_sbatch_asks_for_nodes_and_tasks_per_node_and_the_group_address() -> Non
     setup = "\n".join(worker_setup(Path("/snap"), Path("/cwd"), multi_process=True))
     assert "export MASTER_ADDR=" in setup and "scontrol show hostnames" in setup and "SLURM_JOB_ID" in setup
     assert "MASTER_ADDR" not in "\n".join(worker_setup(Path("/snap"), Path("/cwd")))
+    for owned in ("nodes", "N", "ntasks", "n", "ntasks_per_node", "--ntasks-per-node"):  # only through the fields
+        with pytest.raises(ValidationError, match="set by the SLURM executor"):
+            Resources(extra_sbatch={owned: "2"})
 
 
 def test_decompose_runs_as_several_processes_only_when_it_trains_and_the_batch_splits() -> None:
@@ -100,8 +107,48 @@ def test_decompose_runs_as_several_processes_only_when_it_trains_and_the_batch_s
     with pytest.raises(ValueError, match=r"spd.eval_batch_size = 30 \(the global batch\) does not split evenly over 4"):
         check_world_size(DecomposeConfig.model_validate(tms), 4)
     check_world_size(DecomposeConfig.model_validate(tms), 2)
+    ppgd = {
+        "classname": "PersistentPGDReconLoss",
+        "coeff": 1.0,
+        "scope": {"type": "repeat_across_batch", "n_sources": 8},
+    }
+    tms_ppgd = {"target": {"kind": "tms"}, "spd": {"batch_size": 64, "losses": [ppgd]}}
+    check_world_size(DecomposeConfig.model_validate(tms_ppgd), 8)  # 8 rows each: 8 sources tile them
+    with pytest.raises(ValueError, match=r"spd.losses\[0\] \(PersistentPGDReconLoss\): scope.n_sources = 8 does not"):
+        check_world_size(DecomposeConfig.model_validate(tms_ppgd), 16)
     with pytest.raises(ValueError, match="from_checkpoint and from_reference"):
         check_world_size(DecomposeConfig.model_validate({"from_checkpoint": "/x"}), 2)
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet (a container's init may never)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def test_stopping_a_task_reaches_what_its_launcher_started_in_sessions_of_their_own(tmp_path: Path) -> None:
+    """As torchrun does with its ranks: a SIGKILL of the launcher's group alone would leave them running."""
+    launcher = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+        "open(sys.argv[1], 'w').write(str(child.pid))\n"
+        "time.sleep(120)\n"
+    )
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", launcher, str(pid_file)], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert not _dead(child)
+    _stop_group(parent.pid, signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while not _dead(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _dead(child)
 
 
 def _pipeline(tmp_path: Path, stages: dict[str, Any], resources: dict[str, Any], executor: str = "local") -> Path:

@@ -155,7 +155,16 @@ def _job_resume(dp: DataParallel, root: Path) -> dict[str, Any]:
     return {"kept": kept, "resumed": _run_tms(root / f"killed{suffix}", cfg, dp)}
 
 
+def _job_slow_preparation(dp: DataParallel, root: Path) -> dict[str, Any]:
+    """Each rank in turn prepares for longer than the collective timeout (2 s), then a collective still works."""
+    with dp.main_first():
+        time.sleep(3.0)
+        (root / "results" / f"prepared{dp.rank}").write_text(str(time.time()))
+    return {"sum": dp.sum_floats([float(dp.rank + 1)])}
+
+
 JOBS: dict[str, Callable[[DataParallel, Path], dict[str, Any]]] = {
+    "slow_preparation": _job_slow_preparation,
     "equivalence": _job_equivalence,
     "rank1_raises": _job_rank1_raises,
     "rank1_hangs": _job_rank1_hangs,
@@ -326,6 +335,14 @@ def test_a_hung_rank_fails_the_other_within_the_timeout(tmp_path: Path) -> None:
     hang_start = float((tmp_path / "results" / "hang_start").read_text())
     failed_after = (tmp_path / "results" / "rank0.err").stat().st_mtime - hang_start
     assert failed_after < 5.0, failed_after  # timeout_s=2 bounds the wait, not the 6 s the peer stays silent
+
+
+def test_target_preparation_may_outlast_the_collective_timeout_and_rank_0_goes_first(tmp_path: Path) -> None:
+    codes, _ = _launch("slow_preparation", tmp_path, timeout_s=2.0, wait_s=60.0)
+    assert codes == [0, 0], [p.read_text() for p in (tmp_path / "results").glob("*.err")]
+    first, second = (float((tmp_path / "results" / f"prepared{r}").read_text()) for r in (0, 1))
+    assert second - first >= 2.5  # rank 1 started its 3 s block only after rank 0 finished its own
+    assert [torch.load(tmp_path / "results" / f"rank{r}.pt")["sum"] for r in (0, 1)] == [[3.0], [3.0]]
 
 
 def test_two_process_run_resumes_exactly(tmp_path: Path) -> None:

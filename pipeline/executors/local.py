@@ -69,12 +69,27 @@ def process_alive(pid: int, needle: str) -> bool:
     return bool(cmdline) and needle in cmdline  # an empty cmdline is a zombie
 
 
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (from /proc; empty where there is none)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # the command name may hold spaces and parentheses: the parent pid is the 2nd field after the last ')'
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
 def _stop_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+    """Signal a task's process group, and the groups of its direct children: torchrun starts each rank in a
+    session of its own, so signalling torchrun's group alone would leave the ranks running after a SIGKILL (the
+    children are listed first: once the parent is gone they belong to init)."""
+    for target in [*_children(pid), pid][::-1]:
+        try:
+            os.killpg(target, sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(target, sig)
 
 
 @dataclass

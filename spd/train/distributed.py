@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+SETUP_TIMEOUT_S = 24 * 3600.0  # main_first's waits: bounded by the job's time limit rather than by this
+
 
 @dataclass(frozen=True)
 class ProcessGroupSpec:
@@ -42,10 +44,11 @@ class DataParallel:
     no arithmetic), which is what keeps single-process runs bit-identical to the code before issue 26.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, setup_group: Any = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size}")
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self._setup_group = setup_group  # gloo, SETUP_TIMEOUT_S: the waits of main_first (see there)
 
     @property
     def is_main(self) -> bool:
@@ -62,14 +65,25 @@ class DataParallel:
 
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (e.g. writes a corpus or cache the others then read), the others after it.
+        """Rank 0 runs the block first (e.g. writes a corpus or cache the others then read), the others after it,
+        and nobody leaves before every rank has run it.
 
-        If rank 0 fails inside the block it leaves the group, so the others' barrier fails instead of hanging."""
+        Preparing a target (training a tiny LM, tokenising a dataset into the cache) may take longer than the
+        collective timeout, which is meant for training steps; these waits use a separate gloo group whose timeout
+        is SETUP_TIMEOUT_S. If a rank fails inside the block it leaves the group, so the others' wait fails instead
+        of hanging."""
+        if not self.distributed:
+            yield
+            return
         if not self.is_main:
-            self.barrier()
+            self._setup_barrier()
         yield
         if self.is_main:
-            self.barrier()
+            self._setup_barrier()
+        self._setup_barrier()
+
+    def _setup_barrier(self) -> None:
+        torch.distributed.barrier(group=self._setup_group)
 
     def device_for(self, device: torch.device | str) -> torch.device:
         """cuda -> cuda:local_rank when there are several ranks (one device per process); cpu unchanged."""
@@ -205,7 +219,8 @@ def data_parallel(spec: ProcessGroupSpec | None, device: torch.device | str) -> 
         timeout=timedelta(seconds=spec.timeout_s),
     )
     try:
-        yield DataParallel(spec.rank, spec.world_size, spec.local_rank)
+        setup_group = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=SETUP_TIMEOUT_S))
+        yield DataParallel(spec.rank, spec.world_size, spec.local_rank, setup_group)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -470,6 +470,9 @@ class Decomposer:
         else:
             first, last_eval, start = 0, {}, time.perf_counter()
             warm = self.faithfulness_warmup()
+            # every rank ran the same warm-up; rank 0's result makes them identical even where a device's
+            # arithmetic is not bit-reproducible (the training steps then apply identical averaged updates)
+            self.parallel.broadcast_(self.comp_params)
             self.log(f"faithfulness warm-up ({cfg.faithfulness_warmup_steps} steps): {warm:.3e}")
             train_start = time.perf_counter()
         self.resume = None  # restored: free the copy
@@ -515,14 +518,15 @@ class Decomposer:
 
     def _find_resume(self) -> tuple[dict[str, Any], bytes] | None:
         """Rank 0 reads out_dir/resume/ and every rank gets the same answer: (state, metrics copy) when it was
-        written by this very run (`_resume_mismatch`), else None (another run's state is ignored, and said so)."""
+        written by this very run (`_resume_mismatch`), else None (another run's or an unreadable state is ignored,
+        and said so). The state travels through the process group, so ranks need not see rank 0's files."""
         found = None
         if self.is_main:
             try:
                 found = load_resume_state(self.out_dir)
+                reason = self._resume_mismatch(found[0]) if found is not None else None
             except Exception as e:  # a state we cannot read is no state: start afresh, but say why
-                self.log(f"ignoring the resume state in {self.out_dir}: unreadable ({type(e).__name__}: {e})")
-            reason = self._resume_mismatch(found[0]) if found is not None else None
+                found, reason = None, f"unreadable ({type(e).__name__}: {e})"
             if reason is not None:
                 self.log(f"ignoring the resume state in {self.out_dir}: {reason}; starting from step 0")
                 found = None
