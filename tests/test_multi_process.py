@@ -221,8 +221,10 @@ def test_one_failing_process_fails_the_task_naming_its_rank_and_the_rerun_comple
 
 # --- the real cluster: srun starts the processes -----------------------------------------------------------
 @pytest.fixture
-def slurm_run(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A unique run id on the local cluster (its jobs scancelled at the end) and the CLI env with both plugins."""
+def slurm_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
+    """A unique run id on the local cluster (its jobs scancelled at the end) and the CLI env with both plugins
+    (in-process status reads the plugins too)."""
+    monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGINS)
     rid = f"mp-{uuid.uuid4().hex[:6]}"
     yield rid, {"SPD_PIPELINE_PLUGINS": PLUGINS}
     cancel_names([f"{rid}.t_ranks", f"{rid}.decompose"])
@@ -240,10 +242,9 @@ def _ranks_on_slurm(tmp_path: Path, rid: str, **ranks_config: Any) -> tuple[Path
 
 @slurm
 def test_slurm_runs_one_task_as_two_processes_each_with_its_log(
-    tmp_path: Path, slurm_run: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, slurm_run: tuple[str, dict[str, str]]
 ) -> None:
     rid, env = slurm_run
-    monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGINS)
     path, run = _ranks_on_slurm(tmp_path, rid)
     check(run_cli(path, cwd=tmp_path, env=env))
     wait_states(run, {"t_ranks": "COMPLETED"})
@@ -262,10 +263,9 @@ def test_slurm_runs_one_task_as_two_processes_each_with_its_log(
 
 @slurm
 def test_slurm_fails_a_task_when_one_process_fails_naming_its_rank_and_the_rerun_completes(
-    tmp_path: Path, slurm_run: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, slurm_run: tuple[str, dict[str, str]]
 ) -> None:
     rid, env = slurm_run
-    monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGINS)
     fixed = tmp_path / "fixed"
     path, run = _ranks_on_slurm(tmp_path, rid, fail_rank=1, fail_unless_exists=str(fixed))
     check(run_cli(path, cwd=tmp_path, env=env))
