@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from spd.report.render import unpack
+from spd.report.render import read_sidecar
 from stages.report import build_report
 from tests.conftest import run_cli, write_pipeline
 from tests.lm_fixtures import tiny_lm_decompose_config
@@ -57,6 +57,14 @@ def _script(page: str, element_id: str) -> str:
     return match.group(1)
 
 
+def _sidecar(page_path: Path, name: str) -> Any:
+    """The data of the page's components/<name>.js, checked to be of the page's build."""
+    meta = json.loads(_script(page_path.read_text(), "report-meta"))
+    build, got, data = read_sidecar(page_path.parent / meta["components"] / f"{name}.js")
+    assert (build, got) == (meta["build"], name)
+    return data
+
+
 def _store_alive(run_dir: Path) -> dict[str, dict[str, int]]:
     """Alive components and their example counts, read straight from the harvest store."""
     path = run_dir / "stages/harvest/out/harvest.duckdb"
@@ -72,7 +80,7 @@ def test_report_embeds_one_row_per_alive_component_with_its_examples(pipeline_ru
     page_path = build_report(run_dir, status)
     assert page_path == run_dir / "report" / "index.html"
     # written by rename: no temp left; stale.js (fresh) tells the page whether a later run changed its stages
-    assert sorted(p.name for p in page_path.parent.iterdir()) == ["index.html", "stale.js"]
+    assert sorted(p.name for p in page_path.parent.iterdir()) == ["components", "index.html", "stale.js"]
     page = page_path.read_text()
 
     alive = _store_alive(run_dir)
@@ -82,9 +90,9 @@ def test_report_embeds_one_row_per_alive_component_with_its_examples(pipeline_ru
     assert sorted(keys) == sorted(alive) and len(keys) == len(set(keys))
 
     meta = json.loads(_script(page, "report-meta"))
-    details = [d for i in range(meta["n_chunks"]) for d in unpack(_script(page, f"chunk-{i}"))]
+    details = [d for i in range(meta["n_chunks"]) for d in _sidecar(page_path, f"chunk-{i}")]
     assert [d["key"] for d in details] == keys  # chunk i holds rows [i * chunk_size, (i + 1) * chunk_size)
-    tokens = unpack(_script(page, "tokens-data"))
+    tokens = {t: s for i in range(meta["token_files"]) for t, s in _sidecar(page_path, f"tokens-{i}").items()}
     for d in details:
         shown = d["examples"]
         assert len(shown["top"]) == min(alive[d["key"]]["top"], 5)

@@ -20,7 +20,7 @@ from spd.interp.results import ResultJournal, ResultRow
 from spd.report import ReportOptions, build_report, gather_report
 from spd.report import data as report_data
 from spd.report.harvest_data import quantize_ci
-from spd.report.render import render_html, unpack
+from spd.report.render import parse_sidecar, render_html, render_report, write_report
 from tests.report_support import make_synthetic_run, screenshot
 
 
@@ -189,16 +189,17 @@ def test_hostile_labels_and_tokens_stay_text(tmp_path: Path) -> None:
     model["rows"][0][4] = hostile
     model["tokens"]["0"] = hostile
     model["run"]["run_id"] = hostile
-    page = render_html(model)
-    assert hostile not in page
-    n_scripts = 6 + model_chunks(model)  # meta, table, tokens, chunks, stale.js and its banner, the code
-    assert page.count("<script") == n_scripts
+    rendered = render_report(model)
+    page = rendered.page
+    assert hostile not in page and not any(hostile.encode() in data for data in rendered.files.values())
+    assert page.count("<script") == 5  # meta, table, stale.js and its banner, the code (panels: components/)
     assert json.loads(_script(page, "table-data"))["rows"][0][4] == hostile
-    assert unpack(_script(page, "chunk-0"))[0]["label"]["label"] == hostile
+    assert _chunk(rendered.files, 0)[0]["label"]["label"] == hostile
 
 
-def model_chunks(model: dict) -> int:
-    return -(-len(model["rows"]) // model["options"]["chunk_size"])
+def _chunk(files: dict[str, bytes], n: int) -> list:
+    """The details of components/chunk-<n>.js among a rendered report's files."""
+    return parse_sidecar(files[f"chunk-{n}.js"])[2]
 
 
 def test_quantized_ci_keeps_the_firing_side() -> None:
@@ -219,8 +220,7 @@ def test_sort_filter_and_hostile_text_in_chromium(tmp_path: Path, browser) -> No
     model = gather_report(run.root, run.status)
     hostile = "</script><script>window.pwned = 1</script>"
     model["rows"][0][4] = hostile
-    page = tmp_path / "page.html"
-    page.write_text(render_html(model))
+    page = write_report(model, tmp_path)  # tmp_path/report/index.html and its components/
     browser.get(page.as_uri())
     wait = WebDriverWait(browser, 20)
     wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))

@@ -10,7 +10,8 @@
   const COL = Object.fromEntries(COLS.map((c, i) => [c.id, i]));
   const ROW_OF_KEY = new Map(ROWS.map((r, i) => [r[0], i]));
   const state = { sortCol: COL.density, sortDir: -1, filters: {}, search: "", page: 0, pageSize: 100, view: [] };
-  const chunkCache = new Map();
+  const chunkCache = new Map();  // chunk number -> Promise of its details, least recently used first
+  const CHUNKS_KEPT = 16;
   let tokens = null;
   let selectedRow = -1;
 
@@ -148,20 +149,67 @@
   }
 
   // ---- data chunks ------------------------------------------------------------------------------------------
-  async function inflate(id) {
-    const text = $(id).textContent.trim();
-    const bin = Uint8Array.from(atob(text), (ch) => ch.charCodeAt(0));
+  // The panels' data live beside the page in components/ (render.py): each file is one statement,
+  // SPD_REPORT_CHUNK(build, name, "<gzip+base64 JSON>"), loaded by a script element (fetch() does not work from
+  // file://, a script tag does). A file of another build than this page is refused, never mixed in.
+  const arrived = new Map();
+  window.SPD_REPORT_CHUNK = (build, name, data) => { arrived.set(name, { build, data }); };
+
+  function loadSidecar(name) {
+    const file = `${META.components}/${name}.js`;
+    return new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = file;
+      script.onload = () => {  // fires right after the script ran
+        script.remove();
+        const got = arrived.get(name);
+        arrived.delete(name);
+        if (!got) reject(new Error(`${file} holds no data for this page: rebuild the report`));
+        else if (got.build !== META.build) {
+          reject(new Error(`${file} is from another build of the report than this page: reload the page`));
+        } else resolve(got.data);
+      };
+      script.onerror = () => { script.remove(); reject(new Error(`missing file ${file}: rebuild the report`)); };
+      document.head.append(script);
+    });
+  }
+
+  async function inflate(text) {
     if (typeof DecompressionStream === "undefined") throw new Error("this browser has no DecompressionStream");
-    const stream = new Blob([bin]).stream().pipeThrough(new DecompressionStream("gzip"));
+    const bin = atob(text);
+    const bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
     return JSON.parse(await new Response(stream).text());
   }
 
+  // Inflated chunks kept: the most recently used CHUNKS_KEPT (memory stays bounded however many are opened).
+  // A failed load is forgotten, so opening the component again tries again.
+  function chunk(n) {
+    let p = chunkCache.get(n);
+    if (p !== undefined) chunkCache.delete(n);
+    else {
+      p = loadSidecar("chunk-" + n).then(inflate);
+      p.catch(() => { if (chunkCache.get(n) === p) chunkCache.delete(n); });
+    }
+    chunkCache.set(n, p);
+    while (chunkCache.size > CHUNKS_KEPT) chunkCache.delete(chunkCache.keys().next().value);
+    return p;
+  }
+
+  function tokenTable() {
+    if (tokens === null) {
+      const parts = Array.from({ length: META.token_files }, (_, k) => loadSidecar("tokens-" + k).then(inflate));
+      const p = Promise.all(parts).then((ps) => Object.assign({}, ...ps));
+      p.catch(() => { if (tokens === p) tokens = null; });
+      tokens = p;
+    }
+    return tokens;
+  }
+
+  // -> Promise<[detail, toks]>: the component of table row `row`, and the token id -> text table.
   async function detailOf(row) {
-    const chunk = Math.floor(row / META.chunk_size);
-    if (!chunkCache.has(chunk)) chunkCache.set(chunk, inflate("chunk-" + chunk));
-    if (tokens === null) tokens = inflate("tokens-data");
-    const [details, toks] = await Promise.all([chunkCache.get(chunk), tokens]);
-    tokens = Promise.resolve(toks);
+    const [details, toks] = await Promise.all([chunk(Math.floor(row / META.chunk_size)), tokenTable()]);
     return [details[row % META.chunk_size], toks];
   }
 
