@@ -11,7 +11,8 @@ reports the bytes of index.html by part and of components/ per file. With chromi
 opens the page headless from file:// and measures: the time until the table is ready, a sort of all rows, the
 next page, a text filter, opening a component (loading its chunk and the token table, then another chunk, then
 one already loaded), and browser memory (JS heap from the DevTools Performance domain; resident memory of
-Chromium's processes from /proc) after load and after opening components in 40 chunks.
+Chromium's processes from /proc) after load, after opening components in 40 chunks and after a GC, and what the
+data of 40 chunks alone add (loaded, inflated and parsed on a fresh page, no panel drawn).
 
 Issue 27's goals: the table ready in under 2 s, under 500 MB of browser memory, the build in under 2 minutes.
 
@@ -154,6 +155,31 @@ poll();
 """
 
 
+# The page's own loading path (report.js, "data chunks") without drawing panels: load 40 chunk scripts, inflate
+# and parse each, keep none. What the data alone cost the renderer, apart from the panels' DOM.
+DATA_ONLY = """
+const done = arguments[arguments.length - 1]; const meta = JSON.parse(document.getElementById('report-meta').textContent);
+const got = {};
+window.SPD_REPORT_CHUNK = (build, name, data) => { got[name] = data; };
+(async () => {
+  const t = performance.now();
+  for (let i = 0; i < 40; i++) {
+    const name = 'chunk-' + Math.round(i * (meta.n_chunks - 1) / 39);
+    await new Promise((resolve, reject) => {
+      const s = document.createElement('script'); s.src = meta.components + '/' + name + '.js';
+      s.onload = () => { s.remove(); resolve(); }; s.onerror = reject; document.head.append(s);
+    });
+    const bin = atob(got[name]); delete got[name];
+    const bytes = new Uint8Array(bin.length);
+    for (let j = 0; j < bin.length; j++) bytes[j] = bin.charCodeAt(j);
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
+    JSON.parse(await new Response(stream).text());
+  }
+  done(performance.now() - t);
+})();
+"""
+
+
 def browser_timings(page: Path) -> dict[str, float] | str:
     executables = chromium_executables()
     if executables is None:
@@ -214,6 +240,12 @@ def browser_timings(page: Path) -> dict[str, float] | str:
         time.sleep(1)
         out.update({f"after 40 chunks and a GC: {k}": v for k, v in browser_memory(driver).items()})
         out["rows in the DOM"] = len(driver.find_elements(By.CSS_SELECTOR, "#table-body tr"))
+        driver.get(page.as_uri())  # a fresh page: the data of 40 chunks alone, no panel drawn
+        before = browser_memory(driver)
+        driver.set_script_timeout(300)
+        out["data only: load, inflate and parse 40 chunks (ms)"] = driver.execute_async_script(DATA_ONLY)
+        after = browser_memory(driver)
+        out.update({f"data only: 40 chunks add to {k}": after[k] - before[k] for k in after})
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe and min(times) > 0, severe or times
         return out
