@@ -360,8 +360,19 @@ def _follow_log(run_dir: RunDir, stage: str, path: Path, poll_s: float = 0.5, st
 
 @app.command()
 @cli_errors
-def report(run: RunArg, out_dir: OutDirOpt = Path("runs")) -> None:
-    """Write RUN/report/index.html: one self-contained page to browse the run's components (opens offline).
+def report(
+    run: RunArg,
+    out_dir: OutDirOpt = Path("runs"),
+    pmi_min_count: Annotated[
+        int | None,
+        typer.Option(
+            "--pmi-min-count",
+            min=1,
+            help="List a token in a component's PMI tables only when seen this often with it (default 5).",
+        ),
+    ] = None,
+) -> None:
+    """Write RUN/report/index.html: one page to browse the run's components (opens offline).
 
     Works with any subset of stages done; stages without output are shown as such.
     """
@@ -373,7 +384,8 @@ def report(run: RunArg, out_dir: OutDirOpt = Path("runs")) -> None:
     if report_dir.exists() and not report_dir.is_dir():
         raise UserError(f"{report_dir} is a file, not the report's directory: move it away and run `report` again")
     try:
-        path = build_report(run_dir.root, status_json)
+        options = {} if pmi_min_count is None else {"pmi_min_count": pmi_min_count}
+        path = build_report(run_dir.root, status_json, options)
     except OSError as e:  # full disk, permissions: the user's to fix, and the stores were only read
         raise UserError(f"cannot write the report under {report_dir}: {e}") from None
     out.print(f"report: {path}", highlight=False, soft_wrap=True)

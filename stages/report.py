@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 
-def build_report(run_dir: Path, status_json: dict[str, Any]) -> Path:
+def build_report(run_dir: Path, status_json: dict[str, Any], options: dict[str, Any] | None = None) -> Path:
     """Write `run_dir`/report/index.html from the run's stores and `status_json` (the `status --json`
-    object); returns the page's path. Stages without output are shown as such, never raise."""
+    object), with `options` (spd.report.ReportOptions fields, e.g. pmi_min_count); returns the page's path.
+    Stages without output are shown as such, never raise."""
+    from spd.report import ReportOptions
     from spd.report import build_report as build  # heavy imports (duckdb, matplotlib) only when asked
 
-    return build(Path(run_dir), status_json)
+    return build(Path(run_dir), status_json, ReportOptions(**(options or {})))

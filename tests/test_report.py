@@ -95,8 +95,8 @@ def test_report_embeds_one_row_per_alive_component_with_its_examples(pipeline_ru
     tokens = {t: s for i in range(meta["token_files"]) for t, s in _sidecar(page_path, f"tokens-{i}").items()}
     for d in details:
         shown = d["examples"]
-        assert len(shown["top"]) == min(alive[d["key"]]["top"], 5)
-        assert len(shown["random"]) == min(alive[d["key"]]["uniform"], 5)
+        assert len(shown["top"]) == alive[d["key"]]["top"]  # all the harvest kept (ReportOptions: up to 100)
+        assert len(shown["random"]) == alive[d["key"]]["uniform"]
         for ids, act, ci, center in shown["top"] + shown["random"]:
             assert len(ids) == len(act) == len(ci) and 0 <= center < len(ids)
             assert all(str(t) in tokens for t in ids)
@@ -153,8 +153,11 @@ def test_report_page_in_headless_chromium(pipeline_run, browser) -> None:
     wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#panel .example")))
     panel = browser.find_element(By.ID, "panel")
     assert panel.get_attribute("data-key") == key
+    # the default 5 per group: the top ones, the uniform sample in 4 activation quantile bands, then as drawn
+    n_top, n_uniform = alive[key]["top"], alive[key]["uniform"]
+    bands = [n_uniform * (q + 1) // 4 - n_uniform * q // 4 for q in range(4)]
     examples = panel.find_elements(By.CSS_SELECTOR, ".example")
-    assert len(examples) == min(alive[key]["top"], 5) + min(alive[key]["uniform"], 5)
+    assert len(examples) == min(n_top, 5) + sum(min(b, 5) for b in bands) + min(n_uniform, 5)
     assert all(len(e.find_elements(By.CSS_SELECTOR, ".tok.fire")) == 1 for e in examples)
     assert "autointerp not run" in panel.text
     assert browser.execute_script("return location.hash") == "#component=" + key.replace(":", "%3A")

@@ -1,12 +1,14 @@
-"""The run report: one static, self-contained HTML page to browse a run's components.
+"""The run report: a static HTML page and its data files (report/index.html + report/components/) to browse a
+run's components offline.
 
     build_report(run_dir, status)  -> run_dir/report/index.html
     gather_report(run_dir, status) -> the plain JSON-able model the page is rendered from
 
 Module map: locate (the run directory's layout), options (what is embedded), numbers (rounding),
-decompose_data / harvest_data / attributions_data / interp_data (one reader per source, each tolerant of a
-missing stage), data (the model), plots (matplotlib -> inline SVG), render (jinja2 templates in templates/,
-atomic write). docs/report.md describes the page.
+decompose_data / harvest_data / attributions_data / interp_data / logit_effects (one reader per source, each
+tolerant of a missing stage), overview (the per-module summary), data (the model), plots (matplotlib -> inline
+SVG), render (jinja2 templates in templates/, the components/ files, atomic writes). docs/report.md describes
+the page.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ The model (a dict) has:
     stages       one entry per SPD stage: state, tasks, time, seed, cost (LLM stages), output availability
     sections     per-source facts (decompose, harvest, attributions, autointerp, detection, fuzzing, intruder)
     columns/rows the component table: one row per alive component
+    modules      the module overview (spd.report.overview): densities, CI-L0, labels and scores per module
     details      key -> everything the component panel shows
     tokens       token id -> display text, for every token the details mention
     plot_data    what the plots are drawn from (densities, CI-L0, scores); not embedded in the page
@@ -25,10 +26,12 @@ import duckdb
 
 from spd.report.attributions_data import AttributionsData, read_attributions
 from spd.report.decompose_data import DecomposeData, read_decompose
-from spd.report.harvest_data import HarvestData, read_harvest, token_texts, tokens_used
+from spd.report.harvest_data import HarvestData, read_harvest, token_texts, tokens_used, visible_token
 from spd.report.interp_data import SCORERS, LabelsData, ScoresData, read_labels, read_scores
 from spd.report.locate import LLM_STAGES, SPD_STAGES, RunLayout
+from spd.report.logit_effects import LogitEffects, read_logit_effects
 from spd.report.options import ReportOptions
+from spd.report.overview import module_overview
 
 REPORT_FORMAT = "spd-report/1"
 # What reading a store can raise when it is damaged, of another format, or from another version of a stage
@@ -37,12 +40,14 @@ REPORT_FORMAT = "spd-report/1"
 # data instead of failing. Anything else (KeyError, TypeError, ...) is a bug of a reader and must surface.
 READ_ERRORS: tuple[type[BaseException], ...] = (duckdb.Error, OSError, ValueError)
 T = TypeVar("T")
+TOP_TOKENS = 3  # input tokens (by PMI) in the table's column, which the search box also searches
 COLUMNS: list[dict[str, str]] = [
     {"id": "key", "title": "component", "type": "text"},
     {"id": "module", "title": "module", "type": "text"},
     {"id": "density", "title": "density", "type": "num"},
     {"id": "firings", "title": "firings", "type": "num"},
     {"id": "label", "title": "label", "type": "text"},
+    {"id": "tokens", "title": "top input tokens", "type": "text"},
     {"id": "confidence", "title": "confidence", "type": "text"},
     {"id": "detection", "title": "detection", "type": "num"},
     {"id": "fuzzing", "title": "fuzzing", "type": "num"},
@@ -128,6 +133,7 @@ def _details(
     attributions: AttributionsData,
     labels: LabelsData,
     scores: dict[str, ScoresData],
+    effects: LogitEffects,
 ) -> dict[str, Any]:
     module, index = _split_key(key)
     detail: dict[str, Any] = {"key": key, "module": module, "index": index}
@@ -138,23 +144,28 @@ def _details(
     if harvest.available:
         detail["examples"] = harvest.examples.get(key, {"scale": None, "top": [], "random": []})
         detail["token_stats"] = harvest.token_stats.get(key, {"input": [], "output": []})
+        detail["cofiring"] = harvest.cofiring.get(key, [])
     if attributions.available:
         detail["attributions"] = attributions.edges.get(key, {"in": [], "out": []})
     if labels.available:
         detail["label"] = labels.labels.get(key)
+    if effects.available:
+        detail["logit_effects"] = effects.effects.get(key)  # None: not a residual-stream writer
     detail["scores"] = {name: s.scores.get(key) for name, s in scores.items() if s.available}
     return detail
 
 
-def _row(detail: dict[str, Any]) -> list[Any]:
+def _row(detail: dict[str, Any], tokens: dict[int, str]) -> list[Any]:
     label = detail.get("label") or {}
     scores = detail.get("scores") or {}
+    top = (detail.get("token_stats") or {}).get("input", [])[:TOP_TOKENS]
     return [
         detail["key"],
         detail["module"],
         detail.get("density"),
         detail.get("firings"),
         label.get("label"),
+        " ".join(visible_token(tokens.get(row[0], f"#{row[0]}")) for row in top) or None,
         label.get("confidence"),
         *((scores.get(name) or {}).get("score") for name in SCORERS),
     ]
@@ -198,8 +209,9 @@ def gather_report(run_dir: Path, status: dict[str, Any], options: ReportOptions 
     }
     summaries = {s["key"]: s for s in harvest.summaries}
     keys = _universe(harvest, labels, scores)
-    details = {key: _details(key, summaries.get(key), harvest, attributions, labels, scores) for key in keys}
-    tokens = tokens_used(harvest) | attributions.token_ids()
+    effects = read_logit_effects(layout.out_dir("decompose"), keys, options.logit_effects)
+    details = {key: _details(key, summaries.get(key), harvest, attributions, labels, scores, effects) for key in keys}
+    tokens = token_texts(harvest, tokens_used(harvest) | attributions.token_ids() | effects.token_ids())
     sections = {
         "decompose": {"available": decompose.available, "reason": decompose.reason, **decompose.info},
         "harvest": _section(harvest),
@@ -215,9 +227,12 @@ def gather_report(run_dir: Path, status: dict[str, Any], options: ReportOptions 
         "sections": sections,
         "ci_threshold": harvest.info.get("ci_threshold"),
         "columns": COLUMNS,
-        "rows": [_row(details[key]) for key in keys],
+        "rows": [_row(details[key], tokens) for key in keys],
         "details": details,
-        "tokens": {str(t): text for t, text in sorted(token_texts(harvest, tokens).items())},
+        "tokens": {str(t): text for t, text in sorted(tokens.items())},
+        "modules": module_overview(
+            harvest.summaries, details, decompose.l0, [n for n, s in scores.items() if s.available]
+        ),
         "plot_data": {
             "densities": [[s["layer"], s["density"]] for s in harvest.summaries],
             "n_components": len(harvest.summaries),

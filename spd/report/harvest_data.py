@@ -31,6 +31,12 @@ def display_token(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in out)
 
 
+def visible_token(text: str) -> str:
+    """A display token with its spaces shown as middle dots, for places where a token stands alone (lists, the
+    table): " 2" and "2" are different tokens and must not look alike."""
+    return text.replace(" ", "·")
+
+
 @dataclass
 class HarvestData:
     """The harvest's part of the report; `available=False` with a reason when there is no store to read."""
@@ -48,7 +54,9 @@ class HarvestData:
     """key -> {'scale': max |act| shown, 'top': [...], 'random': [...]}; an example is
     [token ids, activation as % of scale, CI as %, index of the firing token]."""
     token_stats: dict[str, dict[str, list[list[Any]]]] = field(default_factory=dict)
-    """key -> {'input'|'output': [[token id, count, precision, recall, pmi], ...]} by PMI."""
+    """key -> {'input'|'output': [[token id, count, precision, recall, pmi], ...]} by PMI (count >= the minimum)."""
+    cofiring: dict[str, list[list[Any]]] = field(default_factory=dict)
+    """key -> [[other key, Jaccard, tokens where both fire], ...], best Jaccard first."""
 
 
 def read_harvest(out_dir: Path | None, options: ReportOptions) -> HarvestData:
@@ -87,7 +95,8 @@ def read_harvest(out_dir: Path | None, options: ReportOptions) -> HarvestData:
         con.execute("SET enable_progress_bar = false")  # the report prints only its own path
         alive_index = {s.component: s.key for s in alive}
         data.examples = _examples(con, alive_index, options, float(provenance["ci_threshold"]))
-        data.token_stats = _token_stats(con, alive_index, options.token_stats)
+        data.token_stats = _token_stats(con, alive_index, options.token_stats, options.pmi_min_count)
+        data.cofiring = _cofiring(con, alive_index, options.cofiring)
     return data
 
 
@@ -167,16 +176,17 @@ def _examples(
     return out
 
 
-def _token_stats(con: duckdb.DuckDBPyConnection, alive: dict[int, str], k: int) -> dict[str, Any]:
-    """Top-k tokens by PMI (ties by token id, as HarvestStore.token_stats orders them), both directions."""
+def _token_stats(con: duckdb.DuckDBPyConnection, alive: dict[int, str], k: int, min_count: int) -> dict[str, Any]:
+    """Top-k tokens by PMI among those seen at least `min_count` times with the component (ties by token id, as
+    HarvestStore.token_stats orders them), both directions."""
     out: dict[str, dict[str, list[list[Any]]]] = {key: {"input": [], "output": []} for key in alive.values()}
     if k <= 0:
         return out
     rows = con.execute(
-        'SELECT component, direction, token, count, "precision", recall, pmi FROM token_stats '
+        'SELECT component, direction, token, count, "precision", recall, pmi FROM token_stats WHERE count >= ? '
         "QUALIFY row_number() OVER (PARTITION BY component, direction ORDER BY pmi DESC, token) <= ? "
         "ORDER BY component, direction, pmi DESC, token",
-        [k],
+        [min_count, k],
     ).fetchall()
     for component, direction, token, count, precision, recall, pmi in rows:
         key = alive.get(component)
@@ -184,4 +194,25 @@ def _token_stats(con: duckdb.DuckDBPyConnection, alive: dict[int, str], k: int) 
             out[key][direction].append(
                 [int(token), int(count), rounded(precision, 3), rounded(recall, 3), rounded(pmi, 3)]
             )
+    return out
+
+
+def _cofiring(con: duckdb.DuckDBPyConnection, alive: dict[int, str], k: int) -> dict[str, list[list[Any]]]:
+    """The k components firing most often together with each alive one, by Jaccard (tokens where both fire /
+    tokens where either fires; ties by component), as HarvestStore.cofiring ranks them, in one windowed query.
+    The store keeps pairs that co-fired at least its cofiring_min_count times: rarer pairs are not listed."""
+    out: dict[str, list[list[Any]]] = {key: [] for key in alive.values()}
+    if k <= 0 or not alive:
+        return out
+    rows = con.execute(
+        "SELECT x.component, o.key, x.count, x.count / (s.firing_count + o.firing_count - x.count) AS jaccard "
+        "FROM cofiring x JOIN components s ON s.component = x.component JOIN components o ON o.component = x.other "
+        "QUALIFY row_number() OVER (PARTITION BY x.component ORDER BY jaccard DESC, x.other) <= ? "
+        "ORDER BY x.component, jaccard DESC, x.other",
+        [k],
+    ).fetchall()
+    for component, other, count, jaccard in rows:
+        key = alive.get(component)
+        if key is not None:
+            out[key].append([other, rounded(jaccard, 3), int(count)])
     return out

@@ -165,6 +165,8 @@ def render_report(model: dict[str, Any]) -> RenderedReport:
             for name in ("detection", "fuzzing", "intruder")
         },
         "sections": {name: model["sections"][name]["available"] for name in model["sections"]},
+        "options": {"pmi_min_count": model["options"].get("pmi_min_count")},
+        "modules": model.get("modules", []),  # the module overview (small: one entry per module)
     }
     template = _environment().get_template("report.html.j2")
     page = template.render(

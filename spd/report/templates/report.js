@@ -73,7 +73,7 @@
     const view = [];
     for (let i = 0; i < ROWS.length; i++) {
       const r = ROWS[i];
-      if (q && !(r[COL.key].toLowerCase().includes(q) || (r[COL.label] || "").toLowerCase().includes(q))) continue;
+      if (q && ![r[COL.key], r[COL.label], r[COL.tokens]].some((v) => (v || "").toLowerCase().includes(q))) continue;
       if (tests.every(([c, t]) => t(r[c]))) view.push(i);
     }
     const c = state.sortCol, d = state.sortDir;
@@ -241,10 +241,14 @@
     return t === undefined ? `#${id}` : t;
   }
 
-  // A token standing alone (in a list, not in running text): spaces made visible, so " " is not a blank cell.
+  // A token standing alone (in a list, not in running text): every space shown as a middle dot, so " 2" and "2"
+  // differ at a glance; hover gives the token id.
   function lone(toks, id) {
-    const t = tokenText(toks, id);
-    return t.trim() === "" ? t.replace(/ /g, "␣") || "∅" : t;
+    return tokenText(toks, id).replace(/ /g, "·") || "∅";
+  }
+
+  function loneToken(toks, id) {
+    return el("code", { class: "lone", title: `token ${id}`, text: lone(toks, id) });
   }
 
   function renderPanel(d, toks) {
@@ -259,7 +263,7 @@
     out.push(cols);
     out.push(examplesBlock(d, toks));
     const cols2 = el("div", { class: "cols" });
-    cols2.append(tokenStatsBlock(d, toks), attributionsBlock(d, toks));
+    cols2.append(tokenStatsBlock(d, toks), logitEffectsBlock(d, toks), attributionsBlock(d, toks), cofiringBlock(d));
     out.push(cols2);
     return out;
   }
@@ -324,33 +328,128 @@
     return line;
   }
 
+  // The examples in groups: the top activations, then the uniform sample of firings split into activation
+  // quantile bands (highest first), then the uniform sample as drawn; `count` examples per group.
+  function exampleGroups(d) {
+    const top = d.examples.top || [], random = d.examples.random || [];
+    const size = (ex) => Math.abs(ex[1][ex[3]]);
+    const ranked = random.map((ex, i) => [ex, i]).sort((a, b) => size(b[0]) - size(a[0]) || a[1] - b[1]);
+    const groups = [{ id: "top", title: "Top activations", examples: top.map((ex, i) => [ex, `#${i + 1}`]) }];
+    const n = ranked.length;
+    for (let q = 0; q < 4 && n; q++) {
+      const part = ranked.slice(Math.floor((q * n) / 4), Math.floor(((q + 1) * n) / 4));
+      if (!part.length) continue;
+      groups.push({ id: `band-${q}`, title: `Firings, activation quantile ${100 - 25 * (q + 1)}–${100 - 25 * q}%`,
+        examples: part.map(([ex, i]) => [ex, `r${i + 1}`]) });
+    }
+    groups.push({ id: "random", title: "Uniform sample of firings", examples: random.map((ex, i) => [ex, `r${i + 1}`]) });
+    return groups;
+  }
+
+  // Bars of a histogram (counts over equal bins between lo and hi), each with its range and count on hover.
+  function histogram(title, values, lo, hi, bins) {
+    const box = el("div", { class: "histogram", "data-histogram": title });
+    box.append(el("div", { class: "muted", text: `${title} (n = ${values.length})` }));
+    const counts = new Array(bins).fill(0);
+    const width = (hi - lo) / bins || 1;
+    for (const v of values) counts[Math.min(bins - 1, Math.max(0, Math.floor((v - lo) / width)))]++;
+    const top = Math.max(1, ...counts);
+    const bars = el("div", { class: "bars" });
+    counts.forEach((c, i) => {
+      const bar = el("span", { class: "hbar", title: `${fmt(lo + i * width)} – ${fmt(lo + (i + 1) * width)}: ${c}` });
+      bar.style.height = `${Math.round((40 * c) / top)}px`;
+      bars.append(bar);
+    });
+    box.append(bars, el("div", { class: "axis muted", text: `${fmt(lo)} … ${fmt(hi)}` }));
+    return box;
+  }
+
+  function histogramsBlock(d) {
+    const random = d.examples.random || [];
+    const box = el("div", { class: "cols histograms" });
+    if (!random.length) return box;
+    const acts = random.map((ex) => (ex[1][ex[3]] * (d.examples.scale || 0)) / 100);
+    const cis = random.map((ex) => ex[2][ex[3]] / 100);
+    const lo = Math.min(0, ...acts), hi = Math.max(0, ...acts);
+    box.append(histogram("activation at the firing token, uniform sample of firings", acts, lo, hi === lo ? lo + 1 : hi, 20),
+      histogram("CI at the firing token, uniform sample of firings", cis, META.ci_threshold || 0, 1, 20));
+    return box;
+  }
+
   function examplesBlock(d, toks) {
     const box = el("div", { class: "examples" });
     if (!d.examples) {
       box.append(el("h3", { text: "Examples" }), el("p", { class: "muted", text: "harvest not run" }));
       return box;
     }
-    const mode = el("select", { "aria-label": "shade by" }, el("option", { value: "act", text: "activation" }), el("option", { value: "ci", text: "CI" }));
+    const mode = el("select", { "aria-label": "shade by" }, el("option", { value: "ci", text: "CI" }), el("option", { value: "act", text: "activation" }));
+    const count = el("select", { "aria-label": "examples per group" },
+      ...["3", "5", "10", "20", "all"].map((v) => el("option", { value: v, text: v })));
+    count.value = "5";
+    const groups = exampleGroups(d);
     const lists = el("div");
     const draw = () => {
       lists.replaceChildren();
-      for (const [kind, title] of [["top", "Top activations"], ["random", "Random firings"]]) {
-        const exs = d.examples[kind] || [];
-        lists.append(el("h3", { text: `${title} (${exs.length})` }));
-        if (!exs.length) lists.append(el("p", { class: "muted", text: "none" }));
-        exs.forEach((ex, i) => lists.append(exampleLine(ex, d.examples.scale, `${kind === "top" ? "#" : "r"}${i + 1}`, toks, mode.value)));
+      const limit = count.value === "all" ? Infinity : parseInt(count.value, 10);
+      for (const g of groups) {
+        const shown = g.examples.slice(0, limit);
+        const section = el("div", { class: "example-group", "data-group": g.id });
+        section.append(el("h3", { text: `${g.title} (${shown.length} of ${g.examples.length})` }));
+        if (!g.examples.length) section.append(el("p", { class: "muted", text: "none" }));
+        for (const [ex, label] of shown) section.append(exampleLine(ex, d.examples.scale, label, toks, mode.value));
+        lists.append(section);
       }
     };
     mode.addEventListener("change", draw);
-    box.append(el("div", { class: "muted" }, "shade tokens by ", mode,
-      " · boxed: the firing token · dotted underline: other tokens above the CI threshold · hover for values"));
+    count.addEventListener("change", draw);
+    box.append(histogramsBlock(d));
+    box.append(el("div", { class: "muted" }, "shade tokens by ", mode, " · examples per group ", count,
+      " · boxed: the firing token · dotted underline: other tokens above the CI threshold · hover for values and token ids"));
     draw();
     box.append(lists);
     return box;
   }
 
+  // Tokens a residual-stream writer pushes up and down along the direct path (W_U (g * u_c)); see the page docs.
+  function logitEffectsBlock(d, toks) {
+    const box = el("div", {}, el("h3", { text: "Logit effects (direct path)" }));
+    if (d.logit_effects === undefined) {
+      box.append(el("p", { class: "muted", text: "decomposition not available" }));
+      return box;
+    }
+    if (d.logit_effects === null) {
+      box.append(el("p", { class: "muted", text: "not a residual-stream writer: its output does not reach the unembedding directly" }));
+      return box;
+    }
+    for (const [dir, title] of [["pos", "promotes"], ["neg", "suppresses"]]) {
+      const t = el("table", { class: "logit-effects", "data-direction": dir });
+      t.append(el("tr", {}, el("th", { text: title }), el("th", { text: "logit" })));
+      for (const [id, value] of d.logit_effects[dir]) t.append(el("tr", {}, el("td", {}, loneToken(toks, id)), el("td", { class: "num", text: fmt(value) })));
+      box.append(t);
+    }
+    return box;
+  }
+
+  function cofiringBlock(d) {
+    const box = el("div", {}, el("h3", { text: "Fires together with (Jaccard)" }));
+    if (!d.cofiring) {
+      box.append(el("p", { class: "muted", text: "harvest not run" }));
+      return box;
+    }
+    const t = el("table", { class: "cofiring" });
+    t.append(el("tr", {}, ...["component", "Jaccard", "both fire"].map((h) => el("th", { text: h }))));
+    for (const [key, jaccard, both] of d.cofiring) {
+      const cell = ROW_OF_KEY.has(key) ? el("a", { class: "node", href: "#component=" + encodeURIComponent(key), text: key }) : el("span", { text: key });
+      t.append(el("tr", {}, el("td", {}, cell), el("td", { class: "num", text: fmt(jaccard) }), el("td", { class: "num", text: fmt(both, { id: "firings" }) })));
+    }
+    if (!d.cofiring.length) t.append(el("tr", {}, el("td", { class: "muted", colspan: "3", text: "none recorded (the harvest keeps pairs seen together often enough)" })));
+    box.append(t);
+    return box;
+  }
+
   function tokenStatsBlock(d, toks) {
-    const box = el("div", {}, el("h3", { text: "Token statistics (by PMI)" }));
+    const minCount = (META.options || {}).pmi_min_count;
+    const box = el("div", {}, el("h3", { text: `Token statistics (by PMI${minCount ? `, count ≥ ${minCount}` : ""})` }));
     if (!d.token_stats) {
       box.append(el("p", { class: "muted", text: "harvest not run" }));
       return box;
@@ -361,7 +460,7 @@
       const t = el("table", { class: "token-stats", "data-direction": dir });
       t.append(el("tr", {}, ...["token", "count", "precision", "recall", "PMI"].map((h) => el("th", { text: h }))));
       for (const [id, count, p, r, pmi] of rows) {
-        t.append(el("tr", {}, el("td", {}, el("code", { text: lone(toks, id) })), el("td", { class: "num", text: fmt(count, { id: "firings" }) }),
+        t.append(el("tr", {}, el("td", {}, loneToken(toks, id)), el("td", { class: "num", text: fmt(count, { id: "firings" }) }),
           el("td", { class: "num", text: fmt(p) }), el("td", { class: "num", text: fmt(r) }), el("td", { class: "num", text: fmt(pmi) })));
       }
       if (!rows.length) t.append(el("tr", {}, el("td", { class: "muted", colspan: "5", text: "none" })));
@@ -373,8 +472,8 @@
   function nodeCell(node, toks) {
     const i = node.lastIndexOf(":");
     const kind = node.slice(0, i), index = node.slice(i + 1);
-    if (kind === "token") return el("span", {}, "token ", el("code", { text: lone(toks, index) }));
-    if (kind === "output") return el("span", {}, "logit ", el("code", { text: lone(toks, index) }));
+    if (kind === "token") return el("span", {}, "token ", loneToken(toks, index));
+    if (kind === "output") return el("span", {}, "logit ", loneToken(toks, index));
     if (ROW_OF_KEY.has(node)) return el("a", { class: "node", href: "#component=" + encodeURIComponent(node), text: node });
     return el("span", { text: node });
   }
@@ -401,6 +500,50 @@
     return box;
   }
 
+  // ---- module overview ----------------------------------------------------------------------------------------
+  function miniBars(counts, title) {
+    const top = Math.max(1, ...counts);
+    const bars = el("div", { class: "bars", title });
+    for (const c of counts) {
+      const bar = el("span", { class: "hbar", title: String(c) });
+      bar.style.height = `${Math.round((22 * c) / top)}px`;
+      bars.append(bar);
+    }
+    return bars;
+  }
+
+  // One row per module: components, alive, a density histogram (log10), CI-L0, labels, and per scorer the mean
+  // and a histogram of scores; clicking a module filters the table to it.
+  function renderOverview(modules) {
+    const host = $("module-overview");
+    if (!host || !modules.length) return;
+    const scorers = Object.keys(META.scorers).filter((n) => META.scorers[n].available);
+    const thresholds = [...new Set(modules.flatMap((m) => Object.keys(m.l0 || {})))];
+    const t = el("table", { class: "modules" });
+    t.append(el("tr", {}, ...["module", "components", "alive", "density (log10 1e-7 … 1)", ...thresholds.map((x) => `CI-L0 (${x})`),
+      "labelled", ...scorers.map((n) => `${n} mean / histogram`)].map((h) => el("th", { text: h }))));
+    for (const m of modules) {
+      const link = el("a", { href: "#", text: m.module, onclick: (e) => {
+        e.preventDefault();
+        state.filters = { ...state.filters, module: m.module };
+        const input = document.querySelector('#filter-row input[data-col="module"]');
+        if (input) input.value = m.module;
+        state.page = 0; refresh();
+      } });
+      const row = el("tr", { "data-module": m.module }, el("td", {}, el("code", {}, link)),
+        el("td", { class: "num", text: fmt(m.n_components) }), el("td", { class: "num", text: fmt(m.n_alive) }),
+        el("td", {}, miniBars(m.density.counts, `never fired: ${m.density.dead}`)),
+        ...thresholds.map((x) => el("td", { class: "num", text: fmt((m.l0 || {})[x]) })),
+        el("td", { class: "num", text: fmt(m.n_labelled) }));
+      for (const n of scorers) {
+        const sc = m.scores[n] || { n: 0, mean: null, counts: [] };
+        row.append(el("td", {}, el("span", { class: "num", text: `${fmt(sc.mean)} (n ${sc.n}) ` }), miniBars(sc.counts, "scores 0 … 1")));
+      }
+      t.append(row);
+    }
+    host.replaceChildren(t);
+  }
+
   // ---- wiring -------------------------------------------------------------------------------------------------
   function openFromHash() {
     const m = location.hash.match(/^#component=(.+)$/);
@@ -413,6 +556,7 @@
   }
 
   buildHeader();
+  renderOverview(META.modules || []);
   $("prev-page").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); renderTable(); });
   $("next-page").addEventListener("click", () => {
     state.page = Math.min(state.page + 1, Math.max(0, Math.ceil(state.view.length / state.pageSize) - 1));
