@@ -111,7 +111,8 @@ def test_missing_and_unplanned_stages_are_shown_not_raised(tmp_path: Path) -> No
     path = build_report(only.root, only.status)
     model = gather_report(only.root, only.status)
     assert [r[0] for r in model["rows"]] == only.alive
-    assert all(r[4] is None and r[6] is None for r in model["rows"])  # no label, no detection score
+    column = {c["id"]: i for i, c in enumerate(model["columns"])}
+    assert all(r[column["label"]] is None and r[column["detection"]] is None for r in model["rows"])
     assert _stage(model, "fuzzing")["state"] == "NOT_IN_PIPELINE"
     assert _stage(model, "fuzzing")["output"] == "not part of this pipeline"
     assert '<tr data-stage="fuzzing" class="state-NOT_IN_PIPELINE">' in path.read_text()

@@ -2,10 +2,11 @@
 
 For a component c of a module whose output is the residual stream (an MLP's or attention's output projection:
 the names in RESIDUAL_WRITERS, with an output as wide as the unembedding's input), its effect on the logits along
-the direct path is u_c (its row of U, the direction it writes) scaled elementwise by the final norm's gain and
-multiplied by the unembedding: logits_c = W_U (g * u_c). This is the direct logit attribution without the final
-norm's division by the residual's scale and without any later layer's reaction, so it says which tokens a
-component pushes up or down, not by how much in a given context. The harvested output-token statistics beside it
+the direct path is u_c (its row of U, the direction it writes) through the final norm's linear part and the
+unembedding: logits_c = W_U (g * u_c) after an RMSNorm, W_U (g * (u_c - mean(u_c))) after a LayerNorm (which
+centres). This is the direct logit attribution without the final norm's division by the residual's scale and
+without any later layer's reaction, so it says which tokens a component pushes up or down, not by how much in a
+given context. The harvested output-token statistics beside it
 are the measured counterpart.
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 from spd.report.numbers import rounded
 
 RESIDUAL_WRITERS = ("down_proj", "c_proj", "o_proj", "out_proj", "fc2", "dense_4h_to_h")
-FINAL_NORMS = ("final_norm", "ln_f", "norm")
+FINAL_NORMS = ("final_norm", "ln_f", "rms_f", "norm", "final_layer_norm", "final_layernorm")
+NORM_HOLDERS = ("model", "transformer", "gpt_neox", "decoder")  # where HF-style targets keep their final norm
 CHUNK_ROWS = 1024  # components per matrix product (memory: CHUNK_ROWS x vocab floats)
 
 
@@ -59,15 +61,17 @@ def read_logit_effects(out_dir: Path | None, keys: list[str], k: int) -> LogitEf
     if head is None or getattr(head, "weight", None) is None:
         return LogitEffects(False, "the target has no unembedding (not a language model)")
     w_u = head.weight.detach().float()  # [vocab, d_model]
-    gain = _final_norm_gain(target, w_u.shape[1])
+    norm = final_norm(target, w_u.shape[1])
     wanted: dict[str, list[int]] = {}
     for key in keys:
         module, _, index = key.rpartition(":")
         if index.isdigit():
             wanted.setdefault(module, []).append(int(index))
-    data = LogitEffects(
-        True, info={"modules": [], "definition": "W_U (g * u_c), direct path, final norm scale ignored"}
+    definition = "W_U (g * u_c), direct path, the final norm's scale ignored" + (
+        "" if norm else "; no final norm found"
     )
+    final = type(norm).__name__ if norm is not None else None
+    data = LogitEffects(True, info={"modules": [], "definition": definition, "final_norm": final})
     with torch.no_grad():
         for module, indices in wanted.items():
             if module.rsplit(".", 1)[-1] not in RESIDUAL_WRITERS or module not in model.module_to_c:
@@ -78,7 +82,7 @@ def read_logit_effects(out_dir: Path | None, keys: list[str], k: int) -> LogitEf
             data.info["modules"].append(module)
             for start in range(0, len(indices), CHUNK_ROWS):
                 chunk = indices[start : start + CHUNK_ROWS]
-                logits = (u[chunk] * gain) @ w_u.T  # [chunk, vocab]
+                logits = through_final_norm(u[chunk], norm) @ w_u.T  # [chunk, vocab]
                 top = logits.topk(min(k, logits.shape[1]), dim=1)
                 bottom = (-logits).topk(min(k, logits.shape[1]), dim=1)
                 for row, c in enumerate(chunk):
@@ -89,14 +93,29 @@ def read_logit_effects(out_dir: Path | None, keys: list[str], k: int) -> LogitEf
     return data
 
 
-def _final_norm_gain(target: Any, width: int) -> Any:
-    """The final norm's elementwise gain (ones when the target has none we recognise)."""
-    import torch
-
+def final_norm(target: Any, width: int) -> Any:
+    """The target's final norm (a module with a gain of `width`), looked up by the names our and Hugging Face
+    targets use; None when there is none we recognise."""
+    holders = [target]
+    for name in NORM_HOLDERS:  # model.decoder (OPT), transformer (GPT-2, our Llama), gpt_neox
+        for holder in list(holders):
+            child = getattr(holder, name, None)
+            if child is not None and all(child is not h for h in holders):
+                holders.append(child)
     for name in FINAL_NORMS:
-        for holder in (target, getattr(target, "model", None), getattr(target, "transformer", None)):
-            norm = getattr(holder, name, None) if holder is not None else None
+        for holder in holders:
+            norm = getattr(holder, name, None)
             weight = getattr(norm, "weight", None)
             if weight is not None and tuple(weight.shape) == (width,):
-                return weight.detach().float()
-    return torch.ones(width)
+                return norm
+    return None
+
+
+def through_final_norm(u: Any, norm: Any) -> Any:
+    """Directions [n, d] through the final norm's linear part: centred first for a LayerNorm, then scaled by the
+    gain; unchanged without a norm."""
+    if norm is None:
+        return u
+    if "LayerNorm" in type(norm).__name__:
+        u = u - u.mean(dim=-1, keepdim=True)
+    return u * norm.weight.detach().float()

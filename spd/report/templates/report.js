@@ -58,6 +58,7 @@
   function textTest(expr) {
     const s = expr.trim().toLowerCase();
     if (!s) return null;
+    if (s.startsWith("=")) return (v) => v !== null && v !== undefined && String(v).toLowerCase() === s.slice(1);
     if (s === "none" || s === "-" || s === "missing") return (v) => v === null || v === undefined || v === "";
     return (v) => v !== null && v !== undefined && String(v).toLowerCase().includes(s);
   }
@@ -336,31 +337,36 @@
     const ranked = random.map((ex, i) => [ex, i]).sort((a, b) => size(b[0]) - size(a[0]) || a[1] - b[1]);
     const groups = [{ id: "top", title: "Top activations", examples: top.map((ex, i) => [ex, `#${i + 1}`]) }];
     const n = ranked.length;
-    for (let q = 0; q < 4 && n; q++) {
-      const part = ranked.slice(Math.floor((q * n) / 4), Math.floor(((q + 1) * n) / 4));
-      if (!part.length) continue;
-      groups.push({ id: `band-${q}`, title: `Firings, activation quantile ${100 - 25 * (q + 1)}–${100 - 25 * q}%`,
-        examples: part.map(([ex, i]) => [ex, `r${i + 1}`]) });
-    }
+    const bands = [[], [], [], []]; // example of rank r (largest first) sits in quantile band floor(4 r / n)
+    ranked.forEach(([ex, i], r) => bands[Math.floor((4 * r) / n)].push([ex, `r${i + 1}`]));
+    bands.forEach((part, q) => {
+      if (part.length) groups.push({ id: `band-${q}`, title: `Firings, activation quantile ${100 - 25 * (q + 1)}–${100 - 25 * q}%`, examples: part });
+    });
     groups.push({ id: "random", title: "Uniform sample of firings", examples: random.map((ex, i) => [ex, `r${i + 1}`]) });
     return groups;
   }
 
   // Bars of a histogram (counts over equal bins between lo and hi), each with its range and count on hover.
-  function histogram(title, values, lo, hi, bins) {
+  // Values arrive as the page's stored steps (whole percents): bins of whole steps, so none falls between two.
+  function histogram(title, steps, unit, bins) {
+    const lo = Math.min(0, ...steps), hi = Math.max(0, ...steps) + 1;
+    const per = Math.max(1, Math.ceil((hi - lo) / bins));
+    const counts = new Array(Math.ceil((hi - lo) / per)).fill(0);
+    for (const v of steps) counts[Math.floor((v - lo) / per)]++;
+    return histogramBars(title, steps.length, counts, lo * unit, per * unit);
+  }
+
+  function histogramBars(title, n, counts, lo, width) {
     const box = el("div", { class: "histogram", "data-histogram": title });
-    box.append(el("div", { class: "muted", text: `${title} (n = ${values.length})` }));
-    const counts = new Array(bins).fill(0);
-    const width = (hi - lo) / bins || 1;
-    for (const v of values) counts[Math.min(bins - 1, Math.max(0, Math.floor((v - lo) / width)))]++;
+    box.append(el("div", { class: "muted", text: `${title} (n = ${n})` }));
     const top = Math.max(1, ...counts);
     const bars = el("div", { class: "bars" });
     counts.forEach((c, i) => {
-      const bar = el("span", { class: "hbar", title: `${fmt(lo + i * width)} – ${fmt(lo + (i + 1) * width)}: ${c}` });
+      const bar = el("span", { class: "hbar", "data-count": String(c), title: `${fmt(lo + i * width)} – ${fmt(lo + (i + 1) * width)}: ${c}` });
       bar.style.height = `${Math.round((40 * c) / top)}px`;
       bars.append(bar);
     });
-    box.append(bars, el("div", { class: "axis muted", text: `${fmt(lo)} … ${fmt(hi)}` }));
+    box.append(bars, el("div", { class: "axis muted", text: `${fmt(lo)} … ${fmt(lo + counts.length * width)}` }));
     return box;
   }
 
@@ -368,11 +374,10 @@
     const random = d.examples.random || [];
     const box = el("div", { class: "cols histograms" });
     if (!random.length) return box;
-    const acts = random.map((ex) => (ex[1][ex[3]] * (d.examples.scale || 0)) / 100);
-    const cis = random.map((ex) => ex[2][ex[3]] / 100);
-    const lo = Math.min(0, ...acts), hi = Math.max(0, ...acts);
-    box.append(histogram("activation at the firing token, uniform sample of firings", acts, lo, hi === lo ? lo + 1 : hi, 20),
-      histogram("CI at the firing token, uniform sample of firings", cis, META.ci_threshold || 0, 1, 20));
+    // activations are stored as whole percents of the component's largest |activation| shown, CIs as percents
+    const acts = random.map((ex) => ex[1][ex[3]]), cis = random.map((ex) => ex[2][ex[3]]);
+    box.append(histogram("activation at the firing token, uniform sample of firings", acts, (d.examples.scale || 0) / 100, 20),
+      histogram("CI at the firing token, uniform sample of firings", cis, 0.01, 20));
     return box;
   }
 
@@ -525,9 +530,9 @@
     for (const m of modules) {
       const link = el("a", { href: "#", text: m.module, onclick: (e) => {
         e.preventDefault();
-        state.filters = { ...state.filters, module: m.module };
+        state.filters = { ...state.filters, module: "=" + m.module }; // exact: not also <module>.pre_identity
         const input = document.querySelector('#filter-row input[data-col="module"]');
-        if (input) input.value = m.module;
+        if (input) input.value = "=" + m.module;
         state.page = 0; refresh();
       } });
       const row = el("tr", { "data-module": m.module }, el("td", {}, el("code", {}, link)),
