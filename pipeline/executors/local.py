@@ -84,7 +84,7 @@ def _stop_group(pid: int, sig: int) -> None:
     """Signal a task's process group, and the groups of its direct children: torchrun starts each rank in a
     session of its own, so signalling torchrun's group alone would leave the ranks running after a SIGKILL (the
     children are listed first: once the parent is gone they belong to init)."""
-    for target in [*_children(pid), pid][::-1]:
+    for target in [pid, *_children(pid)]:
         try:
             os.killpg(target, sig)
         except (ProcessLookupError, PermissionError):

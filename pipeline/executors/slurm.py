@@ -555,9 +555,9 @@ class SlurmExecutor:
         run.record_job(stage, {"event": "submitted", **record, "job_id": job_id, "task_jobs": task_jobs, "logs": logs})
         for label, log in logs.items():
             _link_log(run.task_log(stage, label), stage_dir / log)
-        for job, task in zip(jobs, tasks, strict=True):  # srun writes one file per process: %j_<rank>_log.out
-            from submitit.core.utils import JobPaths
+        from submitit.core.utils import JobPaths
 
+        for job, task in zip(jobs, tasks, strict=True):  # srun writes one file per process: %j_<rank>_log.out
             for rank in range(1, task.world_size):
                 rank_log = JobPaths(job.paths.folder, job_id=str(job.job_id), task_id=rank).stdout
                 _link_log(run.rank_log(stage, task.label, rank), rank_log)

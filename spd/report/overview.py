@@ -45,20 +45,21 @@ def module_overview(
     scorers: list[str],
 ) -> list[dict[str, Any]]:
     """One entry per module, in the harvest's order (then any other module a detail names)."""
-    modules: dict[str, dict[str, Any]] = {}
     densities: dict[str, list[float | None]] = {}
     for s in summaries:
         densities.setdefault(s["layer"], []).append(s["density"])
-    for module in [*densities, *(d["module"] for d in details.values())]:
-        modules.setdefault(module, {"module": module})
-    for module, entry in modules.items():
-        mine = [d for d in details.values() if d["module"] == module]
-        scores = {name: [] for name in scorers}
+    by_module: dict[str, list[dict[str, Any]]] = {module: [] for module in densities}
+    for d in details.values():  # one pass over the components, not one per module
+        by_module.setdefault(d["module"], []).append(d)
+    modules: list[dict[str, Any]] = []
+    for module, mine in by_module.items():
+        scores: dict[str, list[float]] = {name: [] for name in scorers}
         for d in mine:
             for name, s in (d.get("scores") or {}).items():
                 if name in scores and s and s.get("score") is not None:
                     scores[name].append(float(s["score"]))
-        entry.update(
+        entry = dict(
+            module=module,
             n_components=len(densities.get(module, [])) or None,
             n_alive=len(mine),
             density=density_histogram(densities.get(module, [])),
@@ -66,4 +67,5 @@ def module_overview(
             n_labelled=sum(1 for d in mine if (d.get("label") or {}).get("label")),
             scores={name: score_histogram(values) for name, values in scores.items()},
         )
-    return list(modules.values())
+        modules.append(entry)
+    return modules
