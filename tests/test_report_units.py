@@ -194,7 +194,8 @@ def test_hostile_labels_and_tokens_stay_text(tmp_path: Path) -> None:
     rendered = render_report(model)
     page = rendered.page
     assert hostile not in page and not any(hostile.encode() in data for data in rendered.files.values())
-    assert page.count("<script") == 5  # meta, table, stale.js and its banner, the code (panels: components/)
+    # meta, table, stale.js and its banner, panel.js, report.js (the panels' data: components/)
+    assert page.count("<script") == 6
     assert json.loads(_script(page, "table-data"))["rows"][0][4] == hostile
     assert _chunk(rendered.files, 0)[0]["label"]["label"] == hostile
 

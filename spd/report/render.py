@@ -175,6 +175,9 @@ def render_report(model: dict[str, Any]) -> RenderedReport:
         table_json=script_json({"columns": model["columns"], "rows": model["rows"]}),
         meta_json=script_json(page_meta),
         css=Markup((TEMPLATES / "report.css").read_text()),
+        # the component panel, shared with the serve app: panel.css after report.css, panel.js before report.js
+        panel_css=Markup((TEMPLATES / "panel.css").read_text()),
+        panel_js=Markup((TEMPLATES / "panel.js").read_text()),
         js=Markup((TEMPLATES / "report.js").read_text()),
     )
     files = {f"{name}.js": sidecar_script(build, name, data) for name, data in packed.items()}
