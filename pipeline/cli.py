@@ -1,4 +1,4 @@
-"""The command line: `python run.py pipeline.yaml` and run/plan/status/rerun/cancel/logs/report/schema.
+"""The command line: `python run.py pipeline.yaml` and run/plan/status/rerun/cancel/logs/report/serve/schema.
 
 Exit codes: 0 done or submitted, 1 a stage failed (or was cancelled), 2 bad input.
 """
@@ -389,6 +389,41 @@ def report(
     except OSError as e:  # full disk, permissions: the user's to fix, and the stores were only read
         raise UserError(f"cannot write the report under {report_dir}: {e}") from None
     out.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def serve(
+    run: RunArg,
+    out_dir: OutDirOpt = Path("runs"),
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback needs --token.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    device: Annotated[str, typer.Option("--device", help="Where the model runs: cpu or cuda.")] = "cpu",
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="SPD_SERVE_TOKEN", help="Required on every request (env SPD_SERVE_TOKEN)."),
+    ] = None,
+) -> None:
+    """Serve a local app to ask the run's decomposition about one prompt: active components per token, the
+    prompt's attribution graph, interventions (docs/serve.md). Writes only under RUN/serve/; Ctrl-C stops it."""
+    from stages import serve as serve_stage  # lazy: torch and fastapi load only for this command
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"--device must be cpu or cuda (or cuda:<n>), got {device!r}")
+    try:
+        serve_stage.check_bind(host, token)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    run_dir = resolve_run(run, out_dir)
+    status_json = orchestrator.status(run_dir).to_json()
+    try:
+        serve_stage.serve_run(run_dir.root, status_json, host, port, device, token)
+    except ValueError as e:  # nothing to serve (no decomposition, not a language model)
+        raise UserError(str(e)) from None
+    except OSError as e:  # port in use, cannot write RUN/serve/
+        raise UserError(f"cannot serve {run_dir.root}: {e}") from None
 
 
 @app.command()

@@ -80,3 +80,11 @@ def browser():
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A finished small run for the `serve` tests (tests/serve_support.py), built once per session."""
+    from tests.serve_support import make_serve_run
+
+    return make_serve_run(tmp_path_factory.mktemp("serve_run"))

@@ -66,6 +66,25 @@ dimensions of the target's module, to multiply by V ('inputs'), or the unembeddi
 ('residual', the output target)."""
 
 
+def row_grads(total: Tensor, rows: Tensor, leaves: list[Tensor], batched: bool = True) -> tuple[list[Tensor], bool]:
+    """(d total[r] / d leaf for every r in rows, [len(rows), *leaf.shape] per leaf; whether batching still works).
+
+    `total` is 1-D. One batched backward (vmap over one-hot cotangents) when `batched`; an op without a batching
+    rule makes it fall back to one backward per row, with a warning, and the caller stops asking for batching."""
+    if batched:
+        one_hot = torch.zeros(len(rows), total.numel(), dtype=total.dtype, device=total.device)
+        one_hot[torch.arange(len(rows)), rows] = 1.0
+        try:
+            grads = torch.autograd.grad(total, leaves, grad_outputs=one_hot, is_grads_batched=True, retain_graph=True)
+            return list(grads), True
+        except torch.OutOfMemoryError:
+            raise  # not a missing batching rule: the fix is fewer targets per backward, not 16x slower runs
+        except (RuntimeError, NotImplementedError) as e:  # an op without a batching rule
+            warnings.warn(f"batched backward failed ({e}); falling back to one backward per target", stacklevel=2)
+    per_row = [torch.autograd.grad(total[r], leaves, retain_graph=True) for r in rows.tolist()]
+    return [torch.stack([g[i] for g in per_row]) for i in range(len(leaves))], False
+
+
 def block_key(source: Layer, target: Layer) -> str:
     """Name of the (source layer -> target layer) block in a shard."""
     return f"{source.key}->{target.key}"
@@ -160,21 +179,8 @@ class AttributionAccumulator:
         return max(1, min(self.targets_per_backward, GRAD_BUDGET_BYTES // max(per_target, 1)))
 
     def _grads(self, total: Tensor, rows: Tensor, leaves: list[Tensor]) -> list[Tensor]:
-        """d total[r] / d leaf for every r in rows: [len(rows), *leaf.shape] per leaf."""
-        if self._batched:
-            one_hot = torch.zeros(len(rows), total.numel(), dtype=total.dtype, device=total.device)
-            one_hot[torch.arange(len(rows)), rows] = 1.0
-            try:
-                return list(
-                    torch.autograd.grad(total, leaves, grad_outputs=one_hot, is_grads_batched=True, retain_graph=True)
-                )
-            except torch.OutOfMemoryError:
-                raise  # not a missing batching rule: the fix is a smaller targets_per_backward, not 16x slower runs
-            except (RuntimeError, NotImplementedError) as e:  # an op without a batching rule
-                warnings.warn(f"batched backward failed ({e}); falling back to one backward per target", stacklevel=2)
-                self._batched = False
-        per_row = [torch.autograd.grad(total[r], leaves, retain_graph=True) for r in rows.tolist()]
-        return [torch.stack([g[i] for g in per_row]) for i in range(len(leaves))]
+        grads, self._batched = row_grads(total, rows, leaves, self._batched)
+        return grads
 
     @torch.no_grad()
     def _grad_x_act(self, source: Layer, grad: Tensor, act: Tensor, ids: Tensor, n_nodes: int) -> Tensor:

@@ -1,0 +1,115 @@
+"""The FastAPI app of `run.py serve`: the page (GET /) and the JSON API under /api (docs/serve.md).
+
+Access: bound to a loopback address the app needs no token; bound anywhere else it refuses to start without
+one (`check_bind`), and with a token every request must carry it (header `Authorization: Bearer <token>`, or
+`?token=` in the page's URL, which the page then sends as the header). The token is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from markupsafe import Markup, escape
+
+from spd.serve.session import ServedRun
+from spd.serve.views import (
+    GraphRequest,
+    InterventionRequest,
+    PromptRequest,
+    graph_view,
+    intervention_view,
+    prompt_view,
+)
+
+TEMPLATES = Path(__file__).parent / "templates"
+REPORT_TEMPLATES = Path(__file__).parent.parent / "report" / "templates"  # the component panel is the report's
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a bind beyond this machine without a token (anyone on the network could drive the model)."""
+    if host not in LOOPBACK_HOSTS and not token:
+        raise ValueError(
+            f"serving on {host!r} makes the app reachable from other machines: give --token (or set "
+            "SPD_SERVE_TOKEN), or keep the default --host 127.0.0.1 and reach it through an SSH tunnel"
+        )
+
+
+def _page(run: ServedRun) -> str:
+    """The page: serve.html with its CSS and scripts inlined (the panel's script and styles are the report's)."""
+    meta = json.dumps({"run_id": run.run_id}, ensure_ascii=False).replace("<", "\\u003c")
+    parts = {
+        "{{ title }}": str(escape(f"SPD serve: {run.run_id}")),
+        "{{ css }}": (TEMPLATES / "serve.css").read_text() + (REPORT_TEMPLATES / "panel.css").read_text(),
+        "{{ meta }}": meta,
+        "{{ panel_js }}": (REPORT_TEMPLATES / "panel.js").read_text(),
+        "{{ serve_js }}": (TEMPLATES / "serve.js").read_text(),
+    }
+    page = (TEMPLATES / "serve.html").read_text()
+    for placeholder, value in parts.items():
+        page = page.replace(placeholder, str(Markup(value)))
+    return page
+
+
+def _authorized(request: Request, token: str) -> bool:
+    header = request.headers.get("authorization", "")
+    given = header[len("Bearer ") :] if header.startswith("Bearer ") else request.query_params.get("token", "")
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def create_app(run: ServedRun, token: str | None = None) -> FastAPI:
+    """The app serving `run`; with `token`, every request must carry it."""
+    app = FastAPI(title=f"SPD serve: {run.run_id}", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    history: deque[dict[str, Any]] = deque()
+    page = _page(run)
+
+    if token:
+
+        @app.middleware("http")
+        async def require_token(request: Request, call_next):
+            if not _authorized(request, token):
+                return JSONResponse({"detail": "missing or wrong token"}, status_code=401)
+            return await call_next(request)
+
+    @app.exception_handler(ValueError)
+    async def bad_request(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/api/run")
+    def run_info() -> dict[str, Any]:
+        return run.info()
+
+    @app.post("/api/prompt")
+    def prompt(request: PromptRequest) -> dict[str, Any]:
+        return prompt_view(run, request)
+
+    @app.post("/api/graph")
+    def graph(request: GraphRequest) -> dict[str, Any]:
+        return graph_view(run, request)
+
+    @app.post("/api/intervene")
+    def intervene(request: InterventionRequest) -> dict[str, Any]:
+        return intervention_view(run, request, history)
+
+    @app.get("/api/interventions")
+    def interventions() -> list[dict[str, Any]]:
+        return list(history)
+
+    @app.get("/api/components/{key:path}")
+    def component(key: str) -> dict[str, Any]:
+        panel = run.panels.panel(key)
+        if panel is None:
+            raise HTTPException(404, f"no component {key!r} in this run's harvest")
+        return panel
+
+    return app
