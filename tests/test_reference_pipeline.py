@@ -108,3 +108,33 @@ def test_harvest_of_an_imported_run_is_the_same_for_1_and_4_tasks(tmp_path: Path
             assert a.execute(sql).fetchall() == b.execute(sql).fetchall(), name
         assert a.execute("SELECT n_tokens FROM provenance").fetchone() == (8 * 8 * 64,)
         assert a.execute("SELECT count(*) FROM examples WHERE doc IS NOT NULL").fetchone()[0] > 0
+
+
+@pytest.mark.parametrize("name", list(LM_RUNS))
+def test_serve_answers_on_an_imported_run(example_runs, cache_env, name: str) -> None:
+    """`serve`'s API on the imported run: the reference's tokenizer and module paths, a graph, a panel."""
+    from fastapi.testclient import TestClient
+
+    from spd.serve.app import create_app
+    from spd.serve.session import open_served_run
+
+    run_dir = example_runs[name]
+    status = run_cli("status", run_dir, "--json", cwd=run_dir.parent, env=cache_env).json()
+    run = open_served_run(run_dir, status, log=lambda _: None)
+    client = TestClient(create_app(run))
+    modules = set(client.get("/api/run").json()["modules"])
+    assert LM_RUNS[name] in modules
+    text = "Once upon a time, there was a little dog"
+    view = client.post("/api/prompt", json={"text": text}).json()
+    assert [t["id"] for t in view["tokens"]] == run.encode(text)
+    assert "".join(t["text"] for t in view["tokens"]).strip() == text  # leading spaces kept per token
+    graph = client.post("/api/graph", json={"text": text, "keep_fraction": 0.9})
+    assert graph.status_code == 200, graph.text
+    keys = {n["key"] for n in graph.json()["nodes"] if n["key"]}
+    assert keys and {k.rpartition(":")[0] for k in keys} <= modules
+    in_harvest = sorted(k for k in keys if k in run.panels.details)
+    assert in_harvest, "some active component of the prompt fired in the harvest"
+    assert client.get(f"/api/components/{in_harvest[0]}").json()["detail"]["key"] == in_harvest[0]
+    key = in_harvest[0]
+    changed = client.post("/api/intervene", json={"text": text, "changes": [{"key": key, "action": "off"}]})
+    assert changed.status_code == 200 and len(changed.json()["positions"]) == len(view["tokens"])
