@@ -131,11 +131,16 @@ def test_wheel_installs_and_imports_without_extras(tmp_path: Path) -> None:
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    modules = [*BUILTIN_STAGE_MODULES, "stages.report", "spd.report", "pipeline.cli", "pipeline.worker"]
+    modules = [*BUILTIN_STAGE_MODULES, "stages.report", "spd.report", "stages.serve", "spd.serve.app"]
+    modules += ["pipeline.cli", "pipeline.worker"]
     result = json.loads(_run(python, "-c", CHECK, *modules, cwd=elsewhere).stdout)
     site = Path(result["prefix"]).resolve()
     outside = {m: f for m, f in result["files"].items() if not Path(f).resolve().is_relative_to(site)}
     assert not outside, f"imported from outside the fresh venv: {outside}"
+    pages = {"spd.report": ["report.js", "panel.js", "panel.css"], "spd.serve.app": ["serve.html", "serve.js"]}
+    for module, names in pages.items():  # package data: the pages' templates come with the wheel
+        templates = Path(result["files"][module]).parent / "templates"
+        assert all((templates / n).is_file() for n in names), f"{templates} lacks some of {names}"
     assert result["hf_message"] is not None, "transformers is importable in a venv installed without the hf extra"
     assert "pip install 'spd-pipeline[hf]'" in result["hf_message"], result["hf_message"]
     print(f"wheel build + venv + install + imports: {time.monotonic() - start:.0f} s")

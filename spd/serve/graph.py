@@ -118,6 +118,8 @@ def prompt_graph(
     parts: list[tuple[Tensor, Tensor, Tensor]] = []
     batched = targets_per_backward > 1
     causal = block < T and _is_causal(model, token_ids[:block], full, embedding_module, unembedding_module)
+    full_leaves = [full.sources[k] for k in source_keys]
+    upstream_of = {m: _upstream(full.targets[Layer("component", m).key], full_leaves) for m in order}  # structural
     for lo in range(0, T, block):
         hi = min(T, lo + block)
         cap = _capture(model, token_ids[:hi], embedding_module, unembedding_module) if causal else full
@@ -129,7 +131,7 @@ def prompt_graph(
             numbers[:lo] = -1
             numbers[hi:] = -1
             flat_rows = (numbers.reshape(-1) >= 0).nonzero().flatten()
-            upstream = _upstream(target, leaves) if len(flat_rows) else []
+            upstream = upstream_of[module] if len(flat_rows) else []
             for start in range(0, len(flat_rows), max(1, targets_per_backward)) if upstream else ():
                 rows = flat_rows[start : start + targets_per_backward]
                 grads, batched = row_grads(target.reshape(-1), rows.to(device), [leaves[i] for i in upstream], batched)
