@@ -147,6 +147,21 @@ def _build_id(packed: dict[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def panel_meta(model: dict[str, Any]) -> dict[str, Any]:
+    """What the component panel (templates/panel.js) reads besides a component's detail: the CI threshold, which
+    stages have output, the scorers with their chance levels, the PMI minimum. The report's page and the serve app
+    hand it the same."""
+    return {
+        "ci_threshold": model["ci_threshold"],
+        "scorers": {
+            name: {"available": model["sections"][name]["available"], "chance": model["sections"][name]["chance"]}
+            for name in ("detection", "fuzzing", "intruder")
+        },
+        "sections": {name: model["sections"][name]["available"] for name in model["sections"]},
+        "options": {"pmi_min_count": model["options"].get("pmi_min_count")},
+    }
+
+
 def render_report(model: dict[str, Any]) -> RenderedReport:
     """The page and its components/ files for a report model (spd.report.data.gather_report)."""
     packed = _packed_data(model)
@@ -159,13 +174,7 @@ def render_report(model: dict[str, Any]) -> RenderedReport:
         "chunk_size": int(model["options"]["chunk_size"]),
         "n_chunks": sum(1 for name in packed if name.startswith("chunk-")),
         "token_files": sum(1 for name in packed if name.startswith("tokens-")),
-        "ci_threshold": model["ci_threshold"],
-        "scorers": {
-            name: {"available": model["sections"][name]["available"], "chance": model["sections"][name]["chance"]}
-            for name in ("detection", "fuzzing", "intruder")
-        },
-        "sections": {name: model["sections"][name]["available"] for name in model["sections"]},
-        "options": {"pmi_min_count": model["options"].get("pmi_min_count")},
+        **panel_meta(model),
         "modules": model.get("modules", []),  # the module overview (small: one entry per module)
     }
     template = _environment().get_template("report.html.j2")

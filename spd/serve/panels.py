@@ -18,6 +18,7 @@ from typing import Any
 
 from spd.report.data import REPORT_FORMAT, gather_report
 from spd.report.locate import SPD_STAGES, RunLayout
+from spd.report.render import panel_meta
 from spd.utils import atomic_write_bytes
 
 CACHE_PREFIX = "panels-"
@@ -69,19 +70,6 @@ def _token_ids(detail: dict[str, Any]) -> set[str]:
             if kind in ("token", "output") and index.isdigit():
                 ids.add(int(index))
     return {str(i) for i in ids}
-
-
-def panel_meta(model: dict[str, Any]) -> dict[str, Any]:
-    """What the panel script reads from a report model besides a component's detail."""
-    return {
-        "ci_threshold": model["ci_threshold"],
-        "scorers": {
-            name: {"available": model["sections"][name]["available"], "chance": model["sections"][name]["chance"]}
-            for name in ("detection", "fuzzing", "intruder")
-        },
-        "sections": {name: model["sections"][name]["available"] for name in model["sections"]},
-        "options": {"pmi_min_count": model["options"].get("pmi_min_count")},
-    }
 
 
 def stores_fingerprint(run_dir: Path) -> str:
