@@ -95,11 +95,11 @@ def _brute_force_edges(run: ServedRun, ids: list[int], threshold: float, positio
         for name, grad in zip(names, grads, strict=True):
             if grad is None:
                 continue
-            product = (grad * leaves[name])[0].double()
+            product = (grad * leaves[name].detach())[0].double()
             if name == "token":
                 for p in range(len(ids)):
                     if product[p].sum() != 0:
-                        edges[(f"token:{ids[p]}@{p}", target_id)] = float(product[p].sum().detach())
+                        edges[(f"token:{ids[p]}@{p}", target_id)] = float(product[p].sum())
                 continue
             for p, c in (ci[name] > threshold).nonzero().tolist():
                 if product[p, c] != 0:
