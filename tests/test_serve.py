@@ -8,6 +8,7 @@ nothing under the run's stages/.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -137,16 +138,28 @@ def test_prompt_graph_edges_equal_brute_force_autograd(served) -> None:
     assert graph["output"]["token_id"] == int(run_prompt(run.model, ids).target_logits[last].argmax())
 
 
-def test_graph_pruning_keeps_the_strongest_edges_up_to_the_fraction(served) -> None:
+def test_graph_pruning_keeps_the_strongest_edges_up_to_the_fraction_and_the_logits_inputs(served) -> None:
     _, client, _ = served
     full = _ok(client.post("/api/graph", json={"text": PROMPT, "keep_fraction": 1.0, "max_edges": 200_000}))
+    ranking = full["edges"]  # every non-zero edge, strongest first
+    assert len(ranking) == full["n_edges"] and [abs(e[2]) for e in ranking] == sorted(
+        (abs(e[2]) for e in ranking), reverse=True
+    )
+    output = f"output:{full['output']['token_id']}@{full['output']['position']}"
+    into_output = [e for e in ranking if e[1] == output][:10]
+    assert len(into_output) == 10
+
+    def expected(n: int) -> list[list]:
+        return ranking[:n] + [e for e in into_output if e not in ranking[:n]]
+
     half = _ok(client.post("/api/graph", json={"text": PROMPT, "keep_fraction": 0.5, "max_edges": 200_000}))
-    magnitudes = sorted((abs(v) for _, _, v in full["edges"]), reverse=True)
-    kept = [abs(v) for _, _, v in half["edges"]]
-    assert kept == magnitudes[: len(kept)]  # strongest first, a prefix of the ranking
-    assert sum(kept) >= 0.5 * full["total_abs"] - 1e-9 > sum(kept[:-1])  # the smallest prefix reaching half
+    cumulative = itertools.accumulate(abs(e[2]) for e in ranking)  # the smallest prefix carrying half the total
+    n = next(i for i, c in enumerate(cumulative, start=1) if c >= 0.5 * full["total_abs"])
+    assert half["edges"] == expected(n)
     capped = _ok(client.post("/api/graph", json={"text": PROMPT, "keep_fraction": 1.0, "max_edges": 7}))
-    assert len(capped["edges"]) == 7
+    assert capped["edges"] == expected(7)
+    kept_nodes = {n["id"] for n in capped["nodes"]}
+    assert kept_nodes == {x for e in capped["edges"] for x in e[:2]} | {output}
 
 
 def test_switching_off_active_components_at_a_position_equals_a_direct_masked_forward(served) -> None:

@@ -20,6 +20,7 @@ from spd.serve.prompt import PromptRun, active_components, kl_per_position, mask
 from spd.serve.session import ServedRun
 
 HISTORY_LENGTH = 20  # interventions kept to compare (newest last)
+OUTPUT_EDGES_KEPT = 10  # the logit's strongest incoming edges are kept whatever the pruning (the answer's anchor)
 
 
 class PromptRequest(BaseModel):
@@ -157,9 +158,12 @@ def graph_view(run: ServedRun, request: GraphRequest) -> dict[str, Any]:
         graph = prompt_graph(
             run.model, ids, result.ci, threshold, run.embedding_module, run.unembedding_module, position, token_id
         )
-    kept = strongest_edges(graph.values, request.keep_fraction, request.max_edges)
-    edges = graph.edges(kept)
     output = len(graph.nodes) - 1
+    kept = strongest_edges(graph.values, request.keep_fraction, request.max_edges)
+    incoming = (graph.targets == output).nonzero().flatten()  # the logit's own strongest inputs always stay
+    incoming = incoming[strongest_edges(graph.values[incoming], 1.0, OUTPUT_EDGES_KEPT)]
+    kept = torch.cat([kept, incoming[~torch.isin(incoming, kept)]])
+    edges = graph.edges(kept)
     used = sorted({s for s, _, _ in edges} | {t for _, t, _ in edges} | {output})
     nodes = []
     for n in used:
@@ -237,6 +241,7 @@ def intervention_view(run: ServedRun, request: InterventionRequest, history: deq
         "base": request.base,
         "changes": [c.model_dump() for c in request.changes],
         "last_prediction": {"base": base_top[-1][0][0], "intervened": new[-1][0][0]},
+        "token_texts": {str(t): texts[str(t)] for t in (base_top[-1][0][0], new[-1][0][0])},
         "kl_target_last": kl_target[-1],
         "kl_target_mean": sum(kl_target) / len(kl_target),
     }
