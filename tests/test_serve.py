@@ -108,7 +108,7 @@ def _brute_force_edges(run: ServedRun, ids: list[int], threshold: float, positio
 
     edges: dict[tuple[str, str], float] = {}
     for module in model.target_module_paths:
-        for p, c in (ci[module] > threshold).nonzero().tolist():
+        for p, c in (ci[module][: position + 1] > threshold).nonzero().tolist():  # later ones cannot reach it
             leaves, acts, _ = cut_forward()
             credit(f"{module}:{c}@{p}", acts[module][0, p, c], leaves, edges)
     leaves, _, logits = cut_forward()
@@ -116,11 +116,14 @@ def _brute_force_edges(run: ServedRun, ids: list[int], threshold: float, positio
     return edges
 
 
-def test_prompt_graph_edges_equal_brute_force_autograd(served) -> None:
+@pytest.mark.parametrize("at", ["last", "middle"])
+def test_prompt_graph_edges_equal_brute_force_autograd(served, at: str) -> None:
     run, client, _ = served
     ids = run.encode(PROMPT)
     threshold = run.ci_threshold
-    graph = _ok(client.post("/api/graph", json={"token_ids": ids, "keep_fraction": 1.0, "max_edges": 200_000}))
+    position = len(ids) - 1 if at == "last" else len(ids) // 2
+    body = {"token_ids": ids, "keep_fraction": 1.0, "max_edges": 200_000, "position": position}
+    graph = _ok(client.post("/api/graph", json=body))
     assert graph["causal_prefixes"], "a causal LM: the graph should use prefixes (the check must not be vacuous)"
     got = {(s, t): v for s, t, v in graph["edges"]}
     expected = _brute_force_edges(run, ids, threshold, graph["output"]["position"], graph["output"]["token_id"])
@@ -133,9 +136,9 @@ def test_prompt_graph_edges_equal_brute_force_autograd(served) -> None:
         assert abs(got.get(pair, 0.0) - expected.get(pair, 0.0)) <= 1e-5 * scale, pair
     nodes = {n["id"]: n for n in graph["nodes"]}
     assert all(s in nodes and t in nodes for s, t in got)
-    last = len(ids) - 1
-    assert graph["output"]["position"] == last
-    assert graph["output"]["token_id"] == int(run_prompt(run.model, ids).target_logits[last].argmax())
+    assert graph["output"]["position"] == position
+    assert graph["output"]["token_id"] == int(run_prompt(run.model, ids).target_logits[position].argmax())
+    assert max(n["position"] for n in graph["nodes"]) == position  # nothing after the output's position
 
 
 def test_graph_pruning_keeps_the_strongest_edges_up_to_the_fraction_and_the_logits_inputs(served) -> None:

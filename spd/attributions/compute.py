@@ -85,6 +85,13 @@ def row_grads(total: Tensor, rows: Tensor, leaves: list[Tensor], batched: bool =
     return [torch.stack([g[i] for g in per_row]) for i in range(len(leaves))], False
 
 
+def targets_per_chunk(leaves: list[Tensor], limit: int) -> int:
+    """Targets per batched backward: `limit`, fewer when their gradients (one copy of every leaf per target)
+    would pass GRAD_BUDGET_BYTES; at least one."""
+    per_target = sum(leaf.numel() * leaf.element_size() for leaf in leaves)
+    return max(1, min(limit, GRAD_BUDGET_BYTES // max(per_target, 1)))
+
+
 def block_key(source: Layer, target: Layer) -> str:
     """Name of the (source layer -> target layer) block in a shard."""
     return f"{source.key}->{target.key}"
@@ -175,8 +182,7 @@ class AttributionAccumulator:
 
     def chunk_size(self, leaves: list[Tensor]) -> int:
         """Targets per batched backward: targets_per_backward, fewer when their gradients would pass the budget."""
-        per_target = sum(leaf.numel() * leaf.element_size() for leaf in leaves)
-        return max(1, min(self.targets_per_backward, GRAD_BUDGET_BYTES // max(per_target, 1)))
+        return targets_per_chunk(leaves, self.targets_per_backward)
 
     def _grads(self, total: Tensor, rows: Tensor, leaves: list[Tensor]) -> list[Tensor]:
         grads, self._batched = row_grads(total, rows, leaves, self._batched)

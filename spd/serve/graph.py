@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from spd.attributions.capture import Captured, capture_forward
-from spd.attributions.compute import row_grads
+from spd.attributions.compute import row_grads, targets_per_chunk
+from spd.attributions.endpoints import unembedding_matrix
 from spd.attributions.nodes import Layer
 from spd.models.component_model import ComponentModel
 from spd.serve.prompt import model_device
@@ -59,7 +60,6 @@ class PromptGraph:
     sources: Tensor  # [E] int64 node numbers
     targets: Tensor  # [E] int64 node numbers
     values: Tensor  # [E] float64
-    logit: float  # the chosen logit's value in the cut forward (all components at 1)
     causal: bool  # whether prefixes were used (see prompt_graph)
 
     def edges(self, order: Tensor | None = None) -> list[tuple[int, int, float]]:
@@ -82,28 +82,31 @@ def prompt_graph(
 ) -> PromptGraph:
     """The unpruned graph of `token_ids` over the components whose CI (module -> [T, C]) exceeds `threshold`.
 
-    A target at position p depends only on positions <= p in a causal LM, so the targets are taken `block`
-    positions at a time, each block differentiated through a forward of the prompt's prefix up to the block's end:
-    about half the backward work of full-length passes. Whether the model is causal is checked, not assumed: the
-    first prefix forward's activations must equal the full forward's on the prefix, else every block uses the full
-    prompt (`causal` False in the result)."""
-    T = len(token_ids)
-    if not 0 <= output_position < T:
-        raise ValueError(f"output position {output_position} is outside the prompt's {T} tokens")
+    A target at position p depends only on positions <= p in a causal LM: the graph then holds only the positions
+    up to the output's (later ones cannot reach it), and the targets are taken `block` positions at a time, each
+    block differentiated through a forward of the prompt's prefix up to the block's end (about half the backward
+    work of full-length passes). Whether the model is causal is checked, not assumed: the first prefix forward's
+    activations must equal the full forward's on the prefix, else the graph spans the whole prompt and every block
+    uses it (`causal` False in the result). A batched backward differentiates at most `targets_per_backward`
+    targets, fewer when their gradients would pass the attributions stage's memory budget."""
+    if not 0 <= output_position < len(token_ids):
+        raise ValueError(f"output position {output_position} is outside the prompt's {len(token_ids)} tokens")
     device = model_device(model)
     full = _capture(model, token_ids, embedding_module, unembedding_module)
     order = list(full.order)
-    vocab = full.logits.shape[-1]
-    if not 0 <= output_token < vocab:
-        raise ValueError(f"output token {output_token} is outside the vocabulary of {vocab}")
+    W_U = unembedding_matrix(model, unembedding_module)
+    if not 0 <= output_token < W_U.shape[0]:
+        raise ValueError(f"output token {output_token} is outside the vocabulary of {W_U.shape[0]}")
+    causal = block < len(token_ids) and _is_causal(model, token_ids[:block], full, embedding_module, unembedding_module)
+    T = output_position + 1 if causal else len(token_ids)
 
     # nodes: every input token, the active components of each module in forward order, the logit
-    nodes: list[GraphNode] = [GraphNode(TOKEN_LAYER, p, t) for p, t in enumerate(token_ids)]
+    nodes: list[GraphNode] = [GraphNode(TOKEN_LAYER, p, t) for p, t in enumerate(token_ids[:T])]
     token_key = Layer("token", embedding_module).key
     source_keys = [token_key, *(Layer("component", m).key for m in order)]
     node_of: dict[str, Tensor] = {token_key: torch.arange(T).unsqueeze(1)}  # [T, width] node numbers, -1: none
     for module in order:
-        module_ci = ci[module].cpu()
+        module_ci = ci[module][:T].cpu()
         numbers = torch.full(module_ci.shape, -1, dtype=torch.long)
         positions, comps = (module_ci > threshold).nonzero(as_tuple=True)
         numbers[positions, comps] = torch.arange(len(nodes), len(nodes) + len(positions))
@@ -117,7 +120,6 @@ def prompt_graph(
 
     parts: list[tuple[Tensor, Tensor, Tensor]] = []
     batched = targets_per_backward > 1
-    causal = block < T and _is_causal(model, token_ids[:block], full, embedding_module, unembedding_module)
     full_leaves = [full.sources[k] for k in source_keys]
     upstream_of = {m: _upstream(full.targets[Layer("component", m).key], full_leaves) for m in order}  # structural
     for lo in range(0, T, block):
@@ -132,14 +134,18 @@ def prompt_graph(
             numbers[hi:] = -1
             flat_rows = (numbers.reshape(-1) >= 0).nonzero().flatten()
             upstream = upstream_of[module] if len(flat_rows) else []
-            for start in range(0, len(flat_rows), max(1, targets_per_backward)) if upstream else ():
-                rows = flat_rows[start : start + targets_per_backward]
+            chunk = targets_per_chunk([leaves[i] for i in upstream], targets_per_backward)
+            for start in range(0, len(flat_rows), chunk) if upstream else ():
+                rows = flat_rows[start : start + chunk]
                 grads, batched = row_grads(target.reshape(-1), rows.to(device), [leaves[i] for i in upstream], batched)
                 for i, grad in zip(upstream, grads, strict=True):
                     sources = node_of[source_keys[i]][: target.shape[0]]
                     parts.append(_edges(grad, leaves[i], sources, numbers.reshape(-1)[rows], i == 0))
-    cap = _capture(model, token_ids[: output_position + 1], embedding_module, unembedding_module) if causal else full
-    logit = cap.logits[0, output_position, output_token]
+    cap = _capture(model, token_ids[:T], embedding_module, unembedding_module) if causal else full
+    # the logit through the unembedding input x, as the attributions stage defines it: W_U[v] . x (+ a constant
+    # bias), with the frozen target weight even when the unembedding is itself decomposed
+    x = cap.targets[Layer("output", unembedding_module).key][0, output_position]
+    logit = W_U[output_token].to(x.dtype) @ x
     leaves = [cap.sources[k] for k in source_keys]
     upstream = _upstream(logit, leaves)
     if upstream:
@@ -156,7 +162,6 @@ def prompt_graph(
         sources=src,
         targets=tgt,
         values=val,
-        logit=float(logit.detach()),
         causal=causal,
     )
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from spd.models.component_model import ComponentModel
 from spd.models.masks import ci_mask_infos
+from spd.train.lm_metrics import kl_per_position
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,10 @@ def top_predictions(logits: Tensor, k: int) -> list[list[tuple[int, float]]]:
     ]
 
 
-def kl_per_position(reference: Tensor, other: Tensor) -> list[float]:
-    """KL(reference || other) of the next-token distributions at each position, in nats."""
-    log_p = torch.log_softmax(reference.double(), dim=-1)
-    log_q = torch.log_softmax(other.double(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0).tolist()
+def kl_list(reference: Tensor, other: Tensor) -> list[float]:
+    """KL(reference || other) of the next-token distributions at each position, in nats (float64; a rounding
+    residue below 0 shows as 0)."""
+    return kl_per_position(reference.double(), other.double()).clamp_min(0.0).tolist()
 
 
 def active_components(ci: dict[str, Tensor], threshold: float) -> dict[str, Tensor]:

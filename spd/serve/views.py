@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spd.serve.graph import OUTPUT_LAYER, TOKEN_LAYER, prompt_graph, strongest_edges
 from spd.serve.interventions import Change, apply_changes, base_masks
-from spd.serve.prompt import PromptRun, active_components, kl_per_position, masked_logits, run_prompt, top_predictions
+from spd.serve.prompt import PromptRun, active_components, kl_list, masked_logits, run_prompt, top_predictions
 from spd.serve.session import ServedRun
 
 HISTORY_LENGTH = 20  # interventions kept to compare (newest last)
@@ -113,7 +113,7 @@ def prompt_view(run: ServedRun, request: PromptRequest) -> dict[str, Any]:
         result = run_prompt(run.model, ids)
     active = active_components(result.ci, threshold)
     texts: dict[str, str] = {}
-    kl = kl_per_position(result.target_logits, result.masked_logits)
+    kl = kl_list(result.target_logits, result.masked_logits)
     target, masked = (
         top_predictions(result.target_logits, request.top_k),
         top_predictions(result.masked_logits, request.top_k),
@@ -190,7 +190,7 @@ def graph_view(run: ServedRun, request: GraphRequest) -> dict[str, Any]:
             "position": position,
             "token_id": token_id,
             "text": texts[str(token_id)],
-            "logit": graph.logit,
+            "logit": float(result.target_logits[position, token_id]),
             "prob": float(probs[token_id]),
         },
         "layers": graph.layers,
@@ -220,8 +220,8 @@ def intervention_view(run: ServedRun, request: InterventionRequest, history: deq
     texts: dict[str, str] = {}
     k = request.top_k
     target, base_top, new = (top_predictions(x, k) for x in (result.target_logits, base_logits, logits))
-    kl_target = kl_per_position(result.target_logits, logits)
-    kl_base = kl_per_position(base_logits, logits)
+    kl_target = kl_list(result.target_logits, logits)
+    kl_base = kl_list(base_logits, logits)
     positions = [
         {
             "target": _predictions(run, target[p], texts),

@@ -26,11 +26,16 @@ def next_token_ce(logits: Tensor, tokens: Tensor) -> float:
     return float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)))
 
 
-def mean_kl(target_logits: Tensor, logits: Tensor) -> float:
-    """Mean over positions of KL(p_target || p_model)."""
+def kl_per_position(target_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(p_target || p_model) of the next-token distributions at each position (the last dimension is the vocab)."""
     log_p = torch.log_softmax(target_logits, -1)
     log_q = torch.log_softmax(logits, -1)
-    return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def mean_kl(target_logits: Tensor, logits: Tensor) -> float:
+    """Mean over positions of KL(p_target || p_model)."""
+    return float(kl_per_position(target_logits, logits).mean())
 
 
 def _mask_infos(
