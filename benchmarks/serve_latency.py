@@ -2,8 +2,8 @@
 
     python benchmarks/serve_latency.py [RUN] [--repeats 7] [--threads N]
 
-RUN defaults to runs/quickstart (make it with `bash scripts/quickstart.sh`). The prompt is the first 64 tokens of
-the decomposition's validation windows (real text of its corpus, so the CI is as sparse as it is in use). Each
+RUN defaults to runs/quickstart (make it with `bash scripts/quickstart.sh`). The prompt is the first 64 tokens (or
+the decomposition's window length, if shorter) of its evaluation split (real text of its corpus, so the CI is as sparse as it is in use). Each
 repeat calls POST /api/prompt then POST /api/graph (defaults: keep_fraction 0.8, max_edges 1000) through FastAPI's
 TestClient, so the times include validation and JSON encoding, but not a network; the two are alternated in one
 process on the same thread count. Also printed: opening the run (model + panels, the panels from the stores on the
@@ -13,7 +13,6 @@ first start, from RUN/serve/'s cache on the second) and the graph's size.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from spd.models import load_decomposition_data  # noqa: E402
 from spd.serve.app import create_app  # noqa: E402
+from spd.serve.panels import CACHE_PREFIX  # noqa: E402
 from spd.serve.session import SERVE_DIR, open_served_run  # noqa: E402
 
 PROMPT_TOKENS = 64
@@ -45,18 +45,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
     run_dir = Path(args.run)
-    if not (run_dir / "stages" / "decompose" / "out" / "config.json").is_file():
-        sys.exit(f"{run_dir} holds no finished decomposition: run `bash scripts/quickstart.sh` first")
+    if not run_dir.is_dir():
+        sys.exit(f"no run at {run_dir}: run `bash scripts/quickstart.sh` first")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"run {run_dir}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
 
-    shutil.rmtree(run_dir / SERVE_DIR, ignore_errors=True)  # the first open gathers the panels from the stores
-    run, cold = _timed(lambda: open_served_run(run_dir, {}, log=lambda _: None))
+    for cached in (run_dir / SERVE_DIR).glob(f"{CACHE_PREFIX}*"):  # the first open gathers them from the stores
+        cached.unlink()
+    try:
+        run, cold = _timed(lambda: open_served_run(run_dir, {}, log=lambda _: None))
+    except ValueError as e:
+        sys.exit(str(e))
     run, warm = _timed(lambda: open_served_run(run_dir, {}, log=lambda _: None))
     print(f"open the run: {cold:.2f} s gathering the panels ({len(run.panels.details)}), {warm:.2f} s from the cache")
 
-    ids = [int(t) for t in load_decomposition_data(run.decomposition_dir).tokens("val")[:PROMPT_TOKENS]]
+    n_tokens = min(PROMPT_TOKENS, run.max_tokens or PROMPT_TOKENS)
+    split = run.model.run_config.get("data", {}).get("eval_split", "val")
+    ids = [int(t) for t in load_decomposition_data(run.decomposition_dir).tokens(split)[:n_tokens]]
     client = TestClient(create_app(run))
     body = {"token_ids": ids}
     client.post("/api/prompt", json=body).raise_for_status()  # warm-up: first calls pay one-off allocations

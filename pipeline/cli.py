@@ -410,7 +410,7 @@ def serve(
     prompt's attribution graph, interventions (docs/serve.md). Writes only under RUN/serve/; Ctrl-C stops it."""
     from stages import serve as serve_stage  # lazy: torch and fastapi load only for this command
 
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+    if device not in ("cpu", "cuda") and not device.removeprefix("cuda:").isdigit():
         raise UserError(f"--device must be cpu or cuda (or cuda:<n>), got {device!r}")
     try:
         serve_stage.check_bind(host, token)
@@ -420,9 +420,9 @@ def serve(
     status_json = orchestrator.status(run_dir).to_json()
     try:
         serve_stage.serve_run(run_dir.root, status_json, host, port, device, token)
-    except ValueError as e:  # nothing to serve (no decomposition, not a language model)
+    except ValueError as e:  # nothing to serve, a port in use, no CUDA here
         raise UserError(str(e)) from None
-    except OSError as e:  # port in use, cannot write RUN/serve/
+    except OSError as e:  # cannot write RUN/serve/
         raise UserError(f"cannot serve {run_dir.root}: {e}") from None
 
 

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -253,16 +254,35 @@ def test_token_is_checked_on_every_request(served) -> None:
     assert client.get("/", params={"token": "s3cret"}).status_code == 200
     assert client.get("/api/run", headers={"Authorization": "Bearer s3cret"}).json()["run_id"] == run.run_id
     assert client.post("/api/prompt", json={"text": PROMPT}).status_code == 401
+    assert client.get("/api/run", headers={"Authorization": "bearer s3cret"}).status_code == 200  # any case
+    assert client.get("/api/run", params={"token": "s3cret"}).status_code == 200
     with pytest.raises(ValueError, match="--token"):
         check_bind("0.0.0.0", None)
     check_bind("0.0.0.0", "s3cret")
     check_bind("127.0.0.1", None)
 
 
-def test_serve_command_refuses_a_non_local_bind_without_token(serve_run) -> None:
+def test_a_loopback_app_refuses_other_host_names(served) -> None:
+    """DNS rebinding: a page elsewhere that resolves its own name to 127.0.0.1 names itself in Host."""
+    run, _, _ = served
+    client = TestClient(create_app(run, allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1:8000")
+    assert client.get("/api/run").status_code == 200
+    assert client.get("/api/run", headers={"Host": "evil.example:8000"}).status_code == 400
+
+
+def test_serve_command_refuses_what_it_cannot_do_with_a_reason(serve_run) -> None:
     run_dir, _ = serve_run
     result = run_cli("serve", run_dir, "--host", "0.0.0.0", cwd=run_dir.parent)
     assert result.returncode == 2 and "--token" in result.stderr and "Traceback" not in result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        result = run_cli("serve", run_dir, "--port", str(busy.getsockname()[1]), cwd=run_dir.parent)
+    assert result.returncode == 2 and "in use" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (run_dir / "serve" / "server.json").exists()
+    if not torch.cuda.is_available():
+        result = run_cli("serve", run_dir, "--device", "cuda", cwd=run_dir.parent)
+        assert result.returncode == 2 and "CUDA" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serve_command_serves_until_interrupted(serve_run) -> None:

@@ -8,18 +8,19 @@ one (`check_bind`), and with a token every request must carry it (header `Author
 from __future__ import annotations
 
 import hmac
-import json
-from collections import deque
+import logging
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from markupsafe import Markup, escape
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from spd.serve.session import ServedRun
 from spd.serve.views import (
     GraphRequest,
+    InterventionHistory,
     InterventionRequest,
     PromptRequest,
     graph_view,
@@ -30,6 +31,7 @@ from spd.serve.views import (
 TEMPLATES = Path(__file__).parent / "templates"
 REPORT_TEMPLATES = Path(__file__).parent.parent / "report" / "templates"  # the component panel is the report's
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+log = logging.getLogger("spd.serve")
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -43,11 +45,9 @@ def check_bind(host: str, token: str | None) -> None:
 
 def _page(run: ServedRun) -> str:
     """The page: serve.html with its CSS and scripts inlined (the panel's script and styles are the report's)."""
-    meta = json.dumps({"run_id": run.run_id}, ensure_ascii=False).replace("<", "\\u003c")
     parts = {
         "{{ title }}": str(escape(f"SPD serve: {run.run_id}")),
         "{{ css }}": (TEMPLATES / "serve.css").read_text() + (REPORT_TEMPLATES / "panel.css").read_text(),
-        "{{ meta }}": meta,
         "{{ panel_js }}": (REPORT_TEMPLATES / "panel.js").read_text(),
         "{{ serve_js }}": (TEMPLATES / "serve.js").read_text(),
     }
@@ -58,16 +58,19 @@ def _page(run: ServedRun) -> str:
 
 
 def _authorized(request: Request, token: str) -> bool:
-    header = request.headers.get("authorization", "")
-    given = header[len("Bearer ") :] if header.startswith("Bearer ") else request.query_params.get("token", "")
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    given = credentials.strip() if scheme.lower() == "bearer" else request.query_params.get("token", "")
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-def create_app(run: ServedRun, token: str | None = None) -> FastAPI:
-    """The app serving `run`; with `token`, every request must carry it."""
+def create_app(run: ServedRun, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The app serving `run`; with `token`, every request must carry it; with `allowed_hosts`, a request naming
+    another Host is refused (a loopback server: a web page elsewhere cannot reach it by DNS rebinding)."""
     app = FastAPI(title=f"SPD serve: {run.run_id}", docs_url="/api/docs", openapi_url="/api/openapi.json")
-    history: deque[dict[str, Any]] = deque()
+    history = InterventionHistory()
     page = _page(run)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     if token:
 
@@ -81,6 +84,12 @@ def create_app(run: ServedRun, token: str | None = None) -> FastAPI:
     async def bad_request(request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        """Anything else (out of memory, a bug): the traceback goes to the server's log, the reason to the page."""
+        log.exception("serve: %s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"the server failed: {type(exc).__name__}: {exc}"}, status_code=500)
+
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return page
@@ -91,19 +100,19 @@ def create_app(run: ServedRun, token: str | None = None) -> FastAPI:
 
     @app.post("/api/prompt")
     def prompt(request: PromptRequest) -> dict[str, Any]:
-        return prompt_view(run, request)
+        return run.call(prompt_view, run, request)
 
     @app.post("/api/graph")
     def graph(request: GraphRequest) -> dict[str, Any]:
-        return graph_view(run, request)
+        return run.call(graph_view, run, request)
 
     @app.post("/api/intervene")
     def intervene(request: InterventionRequest) -> dict[str, Any]:
-        return intervention_view(run, request, history)
+        return run.call(intervention_view, run, request, history)
 
     @app.get("/api/interventions")
     def interventions() -> list[dict[str, Any]]:
-        return list(history)
+        return history.entries()
 
     @app.get("/api/components/{key:path}")
     def component(key: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """The JSON API's requests and answers: what each view computes from a ServedRun (docs/serve.md documents them).
+Views run on the run's model thread (ServedRun.call), one at a time.
 
 Every view takes a prompt as `text` (tokenized with the run's tokenizer) or as `token_ids`, answers with the
 prompt's tokens, and names components by the stores' keys ('<module>:<index>'), so a notebook can join the
@@ -7,6 +8,7 @@ answers with the harvest, labels and scores.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -109,8 +111,7 @@ def prompt_view(run: ServedRun, request: PromptRequest) -> dict[str, Any]:
     CI-masked model's top predictions with the KL between them; the facts of every component listed."""
     ids = prompt_ids(run, request)
     threshold = _threshold(run, request)
-    with run.lock:
-        result = run_prompt(run.model, ids)
+    result = run_prompt(run.model, ids)
     active = active_components(result.ci, threshold)
     texts: dict[str, str] = {}
     kl = kl_list(result.target_logits, result.masked_logits)
@@ -152,12 +153,11 @@ def graph_view(run: ServedRun, request: GraphRequest) -> dict[str, Any]:
     position = len(ids) - 1 if request.position is None else request.position
     if not 0 <= position < len(ids):
         raise ValueError(f"position {position} is outside the prompt's {len(ids)} tokens")
-    with run.lock:
-        result = run_prompt(run.model, ids)
-        token_id = int(result.target_logits[position].argmax()) if request.token_id is None else request.token_id
-        graph = prompt_graph(
-            run.model, ids, result.ci, threshold, run.embedding_module, run.unembedding_module, position, token_id
-        )
+    result = run_prompt(run.model, ids)
+    token_id = int(result.target_logits[position].argmax()) if request.token_id is None else request.token_id
+    graph = prompt_graph(
+        run.model, ids, result.ci, threshold, run.embedding_module, run.unembedding_module, position, token_id
+    )
     output = len(graph.nodes) - 1
     kept = strongest_edges(graph.values, request.keep_fraction, request.max_edges)
     incoming = (graph.targets == output).nonzero().flatten()  # the logit's own strongest inputs always stay
@@ -206,17 +206,36 @@ def graph_view(run: ServedRun, request: GraphRequest) -> dict[str, Any]:
     }
 
 
-def intervention_view(run: ServedRun, request: InterventionRequest, history: deque) -> dict[str, Any]:
+class InterventionHistory:
+    """The newest HISTORY_LENGTH interventions' summaries, numbered 1, 2, ... (thread-safe: requests run in a
+    thread pool)."""
+
+    def __init__(self) -> None:
+        self._entries: deque[dict[str, Any]] = deque(maxlen=HISTORY_LENGTH)
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def add(self, summary: dict[str, Any]) -> int:
+        with self._lock:
+            entry_id, self._next = self._next, self._next + 1
+            self._entries.append({"id": entry_id, **summary})
+        return entry_id
+
+    def entries(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._entries)
+
+
+def intervention_view(run: ServedRun, request: InterventionRequest, history: InterventionHistory) -> dict[str, Any]:
     """The predictions with the changes applied, beside the target's and the base's, with KLs per position;
-    a summary is added to `history` (the newest HISTORY_LENGTH are kept)."""
+    a summary goes into `history`."""
     ids = prompt_ids(run, request)
     changes = [c.change() for c in request.changes]
-    with run.lock:
-        result: PromptRun = run_prompt(run.model, ids)
-        base = base_masks(result.ci, request.base)
-        masks = apply_changes(base, changes)
-        base_logits = result.masked_logits if request.base == "ci" else masked_logits(run.model, ids, base)
-        logits = masked_logits(run.model, ids, masks)
+    result: PromptRun = run_prompt(run.model, ids)
+    base = base_masks(result.ci, request.base)
+    masks = apply_changes(base, changes)
+    base_logits = result.masked_logits if request.base == "ci" else masked_logits(run.model, ids, base)
+    logits = masked_logits(run.model, ids, masks)
     texts: dict[str, str] = {}
     k = request.top_k
     target, base_top, new = (top_predictions(x, k) for x in (result.target_logits, base_logits, logits))
@@ -232,12 +251,11 @@ def intervention_view(run: ServedRun, request: InterventionRequest, history: deq
         }
         for p in range(len(ids))
     ]
-    entry_id = (history[-1]["id"] + 1) if history else 1
     summary = {
-        "id": entry_id,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "prompt": run.tokenizer.decode(ids, skip_special_tokens=False)[:200],
+        "prompt": run.tokenizer.decode(ids, skip_special_tokens=False),
         "n_tokens": len(ids),
+        "token_ids": ids,
         "base": request.base,
         "changes": [c.model_dump() for c in request.changes],
         "last_prediction": {"base": base_top[-1][0][0], "intervened": new[-1][0][0]},
@@ -245,9 +263,7 @@ def intervention_view(run: ServedRun, request: InterventionRequest, history: deq
         "kl_target_last": kl_target[-1],
         "kl_target_mean": sum(kl_target) / len(kl_target),
     }
-    history.append(summary)
-    while len(history) > HISTORY_LENGTH:
-        history.popleft()
+    entry_id = history.add(summary)
     return {
         "id": entry_id,
         "tokens": _tokens(run, ids),

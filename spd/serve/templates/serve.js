@@ -12,6 +12,9 @@
   const SVG = "http://www.w3.org/2000/svg";
   const $ = (id) => document.getElementById(id);
   const TOKEN = new URLSearchParams(location.search).get("token");
+  // the token stays in memory only: out of the address bar, the history and any link copied from the page
+  if (TOKEN !== null) history.replaceState(null, "", location.pathname + location.hash);
+  const MAX_EDGES_DRAWN = 20000; // an SVG of more lines than this stalls the page
 
   const state = {
     run: null, // GET /api/run
@@ -207,7 +210,7 @@
     svg.dataset.state = "loading";
     $("graph-info").textContent = "computing the graph…";
     $("graph-info").className = "hint muted";
-    const body = { text: state.text, position: state.position, keep_fraction: Number($("keep-fraction").value), max_edges: Number($("max-edges").value) || 1000 };
+    const body = { text: state.text, position: state.position, keep_fraction: Number($("keep-fraction").value), max_edges: Math.min(MAX_EDGES_DRAWN, Number($("max-edges").value) || 1000) };
     const thr = $("ci-threshold").value;
     if (thr !== "") body.ci_threshold = Number(thr);
     let g;
@@ -294,7 +297,8 @@
     });
     svg.append(grid);
     // edges, drawn under the nodes
-    const maxAbs = Math.max(1e-12, ...g.edges.map((e) => Math.abs(e[2])));
+    let maxAbs = 1e-12; // a loop: spreading 100K+ values as arguments overflows the call stack
+    for (const e of g.edges) maxAbs = Math.max(maxAbs, Math.abs(e[2]));
     const edges = svgEl("g", { class: "edges" });
     const touching = new Map();
     for (const [s, t, v] of g.edges) {
