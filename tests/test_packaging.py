@@ -137,7 +137,7 @@ def test_wheel_installs_and_imports_without_extras(tmp_path: Path) -> None:
     site = Path(result["prefix"]).resolve()
     outside = {m: f for m, f in result["files"].items() if not Path(f).resolve().is_relative_to(site)}
     assert not outside, f"imported from outside the fresh venv: {outside}"
-    pages = {"spd.report": ["report.js", "panel.js", "panel.css"], "spd.serve.app": ["serve.html", "serve.js"]}
+    pages = {"spd.report": ["report.js", "panel.js", "panel.css"], "spd.serve.app": ["serve.html.j2", "serve.js"]}
     for module, names in pages.items():  # package data: the pages' templates come with the wheel
         templates = Path(result["files"][module]).parent / "templates"
         assert all((templates / n).is_file() for n in names), f"{templates} lacks some of {names}"

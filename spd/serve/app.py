@@ -14,7 +14,8 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from markupsafe import Markup, escape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from spd.serve.session import ServedRun
@@ -44,17 +45,15 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 def _page(run: ServedRun) -> str:
-    """The page: serve.html with its CSS and scripts inlined (the panel's script and styles are the report's)."""
-    parts = {
-        "{{ title }}": str(escape(f"SPD serve: {run.run_id}")),
-        "{{ css }}": (TEMPLATES / "serve.css").read_text() + (REPORT_TEMPLATES / "panel.css").read_text(),
-        "{{ panel_js }}": (REPORT_TEMPLATES / "panel.js").read_text(),
-        "{{ serve_js }}": (TEMPLATES / "serve.js").read_text(),
-    }
-    page = (TEMPLATES / "serve.html").read_text()
-    for placeholder, value in parts.items():
-        page = page.replace(placeholder, str(Markup(value)))
-    return page
+    """The page: serve.html.j2 with its CSS and scripts inlined (the panel's script and styles are the report's);
+    jinja2 escapes the one data string it embeds, the run id."""
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined)
+    return env.get_template("serve.html.j2").render(
+        title=f"SPD serve: {run.run_id}",
+        css=Markup((TEMPLATES / "serve.css").read_text() + (REPORT_TEMPLATES / "panel.css").read_text()),
+        panel_js=Markup((REPORT_TEMPLATES / "panel.js").read_text()),
+        serve_js=Markup((TEMPLATES / "serve.js").read_text()),
+    )
 
 
 def _authorized(request: Request, token: str) -> bool:
