@@ -69,7 +69,8 @@ def target_config(variant: str, target_seed: int, seed_search: int) -> TMSTarget
 def spd_config(
     variant: str, steps: int | None = None, batch_size: int | None = None, eval_freq: int = 1000, n_eval_steps: int = 10
 ) -> SPDConfig:
-    """The reference SPD hyper-parameters of a variant (spec section 11.4); steps/batch_size None: the reference's."""
+    """The SPD hyper-parameters of a variant in the reference implementation's configs; steps/batch_size None:
+    the reference's."""
     v = VARIANTS[variant]
     lr_fn = v.get("lr_fn", "cosine")
     return SPDConfig(

@@ -1,4 +1,4 @@
-"""Schedules (reference spec 9.2): learning rate and coefficient warm-ups as functions of the step.
+"""Schedules: learning rate and coefficient warm-ups as functions of the step.
 
 Below both spd.train and spd.losses: the training loop and the persistent-PGD sources both follow schedules.
 """

@@ -1,4 +1,4 @@
-"""Global CI function `global_reverse_residual` (reference spec 2.2): shapes, block order, transitions, config."""
+"""Global CI function `global_reverse_residual`: shapes, block order, transitions, config."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exact-value tests of the SPD losses (reference spec 12.1)."""
+"""Exact-value tests of the SPD losses."""
 
 from __future__ import annotations
 

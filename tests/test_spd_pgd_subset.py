@@ -1,4 +1,4 @@
-"""Exact-value tests of the PGD, subset and CI-masked layerwise reconstruction losses (reference spec 5.3, 6, 12.1)."""
+"""Exact-value tests of the PGD, subset and CI-masked layerwise reconstruction losses."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_ci_masked_layerwise_is_the_mean_of_one_module_passes() -> None:
 
 def test_subset_unrouted_rows_add_zero_loss_but_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows 0-1 routed through both modules, rows 2-3 through none: the loss is the routed rows' squared error
-    divided by ALL rows' elements (reference 12.1). CI masks make the value deterministic."""
+    divided by ALL rows' elements, as in the reference implementation. CI masks make the value deterministic."""
     torch.manual_seed(0)
     target = TwoLayer()
     model = ComponentModel(target, {"a": 2, "b": 3})

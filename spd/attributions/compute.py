@@ -1,6 +1,6 @@
 """Gradient x activation attributions of one batch, accumulated as sums over tokens.
 
-Definition (the reference's, notes section 4.1). Run the component model with every component mask at 1
+Definition (the reference implementation's, goodfire-ai/spd). Run the component model with every component mask at 1
 and no delta term, every decomposed module cut into a leaf (spd/attributions/capture.py). For a target
 node t of layer L with tensor P_L ([B, T, n]: component activations h = x V, or the unembedding input x)
 and a source node s of layer S with leaf A_S ([B, T, m]: the leaf copy h' of S's component activations, or

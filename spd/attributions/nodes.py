@@ -1,9 +1,9 @@
 """Names of the things attributions connect: layers (groups of nodes) and nodes (one unit each).
 
-The reference named its token source and output target by pseudo module names (`wte`, `output`) and
-filtered layers by name; when the unembedding was renamed the output target silently vanished (reference
-notes section 4.2). Here every layer carries an explicit *kind* next to its real module path, so nothing is
-ever matched by a magic name:
+The reference implementation (goodfire-ai/spd) named its token source and output target by pseudo module names
+(`wte`, `output`) and filtered layers by name; when the unembedding was renamed the output target silently
+vanished. Here every layer carries an explicit *kind* next to its real module path, so nothing is ever matched
+by a magic name:
 
     kind        module                 index            role
     token       the embedding module   token id         source only (the input token's identity)

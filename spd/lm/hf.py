@@ -15,7 +15,7 @@ A model or dataset that is not there raises `HFModelMissingError` / `HFDatasetMi
 what to download and where to put it; the original library error is not chained (no traceback spew).
 
 Documents become one token stream exactly as the corpus does: each document's tokens followed by EOS, then
-`spd.data.batches.BatchStream` cuts it into windows (no BOS; see reference spec 11.3).
+`spd.data.batches.BatchStream` cuts it into windows (no BOS, like the reference implementation's LM data).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPD losses, one function per file (reference spec section 5).
+"""SPD losses, one function per file.
 
 The names below load on first use (spd.lazy): spd.losses.config, which a pipeline file's validation reads on a
 login node, must be importable without importing torch.

@@ -1,4 +1,4 @@
-"""CI-masked reconstruction (spec 5.3): masks are the CIs themselves, no delta; optionally a router's subset."""
+"""CI-masked reconstruction: masks are the CIs themselves, no delta; optionally a router's subset."""
 
 from __future__ import annotations
 

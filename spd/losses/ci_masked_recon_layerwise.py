@@ -1,4 +1,4 @@
-"""Layerwise CI-masked reconstruction (spec 5.3): one module at a time with masks m = g, the others run the target."""
+"""Layerwise CI-masked reconstruction: one module at a time with masks m = g, the others run the target."""
 
 from __future__ import annotations
 

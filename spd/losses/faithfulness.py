@@ -1,4 +1,4 @@
-"""Faithfulness loss (spec 5.1): mean squared entry of W - ΣUV over all decomposed matrices."""
+"""Faithfulness loss: mean squared entry of W - ΣUV over all decomposed matrices."""
 
 from __future__ import annotations
 

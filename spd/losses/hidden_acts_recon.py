@@ -1,4 +1,4 @@
-"""Hidden-activation reconstruction (reference spec 5.4): MSE between every decomposed module's output in a
+"""Hidden-activation reconstruction: MSE between every decomposed module's output in a
 masked forward and in the target forward.
 
 All modules are masked at once, so upstream errors propagate (module l + 1 sees the component output of l).
@@ -95,7 +95,7 @@ def pgd_hidden_acts_recon_loss(
 ) -> Tensor:
     """Hidden-activation MSE under adversarial sources s ∈ [0, 1] (masks g + (1 - g) s[..., :C], δ mask s[..., C]).
 
-    A fresh PGD each call (reference spec 6): init, then `n_steps` of s <- clamp(s + step_size·sign(∂L/∂s), 0, 1)
+    A fresh PGD each call (as in spd.losses.pgd): init, then `n_steps` of s <- clamp(s + step_size·sign(∂L/∂s), 0, 1)
     with CIs and deltas held fixed; the returned loss is one more forward with those sources held constant, so
     its gradient reaches the CI functions and the components only.
     """

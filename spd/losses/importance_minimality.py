@@ -1,4 +1,4 @@
-"""Importance minimality (spec 5.2): an Lp penalty on causal importances, the sparsity pressure of SPD."""
+"""Importance minimality: an Lp penalty on causal importances, the sparsity pressure of SPD."""
 
 from __future__ import annotations
 

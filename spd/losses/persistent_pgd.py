@@ -1,4 +1,4 @@
-"""Persistent PGD reconstruction (reference spec 7): adversarial sources that persist across training steps.
+"""Persistent PGD reconstruction: adversarial sources that persist across training steps.
 
 Sources s ∈ [0, 1] (last entry = the δ mask when the delta component is on) give masks g + (1 - g) s[..., :C]
 and δ mask s[..., C]. Each training step the caller computes the PPGD loss, takes the sources' gradient

@@ -1,4 +1,4 @@
-"""Adversarial sources and the PGD ascent shared by every PGD loss (reference spec 4.3 and 6).
+"""Adversarial sources and the PGD ascent shared by every PGD loss.
 
 A module's sources s ∈ [0, 1] have width C (+1 when the delta component is on: the last entry is the δ mask).
 They give masks g + (1 - g) s[..., :C] (the reference's form, not max(g, s)) and δ mask s[..., C]. A PGD loss
@@ -94,7 +94,7 @@ def pgd_sources(
 
 @dataclass(frozen=True)
 class PGDSettings:
-    """The knobs of a fresh-each-call PGD (reference spec 6), as every PGD loss takes them."""
+    """The knobs of a fresh-each-call PGD, as every PGD loss takes them."""
 
     init: PGDInit = "random"
     step_size: float = 1.0

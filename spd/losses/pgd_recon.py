@@ -1,4 +1,4 @@
-"""PGD reconstruction (reference spec 6): output divergence under adversarial masks found afresh each call.
+"""PGD reconstruction: output divergence under adversarial masks found afresh each call.
 
 `pgd_recon_loss` replaces every module (routing "all") or a router's subset per position (the Subset loss:
 routing masks are drawn once per call and held fixed through the ascent). `pgd_recon_layerwise_loss` runs a

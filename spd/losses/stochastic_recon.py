@@ -1,6 +1,6 @@
-"""Stochastic reconstruction (spec 5.3): masks g + (1 - g) u, delta included.
+"""Stochastic reconstruction: masks g + (1 - g) u, delta included.
 
-With routing "all" every module is replaced; with a router (the Subset loss, spec 4.2) a random subset of
+With routing "all" every module is replaced; with a router (the Subset loss, spd/models/routing.py) a random subset of
 modules per position, redrawn for every mask sample. Unrouted positions keep the target output: they add
 zero loss but count in the mean.
 """

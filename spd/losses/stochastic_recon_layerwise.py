@@ -1,4 +1,4 @@
-"""Layerwise stochastic reconstruction (spec 5.3): one module masked at a time, the others run the target.
+"""Layerwise stochastic reconstruction: one module masked at a time, the others run the target.
 
 Complements the all-layer loss: each module's components must stand on their own, not only jointly.
 """

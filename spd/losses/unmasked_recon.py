@@ -1,4 +1,4 @@
-"""Unmasked reconstruction (spec 5.3): all-ones masks, no delta — do the subcomponents alone rebuild W?"""
+"""Unmasked reconstruction: all-ones masks, no delta — do the subcomponents alone rebuild W?"""
 
 from __future__ import annotations
 

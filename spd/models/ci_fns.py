@@ -1,4 +1,4 @@
-"""Layerwise causal-importance functions (reference spec section 2.1).
+"""Layerwise causal-importance functions.
 
 Each maps one module's activations to pre-sigmoid CI logits z (... x C). The `mlp` kind is the
 paper's: a tiny independent MLP per subcomponent reading only that subcomponent's activation

@@ -1,7 +1,7 @@
 """The wrapper that runs a frozen target with any subset of modules replaced by masked components.
 
 Replacement is done with temporary forward hooks so any nn.Module target works unchanged: the hook
-recomputes the module's output from its input with the component forward (reference spec 1.3).
+recomputes the module's output from its input with the component forward (spd/models/components.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class CIOutputs:
 
 
 def _binomial_perturbed(z: Tensor) -> Tensor:
-    """sampling="binomial": the lower sigmoid reads 1.05 z - 0.05 U(0,1) (reference spec section 3)."""
+    """sampling="binomial": the lower sigmoid reads 1.05 z - 0.05 U(0,1) (the reference's binomial sampling)."""
     return 1.05 * z - 0.05 * torch.rand_like(z)
 
 

@@ -1,4 +1,4 @@
-"""Rank-one subcomponents of one weight matrix (reference spec section 1.1).
+"""Rank-one subcomponents of one weight matrix.
 
 A Linear weight W (d_out x d_in) is re-parameterised as the sum of C rank-one matrices u_c v_c^T,
 stored as V (d_in x C) and U (C x d_out) so that the "component activations" h = x V are one matmul.

@@ -1,4 +1,4 @@
-"""Global causal-importance functions: `global_reverse_residual` (reference spec 2.2) and `global_shared_mlp`.
+"""Global causal-importance functions: `global_reverse_residual` (the reference's) and `global_shared_mlp`.
 
 One network sees every decomposed module. Modules are grouped into ordered blocks (by convention from the
 output end backwards). A residual r (... x d_resid) starts at zero; for block k:

@@ -1,4 +1,4 @@
-"""Identity insertion (reference spec section 1.2): decompose an identity placed before a Linear.
+"""Identity insertion: decompose an identity placed before a Linear.
 
 A sanity check for SPD: an inserted I_d should decompose into d dense subcomponents.
 """

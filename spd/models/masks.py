@@ -1,4 +1,4 @@
-"""Mask infos and stochastic masks (reference spec section 4).
+"""Mask infos and stochastic masks.
 
 A mask info says how one module runs in a masked forward: a per-subcomponent mask, which positions
 are routed to the components (others keep the original output), and an optional delta term.

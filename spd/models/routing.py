@@ -1,4 +1,4 @@
-"""Routers (reference spec 4.2): which modules are replaced by components at which positions.
+"""Routers: which modules are replaced by components at which positions.
 
 A routing is a dict module -> bool tensor over the leading (batch, position) dims; False positions keep the
 target module's original output.

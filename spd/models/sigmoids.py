@@ -1,4 +1,4 @@
-"""Leaky hard sigmoids that turn CI logits into causal importances (reference spec section 3).
+"""Leaky hard sigmoids that turn CI logits into causal importances.
 
 Two variants exist because they play different roles: the lower-leaky one makes masks (its forward
 never leaves [0, 1], but a small gradient can revive a dead CI), the upper-leaky one feeds the

@@ -1,4 +1,4 @@
-"""Sparse synthetic features for toy targets (reference spec 11.1, 11.2): generated on the fly."""
+"""Sparse synthetic features for toy targets (TMS and residual MLP, as the reference's): generated on the fly."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A toy target generates its own data (`sample_batch`); an LM is decomposed on token windows of a corpus.
 `LMData` serves them: training batches from the train split, evaluation batches from the val split, each
 in an order drawn from `dataset_seed` alone (spd/data/batches.py), so data order is independent of the
-SPD seed (reference spec 9.4). SPD feeds whole windows (no shift) and matches logits at every position.
+SPD seed, as in the reference implementation. SPD feeds whole windows (no shift) and matches logits at every position.
 
 `TinyLMTargetSpec` (kind `tiny_lm`) says how to make the target from nothing: build the corpus, train
 the LM. `prepare_tiny_lm` does both into a work directory and returns the frozen model.

@@ -1,4 +1,4 @@
-"""Residual-MLP toy targets (reference spec 11.2): sparse features computed in superposition by a few MLPs.
+"""Residual-MLP toy targets: sparse features computed in superposition by a few MLPs.
 
     r = x W_E            W_E: n_features x d_embed, random unit-norm rows, fixed (a buffer, never trained)
     r += mlp_out(ReLU(mlp_in(r)))   for each layer, no biases         (decomposed: layers.*.mlp_in / mlp_out)
@@ -76,11 +76,11 @@ class ResidMLPModel(nn.Module):
         return [(f"layers.{i}.{m}", C) for i in range(self.config.n_layers) for m in ("mlp_in", "mlp_out")]
 
     def probe_batch(self, device: torch.device | str) -> Tensor:
-        """One-hot probe 0.75·I: each feature alone (reference 12.2)."""
+        """One-hot probe 0.75·I: each feature alone (the reference implementation's probe)."""
         return 0.75 * torch.eye(self.config.n_features, device=device)
 
     def expected_ci_patterns(self) -> dict[str, tuple[str, int]]:
-        """1 layer: one mlp_in subcomponent per feature, mlp_out dense over the d_mlp neurons (reference 12.3).
+        """1 layer: one mlp_in subcomponent per feature, mlp_out dense over the d_mlp neurons (the reference's pattern).
 
         Deeper models spread a feature's components over layers, which no per-module pattern captures: empty.
         """

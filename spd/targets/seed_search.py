@@ -1,4 +1,4 @@
-"""Train a toy target seed after seed until it passes its feature check (reference 11.1).
+"""Train a toy target seed after seed until it passes its feature check (`feature_check`, `resid_mlp_feature_check`).
 
 Toy targets are finicky: some seeds drop features. A benchmark on such a target is invalid, so a trainer
 accepts only a target whose check finds no missing feature, and otherwise fails with every attempt listed.

@@ -1,4 +1,4 @@
-"""Toy Model of Superposition targets (reference spec 11.1): 5-2, 40-10 and their hidden-identity variants.
+"""Toy Model of Superposition targets: 5-2, 40-10 and their hidden-identity variants.
 
 h = W x (linear1), optional fixed identity hidden layers, x̂ = ReLU(W^T h + b) (linear2, tied to linear1).
 A trained target is only accepted after `feature_check` confirms every feature is represented: a

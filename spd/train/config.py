@@ -1,4 +1,4 @@
-"""SPD hyper-parameters (reference spec section 10, minimal subset), defaults from the tms_5-2 config (11.4).
+"""SPD hyper-parameters (a minimal subset of the reference implementation's), defaults from its tms_5-2 config.
 
 The loss-side configs (PPGDScope, PPGDOptimizer, PersistentPGDConfig, RoutingConfig, ScheduleConfig) are defined
 below both spd.losses and spd.train, so the losses never import the training package; they are re-exported here.
@@ -87,7 +87,7 @@ class FaithfulnessLossConfig(_LossBase):
     classname: Literal["FaithfulnessLoss"] = "FaithfulnessLoss"
 
 
-# --- persistent PGD (reference spec 7) ---------------------------------------------------------------
+# --- persistent PGD ----------------------------------------------------------------------------------
 
 
 class PersistentPGDReconLossConfig(_LossBase, PersistentPGDConfig):
@@ -111,7 +111,7 @@ class PersistentPGDReconSubsetLossConfig(PersistentPGDReconLossConfig):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
 
-# --- hidden-activation reconstruction (reference spec 5.4) ------------------------------------------
+# --- hidden-activation reconstruction ---------------------------------------------------------------
 
 
 class StochasticHiddenActsReconLossConfig(_LossBase):
@@ -123,7 +123,7 @@ class CIHiddenActsReconLossConfig(_LossBase):
 
 
 class _PGDFields(_Strict):
-    """A fresh PGD each call (reference 6): source init, signed ascent step size and count, source sharing."""
+    """A fresh PGD each call: source init, signed ascent step size and count, source sharing."""
 
     init: Literal["random", "ones", "zeroes"] = "random"
     step_size: float = Field(1.0, gt=0)
@@ -137,7 +137,7 @@ class PGDHiddenActsReconLossConfig(_LossBase, _PGDFields):
     classname: Literal["PGDHiddenActsReconLoss"] = "PGDHiddenActsReconLoss"
 
 
-# --- subset, layerwise and PGD variants of the output reconstruction (reference 4.2, 5.3, 6) ----------
+# --- subset, layerwise and PGD variants of the output reconstruction ----------------------------------
 
 
 class StochasticReconSubsetLossConfig(_LossBase):

@@ -1,4 +1,4 @@
-"""LM evaluation (reference spec 8, `CEandKLLosses`): how much of the target's next-token behaviour survives
+"""LM evaluation (the reference's `CEandKLLosses`): how much of the target's next-token behaviour survives
 when its decomposed modules are replaced by masked components.
 
 For each mask kind X the model is run on the window `tokens` [B, T] and compared with the target:

@@ -1,4 +1,4 @@
-"""The SPD training loop (reference spec section 9), writing a checkpoint directory as it goes.
+"""The SPD training loop, writing a checkpoint directory as it goes.
 
 Order per step: lr from schedule -> Δ = W - W' (with grad) -> batch -> frozen target forward caching
 module inputs -> CIs -> losses -> backward -> log / eval / save -> clip -> optimizer step.
@@ -619,7 +619,7 @@ class Decomposer:
             )  # fmt: skip
         weights = {lc.classname: lc.coeff * coeff_warmup_factor(step, cfg.steps, lc.warmup_frac) for lc in cfg.losses}
         total = sum(weights[k] * v.float() for k, v in losses.items())  # float32 sum (bf16 under autocast)
-        # PPGD (reference 9.3 step 7): source gradients of each PPGD loss BEFORE the total backward
+        # PPGD, as in the reference implementation: source gradients of each PPGD loss BEFORE the total backward
         # (retaining the graph), the ascent step on the sources AFTER it.
         ppgd_grads = {
             name: torch.autograd.grad(losses[name], state.sources(), retain_graph=True)

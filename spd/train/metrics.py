@@ -1,4 +1,4 @@
-"""Evaluation metrics (reference spec 8, 12.2, 12.3): CI-L0, MMCS / ML2R, IdentityCIError / DenseCIError."""
+"""Evaluation metrics (the reference implementation's): CI-L0, MMCS / ML2R, IdentityCIError / DenseCIError."""
 
 from __future__ import annotations
 
