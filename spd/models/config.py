@@ -85,7 +85,7 @@ class GlobalCiFnConfig(BaseModel):
 
 
 class RoutingConfig(BaseModel):
-    """Router of the subset losses (reference 4.2): uniform_k_subset, or each module with probability p."""
+    """Router of the subset losses (spd/models/routing.py): uniform_k_subset, or each module with probability p."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -56,29 +56,27 @@ def parse_target_config(data: dict) -> TargetModelConfig:
     return _ADAPTER.validate_python(data)
 
 
+# The model class of each buildable kind's config (Hugging Face targets load from their directory instead).
+_MODEL_OF_CONFIG: dict[type, type[nn.Module]] = {
+    TMSTargetConfig: TMSModel,
+    ResidMLPTargetConfig: ResidMLPModel,
+    TinyLMConfig: TinyLM,
+    LlamaSimpleMLPConfig: LlamaSimpleMLP,
+    LlamaSimpleConfig: LlamaSimple,
+    LlamaConfig: Llama,
+    GPT2SimpleConfig: GPT2Simple,
+    GPT2Config: GPT2,
+    ReferenceTMSConfig: ReferenceTMSModel,
+    ReferenceResidMLPConfig: ReferenceResidMLPModel,
+}
+
+
 def build_target(config: TargetModelConfig) -> nn.Module:
     """An untrained target of the configured kind (weights come from training or a state dict)."""
-    if isinstance(config, TMSTargetConfig):
-        return TMSModel(config)
-    if isinstance(config, ResidMLPTargetConfig):
-        return ResidMLPModel(config)
-    if isinstance(config, TinyLMConfig):
-        return TinyLM(config)
-    if isinstance(config, LlamaSimpleMLPConfig):
-        return LlamaSimpleMLP(config)
-    if isinstance(config, LlamaSimpleConfig):
-        return LlamaSimple(config)
-    if isinstance(config, LlamaConfig):
-        return Llama(config)
-    if isinstance(config, GPT2SimpleConfig):
-        return GPT2Simple(config)
-    if isinstance(config, GPT2Config):
-        return GPT2(config)
-    if isinstance(config, ReferenceTMSConfig):
-        return ReferenceTMSModel(config)
-    if isinstance(config, ReferenceResidMLPConfig):
-        return ReferenceResidMLPModel(config)
-    raise ValueError(f"unknown target config {type(config).__name__}")
+    model = _MODEL_OF_CONFIG.get(type(config))
+    if model is None:
+        raise ValueError(f"unknown target config {type(config).__name__}")
+    return model(config)
 
 
 def train_target(config: ToyTargetConfig, device: torch.device | str = "cpu", log=print) -> tuple[nn.Module, dict]:

@@ -132,7 +132,7 @@ class _PGDFields(_Strict):
 
 
 class PGDHiddenActsReconLossConfig(_LossBase, _PGDFields):
-    """Hidden-activation MSE under adversarial sources found by a fresh PGD each call (reference 6 applied to 5.4)."""
+    """Hidden-activation MSE under adversarial sources found by a fresh PGD each call (the PGD of spd.losses.pgd applied to the hidden-activation loss)."""
 
     classname: Literal["PGDHiddenActsReconLoss"] = "PGDHiddenActsReconLoss"
 
@@ -309,7 +309,10 @@ class SPDConfig(_Strict):
         None, description="Modules and C; None = the toy target's default modules with `default_C`."
     )
     default_C: int = Field(20, gt=0, description="C per module when module_info is None (20 for 5-2, 200 for 40-10).")
-    identity_module_info: list[ModuleSpec] = Field(default_factory=list, description="Identity insertions (1.2).")
+    identity_module_info: list[ModuleSpec] = Field(
+        default_factory=list,
+        description="Identity insertions: an identity Linear placed before each matched module, decomposed instead of it (spd/models/identity.py).",
+    )
     tie_weights: bool = Field(True, description="Tie components like the target ties weights (TMS linear2 = linear1ᵀ).")
     ci_fn: AnyCiFnConfig = Field(
         default_factory=CiFnConfig,
