@@ -1,9 +1,7 @@
 """The `fuzzing` stage: an LLM judge scores each label on truly vs randomly marked tokens.
 
-Thin: `spd.interp.scoring.run_fuzzing` reads the harvest store and the autointerp labels store and
-writes out/fuzzing.duckdb; stages.labelled_scoring builds the stage around it (shared with detection:
-one task, the journal in out/llm/ kept on a same-key rerun). A missing API key fails when the pipeline
-file is loaded (ScoringSettings). docs/scoring.md describes the method and the store.
+`spd.interp.scoring.run_fuzzing` writes out/fuzzing.duckdb; stages.labelled_scoring builds the stage around it
+(inputs, one task, the kept journal). docs/scoring.md describes the method and the store.
 """
 
 from __future__ import annotations

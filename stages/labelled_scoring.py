@@ -3,8 +3,9 @@
 Each reads the harvest store and the autointerp labels store (both read-only), asks through the LLM
 layer's journal in out/llm/ (answers saved as they arrive; a rerun asks only for what is missing, and a
 same-key `rerun` of the finished stage keeps the journal: `kept_on_redo`) and writes out/<stage>.duckdb.
-One task: the LLM client runs its requests concurrently inside it. Each stage module keeps its own
-config class; this builds the rest of its StageSpec.
+One task: the LLM client runs its requests concurrently inside it. A missing API key fails when the
+pipeline file is loaded (ScoringSettings). Each stage module keeps its own config class; this builds the rest
+of its StageSpec.
 """
 
 from __future__ import annotations
