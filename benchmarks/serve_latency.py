@@ -24,6 +24,8 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from pipeline import orchestrator  # noqa: E402
+from pipeline.runs import RunDir  # noqa: E402
 from spd.models import load_decomposition_data  # noqa: E402
 from spd.serve.app import create_app  # noqa: E402
 from spd.serve.panels import CACHE_PREFIX  # noqa: E402
@@ -53,11 +55,12 @@ def main() -> None:
 
     for cached in (run_dir / SERVE_DIR).glob(f"{CACHE_PREFIX}*"):  # the first open gathers them from the stores
         cached.unlink()
+    status = orchestrator.status(RunDir(run_dir)).to_json()  # the run record, as `run.py serve` passes it
     try:
-        run, cold = _timed(lambda: open_served_run(run_dir, {}, log=lambda _: None))
+        run, cold = _timed(lambda: open_served_run(run_dir, status, log=lambda _: None))
     except ValueError as e:
         sys.exit(str(e))
-    run, warm = _timed(lambda: open_served_run(run_dir, {}, log=lambda _: None))
+    run, warm = _timed(lambda: open_served_run(run_dir, status, log=lambda _: None))
     print(f"open the run: {cold:.2f} s gathering the panels ({len(run.panels.details)}), {warm:.2f} s from the cache")
 
     n_tokens = min(PROMPT_TOKENS, run.max_tokens or PROMPT_TOKENS)

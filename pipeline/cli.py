@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from pipeline import orchestrator
+from pipeline import orchestrator, registry
 from pipeline.config import pipeline_schema
 from pipeline.dag import load_plan
 from pipeline.errors import StageFailed, UserError
@@ -378,7 +378,7 @@ def report(
     """
     run_dir = resolve_run(run, out_dir)
     status_json = orchestrator.status(run_dir).to_json()
-    from stages.report import build_report  # lazy: duckdb, matplotlib and jinja2 load only for this command
+    build_report = registry.tool("report").build_report  # lazy: duckdb, matplotlib, jinja2 only for this command
 
     report_dir = run_dir.root / "report"
     if report_dir.exists() and not report_dir.is_dir():
@@ -408,7 +408,7 @@ def serve(
 ) -> None:
     """Serve a local app to ask the run's decomposition about one prompt: active components per token, the
     prompt's attribution graph, interventions (docs/serve.md). Writes only under RUN/serve/; Ctrl-C stops it."""
-    from stages import serve as serve_stage  # lazy: torch and fastapi load only for this command
+    serve_stage = registry.tool("serve")  # lazy: torch and fastapi load only for this command
 
     if device not in ("cpu", "cuda") and not device.removeprefix("cuda:").isdigit():
         raise UserError(f"--device must be cpu or cuda (or cuda:<n>), got {device!r}")

@@ -4,6 +4,9 @@ Built-in stages come from `stages.BUILTIN_STAGE_MODULES`. Extra stage modules (a
 own stage, or the test-only stages under tests/) are named in the environment variable
 `SPD_PIPELINE_PLUGINS` (comma-separated module names). A stage module exposes
 `STAGE = StageSpec(...)`, or `STAGES = (StageSpec(...), ...)` for several.
+
+Run-level tools (`report`, `serve`: not stages of the DAG) come from `stages.BUILTIN_TOOL_MODULES` and are
+imported only when their command runs (`tool`).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import importlib
 import os
 from functools import lru_cache
+from types import ModuleType
 
 from pipeline.errors import UserError
-from stages import BUILTIN_STAGE_MODULES
+from stages import BUILTIN_STAGE_MODULES, BUILTIN_TOOL_MODULES
 from stages.base import StageSpec
 
 PLUGINS_ENV = "SPD_PIPELINE_PLUGINS"
@@ -65,3 +69,9 @@ def stage_registry() -> dict[str, StageSpec]:
 def stage_module(name: str) -> str:
     """The importable module that defines stage `name` (what a worker imports)."""
     return _load(BUILTIN_STAGE_MODULES + plugin_modules())[name][1]
+
+
+def tool(name: str) -> ModuleType:
+    """The module of run-level tool `name` (report: `build_report`; serve: `check_bind`, `serve_run`), imported
+    now: the CLI asks for it only in the command that uses it."""
+    return importlib.import_module(BUILTIN_TOOL_MODULES[name])

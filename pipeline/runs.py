@@ -133,6 +133,13 @@ class RunDir:
     def stage_dir(self, stage: str) -> Path:
         return self.root / "stages" / stage
 
+    def stage_names(self) -> list[str]:
+        """Names of the stage directories present (planned now or by an earlier plan), sorted."""
+        stages = self.root / "stages"
+        if not stages.is_dir():
+            return []
+        return sorted(p.name for p in stages.iterdir() if p.is_dir() and is_stage_name(p.name))
+
     def config_json(self, stage: str) -> Path:
         return self.stage_dir(stage) / "config.json"
 

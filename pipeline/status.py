@@ -1,21 +1,28 @@
 """Stage states of a run, derived from its records (markers, failures, cancellations) and the
 executor's view of what is live. Nothing here is stored: status is recomputed on every call,
 so it is right from any shell, after a crash, or after the driver is gone.
+
+`RunStatus.to_json()` (what `status --json` prints) is also the run record handed to the tools that read a run
+without the orchestrator (`report`, `serve`): they read this object, never plan.json or a stage's job log.
+Its fields are documented in docs/cli.md; new fields are added, none renamed or removed.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pipeline.atomic import read_json
-from pipeline.dag import load_plan
+from pipeline.dag import Plan, load_plan
 from pipeline.executors.base import Executor, TaskView
 from pipeline.runs import MERGE, RunDir
 
 BAD_STATES = ("FAILED", "CANCELLED", "UPSTREAM_FAILED")
 LIVE_STATES = ("RUNNING", "PENDING")  # a run with none of these has ended (or was never started)
 LOG_TAIL_LINES = 15
+JOB_START_EVENTS = ("launch", "submitted")  # a task launched (local) or a job submitted (SLURM)
+JOB_END_EVENTS = ("exit",)
 
 
 @dataclass
@@ -37,6 +44,14 @@ class StageStatus:
     error: str | None = None
     failed_tasks: list[str] = field(default_factory=list)
     elapsed_s: float | None = None
+    # The stage as planned and where its records place it (docs/cli.md, `status --json`).
+    out_dir: str | None = None  # absolute path of the stage's outputs (RUN/stages/<name>/out)
+    inputs: dict[str, str] = field(default_factory=dict)  # upstream stage -> the output directory it reads
+    num_tasks: int | None = None
+    seed: int | None = None
+    started_at: str | None = None  # first task launch (local) or job submission (SLURM)
+    finished_at: str | None = None  # last task exit, or the stage's finish time when later
+    wall_s: float | None = None  # finished_at - started_at
 
 
 @dataclass
@@ -44,7 +59,16 @@ class RunStatus:
     run_id: str
     run_dir: str
     executor: str
-    stages: list[StageStatus]
+    stages: list[StageStatus]  # the planned stages, in plan (topological) order
+    created_at: str | None = None
+    pipeline_file: str | None = None
+    seed: int | None = None
+    code: dict[str, Any] = field(default_factory=dict)  # commit, dirty, snapshot
+    versions: dict[str, str] = field(default_factory=dict)
+    last_command: str | None = None  # the command line of the last run/rerun
+    # Outputs of stages that are not in the plan: a path a planned stage was given for it (an input from
+    # outside the run), else its out/ left in this run directory by an earlier plan.
+    external: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +103,40 @@ def _stage_elapsed(executor: Executor, run: RunDir, stage: str) -> float | None:
     known = getattr(executor, "elapsed", None)
     value = known(run, stage) if known is not None else None
     return value if value is not None else _elapsed(run, stage)
+
+
+def _job_span(run: RunDir, stage: str) -> tuple[str | None, str | None, float | None]:
+    """(first start, end, wall seconds between them): the first launch or submission in the stage's job log, and
+    its last task exit or, when later, the finish time done.json records."""
+    records = run.job_records(stage)
+    starts = [str(r["time"]) for r in records if r.get("event") in JOB_START_EVENTS and r.get("time")]
+    ends = [str(r["time"]) for r in records if r.get("event") in JOB_END_EVENTS and r.get("time")]
+    done = read_json(run.done_json(stage))
+    if isinstance(done, dict) and done.get("finished_at"):
+        ends.append(str(done["finished_at"]))
+    first = min(starts) if starts else None
+    last = max(ends) if ends else None
+    wall = None
+    if first and last:
+        try:
+            wall = max(0.0, (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds())
+        except ValueError:
+            wall = None
+    return first, last, wall
+
+
+def _external_outputs(run: RunDir, plan: Plan) -> dict[str, str]:
+    """Output directories of stages outside the plan: given by path to a planned stage (the first in plan order
+    wins), else an out/ directory an earlier plan left in this run."""
+    found: dict[str, str] = {}
+    for planned in plan.stages.values():
+        for upstream, given in planned.external.items():
+            if upstream not in plan.stages and given:
+                found.setdefault(upstream, given)
+    for name in run.stage_names():
+        if name not in plan.stages and name not in found and run.out_dir(name).is_dir():
+            found[name] = str(run.out_dir(name))
+    return found
 
 
 def _state(
@@ -140,7 +198,12 @@ def run_status(run: RunDir, executor: Executor) -> RunStatus:
             job_ids=executor.job_ids(run, name),
             log_dir=str(run.logs_dir(name)),
             elapsed_s=_stage_elapsed(executor, run, name),
+            out_dir=str(run.out_dir(name)),
+            inputs={**{u: str(run.out_dir(u)) for u in planned.upstreams}, **planned.external},
+            num_tasks=planned.num_tasks,
+            seed=planned.seed,
         )
+        status.started_at, status.finished_at, status.wall_s = _job_span(run, name)
         if run.is_done(name, planned.key):
             status.state = "CACHED" if name in cached else "COMPLETED"
             status.tasks.done = planned.num_tasks
@@ -156,4 +219,11 @@ def run_status(run: RunDir, executor: Executor) -> RunStatus:
         run_dir=str(run.root),
         executor=plan_record.get("executor", "?"),
         stages=list(statuses.values()),
+        created_at=plan_record.get("created_at"),
+        pipeline_file=plan_record.get("pipeline_file"),
+        seed=plan_record.get("seed"),
+        code=plan_record.get("code") or {},
+        versions=plan_record.get("versions") or {},
+        last_command=(plan_record.get("last_invocation") or {}).get("command"),
+        external=_external_outputs(run, plan),
     )

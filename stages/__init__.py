@@ -18,3 +18,11 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "stages.fuzzing",
     "stages.intruder",
 )
+
+# Run-level tools, not stages of the DAG: they read a run's stores (and its run record, the `status --json`
+# object) on a login or interactive node. The CLI reaches them through the registry (pipeline.registry.tool),
+# which imports one only when its command runs (their computation imports duckdb, matplotlib, torch).
+BUILTIN_TOOL_MODULES: dict[str, str] = {
+    "report": "stages.report",
+    "serve": "stages.serve",
+}

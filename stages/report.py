@@ -1,9 +1,9 @@
 """The run report, as the CLI's `report` command reaches it: a thin wrapper over `spd.report`.
 
-Not a stage of the DAG (it is not in BUILTIN_STAGE_MODULES): the report reads a run's stores after (or while)
-the stages run, on the login node, and writes RUN/report/index.html. The orchestrator imports this module
-lazily and passes the run status it computed, so neither pipeline/ learns about SPD nor spd/ about the
-orchestrator.
+Not a stage of the DAG (it is in BUILTIN_TOOL_MODULES, not BUILTIN_STAGE_MODULES): the report reads a run's stores
+after (or while) the stages run, on the login node, and writes RUN/report/index.html. The CLI reaches this module
+through the registry (pipeline.registry.tool) only when the command runs, and passes the run record it computed
+(the `status --json` object, docs/cli.md), so neither pipeline/ learns about SPD nor spd/ about the orchestrator.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The `serve` command, as the CLI reaches it: a thin wrapper over `spd.serve`.
 
 Not a stage of the DAG: the app reads a finished run's decomposition and stores on a login or interactive
-node, writes only under RUN/serve/, and blocks until interrupted. The orchestrator imports this module lazily
-and passes the run status it computed (as for `report`), so neither pipeline/ learns about SPD nor spd/ about the
-orchestrator.
+node, writes only under RUN/serve/, and blocks until interrupted. The CLI reaches this module through the
+registry (pipeline.registry.tool) only when the command runs, and passes the run record it computed (as for
+`report`), so neither pipeline/ learns about SPD nor spd/ about the orchestrator.
 """
 
 from __future__ import annotations

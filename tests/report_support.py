@@ -364,45 +364,45 @@ def make_synthetic_run(
     root = Path(root)
     modules = _modules(n_components, n_modules)
     vocab = [f"tok{i}" for i in range(vocab_size - 4)] + [" ", "\n", "<b>x</b>", "</script>"]
-    plan_stages, status_stages = [], []
+    status_stages = []
     for i, name in enumerate(s for s in ALL_STAGES if s in planned):
-        key = f"{i:016x}"
-        plan_stages.append(
-            {"name": name, "key": key, "seed": 100 + i, "num_tasks": 1, "upstreams": UPSTREAMS[name], "external": {}}
-        )
         status_stages.append(
             {
                 "name": name,
                 "state": "COMPLETED",
-                "key": key,
+                "key": f"{i:016x}",
                 "tasks": {"total": 1, "done": 1, "failed": 0, "running": 0},
                 "job_ids": ["1"],
                 "log_dir": str(root / "stages" / name / "logs"),
                 "error": None,
                 "failed_tasks": [],
                 "elapsed_s": 12.5,
+                "out_dir": str(root / "stages" / name / "out"),
+                "inputs": {u: str(root / "stages" / u / "out") for u in UPSTREAMS[name] if u in planned},
+                "num_tasks": 1,
+                "seed": 100 + i,
+                "started_at": "2026-01-01T00:00:00+00:00",
+                "finished_at": "2026-01-01T00:00:13+00:00",
+                "wall_s": 13.0,
             }
         )
-        stage_dir = root / "stages" / name
-        (stage_dir / "out").mkdir(parents=True, exist_ok=True)
-        (stage_dir / "jobs.jsonl").write_text(
-            json.dumps({"event": "launch", "task": "0", "time": "2026-01-01T00:00:00+00:00"})
-            + "\n"
-            + json.dumps({"event": "exit", "task": "0", "seconds": 12.5, "time": "2026-01-01T00:00:13+00:00"})
-            + "\n"
-        )
-    plan = {
+        (root / "stages" / name / "out").mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    # The run record as `python run.py status RUN --json` gives it (pipeline.status.RunStatus, docs/cli.md): the
+    # report reads only this, never the orchestrator's files, so none are written here.
+    status = {
         "run_id": root.name,
-        "created_at": "2026-01-01T00:00:00+00:00",
+        "run_dir": str(root),
         "executor": "local",
+        "stages": status_stages,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "pipeline_file": None,
         "seed": 0,
         "code": {"commit": "0" * 40, "dirty": False, "snapshot": str(root / "code")},
         "versions": {"python": "3.11", "duckdb": duckdb.__version__},
-        "stages": plan_stages,
+        "last_command": None,
+        "external": {},
     }
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "plan.json").write_text(json.dumps(plan))
-    status = {"run_id": root.name, "run_dir": str(root), "executor": "local", "stages": status_stages}
 
     def out(stage: str) -> Path:
         return root / "stages" / stage / "out"

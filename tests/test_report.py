@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from spd.report.data import gather_report
 from spd.report.render import read_sidecar
 from stages.report import build_report
 from tests.conftest import run_cli, write_pipeline
@@ -73,6 +74,29 @@ def _store_alive(run_dir: Path) -> dict[str, dict[str, int]]:
             "SELECT key, n_top_examples, n_examples FROM components WHERE firing_count > 0 ORDER BY component"
         ).fetchall()
     return {key: {"top": n_top, "uniform": n_uniform} for key, n_top, n_uniform in rows}
+
+
+def test_the_run_record_says_where_each_stage_is(pipeline_run) -> None:
+    """`status --json` (the record `report` and `serve` read, docs/cli.md) gives each stage its output directory,
+    inputs, seed, tasks and times, and the run's provenance; the report's stage table shows them as given."""
+    run_dir, status = pipeline_run
+    run_dir = run_dir.resolve()
+    assert status["run_dir"] == str(run_dir) and status["seed"] == 0 and status["external"] == {}
+    assert status["created_at"] and status["pipeline_file"].endswith("p.yaml") and status["last_command"]
+    assert "commit" in status["code"] and status["versions"]
+    stages = {s["name"]: s for s in status["stages"]}
+    assert list(stages) == ["decompose", "harvest"]
+    for name, stage in stages.items():
+        assert stage["out_dir"] == str(run_dir / "stages" / name / "out") and stage["num_tasks"] >= 1
+        assert isinstance(stage["seed"], int)
+        assert stage["started_at"] <= stage["finished_at"] and stage["wall_s"] >= 0
+    assert stages["harvest"]["inputs"] == {"decompose": stages["decompose"]["out_dir"]}
+    model = gather_report(run_dir, status)
+    row = next(s for s in model["stages"] if s["name"] == "harvest")
+    assert (row["seed"], row["wall_seconds"], row["started_at"]) == (
+        stages["harvest"]["seed"], stages["harvest"]["wall_s"], stages["harvest"]["started_at"]
+    )  # fmt: skip
+    assert model["run"]["pipeline_file"] == status["pipeline_file"]
 
 
 def test_report_embeds_one_row_per_alive_component_with_its_examples(pipeline_run) -> None:

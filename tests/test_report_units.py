@@ -148,9 +148,9 @@ def test_running_llm_stage_shows_spend_so_far(tmp_path: Path) -> None:
 def test_harvest_given_from_another_run_is_followed(tmp_path: Path) -> None:
     source = make_synthetic_run(tmp_path / "source", stores=("decompose", "harvest"))
     run = make_synthetic_run(tmp_path / "labels_only", planned=("autointerp",), stores=())
-    plan = json.loads((run.root / "plan.json").read_text())
-    plan["stages"][0]["external"] = {"harvest": str(source.root / "stages/harvest/out")}
-    (run.root / "plan.json").write_text(json.dumps(plan))
+    given = str(source.root / "stages/harvest/out")
+    run.status["stages"][0]["inputs"] = {"harvest": given}
+    run.status["external"] = {"harvest": given}  # the run record names outputs given to the plan by path
     model = gather_report(run.root, run.status)
     assert [r[0] for r in model["rows"]] == source.alive
     assert _stage(model, "harvest")["state"] == "EXTERNAL"
@@ -271,3 +271,20 @@ def test_sort_filter_and_hostile_text_in_chromium(tmp_path: Path, browser) -> No
     assert shown[1].text == "10 of 10" and shown[3].text == "0.2"  # trials, chance
     assert run.labels[key] in panel.text
     screenshot(browser, "report-synthetic-panel.png")
+
+
+ORCHESTRATOR_FILES = ("plan.json", "jobs.jsonl", "done.json")
+
+
+def test_no_module_under_spd_reads_the_orchestrators_files() -> None:
+    """spd/ (the report and serve included) learns about a run only from the run record it is handed (the
+    status JSON): no module of it names the orchestrator's own files, not even in a comment."""
+    spd_dir = Path(__file__).resolve().parents[1] / "spd"
+    offenders = [
+        f"{path.relative_to(spd_dir.parent)}: {name}"
+        for path in sorted(spd_dir.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+        for name in ORCHESTRATOR_FILES
+        if name in path.read_text(errors="replace")
+    ]
+    assert offenders == []

@@ -4,7 +4,7 @@ run's components offline.
     build_report(run_dir, status)  -> run_dir/report/index.html
     gather_report(run_dir, status) -> the plain JSON-able model the page is rendered from
 
-Module map: locate (the run directory's layout), options (what is embedded), numbers (rounding),
+Module map: locate (the run record: where each stage's outputs are), options (what is embedded), numbers (rounding),
 decompose_data / harvest_data / attributions_data / interp_data / logit_effects (one reader per source, each
 tolerant of a missing stage), overview (the per-module summary), data (the model), plots (matplotlib -> inline
 SVG), render (jinja2 templates in templates/, the components/ files, atomic writes). docs/report.md describes

@@ -1,7 +1,7 @@
 """Gather everything the report shows into one plain, JSON-able model of a run.
 
-Input: the run directory (plan.json, stage out/ directories, job logs) and the run status as
-`python run.py status RUN --json` prints it. Every stage is optional: a stage that is not in the pipeline,
+Input: the run directory and the run record: the status object `python run.py status RUN --json` prints
+(docs/cli.md), which gives each stage's state, times and output directory (spd.report.locate.RunRecord). Every stage is optional: a stage that is not in the pipeline,
 has not finished or left no store is shown with its state and a reason, never as an error.
 
 The model (a dict) has:
@@ -28,7 +28,7 @@ from spd.report.attributions_data import AttributionsData, read_attributions
 from spd.report.decompose_data import DecomposeData, read_decompose
 from spd.report.harvest_data import HarvestData, read_harvest, token_texts, tokens_used, visible_token
 from spd.report.interp_data import SCORERS, LabelsData, ScoresData, read_labels, read_scores
-from spd.report.locate import LLM_STAGES, SPD_STAGES, RunLayout
+from spd.report.locate import LLM_STAGES, SPD_STAGES, RunRecord, StageRecord
 from spd.report.logit_effects import LogitEffects, read_logit_effects
 from spd.report.options import ReportOptions
 from spd.report.overview import module_overview
@@ -60,39 +60,36 @@ def _split_key(key: str) -> tuple[str, int | None]:
     return (module, int(index)) if index.isdigit() else (key, None)
 
 
-def _stages(layout: RunLayout, status: dict[str, Any], outputs: dict[str, tuple[bool, str | None, float | None]]):
-    """One row per stage: SPD stages in DAG order, then any other stage the plan has."""
-    planned = layout.plan_stages()
-    by_name = {s.get("name"): s for s in status.get("stages", []) if isinstance(s, dict)}
-    names = [*SPD_STAGES, *(n for n in planned if n not in SPD_STAGES)]
+def _stages(record: RunRecord, outputs: dict[str, tuple[bool, str | None, float | None]]):
+    """One row per stage: SPD stages in DAG order, then any other stage the plan has (in plan order)."""
+    names = [*SPD_STAGES, *(n for n in record.stages if n not in SPD_STAGES)]
     rows = []
     for name in names:
-        plan = planned.get(name)
-        st = by_name.get(name, {})
+        st = record.stages.get(name)
         available, reason, cost = outputs.get(name, (False, None, None))
-        if plan is None:
-            state = "EXTERNAL" if layout.is_external(name) else "NOT_IN_PIPELINE"
+        if st is None:
+            state = "EXTERNAL" if record.is_external(name) else "NOT_IN_PIPELINE"
+            st = StageRecord(name)
         else:
-            state = st.get("state", "UNKNOWN")
-        started, finished, wall = layout.job_span(name) if plan is not None else (None, None, None)
-        tasks = st.get("tasks") or {}
+            state = st.state or "UNKNOWN"
+        tasks = st.tasks
         rows.append(
             {
                 "name": name,
                 "state": state,
-                "in_pipeline": plan is not None,
-                "external_path": str(layout.out_dir(name)) if layout.is_external(name) else None,
-                "key": (plan or {}).get("key"),
-                "seed": (plan or {}).get("seed"),
+                "in_pipeline": name in record.stages,
+                "external_path": str(record.out_dir(name)) if record.is_external(name) else None,
+                "key": st.key,
+                "seed": st.seed,
                 "tasks_done": tasks.get("done"),
-                "tasks_total": tasks.get("total", (plan or {}).get("num_tasks")),
+                "tasks_total": tasks.get("total", st.num_tasks),
                 "tasks_failed": tasks.get("failed"),
                 "tasks_running": tasks.get("running"),
-                "task_seconds": st.get("elapsed_s"),
-                "wall_seconds": wall,
-                "started_at": started,
-                "finished_at": finished,
-                "error": st.get("error"),
+                "task_seconds": st.elapsed_s,
+                "wall_seconds": st.wall_s,
+                "started_at": st.started_at,
+                "finished_at": st.finished_at,
+                "error": st.error,
                 "llm": name in LLM_STAGES,
                 "cost_usd": cost,
                 "output": "available" if available else (reason or "none"),
@@ -101,18 +98,17 @@ def _stages(layout: RunLayout, status: dict[str, Any], outputs: dict[str, tuple[
     return rows
 
 
-def _run_info(layout: RunLayout, status: dict[str, Any]) -> dict[str, Any]:
-    plan = layout.plan
+def _run_info(record: RunRecord, run_dir: Path) -> dict[str, Any]:
     return {
-        "run_id": status.get("run_id") or plan.get("run_id") or layout.root.name,
-        "run_dir": str(layout.root),
-        "executor": status.get("executor") or plan.get("executor"),
-        "created_at": plan.get("created_at"),
-        "pipeline_file": plan.get("pipeline_file"),
-        "seed": plan.get("seed"),
-        "code": plan.get("code") or {},
-        "versions": plan.get("versions") or {},
-        "last_invocation": (plan.get("last_invocation") or {}).get("command"),
+        "run_id": record.run_id or run_dir.name,
+        "run_dir": str(run_dir),
+        "executor": record.executor,
+        "created_at": record.created_at,
+        "pipeline_file": record.pipeline_file,
+        "seed": record.seed,
+        "code": record.code,
+        "versions": record.versions,
+        "last_invocation": record.last_command,
     }
 
 
@@ -186,16 +182,17 @@ def _guarded(read: Callable[[], T], unavailable: Callable[[str], T]) -> T:
 def gather_report(run_dir: Path, status: dict[str, Any], options: ReportOptions | None = None) -> dict[str, Any]:
     """The report model of the run at `run_dir` (see the module docstring); `status` is the status JSON."""
     options = options or ReportOptions()
-    layout = RunLayout.open(run_dir)
-    decompose = _guarded(lambda: read_decompose(layout.out_dir("decompose")), lambda why: DecomposeData(False, why))
-    harvest = _guarded(lambda: read_harvest(layout.out_dir("harvest"), options), lambda why: HarvestData(False, why))
+    run_dir = Path(run_dir).resolve()
+    record = RunRecord.from_status(status)
+    decompose = _guarded(lambda: read_decompose(record.out_dir("decompose")), lambda why: DecomposeData(False, why))
+    harvest = _guarded(lambda: read_harvest(record.out_dir("harvest"), options), lambda why: HarvestData(False, why))
     attributions = _guarded(
-        lambda: read_attributions(layout.out_dir("attributions"), options), lambda why: AttributionsData(False, why)
+        lambda: read_attributions(record.out_dir("attributions"), options), lambda why: AttributionsData(False, why)
     )
-    labels = _guarded(lambda: read_labels(layout.out_dir("autointerp")), lambda why: LabelsData(False, why))
+    labels = _guarded(lambda: read_labels(record.out_dir("autointerp")), lambda why: LabelsData(False, why))
     scores = {
         name: _guarded(
-            lambda name=name: read_scores(name, layout.out_dir(name)), lambda why, n=name: ScoresData(n, False, why)
+            lambda name=name: read_scores(name, record.out_dir(name)), lambda why, n=name: ScoresData(n, False, why)
         )
         for name in SCORERS
     }
@@ -209,7 +206,7 @@ def gather_report(run_dir: Path, status: dict[str, Any], options: ReportOptions 
     }
     summaries = {s["key"]: s for s in harvest.summaries}
     keys = _universe(harvest, labels, scores)
-    effects = read_logit_effects(layout.out_dir("decompose"), keys, options.logit_effects)
+    effects = read_logit_effects(record.out_dir("decompose"), keys, options.logit_effects)
     details = {key: _details(key, summaries.get(key), harvest, attributions, labels, scores, effects) for key in keys}
     tokens = token_texts(harvest, tokens_used(harvest) | attributions.token_ids() | effects.token_ids())
     sections = {
@@ -222,8 +219,8 @@ def gather_report(run_dir: Path, status: dict[str, Any], options: ReportOptions 
     return {
         "format": REPORT_FORMAT,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "run": _run_info(layout, status),
-        "stages": _stages(layout, status, outputs),
+        "run": _run_info(record, run_dir),
+        "stages": _stages(record, outputs),
         "sections": sections,
         "ci_threshold": harvest.info.get("ci_threshold"),
         "columns": COLUMNS,

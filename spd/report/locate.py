@@ -1,16 +1,15 @@
-"""Where a run keeps what the report reads: plan.json, each stage's out/ directory and its job records.
+"""Where the report finds a run's outputs: the run record its caller hands it, never the orchestrator's files.
 
-The report reads the run directory directly (it must not import the orchestrator): the layout is the one
-pipeline/runs.py writes, `<run>/plan.json` and `<run>/stages/<stage>/{out,jobs.jsonl}`. A stage that is
-not part of the pipeline may still have an output somewhere else: a downstream stage's config can point at
-an existing one (`external` in the plan), and the report follows that pointer.
+The record is the status object (`python run.py status RUN --json`, docs/cli.md): per planned stage its state,
+seed, tasks, times and output directory, and the output directories of stages outside the plan (`external`: given
+to a planned stage by path, or left in the run by an earlier plan). `RunRecord.from_status` reads it tolerantly (a field it lacks is None).
+The stages' own output files are read with `read_json_file` / `read_jsonl_file`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,56 +43,97 @@ def read_jsonl_file(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-@dataclass(frozen=True)
-class RunLayout:
-    """A run directory and its plan (empty when plan.json is missing)."""
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
 
-    root: Path
-    plan: dict[str, Any]
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One planned stage as the run record gives it (every field may be missing: None)."""
+
+    name: str
+    state: str | None = None
+    key: str | None = None
+    seed: int | None = None
+    num_tasks: int | None = None
+    tasks: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float | None = None
+    error: str | None = None
+    out_dir: Path | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    wall_s: float | None = None
 
     @classmethod
-    def open(cls, root: Path) -> RunLayout:
-        root = Path(root).resolve()
-        plan = read_json_file(root / "plan.json")
-        return cls(root=root, plan=plan if isinstance(plan, dict) else {})
+    def from_json(cls, entry: dict[str, Any]) -> StageRecord:
+        out = _text(entry.get("out_dir"))
+        return cls(
+            name=str(entry["name"]),
+            state=entry.get("state"),
+            key=entry.get("key"),
+            seed=entry.get("seed"),
+            num_tasks=entry.get("num_tasks"),
+            tasks=entry.get("tasks") if isinstance(entry.get("tasks"), dict) else {},
+            elapsed_s=entry.get("elapsed_s"),
+            error=entry.get("error"),
+            out_dir=Path(out) if out else None,
+            started_at=_text(entry.get("started_at")),
+            finished_at=_text(entry.get("finished_at")),
+            wall_s=entry.get("wall_s"),
+        )
 
-    def plan_stages(self) -> dict[str, dict[str, Any]]:
-        """Planned stages by name (name, key, seed, num_tasks, upstreams, external, config)."""
-        return {s["name"]: s for s in self.plan.get("stages", []) if isinstance(s, dict) and "name" in s}
 
-    def stage_dir(self, stage: str) -> Path:
-        return self.root / "stages" / stage
+@dataclass(frozen=True)
+class RunRecord:
+    """What the report and `serve` know of a run: the run record the caller hands them (the orchestrator's
+    `status --json` object, documented in docs/cli.md), read tolerantly: a missing field is None or empty.
+
+    `stages` are the planned stages in plan order; `external` maps a stage outside the plan to the directory
+    holding its outputs (a path a planned stage was given for it, or an out/ an earlier plan left in the run)."""
+
+    run_id: str | None = None
+    run_dir: str | None = None
+    executor: str | None = None
+    created_at: str | None = None
+    pipeline_file: str | None = None
+    seed: int | None = None
+    code: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    last_command: str | None = None
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    external: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any] | None) -> RunRecord:
+        status = status if isinstance(status, dict) else {}
+        stages = [StageRecord.from_json(s) for s in status.get("stages") or [] if isinstance(s, dict) and "name" in s]
+        external = status.get("external") if isinstance(status.get("external"), dict) else {}
+
+        def mapping(name: str) -> dict[str, Any]:
+            value = status.get(name)
+            return value if isinstance(value, dict) else {}
+
+        return cls(
+            run_id=_text(status.get("run_id")),
+            run_dir=_text(status.get("run_dir")),
+            executor=_text(status.get("executor")),
+            created_at=_text(status.get("created_at")),
+            pipeline_file=_text(status.get("pipeline_file")),
+            seed=status.get("seed"),
+            code=mapping("code"),
+            versions=mapping("versions"),
+            last_command=_text(status.get("last_command")),
+            stages={s.name: s for s in stages},
+            external={str(name): Path(path) for name, path in external.items() if _text(path)},
+        )
 
     def out_dir(self, stage: str) -> Path | None:
-        """The directory holding `stage`'s outputs: its own out/ when the pipeline runs it, else a path another
-        stage was given for it (plan `external`), else None."""
-        if stage in self.plan_stages():
-            return self.stage_dir(stage) / "out"
-        for planned in self.plan_stages().values():
-            given = (planned.get("external") or {}).get(stage)
-            if given:
-                return Path(given)
-        own = self.stage_dir(stage) / "out"
-        return own if own.is_dir() else None
+        """The directory holding `stage`'s outputs: its own when the pipeline runs it, else the one recorded for
+        it outside the plan, else None."""
+        planned = self.stages.get(stage)
+        if planned is not None:
+            return planned.out_dir
+        return self.external.get(stage)
 
     def is_external(self, stage: str) -> bool:
-        return stage not in self.plan_stages() and self.out_dir(stage) is not None
-
-    def job_span(self, stage: str) -> tuple[str | None, str | None, float | None]:
-        """(first start, end, wall seconds between them): the first launch (local) or submission (SLURM) in
-        the stage's append-only job log, and its last task exit or, failing that, done.json's finish time."""
-        records = read_jsonl_file(self.stage_dir(stage) / "jobs.jsonl")
-        starts = [r["time"] for r in records if r.get("event") in ("launch", "submitted") and r.get("time")]
-        ends = [r["time"] for r in records if r.get("event") == "exit" and r.get("time")]
-        done = read_json_file(self.stage_dir(stage) / "done.json")
-        if isinstance(done, dict) and done.get("finished_at"):
-            ends.append(str(done["finished_at"]))
-        first = min(starts) if starts else None
-        last = max(ends) if ends else None
-        wall = None
-        if first and last:
-            try:
-                wall = max(0.0, (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds())
-            except ValueError:
-                wall = None
-        return first, last, wall
+        return stage not in self.stages and stage in self.external

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spd.report.data import REPORT_FORMAT, gather_report
-from spd.report.locate import SPD_STAGES, RunLayout
+from spd.report.locate import SPD_STAGES, RunRecord
 from spd.report.render import panel_meta
 from spd.utils import atomic_write_bytes
 
@@ -72,12 +72,13 @@ def _token_ids(detail: dict[str, Any]) -> set[str]:
     return {str(i) for i in ids}
 
 
-def stores_fingerprint(run_dir: Path) -> str:
-    """A hash of every file under the stages' output directories (relative path, size, mtime) and the format."""
-    layout = RunLayout.open(run_dir)
+def stores_fingerprint(status: dict[str, Any]) -> str:
+    """A hash of every file under the stages' output directories (relative path, size, mtime) and the format;
+    `status` is the run record (the status JSON) that says where those directories are."""
+    record = RunRecord.from_status(status)
     digest = hashlib.sha256(REPORT_FORMAT.encode())
     for stage in SPD_STAGES:
-        out = layout.out_dir(stage)
+        out = record.out_dir(stage)
         digest.update(f"\0{stage}\0{out}\0".encode())
         if out is None or not out.is_dir():
             continue
@@ -89,7 +90,7 @@ def stores_fingerprint(run_dir: Path) -> str:
 
 def load_panels(run_dir: Path, status: dict[str, Any], cache_dir: Path, log=print) -> Panels:
     """The run's panels from cache_dir when its stores are unchanged, else gathered (and cached)."""
-    fingerprint = stores_fingerprint(run_dir)
+    fingerprint = stores_fingerprint(status)
     cached = cache_dir / f"{CACHE_PREFIX}{fingerprint}.json.gz"
     if cached.is_file():
         try:

@@ -18,7 +18,7 @@ from spd.data.tokenizer import load_tokenizer
 from spd.models import decomposition_tokenizer_path, load_decomposition
 from spd.models.component_model import ComponentModel
 from spd.report.harvest_data import display_token
-from spd.report.locate import RunLayout
+from spd.report.locate import RunRecord
 from spd.serve.panels import Panels, load_panels
 
 SERVE_DIR = "serve"  # RUN/serve/: the server's own files (panel cache, server.json)
@@ -114,7 +114,7 @@ def open_served_run(run_dir: Path, status: dict[str, Any], device: str = "cpu", 
 
 def _open(run_dir: Path, status: dict[str, Any], device: str, log, thread: ModelThread) -> ServedRun:
     run_dir = Path(run_dir).resolve()
-    decomposition = RunLayout.open(run_dir).out_dir("decompose")
+    decomposition = RunRecord.from_status(status).out_dir("decompose")
     if decomposition is None or not (decomposition / "config.json").is_file():
         raise ValueError(f"{run_dir} has no finished decomposition to serve: run its decompose stage first")
     log(f"serve: loading the decomposition {decomposition} on {device}")
