@@ -40,7 +40,7 @@ print({MARKER!r} + json.dumps({{"exit": code, "torch": "torch" in sys.modules}})
 """
 
 # Commands that need torch by design: the report reads decompositions, import-reference converts checkpoints.
-TORCH_COMMANDS = {"report", "import-reference"}
+TORCH_COMMANDS = {"report", "serve", "import-reference"}
 # Every other command is a login-node command and must appear here.
 LOGIN_COMMANDS = {"plan", "run", "rerun", "cancel", "status", "logs", "schema", "clean"}
 CLI_COMMANDS = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
