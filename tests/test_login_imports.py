@@ -39,7 +39,8 @@ print()
 print({MARKER!r} + json.dumps({{"exit": code, "torch": "torch" in sys.modules}}))
 """
 
-# Commands that need torch by design: the report reads decompositions, import-reference converts checkpoints.
+# Commands that need torch by design: the report reads decompositions, serve runs one, import-reference converts
+# checkpoints.
 TORCH_COMMANDS = {"report", "serve", "import-reference"}
 # Every other command is a login-node command and must appear here.
 LOGIN_COMMANDS = {"plan", "run", "rerun", "cancel", "status", "logs", "schema", "clean"}
