@@ -16,11 +16,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.atomic import read_json
 from pipeline.config import configured_stages, resource_override
 from pipeline.errors import UserError
 from pipeline.resources import Resources, SlurmProfile, resolve_resources
-from pipeline.runs import RunDir, is_stage_name
+from pipeline.runs import RunDir, finished_stage_output, is_stage_name
 from stages.base import StageSpec
 
 
@@ -207,10 +206,9 @@ def resolve_external(stage: str, upstream: str, given: Path) -> tuple[Path, str]
             f"stages.{stage}.inputs.{upstream}: {path} does not exist "
             f"(it should be the output of a finished {upstream!r} stage)"
         )
-    for stage_dir, out_dir in ((path, path / "out"), (path.parent, path)):
-        done = read_json(stage_dir / "done.json")
-        if done and out_dir.is_dir():
-            return out_dir, str(done.get("key", ""))
+    finished = finished_stage_output(path)
+    if finished is not None:
+        return finished
     return path, "path:" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
 
 

@@ -25,6 +25,8 @@ from pipeline.atomic import append_jsonl, atomic_write_json, atomic_write_text, 
 from pipeline.errors import UserError
 
 MERGE = "merge"  # task label of a stage's merge job
+OUT_DIR = "out"  # a stage's outputs, below its stage directory
+DONE_FILE = "done.json"  # a finished stage's record (its key, when it finished), beside out/
 
 
 def now_iso() -> str:
@@ -153,13 +155,13 @@ class RunDir:
         return self.stage_dir(stage) / "tasks"
 
     def out_dir(self, stage: str) -> Path:
-        return self.stage_dir(stage) / "out"
+        return self.stage_dir(stage) / OUT_DIR
 
     def logs_dir(self, stage: str) -> Path:
         return self.stage_dir(stage) / "logs"
 
     def done_json(self, stage: str) -> Path:
-        return self.stage_dir(stage) / "done.json"
+        return self.stage_dir(stage) / DONE_FILE
 
     def cancelled_json(self, stage: str) -> Path:
         return self.stage_dir(stage) / "cancelled.json"
@@ -349,6 +351,16 @@ def run_lock(run: RunDir) -> Iterator[None]:
 
 def _label_order(label: str) -> tuple[int, int]:
     return (1, 0) if label == MERGE else (0, int(label))
+
+
+def finished_stage_output(path: Path) -> tuple[Path, str] | None:
+    """(out directory, key) when `path` is a finished stage directory of any run (its done.json beside its out/),
+    or that out/ itself; None for any other path."""
+    for stage_dir, out_dir in ((path, path / OUT_DIR), (path.parent, path)):
+        done = read_json(stage_dir / DONE_FILE)
+        if done and out_dir.is_dir():
+            return out_dir, str(done.get("key", ""))
+    return None
 
 
 def _recorded_key(path: Path) -> str | None:
