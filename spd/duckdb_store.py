@@ -23,7 +23,7 @@ read one store at once; none may write it) and closes the connection again if th
 rejects the file; the store is a context manager.
 
 duckdb is imported when a store is built or opened, not with this module: the LLM layer (spd.interp.results,
-which uses `fsync_path` for its journal) imports neither duckdb nor torch until it writes its final store.
+which uses spd.utils.fsync_path for its journal) imports neither duckdb nor torch until it writes its final store.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
+
+from spd.utils import fsync_path
 
 if TYPE_CHECKING:
     import duckdb
@@ -54,15 +56,6 @@ def is_disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return True
     return isinstance(error, duckdb.Error) and NO_SPACE in str(error)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes a rename in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(paths: Iterable[Path]) -> None:

@@ -11,7 +11,7 @@ different number), so "it loads" is no check. The record is a small JSON file wr
 A task killed between the two renames has no task marker, so it runs again and rewrites both; the merge runs only
 once every task has its marker, and then a shard without its record is as unusable as one whose bytes differ.
 
-The merge hashes each file streaming (1 MiB at a time: memory stays flat whatever the shard size) and checks the
+The merge hashes each file streaming (spd.utils.file_digest, 1 MiB at a time: memory stays flat whatever the shard size) and checks the
 size first, so a truncated file is refused without reading it. The cost is one extra sequential read per shard.
 
 Failure contract: `ShardsUnusable.invalid_tasks` names the array tasks whose outputs must be redone. The
@@ -22,17 +22,15 @@ on stages/, hence the attribute rather than a shared base class.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from spd.utils import atomic_write_json
+from spd.utils import atomic_write_json, file_digest
 
 CHECKSUM_FORMAT = "spd-shard-checksum/1"
 CHECKSUM_DIR = "checksums"  # beside the shards, so globs of shard-* see shards only
-HASH_CHUNK = 1 << 20
 
 
 class ShardsUnusable(Exception):
@@ -59,24 +57,6 @@ def checksum_path(shard: Path) -> Path:
     """Where the checksum record of `shard` lives."""
     shard = Path(shard)
     return shard.parent / CHECKSUM_DIR / f"{shard.name}.json"
-
-
-def file_digest(path: Path) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file, read in HASH_CHUNK pieces."""
-    digest = hashlib.sha256()
-    size = 0
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-            size += n
-    return size, digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 hex of a file, streamed (the one file hash of spd/: data manifests, provenance, shard records)."""
-    return file_digest(path)[1]
 
 
 def write_checksum(shard: Path) -> dict[str, Any]:

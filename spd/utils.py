@@ -1,4 +1,4 @@
-"""Small shared helpers for spd/: atomic file writes and seeding (no orchestrator imports).
+"""Small shared helpers for spd/: atomic file writes, fsync, the file hash and seeding (no orchestrator imports).
 
 torch is imported inside the helpers that use it: the atomic writers are shared with torch-free code (stores,
 shard checksums, the LLM stages) that must import without torch on a login node.
@@ -6,6 +6,7 @@ shard checksums, the LLM stages) that must import without torch on a login node.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -30,11 +31,24 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
+HASH_CHUNK = 1 << 20
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes a rename in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a temp file in the same directory, fsync it, then os.replace it onto `path`.
+    """Let `write` fill a temp file in the same directory, fsync it, os.replace it onto `path`, fsync the directory.
 
     Readers on shared file systems see either the old file or the whole new one, never a torn write, and a
-    killed job leaves only a dot-prefixed temp file, never a partial file under the final name.
+    killed job leaves only a dot-prefixed temp file (`.<name>.<random>.tmp`), never a partial file under the
+    final name. The directory's fsync makes the rename itself survive a crash.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +63,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -66,6 +81,24 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     import torch
 
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, read in HASH_CHUNK pieces (memory stays flat whatever its size)."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+            size += n
+    return size, digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 hex of a file, streamed (the one file hash of spd/: data manifests, provenance, shard records)."""
+    return file_digest(path)[1]
 
 
 def set_seed(seed: int) -> None:

@@ -22,7 +22,6 @@ imports no torch either.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -34,6 +33,7 @@ from spd.lm.config import TinyLMConfig
 from spd.targets.config import HFTargetSpec, LMDataConfig, ResidMLPTargetConfig, TinyLMTargetSpec, TMSTargetConfig
 from spd.train.config import SPDConfig
 from spd.train.progress import last_logged_step
+from spd.utils import atomic_write
 from stages.base import StageConfig, StageContext, StageSpec
 
 if TYPE_CHECKING:
@@ -211,10 +211,7 @@ def source_digest(config: DecomposeConfig) -> str | None:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _reuse(path: Path, out_dir: Path) -> None:

@@ -34,9 +34,10 @@ import torch
 from spd.data.config import CorpusConfig as CorpusConfig
 from spd.data.features import FEATURE_IDS, FEATURES, feature_words
 from spd.data.generator import Document, generate_document
-from spd.data.io import atomic_directory, gzip_bytes, json_bytes, jsonl_bytes, sha256_file, write_file
+from spd.data.io import atomic_directory, gzip_bytes, json_bytes, jsonl_bytes, write_file
 from spd.data.token_files import TokenFiles
 from spd.data.tokenizer import EOS, eos_id, train_tokenizer, word_token_ids
+from spd.utils import sha256_file
 
 FORMAT = "spd-story-corpus"
 FORMAT_VERSION = 1

@@ -12,9 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# sha256_file lives in spd.shard_checksums (one implementation); spd.data.corpus and spd.interp.autointerp
-# import it from here.
-from spd.shard_checksums import sha256_file as sha256_file
+from spd.utils import fsync_path
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -68,11 +66,7 @@ def atomic_directory(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
                 with contextlib.suppress(OSError):
                     os.replace(old / "d", out_dir)
             raise FileExistsError(f"{out_dir} already exists") from err
-        fd = os.open(out_dir.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(out_dir.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -39,9 +39,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from spd.data.hf_source import HFTokensSpec
-from spd.data.io import atomic_directory, json_bytes, sha256_file, write_file
+from spd.data.io import atomic_directory, json_bytes, write_file
 from spd.data.token_files import TokenFiles
-from spd.utils import cache_root
+from spd.utils import cache_root, sha256_file
 
 FORMAT = "spd-hf-token-cache"
 FORMAT_VERSION = 1

@@ -18,9 +18,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# sha256_file lives in spd.shard_checksums (one implementation); spd.harvest.task imports it from here.
-from spd.shard_checksums import sha256_file as sha256_file
-
 SPD_ROOT = Path(__file__).resolve().parent.parent
 
 

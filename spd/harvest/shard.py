@@ -5,9 +5,9 @@ per-token totals [V], sparse COO triples for input/output token counts and co-fi
 token / partner ids, int64 counts), the filled slots of the two example sets (component id + key + window
 payload + provenance), and the window ids the task processed (its exact data slice).
 
-Atomicity: the arrays are written member by member into `.shard-NNNNN.npz.<pid>.tmp` in the same
-directory, fsync'd, then os.replace'd to `shard-NNNNN.npz`. A killed task leaves at most a temp file, which
-no reader looks at and the task's next attempt deletes. Between two members the writer calls the fault
+Atomicity (spd.utils.atomic_write): the arrays are written member by member into `.shard-NNNNN.npz.<random>.tmp`
+in the same directory, fsync'd, then os.replace'd to `shard-NNNNN.npz`. A killed task leaves at most a temp file,
+which no reader looks at and the task's next attempt deletes. Between two members the writer calls the fault
 injection point of spd.harvest.faults (a no-op unless a test sets its environment variable).
 
 Co-firing: a task whose pair table reached its cap spilled sorted runs of pairs to `.shard-NNNNN.npz.<pid>.tmp-spill/`
@@ -41,6 +41,7 @@ from spd.harvest.cofiring import SPILL_CHUNK, PairRun
 from spd.harvest.faults import shard_write_fault_point
 from spd.harvest.reservoir import ExampleRows
 from spd.shard_checksums import write_checksum
+from spd.utils import atomic_write
 
 SHARD_FORMAT = "spd-harvest-shard"
 SHARD_FORMAT_VERSION = 2  # 2: sampling keys mix a per-position hash with a per-component salt
@@ -158,32 +159,22 @@ def _write_cofire_member(fp: IO[bytes], name: str, shard: ShardData, final: np.n
 
 
 def write_shard(path: Path, shard: ShardData, task: int) -> None:
-    """Write the shard atomically (temp file in the same directory, fsync, os.replace, fsync dir), then its checksum."""
+    """Write the shard atomically (spd.utils.atomic_write: temp file in the same directory, fsync, os.replace, fsync
+    dir), then its checksum."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for i, (name, array) in enumerate(shard.arrays().items()):
-                    with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                        if name in COFIRE_MEMBERS:
-                            _write_cofire_member(member, name, shard, array)
-                        else:
-                            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-                    f.flush()
-                    shard_write_fault_point(task, members_written=i + 1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for i, (name, array) in enumerate(shard.arrays().items()):
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    if name in COFIRE_MEMBERS:
+                        _write_cofire_member(member, name, shard, array)
+                    else:
+                        np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+                f.flush()
+                shard_write_fault_point(task, members_written=i + 1)
+
+    atomic_write(path, write)
     write_checksum(path)
 
 

@@ -22,7 +22,7 @@ from spd.harvest.activations import ActivationReader, layer_spans
 from spd.harvest.config import HarvestSettings
 from spd.harvest.data import CorpusSlice, SliceSpec
 from spd.harvest.malloc import keep_freed_memory
-from spd.harvest.provenance import code_version, now_iso, runtime, sha256_file
+from spd.harvest.provenance import code_version, now_iso, runtime
 from spd.harvest.shard import (
     SHARD_FORMAT,
     SHARD_FORMAT_VERSION,
@@ -33,7 +33,7 @@ from spd.harvest.shard import (
 )
 from spd.models import load_decomposition, load_decomposition_data
 from spd.models.checkpoint import CONFIG_FILE, latest_model_file
-from spd.utils import resolve_device
+from spd.utils import resolve_device, sha256_file
 
 
 def decomposition_corpus(decomposition_dir: Path, dataset: Any = None) -> TokenSource:

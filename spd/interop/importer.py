@@ -43,9 +43,8 @@ from spd.models.checkpoint import TARGET_DIR, load_decomposition, save_model_sta
 from spd.models.component_model import ComponentModel, expand_module_patterns
 from spd.models.global_ci import GlobalCiFnConfig
 from spd.models.identity import insert_identity_operations
-from spd.shard_checksums import sha256_file
 from spd.targets import save_target
-from spd.utils import atomic_write_json
+from spd.utils import atomic_write_json, sha256_file
 
 IMPORT_RECORD = "import.json"
 

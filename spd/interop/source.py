@@ -21,7 +21,7 @@ import yaml
 from spd.interop.paths import ReferencePathError, resolve_local_or_hub
 from spd.interop.reference_config import ReferenceConfigError, ReferenceRun, read_reference_config
 from spd.interop.targets import TargetLocation, locate_reference_target
-from spd.shard_checksums import sha256_file
+from spd.utils import sha256_file
 
 TOY_VALUE_RANGES = {"tms": (0.0, 1.0), "resid_mlp": (-1.0, 1.0)}
 TOY_GENERATION_TYPES = ("at_least_zero_active", "exactly_one_active")

@@ -36,7 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from spd.duckdb_store import atomic_duckdb, fsync_path
+from spd.duckdb_store import atomic_duckdb
+from spd.utils import fsync_path
 
 Status = Literal["ok", "failed", "skipped"]
 PART_GLOB = "part-*.jsonl"

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from spd.data.io import sha256_file
 from spd.harvest.schema import ComponentSummary
 from spd.harvest.store import HarvestStore
 from spd.interp.autointerp.config import AutointerpSettings
@@ -32,6 +31,7 @@ from spd.interp.llm import LLMClient, RunSummary
 from spd.interp.results import ResultJournal, final_rows
 from spd.interp.standard_tasks import label_task
 from spd.interp.tasks import WorkItem
+from spd.utils import sha256_file
 
 JOURNAL_DIR = "llm"
 """The LLM journal under the stage's out/ (kept on a same-key `rerun`: a redo never pays twice)."""
