@@ -154,7 +154,8 @@ class TinyLM(nn.Module):
 
 
 def output_logits(output: object) -> Tensor:
-    """Logits from a model's raw output: TinyLM returns a tensor, Hugging Face models an object with .logits."""
+    """Logits from a model's raw output: a tensor as is (TinyLM, the toy targets), Hugging Face outputs' .logits,
+    a tuple's first entry. The component model reads every target's output through it."""
     if isinstance(output, Tensor):
         return output
     logits = getattr(output, "logits", None)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spd.lm.model import output_logits
 from spd.models.ci_fns import CiFnType, make_ci_fn
 from spd.models.components import Components, EmbeddingComponents, LinearComponents, tie_transposed
 from spd.models.global_ci import GlobalCiFnConfig, make_global_ci_fn
@@ -58,18 +59,6 @@ def _key(path: str) -> str:
 def is_conv1d(module: nn.Module) -> bool:
     """Hugging Face's GPT-2 style Conv1D (transformers.pytorch_utils): y = x W + b with W stored (d_in, d_out)."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
-
-
-def _logits(output: Any) -> Tensor:
-    """The output tensor of a target: a tensor as is, Hugging Face outputs' .logits, a tuple's first entry."""
-    if isinstance(output, Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
-        return output[0]
-    raise TypeError(f"cannot find the output tensor in a {type(output).__name__}")
 
 
 class ComponentModel(nn.Module):
@@ -234,9 +223,9 @@ class ComponentModel(nn.Module):
     def forward(self, x: Tensor, mask_infos: dict[str, MaskInfo] | None = None) -> Tensor:
         """Target output; modules in `mask_infos` are replaced by their masked components."""
         if not mask_infos:
-            return _logits(self.target_model(x))
+            return output_logits(self.target_model(x))
         with self._hooks(mask_infos, None):
-            return _logits(self.target_model(x))
+            return output_logits(self.target_model(x))
 
     def forward_with_outputs(
         self, x: Tensor, mask_infos: dict[str, MaskInfo] | None = None
@@ -245,14 +234,14 @@ class ComponentModel(nn.Module):
         out_cache: dict[str, Tensor] = {}
         with self._hooks(mask_infos, None, out_cache):
             out = self.target_model(x)
-        return _logits(out), out_cache
+        return output_logits(out), out_cache
 
     def forward_with_inputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Unmasked target forward that also returns each decomposed module's input (pre-weight acts)."""
         cache: dict[str, Tensor] = {}
         with self._hooks(None, cache):
             out = self.target_model(x)
-        return _logits(out), cache
+        return output_logits(out), cache
 
     def extra_config(self) -> dict[str, Any]:
         """What is needed to rebuild this wrapper around the same target (saved in the checkpoint)."""
