@@ -6,8 +6,8 @@ not per component: at 16K components, ~128 firings per token and m = 3 a 2048-to
 row adds and takes 98; equal at 1K), and only those checked against the selections' limits. Results equal `scan_batch_torch`'s (the same
 candidates in the same order, the same counts, the same keys); the fp32 sums differ only in summation order.
 
-Compiled on first use and cached on disk (spd.harvest.jit), so a harvest task pays the few seconds of
-compilation once per machine, not once per task.
+Compiled on first use and cached on disk by numba (spd.harvest.jit), so a run pays the few seconds of compilation
+on its first harvest tasks, not in every task.
 """
 
 from __future__ import annotations
