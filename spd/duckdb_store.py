@@ -18,6 +18,10 @@ A full disk is the one failure worth rewording: DuckDB reports it as a commit or
 traceback. A caller that passes `disk_full_remedy` gets StoreDiskFullError instead, naming the store, the
 (deleted) temp file, the free space left and what to do, with DuckDB's message kept at the end.
 
+Finding: `store_file(path, names, stage)` is the one resolver of every store's `open`: a store file, or the
+store inside a stage's out/ (or stage) directory; a missing one raises FileNotFoundError asking whether the
+stage is done.
+
 Reading: a store class subclasses ReadOnlyStore; `open_read_only` connects with DuckDB `read_only=True` (many jobs may
 read one store at once; none may write it) and closes the connection again if the subclass's __init__
 rejects the file; the store is a context manager.
@@ -33,7 +37,7 @@ import errno
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -117,6 +121,31 @@ def atomic_duckdb(
         if disk_full_remedy is not None and is_disk_full(e):
             raise _disk_full_error(final, tmp, what, disk_full_remedy, e) from e
         raise
+
+
+def store_file(path: str | Path, names: str | Sequence[str], stage: str) -> Path:
+    """The store file `path` names: `path` itself, or the one of `names` inside the stage's out/ (or stage)
+    directory `path`. Several `names` (e.g. the score kinds) are alternatives: exactly one must be present.
+
+    Raises FileNotFoundError: no such file, none of `names` in the directory ("is the <stage> stage done?"),
+    or more than one of them.
+    """
+    path = Path(path)
+    if path.is_dir():
+        names = [names] if isinstance(names, str) else list(names)
+        found = []
+        for name in names:
+            hit = next((p for p in (path / name, path / "out" / name) if p.is_file()), None)
+            if hit is not None:
+                found.append(hit)
+        if not found:
+            raise FileNotFoundError(f"no {' or '.join(names)} in {path} or its out/ (is the {stage} stage done?)")
+        if len(found) > 1:
+            raise FileNotFoundError(f"expected one of {names} in {path} or its out/, found {[str(p) for p in found]}")
+        return found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{stage} store {path} does not exist")
+    return path
 
 
 class ReadOnlyStore:

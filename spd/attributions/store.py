@@ -43,7 +43,7 @@ import numpy as np
 
 from spd.attributions.layout import Layout
 from spd.attributions.nodes import SOURCE_KINDS, TARGET_KINDS, Node, NodeKind
-from spd.duckdb_store import ReadOnlyStore, atomic_duckdb
+from spd.duckdb_store import ReadOnlyStore, atomic_duckdb, store_file
 
 STORE_FILE = "attributions.duckdb"
 STORE_FORMAT = "spd-attributions/1"
@@ -154,12 +154,9 @@ class AttributionsStore(ReadOnlyStore):
 
     @classmethod
     def open(cls, path: str | Path) -> AttributionsStore:
-        path = Path(path)
-        if path.is_dir():
-            path = path / STORE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no attributions store at {path}")
-        return cls.open_read_only(path)  # closes the connection again if it is not an attributions store
+        """Open a store file, or the attributions.duckdb inside an attributions out/ (or stage) directory."""
+        # open_read_only closes the connection again if it is not an attributions store
+        return cls.open_read_only(store_file(path, STORE_FILE, "attributions"))
 
     # --- facts ---------------------------------------------------------------------------------------
 

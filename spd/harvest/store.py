@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from spd.duckdb_store import ReadOnlyStore
+from spd.duckdb_store import ReadOnlyStore, store_file
 from spd.harvest.schema import (
     STORE_FILE,
     ActivationExample,
@@ -55,16 +55,7 @@ class HarvestStore(ReadOnlyStore):
     @classmethod
     def open(cls, path: str | Path) -> HarvestStore:
         """Open a store file, or the harvest.duckdb inside a harvest out/ (or stage) directory."""
-        path = Path(path)
-        if path.is_dir():
-            candidates = [path / STORE_FILE, path / "out" / STORE_FILE]
-            found = next((p for p in candidates if p.is_file()), None)
-            if found is None:
-                raise FileNotFoundError(f"no {STORE_FILE} in {path} (is the harvest stage done?)")
-            path = found
-        if not path.is_file():
-            raise FileNotFoundError(f"harvest store {path} does not exist")
-        return cls.open_read_only(path)
+        return cls.open_read_only(store_file(path, STORE_FILE, "harvest"))
 
     # --- metadata -------------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import duckdb
 import pyarrow as pa
 
-from spd.duckdb_store import ReadOnlyStore, atomic_duckdb
+from spd.duckdb_store import ReadOnlyStore, atomic_duckdb, store_file
 
 LABELS_FILE = "labels.duckdb"
 LABELS_FORMAT = "spd-labels-store"
@@ -198,16 +198,7 @@ class LabelsStore(ReadOnlyStore):
     @classmethod
     def open(cls, path: str | Path) -> LabelsStore:
         """Open a labels.duckdb, or the one inside an autointerp out/ (or stage) directory."""
-        path = Path(path)
-        if path.is_dir():
-            candidates = [path / LABELS_FILE, path / "out" / LABELS_FILE]
-            found = next((p for p in candidates if p.is_file()), None)
-            if found is None:
-                raise FileNotFoundError(f"no {LABELS_FILE} in {path} (is the autointerp stage done?)")
-            path = found
-        if not path.is_file():
-            raise FileNotFoundError(f"labels store {path} does not exist")
-        return cls.open_read_only(path)
+        return cls.open_read_only(store_file(path, LABELS_FILE, "autointerp"))
 
     def _load(self) -> list[LabelRecord]:
         if self._records is None:

@@ -28,6 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from spd.duckdb_store import ReadOnlyStore, atomic_duckdb
+from spd.duckdb_store import store_file as find_store_file
 
 SCORE_KINDS = ("detection", "fuzzing", "intruder")
 SCORE_FORMAT = "spd-score-store"
@@ -230,18 +231,8 @@ class ScoreStore(ReadOnlyStore):
 
         With a directory and no kind, the directory must hold exactly one score store.
         """
-        path = Path(path)
-        if path.is_dir():
-            names = [store_file(kind)] if kind is not None else [store_file(k) for k in SCORE_KINDS]
-            found = [d / n for d in (path, path / "out") for n in names if (d / n).is_file()]
-            if len(found) != 1:
-                raise FileNotFoundError(
-                    f"expected one of {names} in {path} or its out/, found {[str(p) for p in found] or 'none'}"
-                )
-            path = found[0]
-        if not path.is_file():
-            raise FileNotFoundError(f"score store {path} does not exist")
-        return cls.open_read_only(path)
+        names = [store_file(kind)] if kind is not None else [store_file(k) for k in SCORE_KINDS]
+        return cls.open_read_only(find_store_file(path, names, kind or "scoring"))
 
     def _select(self, table: str, record: type[Any], where: str = "", params: list[Any] | None = None) -> list[Any]:
         names = [f.name for f in fields(record)]
