@@ -201,7 +201,7 @@ def measure(c_total: int, args: argparse.Namespace, tmp: Path) -> dict:
     base = {"batch_size": args.batch_size, "n_batches": n_batches, "n_tasks": args.tasks, "device": "cpu"}
     settings = HarvestSettings(**base)
     shift, l0, bare_us = set_ci_l0(decomposition, settings, args.l0, args.bare_batches)
-    # untimed: loads (or, after a code change, compiles once per machine) the numba kernels into the disk cache,
+    # untimed: loads (or, after a code change, compiles) the numba kernels into numba's disk cache,
     # so the timed tasks measure harvesting, not a one-off compilation of ~20 s
     warm = HarvestSettings(**{**base, "n_batches": 1, "n_tasks": 1})
     warm_up = run_child(

@@ -23,11 +23,13 @@ on stages/, hence the attribute rather than a shared base class.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from spd.utils import atomic_write_json, file_digest
+
+T = TypeVar("T")
 
 CHECKSUM_FORMAT = "spd-shard-checksum/1"
 CHECKSUM_DIR = "checksums"  # beside the shards, so globs of shard-* see shards only
@@ -116,3 +118,57 @@ def unreadable_shard(what: str, task: int, shard: Path, error: BaseException) ->
         f"{error}",
         [task],
     )
+
+
+# --- what every merge checks before it combines its tasks' shards ----------------------------------------------
+
+
+def require_shards(paths: Sequence[Path], what: str, hint: str = "", missing: type[ShardsMissing] = ShardsMissing):
+    """Every task's shard (task i -> paths[i]) present, else `missing` naming each absent file and its task, then
+    every one matching its checksum record (verify_shards): all refused before any shard is loaded."""
+    absent = [(task, Path(p)) for task, p in enumerate(paths) if not Path(p).is_file()]
+    if absent:
+        names = ", ".join(f"{p.name} (task {task})" for task, p in absent)
+        raise missing(
+            f"{what}: {len(absent)} of {len(paths)} shard(s) missing in {Path(paths[0]).parent}: {names}{hint}",
+            [task for task, _ in absent],
+        )
+    verify_shards(dict(enumerate(paths)), what)
+
+
+def load_task_shard(
+    path: Path, task: int, n_tasks: int, what: str, load: Callable[[Path], T], recorded: Callable[[T], tuple[Any, Any]]
+) -> T:
+    """`load` a verified shard; one that does not parse, or records (task, n_tasks) other than this task's, is that
+    task's bad output (ShardsCorrupt naming it)."""
+    try:
+        shard = load(path)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise unreadable_shard(what, task, path, e) from e
+    got_task, got_n = recorded(shard)
+    if (got_task, got_n) != (task, n_tasks):
+        raise ShardsCorrupt(
+            f"{what}: {Path(path).name} holds task {got_task} of {got_n}, expected task {task} of {n_tasks}", [task]
+        )
+    return shard
+
+
+def check_consistent(
+    what: str,
+    path: Path,
+    first: Mapping[str, Any],
+    other: Mapping[str, Any],
+    fields: Iterable[str],
+    comparable: Callable[[str, Any], Any] = lambda _, value: value,
+) -> None:
+    """ValueError when the shard at `path` disagrees with the first shard on one of `fields` (compared through
+    `comparable`): shards of different runs must never be combined."""
+    for field in fields:
+        mine, theirs = comparable(field, other.get(field)), comparable(field, first.get(field))
+        if mine != theirs:
+            raise ValueError(
+                f"{what}: {Path(path).name} disagrees with the first shard on {field!r}: {other.get(field)!r} vs "
+                f"{first.get(field)!r} (shards of different runs?)"
+            )

@@ -326,7 +326,7 @@ def test_merge_names_missing_shards_and_refuses_zero_tokens(decomposition: Path,
     )
     for i in (0, 1, 3):
         STAGE.run_task(config, ctx, i)
-    with pytest.raises(FileNotFoundError, match=r"1 of 4 shard\(s\) missing.*task 2 \(shard-00002\.pt\)"):
+    with pytest.raises(FileNotFoundError, match=r"1 of 4 shard\(s\) missing.*shard-00002\.pt \(task 2\)"):
         STAGE.merge(config, ctx)
     assert not (out / "attributions.duckdb").exists()
     empty_dir = tmp_path / "empty"  # the empty task 3 of 4, relabelled as the only task of a run

@@ -30,7 +30,7 @@ from pydantic import Field
 from pipeline.atomic import make_writable
 from pipeline.worker import StageTask, run_stage_task
 from spd.attributions import merge_shards as merge_attributions
-from spd.harvest.merge import ShardMissingError, expected_shards
+from spd.harvest.merge import ShardMissingError, verified_shards
 from spd.shard_checksums import (
     ShardsCorrupt,
     ShardsMissing,
@@ -88,9 +88,9 @@ def test_verification_names_each_bad_file_and_why(tmp_path: Path) -> None:
 def test_missing_shards_of_both_merges_name_their_tasks(tmp_path: Path) -> None:
     """A missing shard is a task's unusable output too: both merges say which tasks, before loading anything."""
     with pytest.raises(ShardMissingError, match=r"shard-00001\.npz \(task 1\)") as harvest:
-        expected_shards(tmp_path, 3)
+        verified_shards(tmp_path, 3)
     assert invalid_task_outputs(harvest.value) == (0, 1, 2) and isinstance(harvest.value, FileNotFoundError)
-    with pytest.raises(ShardsMissing, match=r"2 of 2 shard\(s\) missing.*task 1 \(shard-00001\.pt\)") as attr:
+    with pytest.raises(ShardsMissing, match=r"2 of 2 shard\(s\) missing.*shard-00001\.pt \(task 1\)") as attr:
         merge_attributions(tmp_path / "none", 2, tmp_path / "no-decomposition", tmp_path / "a.duckdb")
     assert invalid_task_outputs(attr.value) == (0, 1)
     kept = _shards(tmp_path / "plain", 2)

@@ -41,7 +41,7 @@ from spd.attributions.store import DEFINITION, EdgeArrays, write_store
 from spd.attributions.topk import RunningTopK
 from spd.models import load_decomposition
 from spd.models.component_model import ComponentModel
-from spd.shard_checksums import ShardsCorrupt, ShardsMissing, unreadable_shard, verify_shards
+from spd.shard_checksums import ShardsCorrupt, check_consistent, load_task_shard, require_shards
 
 CHUNK_BYTES = 256 * 2**20  # float64 [source rows, target nodes] of one projected chunk
 WHAT = "attributions merge"
@@ -57,48 +57,22 @@ class MergeSummary:
 
 def _load_all(shard_dir: Path, num_tasks: int) -> list[dict[str, Any]]:
     paths = [shard_path(shard_dir, i) for i in range(num_tasks)]
-    missing = [(i, p.name) for i, p in enumerate(paths) if not p.is_file()]
-    if missing:
-        names = ", ".join(f"task {i} ({name})" for i, name in missing)
-        raise ShardsMissing(
-            f"{WHAT}: {len(missing)} of {num_tasks} shard(s) missing in {shard_dir}: {names}", [i for i, _ in missing]
-        )
-    verify_shards(dict(enumerate(paths)), WHAT)  # every shard, before any is loaded
+    require_shards(paths, WHAT)  # every shard present and verified, before any is loaded
     shards, bad = [], []
     for i, p in enumerate(paths):  # every unreadable shard named at once, so one rerun redoes them all
         try:
-            shards.append(_load_verified(p, i, num_tasks))
+            shards.append(
+                load_task_shard(p, i, num_tasks, WHAT, load_shard, lambda s: (s.get("task"), s.get("num_tasks")))
+            )
         except ShardsCorrupt as e:
             bad.append(e)
     if bad:
         raise ShardsCorrupt("\n".join(str(e) for e in bad), [t for e in bad for t in e.invalid_tasks])
-    first = shards[0]
-    for i, shard in enumerate(shards):
-        # Not alive_source: it is the harvest store's path, which a moved or copied run reads elsewhere; the
-        # alive masks themselves are part of the layout.
-        for field in ("layout", "settings", "bases"):
-            if shard[field] != first[field]:
-                raise ValueError(
-                    f"{paths[i].name} disagrees with {paths[0].name} on {field}: shards of different runs?"
-                )
+    # Not alive_source: it is the harvest store's path, which a moved or copied run reads elsewhere; the alive masks
+    # themselves are part of the layout.
+    for p, shard in zip(paths, shards, strict=True):
+        check_consistent(WHAT, p, shards[0], shard, ("layout", "settings", "bases"))
     return shards
-
-
-def _load_verified(path: Path, task: int, num_tasks: int) -> dict[str, Any]:
-    """Load a verified shard; one that does not parse, or holds another task, is that task's bad output."""
-    try:
-        shard = load_shard(path)
-    except MemoryError:
-        raise
-    except Exception as e:
-        raise unreadable_shard(WHAT, task, path, e) from e
-    if shard.get("task") != task or shard.get("num_tasks") != num_tasks:
-        raise ShardsCorrupt(
-            f"{WHAT}: {path.name} is task {shard.get('task')} of {shard.get('num_tasks')}, "
-            f"expected {task} of {num_tasks}",
-            [task],
-        )
-    return shard
 
 
 def _mean_rows(shards: list[dict[str, Any]], key: str, rows: Tensor, n_tokens: int) -> Tensor:

@@ -23,7 +23,7 @@ from spd.harvest.counters import make_counter
 from spd.harvest.nonzero import split_flat_index
 from spd.harvest.reservoir import ExampleSelection
 from spd.harvest.shard import SUM_NAMES, ShardData, read_shard, shard_path
-from spd.shard_checksums import ShardsCorrupt, ShardsMissing, unreadable_shard, verify_shards
+from spd.shard_checksums import ShardsMissing, check_consistent, load_task_shard, require_shards
 
 # Meta fields that must agree between shards of one harvest, and the data-slice fields shared by all tasks.
 CONSISTENT_META = ("n_tasks", "seed", "settings", "vocab_size", "layers", "decomposition")
@@ -47,42 +47,25 @@ class ShardMissingError(ShardsMissing):
     """The merge refuses to build a store from an incomplete set of shards (a FileNotFoundError)."""
 
 
-def expected_shards(out_dir: Path, n_tasks: int) -> list[Path]:
-    """Paths of all n_tasks shards; raises ShardMissingError naming every missing one."""
-    paths = [shard_path(out_dir, i) for i in range(n_tasks)]
-    missing = [(i, p) for i, p in enumerate(paths) if not p.is_file()]
-    if missing:
-        names = ", ".join(f"{p.name} (task {i})" for i, p in missing)
-        raise ShardMissingError(
-            f"{WHAT}: {len(missing)} of {n_tasks} shards missing in {paths[0].parent}: {names}; "
-            "rerun those tasks (python run.py rerun <run> --stage harvest) before merging",
-            [i for i, _ in missing],
-        )
-    return paths
-
-
 def verified_shards(out_dir: Path, n_tasks: int) -> list[Path]:
-    """Paths of all n_tasks shards once each is present and matches its checksum record (else an error naming them)."""
-    paths = expected_shards(out_dir, n_tasks)
-    verify_shards(dict(enumerate(paths)), WHAT)
+    """Paths of all n_tasks shards once each is present (else ShardMissingError naming every missing one) and
+    matches its checksum record (else ShardsCorrupt naming them)."""
+    paths = [shard_path(out_dir, i) for i in range(n_tasks)]
+    hint = "; rerun those tasks (python run.py rerun <run> --stage harvest) before merging"
+    require_shards(paths, WHAT, hint, ShardMissingError)
     return paths
 
 
 def load_verified_shard(path: Path, task: int, n_tasks: int) -> ShardData:
-    """Parse a verified shard; a file that does not parse, or holds another task, is that task's bad output."""
-    try:
-        shard = read_shard(path, cofiring=False)  # its pairs are summed from the file by the store builder
-    except MemoryError:
-        raise
-    except Exception as e:
-        raise unreadable_shard(WHAT, task, path, e) from e
-    if shard.meta.get("task") != task or shard.meta.get("n_tasks") != n_tasks:
-        raise ShardsCorrupt(
-            f"{WHAT}: {path.name} holds task {shard.meta.get('task')} of {shard.meta.get('n_tasks')}, "
-            f"expected task {task} of {n_tasks}",
-            [task],
-        )
-    return shard
+    """Parse a verified shard (its pairs are summed from the file by the store builder, not loaded here)."""
+    return load_task_shard(
+        path,
+        task,
+        n_tasks,
+        WHAT,
+        lambda p: read_shard(p, cofiring=False),
+        lambda shard: (shard.meta.get("task"), shard.meta.get("n_tasks")),
+    )
 
 
 class MergedHarvest:
@@ -112,12 +95,7 @@ class MergedHarvest:
         self.top = ExampleSelection(self.C, int(settings["top_examples_per_component"]), window)
 
     def check(self, meta: dict[str, Any], path: Path) -> None:
-        for key in CONSISTENT_META:
-            if comparable_meta(key, meta.get(key)) != comparable_meta(key, self.meta.get(key)):
-                raise ValueError(
-                    f"harvest merge: {path.name} disagrees with the first shard on {key!r}: "
-                    f"{meta.get(key)!r} vs {self.meta.get(key)!r} (shards of different harvests?)"
-                )
+        check_consistent(WHAT, path, self.meta, meta, CONSISTENT_META, comparable_meta)
         data = {k: meta["slice"][k] for k in SHARED_SLICE}
         if data != self.data:
             raise ValueError(f"harvest merge: {path.name} read other data than the first shard: {data} vs {self.data}")
