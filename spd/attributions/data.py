@@ -12,20 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from spd.attributions.config import AttributionSettings
-from spd.data.batches import BatchConfig, BatchStream
+from spd.data.batches import BatchConfig, BatchStream, decomposition_windows
 from spd.models import load_decomposition_data
 
 
 def window_config(run_config: dict[str, Any], settings: AttributionSettings) -> tuple[str, BatchConfig]:
     """(split, batch config) from the decomposition's data record, overridden by the settings."""
-    data = run_config.get("data", {})
-    if data.get("kind") != "lm":
-        raise ValueError(
-            f"attributions need a language-model decomposition with token windows; this one has data {data!r}"
-        )
-    split = settings.split or data.get("train_split", "train")
-    seq_len = settings.seq_len or int(data["seq_len"])
-    seed = settings.dataset_seed if settings.dataset_seed is not None else int(data.get("dataset_seed", 0))
+    split, seq_len, seed = decomposition_windows(
+        run_config, "attributions", settings.split, settings.seq_len, settings.dataset_seed
+    )
     config = BatchConfig(
         seq_len=seq_len, batch_size=settings.batch_size, dataset_seed=seed, n_batches=settings.n_batches
     )

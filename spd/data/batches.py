@@ -48,6 +48,25 @@ class Batch:
     starts: Tensor  # [batch_size] int64: stream position of each row's first token
 
 
+def decomposition_windows(
+    run_config: dict, stage: str, split: str | None, seq_len: int | None, dataset_seed: int | None
+) -> tuple[str, int, int]:
+    """(split, seq_len, dataset_seed) of the windows a later stage reads: its own settings where given, else the
+    decomposition's (run config `data`: train_split, seq_len, dataset_seed). ValueError when the decomposition has
+    no token windows (not a language model)."""
+    data = run_config.get("data", {})
+    if data.get("kind") != "lm":
+        raise ValueError(
+            f"{stage} needs a language-model decomposition with token windows; this one was trained on data of "
+            f"kind {data.get('kind')!r}"
+        )
+    return (
+        split or data.get("train_split", "train"),
+        seq_len or int(data["seq_len"]),
+        dataset_seed if dataset_seed is not None else int(data.get("dataset_seed", 0)),
+    )
+
+
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (stable across processes and platforms, unlike hash())."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from spd.data.batches import decomposition_windows
 from spd.data.source import TokenSource
 from spd.harvest.accumulators import TaskAccumulator
 from spd.harvest.activations import ActivationReader, layer_spans
@@ -50,14 +51,9 @@ def decomposition_corpus(decomposition_dir: Path, dataset: Any = None) -> TokenS
 
 def slice_spec(run_config: dict[str, Any], corpus: TokenSource, settings: HarvestSettings, task: int) -> SliceSpec:
     """Resolve the data slice of `task`: settings override the decomposition's own window settings."""
-    data = run_config.get("data", {})
-    if data.get("kind") != "lm":
-        raise ValueError(
-            f"harvest needs an LM decomposition; this one was trained on data of kind {data.get('kind')!r}"
-        )
-    split = settings.split or data.get("train_split", "train")
-    seq_len = settings.seq_len or int(data["seq_len"])
-    dataset_seed = settings.dataset_seed if settings.dataset_seed is not None else int(data.get("dataset_seed", 0))
+    split, seq_len, dataset_seed = decomposition_windows(
+        run_config, "harvest", settings.split, settings.seq_len, settings.dataset_seed
+    )
     if split not in corpus.manifest.get("n_tokens", {}):
         raise ValueError(f"corpus {corpus.path} has no split {split!r}; it has {sorted(corpus.manifest['n_tokens'])}")
     available = CorpusSlice.available_batches(corpus, split, seq_len, settings.batch_size)
