@@ -195,6 +195,13 @@ class RunDir:
     def is_done(self, stage: str, key: str) -> bool:
         return self.done_key(stage) == key
 
+    def label_finished(self, stage: str, label: str, num_tasks: int, key: str) -> bool:
+        """Whether task `label` left the marker that counts, for every executor: done.json with this key for the
+        merge, and for a single-task stage (its one job also finalizes the stage), else the task's own marker."""
+        if label == MERGE or num_tasks == 1:
+            return self.is_done(stage, key)
+        return self.task_marker(stage, int(label)).exists()
+
     def done_tasks(self, stage: str, num_tasks: int) -> list[int]:
         return [i for i in range(num_tasks) if self.task_marker(stage, i).exists()]
 

@@ -461,7 +461,11 @@ class LocalExecutor:
                 pid = info["pid"]
                 if _own_worker(run, info):
                     states[label] = TaskView("RUNNING", job_id=str(pid))
-                elif not driver_alive and not run.task_failed(name, label).exists() and not _finished(run, name, label):
+                elif (
+                    not driver_alive
+                    and not run.task_failed(name, label).exists()
+                    and not run.label_finished(name, label, planned.num_tasks, planned.key)
+                ):
                     # The driver is gone and never reaped this task (kill -9 of the driver or host), or the
                     # record came with a copy of the run directory: nothing of it runs for this directory.
                     why = "vanished without a marker" if run.owns(info) else _NOT_OURS
@@ -522,13 +526,6 @@ def _pid_record(run: RunDir, stage: str, label: str) -> dict[str, Any]:
 def _own_worker(run: RunDir, info: dict[str, Any]) -> bool:
     """Whether a task pid record names a live worker started for this very run directory."""
     return run.owns(info) and process_alive(info["pid"], WORKER_MODULE)
-
-
-def _finished(run: RunDir, stage: str, label: str) -> bool:
-    """Whether the task left its marker (the merge's marker is done.json)."""
-    if label == MERGE:
-        return run.done_json(stage).exists()
-    return run.task_marker(stage, int(label)).exists()
 
 
 def _pid_labels(run: RunDir, stage: str) -> list[str]:

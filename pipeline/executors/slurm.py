@@ -58,7 +58,7 @@ from pipeline.dag import Plan, PlannedStage
 from pipeline.errors import UserError
 from pipeline.executors.base import TaskView
 from pipeline.resources import Resources
-from pipeline.runs import MERGE, RunDir, is_task_label, now_iso
+from pipeline.runs import RunDir, is_task_label, now_iso
 from pipeline.submission import build_task
 from pipeline.worker import StageTask, run_stage_task
 
@@ -410,14 +410,6 @@ def task_view(ref: JobRef, row: SchedulerRow | None) -> TaskView:
     return TaskView("PENDING", f"SLURM state {state}", job)
 
 
-def label_finished(run: RunDir, planned: PlannedStage, label: str) -> bool:
-    """Whether a task label left its marker. A single-task stage's job also finalizes the
-    stage, so its marker that counts is done.json, like the merge job's."""
-    if label == MERGE or planned.num_tasks == 1:
-        return run.is_done(planned.name, planned.key)
-    return run.task_marker(planned.name, int(label)).exists()
-
-
 @dataclass
 class _Snapshot:
     """The records and one scheduler answer, shared by task_states and elapsed of one status call."""
@@ -597,7 +589,11 @@ class SlurmExecutor:
             start = min(sj.first_submitted for sj in jobs.values() if sj.first_submitted)
             sacct_rows, sacct_why = query_sacct(ids, names, sacct_start(start))
             rows = dict(sacct_rows or {})
-            unfinished = [ref for name, label, ref in refs if not label_finished(run, plan.stages[name], label)]
+            unfinished = [
+                ref
+                for name, label, ref in refs
+                if not run.label_finished(name, label, plan.stages[name].num_tasks, plan.stages[name].key)
+            ]
             if any(ref.job_id not in rows for ref in unfinished):
                 squeue_rows, squeue_why = query_squeue(names)
                 if sacct_rows is None and squeue_rows is None:
@@ -616,7 +612,7 @@ class SlurmExecutor:
             if run.is_done(name, planned.key):
                 continue
             for label, ref in snap.jobs[name].latest.items():
-                if not label_finished(run, planned, label):
+                if not run.label_finished(planned.name, label, planned.num_tasks, planned.key):
                     views.setdefault(name, {})[label] = task_view(ref, snap.rows.get(ref.job_id))
         return views
 
