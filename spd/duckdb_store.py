@@ -22,6 +22,9 @@ Finding: `store_file(path, names, stage)` is the one resolver of every store's `
 store inside a stage's out/ (or stage) directory; a missing one raises FileNotFoundError asking whether the
 stage is done.
 
+Declaring and filling a table: `create_table(con, name, columns)` from a column spec (name -> DuckDB type),
+then `insert_rows` (Python rows, typed by the spec) or `insert_columns` (numpy / Arrow columns).
+
 Reading: a store class subclasses ReadOnlyStore; `open_read_only` connects with DuckDB `read_only=True` (many jobs may
 read one store at once; none may write it) and closes the connection again if the subclass's __init__
 rejects the file; the store is a context manager.
@@ -177,14 +180,66 @@ class ReadOnlyStore:
         self.close()
 
 
+Columns = Mapping[str, str]
+"""A table's column spec: column name -> DuckDB type with its constraints ("VARCHAR NOT NULL", "BIGINT[]")."""
+
+_ARROW_TYPES = {
+    "VARCHAR": "string",
+    "BOOLEAN": "bool_",
+    "SMALLINT": "int16",
+    "INTEGER": "int32",
+    "BIGINT": "int64",
+    "DOUBLE": "float64",
+}
+
+
+def create_table(con: duckdb.DuckDBPyConnection, table: str, columns: Columns, constraints: str = "") -> None:
+    """CREATE TABLE `table` from a column spec; `constraints` (e.g. "PRIMARY KEY (task, key)") follow the columns."""
+    body = ", ".join([*(f'"{name}" {kind}' for name, kind in columns.items()), *([constraints] if constraints else [])])
+    con.execute(f"CREATE TABLE {table} ({body})")
+
+
+def _arrow_type(kind: str) -> Any:
+    import pyarrow as pa
+
+    base = kind.split()[0]
+    if base.endswith("[]"):
+        return pa.list_(_arrow_type(base.removesuffix("[]")))
+    return getattr(pa, _ARROW_TYPES[base])()
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Columns, rows: Iterable[Mapping[str, Any]]) -> int:
+    """INSERT rows (mappings with a value for each column of the spec) into `table`, typed by the spec: each
+    column becomes an Arrow array of its DuckDB type (None -> NULL, sequences -> lists). Returns the count."""
+    import pyarrow as pa
+
+    values: dict[str, list[Any]] = {name: [] for name in columns}
+    n = 0
+    for row in rows:
+        for name, column in values.items():
+            value = row[name]
+            column.append(list(value) if isinstance(value, tuple) else value)
+        n += 1
+    if n:
+        arrow = pa.table({name: pa.array(values[name], type=_arrow_type(kind)) for name, kind in columns.items()})
+        insert_columns(con, table, values, relation=arrow)
+    return n
+
+
 def insert_columns(
-    con: duckdb.DuckDBPyConnection, table: str, columns: Mapping[str, Any], relation: object | None = None
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: Mapping[str, Any],
+    relation: object | None = None,
+    order_by: str | None = None,
 ) -> None:
     """INSERT equal-length columns into `table` by column name. DuckDB scans them in place: a dict of numpy
-    arrays (NaN / masked -> NULL) by default, or `relation` (e.g. an Arrow table of the same columns)."""
+    arrays (NaN / masked -> NULL) by default, or `relation` (e.g. an Arrow table of the same columns);
+    `order_by` (SQL) sorts them on the way in."""
     con.register("_rows", columns if relation is None else relation)
     try:
         names = ", ".join(f'"{c}"' for c in columns)
-        con.execute(f'INSERT INTO {table} ({names}) SELECT {names} FROM "_rows"')
+        order = f" ORDER BY {order_by}" if order_by else ""
+        con.execute(f'INSERT INTO {table} ({names}) SELECT {names} FROM "_rows"{order}')
     finally:
         con.unregister("_rows")

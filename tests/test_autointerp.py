@@ -118,7 +118,18 @@ def test_naming_rule_for_planted_features() -> None:
 
     def record(key: str, label: str | None, density: float) -> LabelRecord:
         error = None if label else "failed"
-        return LabelRecord(0, key, "l", label, None, None, "heuristic", "token-match-v1", error, firing_density=density)
+        return LabelRecord(
+            0,
+            key,
+            "l",
+            label,
+            None,
+            None,
+            provider="heuristic",
+            model="token-match-v1",
+            error=error,
+            firing_density=density,
+        )
 
     labels = [record("a", '"ten"', 0.1), record("b", '"six" / "ten"', 0.5), record("c", None, 0.9)]
     namings = feature_namings(labels, {"count_word": {4, 5}, "story_end": {2, 3}}, vocab, counts)

@@ -99,10 +99,11 @@ def test_store_is_written_atomically_closed_and_opened_read_only(tmp_path: Path)
 
 
 def test_invalid_rows_are_refused_and_leave_no_file(tmp_path: Path) -> None:
-    both = LabelRecord(1, "a:1", "a", "x", "low", "r", "heuristic", "token-match-v1", error="boom")
-    neither = LabelRecord(1, "a:1", "a", None, None, None, "heuristic", "token-match-v1", error=None)
-    ragged = LabelRecord(1, "a:1", "a", "x", "low", "r", "heuristic", "token-match-v1", None, ("uniform:0",), ())
-    ok = LabelRecord(1, "a:1", "a", "x", "low", "r", "heuristic", "token-match-v1", None)
+    who = {"provider": "heuristic", "model": "token-match-v1"}
+    both = LabelRecord(1, "a:1", "a", "x", "low", "r", **who, error="boom")
+    neither = LabelRecord(1, "a:1", "a", None, None, None, **who, error=None)
+    ragged = LabelRecord(1, "a:1", "a", "x", "low", "r", ("uniform:0",), (), **who)
+    ok = LabelRecord(1, "a:1", "a", "x", "low", "r", **who)
     for bad in ([both], [neither], [ragged], [ok, ok]):
         with pytest.raises(ValueError):
             write_labels_store(tmp_path / LABELS_FILE, bad)

@@ -43,7 +43,7 @@ import numpy as np
 
 from spd.attributions.layout import Layout
 from spd.attributions.nodes import SOURCE_KINDS, TARGET_KINDS, Node, NodeKind
-from spd.duckdb_store import ReadOnlyStore, atomic_duckdb, store_file
+from spd.duckdb_store import ReadOnlyStore, atomic_duckdb, create_table, insert_columns, insert_rows, store_file
 
 STORE_FILE = "attributions.duckdb"
 STORE_FORMAT = "spd-attributions/1"
@@ -84,6 +84,28 @@ def _layer_rows(layout: Layout) -> list[tuple[int, str, str, int]]:
     return rows
 
 
+_TABLES: dict[str, dict[str, str]] = {
+    "meta": {"key": "VARCHAR PRIMARY KEY", "value": "VARCHAR NOT NULL"},
+    "layers": {"layer_id": "SMALLINT PRIMARY KEY", "kind": "VARCHAR", "module": "VARCHAR", "n_nodes": "INTEGER"},
+    "connections": {"source_layer": "SMALLINT", "target_layer": "SMALLINT"},
+    "components": {
+        "layer_id": "SMALLINT",
+        "module": "VARCHAR",
+        "component": "INTEGER",
+        "alive": "BOOLEAN",
+        "density": "DOUBLE",
+    },
+    "edges": {
+        "source_layer": "SMALLINT",
+        "source_index": "INTEGER",
+        "target_layer": "SMALLINT",
+        "target_index": "INTEGER",
+        "value": "DOUBLE",
+    },
+}
+"""Column specs of the store's tables (the module docstring says what they hold)."""
+
+
 def write_store(
     path: Path, layout: Layout, edges: EdgeArrays, density: dict[str, list[float | None]], meta: dict[str, Any]
 ) -> None:
@@ -91,29 +113,24 @@ def write_store(
     layer_rows = _layer_rows(layout)
     layer_id = {(kind, module): lid for lid, kind, module, _ in layer_rows}
     with atomic_duckdb(path) as con:
-        con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+        for table, spec in _TABLES.items():
+            create_table(con, table, spec)
         meta_rows = [("format", json.dumps(STORE_FORMAT))] + [(k, json.dumps(v)) for k, v in sorted(meta.items())]
-        con.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
-        con.execute(
-            "CREATE TABLE layers (layer_id SMALLINT PRIMARY KEY, kind VARCHAR, module VARCHAR, n_nodes INTEGER)"
-        )
-        con.executemany("INSERT INTO layers VALUES (?, ?, ?, ?)", layer_rows)
-        con.execute("CREATE TABLE connections (source_layer SMALLINT, target_layer SMALLINT)")
-        con.executemany(
-            "INSERT INTO connections VALUES (?, ?)",
-            [(layer_id[tuple(s.split(":", 1))], layer_id[tuple(t.split(":", 1))]) for s, t in layout.connections],
-        )
-        con.execute(
-            "CREATE TABLE components (layer_id SMALLINT, module VARCHAR, component INTEGER, alive BOOLEAN, density DOUBLE)"
-        )
-        con.executemany(
-            "INSERT INTO components VALUES (?, ?, ?, ?, ?)",
-            [
-                (i + 1, m, c, layout.alive[i][c], density.get(m, [None] * n)[c])
-                for i, (m, n) in enumerate(zip(layout.modules, layout.n_components, strict=True))
-                for c in range(n)
-            ],
-        )
+        connections = [
+            (layer_id[tuple(s.split(":", 1))], layer_id[tuple(t.split(":", 1))]) for s, t in layout.connections
+        ]
+        components = [
+            (i + 1, m, c, layout.alive[i][c], density.get(m, [None] * n)[c])
+            for i, (m, n) in enumerate(zip(layout.modules, layout.n_components, strict=True))
+            for c in range(n)
+        ]
+        for table, rows in (
+            ("meta", meta_rows),
+            ("layers", layer_rows),
+            ("connections", connections),
+            ("components", components),
+        ):
+            insert_rows(con, table, _TABLES[table], (dict(zip(_TABLES[table], row, strict=True)) for row in rows))
         columns = {
             "source_layer": edges.source_layer.astype(np.int16),
             "source_index": edges.source_index.astype(np.int32),
@@ -121,12 +138,9 @@ def write_store(
             "target_index": edges.target_index.astype(np.int32),
             "value": edges.value.astype(np.float64),
         }
-        con.register("edges_in", columns)
-        con.execute(
-            "CREATE TABLE edges AS SELECT * FROM edges_in ORDER BY target_layer, target_index, value DESC, "
-            "source_layer, source_index"
+        insert_columns(
+            con, "edges", columns, order_by="target_layer, target_index, value DESC, source_layer, source_index"
         )
-        con.unregister("edges_in")
         con.execute(
             "CREATE VIEW edges_named AS SELECT s.kind AS source_kind, s.module AS source_module, e.source_index, "
             "t.kind AS target_kind, t.module AS target_module, e.target_index, e.value FROM edges e "

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
-import pyarrow as pa
 
-from spd.duckdb_store import ReadOnlyStore, atomic_duckdb, store_file
+from spd.duckdb_store import ReadOnlyStore, atomic_duckdb, create_table, insert_rows, store_file
+from spd.interp.call import LLM_CALL_FIELDS, LLMCallMeta, call_column
 
 LABELS_FILE = "labels.duckdb"
 LABELS_FORMAT = "spd-labels-store"
@@ -43,8 +43,10 @@ class _HasStreamPosition(Protocol):
 
 
 @dataclass(frozen=True)
-class LabelRecord:
-    """One component's label (or the reason it has none) and how it was obtained."""
+class LabelRecord(LLMCallMeta):
+    """One component's label (or the reason it has none) and how it was obtained: the LLM call's metadata
+    (keyword-only; provider and model required by the store, `error` says why there is no label, None when
+    there is one; the session is kept in `extra`, the store has no column for it)."""
 
     component: int
     """Flat component index, as in the harvest store."""
@@ -56,25 +58,12 @@ class LabelRecord:
     confidence: str | None
     """'low' | 'medium' | 'high' as the labeller stated it; None on failure."""
     reasoning: str | None
-    provider: str
-    model: str
-    error: str | None
-    """Why there is no label; None when there is one."""
     example_ids: tuple[str, ...] = ()
     """The harvest examples shown to the labeller, as '<kind>:<rank>' ('uniform:3', 'top:0')."""
     example_positions: tuple[int, ...] = ()
     """Stream positions of the firing token of each shown example (same order as example_ids)."""
-    error_kind: str | None = None
     strategy: str | None = None
     firing_density: float | None = None
-    prompt: str | None = None
-    raw_response: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cost_usd: float | None = None
-    latency_s: float | None = None
-    attempts: int | None = None
-    finished_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else the writer wants kept (stored as JSON)."""
 
@@ -90,33 +79,39 @@ class LabelRecord:
         return example.stream_position in self.example_positions
 
 
-_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
-    ("component", "INTEGER NOT NULL", pa.int32()),
-    ("key", "VARCHAR PRIMARY KEY", pa.string()),
-    ("layer", "VARCHAR NOT NULL", pa.string()),
-    ("label", "VARCHAR", pa.string()),
-    ("confidence", "VARCHAR", pa.string()),
-    ("reasoning", "VARCHAR", pa.string()),
-    ("provider", "VARCHAR NOT NULL", pa.string()),
-    ("model", "VARCHAR NOT NULL", pa.string()),
-    ("error", "VARCHAR", pa.string()),
-    ("example_ids", "VARCHAR[] NOT NULL", pa.list_(pa.string())),
-    ("example_positions", "BIGINT[] NOT NULL", pa.list_(pa.int64())),
-    ("error_kind", "VARCHAR", pa.string()),
-    ("strategy", "VARCHAR", pa.string()),
-    ("firing_density", "DOUBLE", pa.float64()),
-    ("prompt", "VARCHAR", pa.string()),
-    ("raw_response", "VARCHAR", pa.string()),
-    ("input_tokens", "BIGINT", pa.int64()),
-    ("output_tokens", "BIGINT", pa.int64()),
-    ("cost_usd", "DOUBLE", pa.float64()),
-    ("latency_s", "DOUBLE", pa.float64()),
-    ("attempts", "INTEGER", pa.int32()),
-    ("finished_at", "VARCHAR", pa.string()),
-    ("extra_json", "VARCHAR NOT NULL", pa.string()),
+_COLUMNS: dict[str, str] = dict(
+    [
+        ("component", "INTEGER NOT NULL"),
+        ("key", "VARCHAR PRIMARY KEY"),
+        ("layer", "VARCHAR NOT NULL"),
+        ("label", "VARCHAR"),
+        ("confidence", "VARCHAR"),
+        ("reasoning", "VARCHAR"),
+        call_column("provider", not_null=True),
+        call_column("model", not_null=True),
+        call_column("error"),
+        ("example_ids", "VARCHAR[] NOT NULL"),
+        ("example_positions", "BIGINT[] NOT NULL"),
+        call_column("error_kind"),
+        ("strategy", "VARCHAR"),
+        ("firing_density", "DOUBLE"),
+        *(
+            call_column(name)
+            for name in LLM_CALL_FIELDS
+            if name not in ("provider", "model", "error", "error_kind", "session")
+        ),
+        ("extra_json", "VARCHAR NOT NULL"),
+    ]
 )
-_NAMES = tuple(name for name, _, _ in _COLUMNS)
-_RECORD_FIELDS = tuple(f.name for f in fields(LabelRecord))
+"""The labels table, in column order."""
+_NAMES = tuple(_COLUMNS)
+_META_COLUMNS = {
+    "format": "VARCHAR NOT NULL",
+    "format_version": "INTEGER NOT NULL",
+    "n_labels": "INTEGER NOT NULL",
+    "n_failed": "INTEGER NOT NULL",
+    "meta_json": "VARCHAR NOT NULL",
+}
 
 
 def _check_record(record: LabelRecord) -> None:
@@ -129,18 +124,9 @@ def _check_record(record: LabelRecord) -> None:
         raise ValueError(f"component {record.key!r}: example_ids and example_positions differ in length")
 
 
-def _arrow_table(records: list[LabelRecord]) -> pa.Table:
-    data: dict[str, list[Any]] = {name: [] for name in _NAMES}
-    for record in records:
-        values = asdict(record)
-        for name in _NAMES:
-            if name == "extra_json":
-                data[name].append(json.dumps(values["extra"], ensure_ascii=False, sort_keys=True, default=str))
-            elif name in ("example_ids", "example_positions"):
-                data[name].append(list(values[name]))
-            else:
-                data[name].append(values[name])
-    return pa.table({name: pa.array(data[name], type=kind) for name, _, kind in _COLUMNS})
+def _row(record: LabelRecord) -> dict[str, Any]:
+    extra_json = json.dumps(record.extra, ensure_ascii=False, sort_keys=True, default=str)
+    return {**{name: getattr(record, name) for name in _COLUMNS if name != "extra_json"}, "extra_json": extra_json}
 
 
 def write_labels_store(path: str | Path, records: Iterable[LabelRecord], meta: dict[str, Any] | None = None) -> int:
@@ -162,27 +148,18 @@ def write_labels_store(path: str | Path, records: Iterable[LabelRecord], meta: d
     if len(set(keys)) != len(keys):
         raise ValueError("repeated component keys in labels")
     with atomic_duckdb(path) as con:
-        columns = ", ".join(f'"{name}" {sql}' for name, sql, _ in _COLUMNS)
-        con.execute(f"CREATE TABLE labels ({columns})")
-        if rows:
-            con.register("incoming_labels", _arrow_table(rows))
-            con.execute(f"INSERT INTO labels SELECT {', '.join(_NAMES)} FROM incoming_labels")
-            con.unregister("incoming_labels")
-        con.execute(
-            "CREATE TABLE meta (format VARCHAR NOT NULL, format_version INTEGER NOT NULL, "
-            "n_labels INTEGER NOT NULL, n_failed INTEGER NOT NULL, meta_json VARCHAR NOT NULL)"
-        )
+        create_table(con, "labels", _COLUMNS)
+        insert_rows(con, "labels", _COLUMNS, map(_row, rows))
+        create_table(con, "meta", _META_COLUMNS)
         n_failed = sum(1 for r in rows if r.label is None)
-        con.execute(
-            "INSERT INTO meta VALUES (?, ?, ?, ?, ?)",
-            [
-                LABELS_FORMAT,
-                LABELS_FORMAT_VERSION,
-                len(rows) - n_failed,
-                n_failed,
-                json.dumps(meta or {}, sort_keys=True, default=str),
-            ],
-        )
+        meta_row = {
+            "format": LABELS_FORMAT,
+            "format_version": LABELS_FORMAT_VERSION,
+            "n_labels": len(rows) - n_failed,
+            "n_failed": n_failed,
+            "meta_json": json.dumps(meta or {}, sort_keys=True, default=str),
+        }
+        insert_rows(con, "meta", _META_COLUMNS, [meta_row])
     return len(rows)
 
 
@@ -209,7 +186,7 @@ class LabelsStore(ReadOnlyStore):
                 values["extra"] = json.loads(values.pop("extra_json"))
                 values["example_ids"] = tuple(values["example_ids"])
                 values["example_positions"] = tuple(values["example_positions"])
-                records.append(LabelRecord(**{k: values[k] for k in _RECORD_FIELDS}))
+                records.append(LabelRecord(**values))
             self._records = records
             self._by_key = {r.key: r for r in records}
             self._by_index = {r.component: r for r in records}

@@ -36,7 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from spd.duckdb_store import atomic_duckdb
+from spd.duckdb_store import atomic_duckdb, create_table
+from spd.interp.call import LLMCallMeta, call_column
 from spd.utils import fsync_path
 
 Status = Literal["ok", "failed", "skipped"]
@@ -67,31 +68,17 @@ def storable(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class ResultRow:
-    """One item's outcome. A failure has `output=None` and its error; an answer is never invented."""
+class ResultRow(LLMCallMeta):
+    """One item's outcome and the LLM call's metadata (keyword-only; the journal always fills provider, model,
+    latency_s, attempts, finished_at and session). A failure has `output=None` and its error; an answer is
+    never invented."""
 
     key: str
     task: str
-    provider: str
-    model: str
     status: Status
-    prompt: str | None
-    raw_response: str | None
     output: dict[str, Any] | None
-    input_tokens: int | None
-    output_tokens: int | None
-    cost_usd: float | None
-    """Cost from the token usage providers reported, over all attempts; None when the price is unknown."""
     charged_usd: float | None
     """What the budget counted: cost_usd plus the worst case of attempts whose usage is unknown (timeouts)."""
-    latency_s: float
-    """Wall time for the item: prompt, waits for rate/budget/backoff, every attempt."""
-    attempts: int
-    """Requests sent (0 when skipped before sending)."""
-    error_kind: str | None
-    error: str | None
-    finished_at: str
-    session: str
     extra: dict[str, Any] = field(default_factory=dict)
     """The work item's `meta` (e.g. ids of the examples shown), for the stage's own columns."""
     reservations: tuple[str, ...] = ()
@@ -356,22 +343,22 @@ def _write_all(fd: int, data: bytes) -> None:
 RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("key", "VARCHAR NOT NULL"),
     ("task", "VARCHAR NOT NULL"),
-    ("provider", "VARCHAR NOT NULL"),
-    ("model", "VARCHAR NOT NULL"),
+    call_column("provider", not_null=True),
+    call_column("model", not_null=True),
     ("status", "VARCHAR NOT NULL"),
-    ("prompt", "VARCHAR"),
-    ("raw_response", "VARCHAR"),
+    call_column("prompt"),
+    call_column("raw_response"),
     ("output_json", "VARCHAR"),
-    ("input_tokens", "BIGINT"),
-    ("output_tokens", "BIGINT"),
-    ("cost_usd", "DOUBLE"),
+    call_column("input_tokens"),
+    call_column("output_tokens"),
+    call_column("cost_usd"),
     ("charged_usd", "DOUBLE"),
-    ("latency_s", "DOUBLE NOT NULL"),
-    ("attempts", "INTEGER NOT NULL"),
-    ("error_kind", "VARCHAR"),
-    ("error", "VARCHAR"),
-    ("finished_at", "VARCHAR NOT NULL"),
-    ("session", "VARCHAR NOT NULL"),
+    call_column("latency_s", not_null=True),
+    call_column("attempts", not_null=True),
+    call_column("error_kind"),
+    call_column("error"),
+    call_column("finished_at", not_null=True),
+    call_column("session", not_null=True),
     ("extra_json", "VARCHAR NOT NULL"),
 )
 
@@ -399,8 +386,7 @@ def write_rows_duckdb(rows: Iterable[ResultRow], path: Path, table: str = "llm_r
             for row in rows:
                 f.write(json.dumps(row_record(row), ensure_ascii=False) + "\n")
                 n_rows += 1
-        columns = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS)
-        con.execute(f"CREATE TABLE {table} ({columns}, PRIMARY KEY (task, key))")
+        create_table(con, table, dict(RESULT_COLUMNS), "PRIMARY KEY (task, key)")
         if n_rows:
             types = ", ".join(f"'{name}': '{kind.removesuffix(' NOT NULL')}'" for name, kind in RESULT_COLUMNS)
             con.execute(

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from spd.harvest.schema import ComponentSummary
+from spd.interp.call import LLMCallMeta
 from spd.interp.labels_store import LabelRecord
 from spd.interp.results import ResultRow
 
@@ -30,22 +31,14 @@ def label_record(row: ResultRow, summary: ComponentSummary, strategy: str) -> La
         label=None if output is None else str(output["label"]),
         confidence=None if output is None else str(output["confidence"]),
         reasoning=None if output is None else str(output["reasoning"]),
-        provider=row.provider,
-        model=row.model,
-        error=error,
         example_ids=tuple(extra.pop("example_ids", ())),
         example_positions=tuple(int(p) for p in extra.pop("example_positions", ())),
-        error_kind=None if output is not None else (row.error_kind or row.status),
         strategy=str(extra.pop("strategy", strategy)),
         firing_density=summary.firing_density,
-        prompt=row.prompt,
-        raw_response=row.raw_response,
-        input_tokens=row.input_tokens,
-        output_tokens=row.output_tokens,
-        cost_usd=row.cost_usd,
-        latency_s=row.latency_s,
-        attempts=row.attempts,
-        finished_at=row.finished_at,
+        # the call's metadata as journaled; the labels store keeps the session in extra_json, not a column
+        **LLMCallMeta.of(
+            row, error=error, error_kind=None if output is not None else (row.error_kind or row.status), session=None
+        ),
         extra={"status": row.status, "charged_usd": row.charged_usd, "session": row.session, **extra},
     )
 

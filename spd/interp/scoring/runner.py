@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from spd.interp.call import LLMCallMeta
 from spd.interp.llm import run_llm
 from spd.interp.results import ResultRow, final_rows
 from spd.interp.scoring.common import ScoringSettings
@@ -66,19 +67,8 @@ def _trial_record(
             truth_json="{}",
             answer_json=None,
             outcome_json=None,
-            provider=None,
-            model=None,
-            prompt=None,
-            raw_response=None,
-            input_tokens=None,
-            output_tokens=None,
-            cost_usd=None,
-            latency_s=None,
-            attempts=None,
             error_kind="missing",
             error="no row for this trial in the results journal",
-            finished_at=None,
-            session=None,
         )
         return record, None
     status, error_kind, error = row.status, row.error_kind, row.error
@@ -100,19 +90,7 @@ def _trial_record(
         truth_json=json.dumps(row.extra, sort_keys=True),
         answer_json=None if row.output is None else json.dumps(row.output, sort_keys=True),
         outcome_json=None if result is None else json.dumps(result, sort_keys=True),
-        provider=row.provider,
-        model=row.model,
-        prompt=row.prompt,
-        raw_response=row.raw_response,
-        input_tokens=row.input_tokens,
-        output_tokens=row.output_tokens,
-        cost_usd=row.cost_usd,
-        latency_s=row.latency_s,
-        attempts=row.attempts,
-        error_kind=error_kind,
-        error=error,
-        finished_at=row.finished_at,
-        session=row.session,
+        **LLMCallMeta.of(row, error_kind=error_kind, error=error),
     )
     return record, result
 

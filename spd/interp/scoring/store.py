@@ -24,11 +24,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import pyarrow as pa
-
-from spd.duckdb_store import ReadOnlyStore, atomic_duckdb
+from spd.duckdb_store import ReadOnlyStore, atomic_duckdb, create_table, insert_rows
 from spd.duckdb_store import store_file as find_store_file
+from spd.interp.call import LLM_CALL_COLUMNS, LLMCallMeta
 
 SCORE_KINDS = ("detection", "fuzzing", "intruder")
 SCORE_FORMAT = "spd-score-store"
@@ -73,8 +71,9 @@ class ScoreRecord:
 
 
 @dataclass(frozen=True)
-class TrialRecord:
-    """One question: what was shown, what came back, what it counted for."""
+class TrialRecord(LLMCallMeta):
+    """One question: what was shown, what came back, what it counted for, and the LLM call's metadata
+    (keyword-only)."""
 
     item_key: str
     component: int
@@ -86,91 +85,58 @@ class TrialRecord:
     truth_json: str
     answer_json: str | None
     outcome_json: str | None
-    provider: str | None
-    model: str | None
-    prompt: str | None
-    raw_response: str | None
-    input_tokens: int | None
-    output_tokens: int | None
-    cost_usd: float | None
-    latency_s: float | None
-    attempts: int | None
-    error_kind: str | None
-    error: str | None
-    finished_at: str | None
-    session: str | None
 
 
-_SCORE_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
-    ("component", "INTEGER NOT NULL", pa.int32()),
-    ("key", "VARCHAR PRIMARY KEY", pa.string()),
-    ("layer", "VARCHAR NOT NULL", pa.string()),
-    ("firing_density", "DOUBLE", pa.float64()),
-    ("label", "VARCHAR", pa.string()),
-    ("score", "DOUBLE", pa.float64()),
-    ("ci_low", "DOUBLE", pa.float64()),
-    ("ci_high", "DOUBLE", pa.float64()),
-    ("chance", "DOUBLE NOT NULL", pa.float64()),
-    ("n_trials", "INTEGER NOT NULL", pa.int32()),
-    ("n_trials_ok", "INTEGER NOT NULL", pa.int32()),
-    ("n_trials_failed", "INTEGER NOT NULL", pa.int32()),
-    ("n_positive", "INTEGER", pa.int32()),
-    ("n_negative", "INTEGER", pa.int32()),
-    ("tp", "INTEGER", pa.int32()),
-    ("fn", "INTEGER", pa.int32()),
-    ("tn", "INTEGER", pa.int32()),
-    ("fp", "INTEGER", pa.int32()),
-    ("n_correct", "INTEGER", pa.int32()),
-    ("error", "VARCHAR", pa.string()),
-    ("cost_usd", "DOUBLE", pa.float64()),
-)
-_TRIAL_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
-    ("item_key", "VARCHAR PRIMARY KEY", pa.string()),
-    ("component", "INTEGER NOT NULL", pa.int32()),
-    ("key", "VARCHAR NOT NULL", pa.string()),
-    ("trial", "INTEGER NOT NULL", pa.int32()),
-    ("status", "VARCHAR NOT NULL", pa.string()),
-    ("n_shown", "INTEGER NOT NULL", pa.int32()),
-    ("truth_json", "VARCHAR NOT NULL", pa.string()),
-    ("answer_json", "VARCHAR", pa.string()),
-    ("outcome_json", "VARCHAR", pa.string()),
-    ("provider", "VARCHAR", pa.string()),
-    ("model", "VARCHAR", pa.string()),
-    ("prompt", "VARCHAR", pa.string()),
-    ("raw_response", "VARCHAR", pa.string()),
-    ("input_tokens", "BIGINT", pa.int64()),
-    ("output_tokens", "BIGINT", pa.int64()),
-    ("cost_usd", "DOUBLE", pa.float64()),
-    ("latency_s", "DOUBLE", pa.float64()),
-    ("attempts", "INTEGER", pa.int32()),
-    ("error_kind", "VARCHAR", pa.string()),
-    ("error", "VARCHAR", pa.string()),
-    ("finished_at", "VARCHAR", pa.string()),
-    ("session", "VARCHAR", pa.string()),
-)
-
-
-def _arrow(records: list[Any], columns: tuple[tuple[str, str, pa.DataType], ...]) -> pa.Table:
-    data: dict[str, list[Any]] = {name: [] for name, _, _ in columns}
-    for record in records:
-        values = asdict(record)
-        for name, _, _ in columns:
-            data[name].append(values[name])
-    return pa.table({name: pa.array(data[name], type=kind) for name, _, kind in columns})
-
-
-def _create(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[tuple[str, str, pa.DataType], ...]) -> None:
-    con.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {sql}' for n, sql, _ in columns)})")
-
-
-def _insert(con: duckdb.DuckDBPyConnection, table: str, arrow: pa.Table) -> None:
-    if arrow.num_rows == 0:
-        return
-    con.register("incoming_rows", arrow)
-    try:
-        con.execute(f"INSERT INTO {table} SELECT {', '.join(arrow.column_names)} FROM incoming_rows")
-    finally:
-        con.unregister("incoming_rows")
+_SCORE_COLUMNS: dict[str, str] = {
+    "component": "INTEGER NOT NULL",
+    "key": "VARCHAR PRIMARY KEY",
+    "layer": "VARCHAR NOT NULL",
+    "firing_density": "DOUBLE",
+    "label": "VARCHAR",
+    "score": "DOUBLE",
+    "ci_low": "DOUBLE",
+    "ci_high": "DOUBLE",
+    "chance": "DOUBLE NOT NULL",
+    "n_trials": "INTEGER NOT NULL",
+    "n_trials_ok": "INTEGER NOT NULL",
+    "n_trials_failed": "INTEGER NOT NULL",
+    "n_positive": "INTEGER",
+    "n_negative": "INTEGER",
+    "tp": "INTEGER",
+    "fn": "INTEGER",
+    "tn": "INTEGER",
+    "fp": "INTEGER",
+    "n_correct": "INTEGER",
+    "error": "VARCHAR",
+    "cost_usd": "DOUBLE",
+}
+_TRIAL_COLUMNS: dict[str, str] = {
+    "item_key": "VARCHAR PRIMARY KEY",
+    "component": "INTEGER NOT NULL",
+    "key": "VARCHAR NOT NULL",
+    "trial": "INTEGER NOT NULL",
+    "status": "VARCHAR NOT NULL",
+    "n_shown": "INTEGER NOT NULL",
+    "truth_json": "VARCHAR NOT NULL",
+    "answer_json": "VARCHAR",
+    "outcome_json": "VARCHAR",
+    **LLM_CALL_COLUMNS,
+}
+_META_COLUMNS: dict[str, str] = {
+    "format": "VARCHAR NOT NULL",
+    "format_version": "INTEGER NOT NULL",
+    "kind": "VARCHAR NOT NULL",
+    "prompt_version": "VARCHAR NOT NULL",
+    "provider": "VARCHAR NOT NULL",
+    "model": "VARCHAR NOT NULL",
+    "seed": "BIGINT NOT NULL",
+    "n_components": "INTEGER NOT NULL",
+    "n_scored": "INTEGER NOT NULL",
+    "n_trials": "INTEGER NOT NULL",
+    "n_trials_ok": "INTEGER NOT NULL",
+    "cost_usd": "DOUBLE",
+    "meta_json": "VARCHAR NOT NULL",
+}
 
 
 def write_score_store(
@@ -207,18 +173,11 @@ def write_score_store(
         "meta_json": json.dumps(meta, sort_keys=True, default=str),
     }
     with atomic_duckdb(path) as con:
-        _create(con, "scores", _SCORE_COLUMNS)
-        _create(con, "trials", _TRIAL_COLUMNS)
-        con.execute(
-            "CREATE TABLE meta (format VARCHAR NOT NULL, format_version INTEGER NOT NULL, "
-            "kind VARCHAR NOT NULL, prompt_version VARCHAR NOT NULL, provider VARCHAR NOT NULL, "
-            "model VARCHAR NOT NULL, seed BIGINT NOT NULL, n_components INTEGER NOT NULL, "
-            "n_scored INTEGER NOT NULL, n_trials INTEGER NOT NULL, n_trials_ok INTEGER NOT NULL, "
-            "cost_usd DOUBLE, meta_json VARCHAR NOT NULL)"
-        )
-        _insert(con, "scores", _arrow(score_rows, _SCORE_COLUMNS))
-        _insert(con, "trials", _arrow(trial_rows, _TRIAL_COLUMNS))
-        con.execute(f"INSERT INTO meta VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+        for table, columns in (("scores", _SCORE_COLUMNS), ("trials", _TRIAL_COLUMNS), ("meta", _META_COLUMNS)):
+            create_table(con, table, columns)
+        insert_rows(con, "scores", _SCORE_COLUMNS, map(asdict, score_rows))
+        insert_rows(con, "trials", _TRIAL_COLUMNS, map(asdict, trial_rows))
+        insert_rows(con, "meta", _META_COLUMNS, [row])
     return path
 
 
@@ -238,7 +197,7 @@ class ScoreStore(ReadOnlyStore):
         names = [f.name for f in fields(record)]
         order = "component, key" if table == "scores" else "component, trial, item_key"
         cur = self._con.execute(f"SELECT {', '.join(names)} FROM {table} {where} ORDER BY {order}", params or [])
-        return [record(*row) for row in cur.fetchall()]
+        return [record(**dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
     def scores(self, scored_only: bool = False) -> list[ScoreRecord]:
         """Every component row in component order; `scored_only` drops rows without a score."""
