@@ -203,14 +203,8 @@ def build_corpus(config: CorpusConfig, out_dir: str | Path, overwrite: bool = Fa
 class Corpus(TokenFiles):
     """Read access to a built corpus directory (all read-only)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        mp = self.path / MANIFEST
-        if not mp.is_file():
-            raise FileNotFoundError(f"{self.path} is not a story corpus: {MANIFEST} missing")
-        self.manifest: dict[str, Any] = json.loads(mp.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: unknown corpus format {self.manifest.get('format')!r}")
+    kind = "story corpus"
+    format = FORMAT
 
     @property
     def config(self) -> CorpusConfig:

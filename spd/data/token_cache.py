@@ -122,14 +122,8 @@ def cache_key(spec: HFTokensSpec, tokenizer_file: Path, eos: int) -> str:
 class TokenCache(TokenFiles):
     """Read access to a built token cache: the interface harvest and attributions use on the story corpus."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        mp = self.path / MANIFEST
-        if not mp.is_file():
-            raise FileNotFoundError(f"{self.path} is not a token cache: {MANIFEST} missing")
-        self.manifest: dict[str, Any] = json.loads(mp.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: unknown token cache format {self.manifest.get('format')!r}")
+    kind = "token cache"
+    format = FORMAT
 
     @property
     def token_dtype(self) -> str:

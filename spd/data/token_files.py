@@ -4,6 +4,7 @@ read windows through these members only (spd/data/source.py), so they never ask 
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,12 +16,27 @@ if TYPE_CHECKING:  # torch loads in the method that returns a tensor: planning r
     import torch
 
 
-class TokenFiles:
-    """Subclasses set `path`, `manifest` and `token_dtype`, and say where a split's token file is."""
+MANIFEST = "manifest.json"
 
+
+class TokenFiles:
+    """Subclasses name their `kind` and manifest `format`, set `token_dtype`, and say where a split's token file is."""
+
+    kind: str  # what the directory is, in messages ("story corpus", "token cache")
+    format: str  # the manifest's "format"
     path: Path
     manifest: dict[str, Any]
     token_dtype: str
+
+    def __init__(self, path: str | Path) -> None:
+        """Open the directory at `path`: FileNotFoundError without a manifest.json, ValueError for another format."""
+        self.path = Path(path)
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{self.path} is not a {self.kind}: {MANIFEST} missing")
+        self.manifest = json.loads(manifest.read_text())
+        if self.manifest.get("format") != self.format:
+            raise ValueError(f"{self.path}: unknown {self.kind} format {self.manifest.get('format')!r}")
 
     def token_file(self, split: str) -> Path:
         raise NotImplementedError
