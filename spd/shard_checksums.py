@@ -123,7 +123,9 @@ def unreadable_shard(what: str, task: int, shard: Path, error: BaseException) ->
 # --- what every merge checks before it combines its tasks' shards ----------------------------------------------
 
 
-def require_shards(paths: Sequence[Path], what: str, hint: str = "", missing: type[ShardsMissing] = ShardsMissing):
+def require_shards(
+    paths: Sequence[Path], what: str, hint: str = "", missing: type[ShardsMissing] = ShardsMissing
+) -> None:
     """Every task's shard (task i -> paths[i]) present, else `missing` naming each absent file and its task, then
     every one matching its checksum record (verify_shards): all refused before any shard is loaded."""
     absent = [(task, Path(p)) for task, p in enumerate(paths) if not Path(p).is_file()]
@@ -169,6 +171,12 @@ def check_consistent(
         mine, theirs = comparable(field, other.get(field)), comparable(field, first.get(field))
         if mine != theirs:
             raise ValueError(
-                f"{what}: {Path(path).name} disagrees with the first shard on {field!r}: {other.get(field)!r} vs "
-                f"{first.get(field)!r} (shards of different runs?)"
+                f"{what}: {Path(path).name} disagrees with the first shard on {field!r}: "
+                f"{_short(other.get(field))} vs {_short(first.get(field))} (shards of different runs?)"
             )
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """A value's repr cut to `limit` characters: a layout's alive masks would make a message of megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

@@ -6,6 +6,7 @@ shard checksums, the LLM stages) that must import without torch on a login node.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -34,13 +35,24 @@ FILE_MODE = 0o666 & ~_read_umask()
 HASH_CHUNK = 1 << 20
 
 
+# What a file system that cannot fsync a directory answers (some FUSE, SMB and overlay mounts): the rename is done
+# and the file complete, so a directory's fsync failing this way is skipped; an I/O error or a full disk is not.
+_NO_DIRECTORY_FSYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.EISDIR, errno.EBADF}
+
+
 def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes a rename in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
+    """fsync a file or a directory (a directory's fsync makes a rename in it durable; where the file system cannot
+    fsync directories, that is skipped)."""
+    is_dir = Path(path).is_dir()
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if not (is_dir and e.errno in _NO_DIRECTORY_FSYNC):
+            raise
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

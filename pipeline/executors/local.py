@@ -468,7 +468,7 @@ class LocalExecutor:
                 ):
                     # The driver is gone and never reaped this task (kill -9 of the driver or host), or the
                     # record came with a copy of the run directory: nothing of it runs for this directory.
-                    why = "vanished without a marker" if run.owns(info) else _NOT_OURS
+                    why = "vanished before it finished" if run.owns(info) else _NOT_OURS
                     states[label] = TaskView("FAILED", f"process {pid} {why}", str(pid))
             if driver_alive and name in driver.get("work", {}) and not run.is_done(name, planned.key):
                 for i in driver["work"][name]:

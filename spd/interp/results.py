@@ -96,12 +96,20 @@ class ResultRow(LLMCallMeta):
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> ResultRow:
+        """A journal line's row; KeyError for a line missing what every line carries (the reader skips it)."""
+        missing = _WRITTEN_ALWAYS - record.keys()
+        if missing:
+            raise KeyError(f"journal line without {sorted(missing)}")
         values = {name: record.get(name) for name in _FIELDS if name in record}
         values["reservations"] = tuple(values.get("reservations") or ())
         return cls(**values)
 
 
 _FIELDS = tuple(ResultRow.__dataclass_fields__)
+# Fields every journal line has had (the call's metadata defaults to None for the type, never in a written line)
+_WRITTEN_ALWAYS = frozenset(
+    {"key", "task", "status", "provider", "model", "latency_s", "attempts", "finished_at", "session"}
+)
 
 
 def utc_now() -> str:

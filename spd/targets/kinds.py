@@ -73,7 +73,7 @@ _MODEL_OF_CONFIG: dict[type, type[nn.Module]] = {
 
 def build_target(config: TargetModelConfig) -> nn.Module:
     """An untrained target of the configured kind (weights come from training or a state dict)."""
-    model = _MODEL_OF_CONFIG.get(type(config))
+    model = next((_MODEL_OF_CONFIG[t] for t in type(config).__mro__ if t in _MODEL_OF_CONFIG), None)
     if model is None:
         raise ValueError(f"unknown target config {type(config).__name__}")
     return model(config)

@@ -191,7 +191,7 @@ class ScoreStore(ReadOnlyStore):
         With a directory and no kind, the directory must hold exactly one score store.
         """
         names = [store_file(kind)] if kind is not None else [store_file(k) for k in SCORE_KINDS]
-        return cls.open_read_only(find_store_file(path, names, kind or "scoring"))
+        return cls.open_read_only(find_store_file(path, names, kind or "/".join(SCORE_KINDS)))
 
     def _select(self, table: str, record: type[Any], where: str = "", params: list[Any] | None = None) -> list[Any]:
         names = [f.name for f in fields(record)]
