@@ -92,23 +92,23 @@ def _failure_summary(run: RunDir, stage: str, labels: list[str]) -> str:
     return head + ("\n" + tail if tail else "")
 
 
-def _elapsed(run: RunDir, stage: str) -> float | None:
-    seconds = [r.get("seconds") for r in run.job_records(stage) if r.get("event") == "exit"]
+def _elapsed(records: list[dict[str, Any]]) -> float | None:
+    seconds = [r.get("seconds") for r in records if r.get("event") in JOB_END_EVENTS]
     seconds = [s for s in seconds if isinstance(s, int | float)]
     return round(sum(seconds), 3) if seconds else None
 
 
-def _stage_elapsed(executor: Executor, run: RunDir, stage: str) -> float | None:
-    """Run time as the executor knows it (optional method `elapsed`; SLURM: sacct), else 'exit' records."""
+def _stage_elapsed(executor: Executor, run: RunDir, stage: str, records: list[dict[str, Any]]) -> float | None:
+    """Run time as the executor knows it (optional method `elapsed`; SLURM: sacct), else the job log's 'exit'
+    records (`records`)."""
     known = getattr(executor, "elapsed", None)
     value = known(run, stage) if known is not None else None
-    return value if value is not None else _elapsed(run, stage)
+    return value if value is not None else _elapsed(records)
 
 
-def _job_span(run: RunDir, stage: str) -> tuple[str | None, str | None, float | None]:
-    """(first start, end, wall seconds between them): the first launch or submission in the stage's job log, and
-    its last task exit or, when later, the finish time done.json records."""
-    records = run.job_records(stage)
+def _job_span(run: RunDir, stage: str, records: list[dict[str, Any]]) -> tuple[str | None, str | None, float | None]:
+    """(first start, end, wall seconds between them): the first launch or submission in the stage's job log
+    (`records`), and its last task exit or, when later, the finish time done.json records."""
     starts = [str(r["time"]) for r in records if r.get("event") in JOB_START_EVENTS and r.get("time")]
     ends = [str(r["time"]) for r in records if r.get("event") in JOB_END_EVENTS and r.get("time")]
     done = read_json(run.done_json(stage))
@@ -181,6 +181,7 @@ def run_status(run: RunDir, executor: Executor) -> RunStatus:
     for name, planned in plan.stages.items():
         views = scheduler.get(name, {})
         failed = run.failed_labels(name)
+        records = run.job_records(name)  # read once: run time, start and finish come from it
         counts = TaskCounts(total=planned.num_tasks)
         # Markers count only in a stage directory prepared for the plan's key: one left from another config
         # (a `run --only` of other stages) holds another computation's markers.
@@ -197,13 +198,13 @@ def run_status(run: RunDir, executor: Executor) -> RunStatus:
             tasks=counts,
             job_ids=executor.job_ids(run, name),
             log_dir=str(run.logs_dir(name)),
-            elapsed_s=_stage_elapsed(executor, run, name),
+            elapsed_s=_stage_elapsed(executor, run, name, records),
             out_dir=str(run.out_dir(name)),
             inputs={**{u: str(run.out_dir(u)) for u in planned.upstreams}, **planned.external},
             num_tasks=planned.num_tasks,
             seed=planned.seed,
         )
-        status.started_at, status.finished_at, status.wall_s = _job_span(run, name)
+        status.started_at, status.finished_at, status.wall_s = _job_span(run, name, records)
         if run.is_done(name, planned.key):
             status.state = "CACHED" if name in cached else "COMPLETED"
             status.tasks.done = planned.num_tasks

@@ -57,6 +57,17 @@ def write_pipeline(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def run_local_pipeline(work: Path, name: str, stages: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """`python run.py` on the local executor with these stages (one thread), to the end; the run directory and
+    its record from `status --json`."""
+    write_pipeline(work / "p.yaml", {"run": {"name": name, "seed": 0}, "executor": "local", "stages": stages})
+    result = run_cli("p.yaml", cwd=work, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = run_cli("status", name, "--json", cwd=work)
+    assert status.returncode == 0, status.stdout + status.stderr
+    return work / "runs" / name, status.json()
+
+
 @pytest.fixture(autouse=True)
 def _plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process tests see the test-only stages too."""

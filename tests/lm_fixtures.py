@@ -13,6 +13,18 @@ from stages.base import StageContext
 from stages.decompose import STAGE as DECOMPOSE
 from stages.decompose import DecomposeConfig
 
+# A small harvest of the tiny LM (6 batches of 8 windows, short contexts) for tests that need a harvest store to read.
+SMALL_HARVEST = {
+    "n_tasks": 2,
+    "device": "cpu",
+    "batch_size": 8,
+    "n_batches": 6,
+    "ci_threshold": 0.1,
+    "context_tokens_per_side": 4,
+    "examples_per_component": 6,
+    "top_examples_per_component": 4,
+}
+
 
 def tiny_lm_decompose_config(
     *,

@@ -11,19 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import run_cli, write_pipeline
-from tests.lm_fixtures import tiny_lm_decompose_config
+from tests.conftest import run_local_pipeline
+from tests.lm_fixtures import SMALL_HARVEST, tiny_lm_decompose_config
 
-HARVEST = {
-    "n_tasks": 1,
-    "device": "cpu",
-    "batch_size": 8,
-    "n_batches": 6,
-    "ci_threshold": 0.1,
-    "context_tokens_per_side": 4,
-    "examples_per_component": 6,
-    "top_examples_per_component": 4,
-}
+HARVEST = {**SMALL_HARVEST, "n_tasks": 1}
 AUTOINTERP = {
     "llm": {"provider": "heuristic"},
     "min_density": 0.0,
@@ -35,17 +26,7 @@ AUTOINTERP = {
 def make_serve_run(work: Path) -> tuple[Path, dict[str, Any]]:
     """`python run.py` on decompose (2 layers) + harvest + autointerp; the run directory and `status --json`."""
     decompose = tiny_lm_decompose_config(n_layers=2).model_dump(mode="json")
-    pipeline = {
-        "run": {"name": "srv", "seed": 0},
-        "executor": "local",
-        "stages": {"decompose": decompose, "harvest": HARVEST, "autointerp": AUTOINTERP},
-    }
-    write_pipeline(work / "p.yaml", pipeline)
-    result = run_cli("p.yaml", cwd=work, env={"OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    status = run_cli("status", "srv", "--json", cwd=work)
-    assert status.returncode == 0, status.stdout + status.stderr
-    return work / "runs" / "srv", status.json()
+    return run_local_pipeline(work, "srv", {"decompose": decompose, "harvest": HARVEST, "autointerp": AUTOINTERP})
 
 
 def free_port() -> int:

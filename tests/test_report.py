@@ -19,37 +19,18 @@ import pytest
 from spd.report.data import gather_report
 from spd.report.render import read_sidecar
 from stages.report import build_report
-from tests.conftest import run_cli, write_pipeline
-from tests.lm_fixtures import tiny_lm_decompose_config
+from tests.conftest import run_cli, run_local_pipeline
+from tests.lm_fixtures import SMALL_HARVEST, tiny_lm_decompose_config
 from tests.report_support import screenshot
 
-HARVEST = {
-    "n_tasks": 2,
-    "device": "cpu",
-    "batch_size": 8,
-    "n_batches": 6,
-    "ci_threshold": 0.1,
-    "context_tokens_per_side": 4,
-    "examples_per_component": 6,
-    "top_examples_per_component": 4,
-}
+HARVEST = SMALL_HARVEST
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A run of decompose + harvest through `python run.py`, and its status JSON from `status --json`."""
-    work = tmp_path_factory.mktemp("report_run")
-    pipeline = {
-        "run": {"name": "rep", "seed": 0},
-        "executor": "local",
-        "stages": {"decompose": tiny_lm_decompose_config().model_dump(mode="json"), "harvest": HARVEST},
-    }
-    write_pipeline(work / "p.yaml", pipeline)
-    result = run_cli("p.yaml", cwd=work, env={"OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    status = run_cli("status", "rep", "--json", cwd=work)
-    assert status.returncode == 0, status.stdout + status.stderr
-    return work / "runs" / "rep", status.json()
+    stages = {"decompose": tiny_lm_decompose_config().model_dump(mode="json"), "harvest": HARVEST}
+    return run_local_pipeline(tmp_path_factory.mktemp("report_run"), "rep", stages)
 
 
 def _script(page: str, element_id: str) -> str:

@@ -2,7 +2,8 @@
 
 The record is the status object (`python run.py status RUN --json`, docs/cli.md): per planned stage its state,
 seed, tasks, times and output directory, and the output directories of stages outside the plan (`external`: given
-to a planned stage by path, or left in the run by an earlier plan). `RunRecord.from_status` reads it tolerantly (a field it lacks is None).
+to a planned stage by path, or left in the run by an earlier plan). `RunRecord.from_status` reads it tolerantly
+(a field it lacks is None).
 The stages' own output files are read with `read_json_file` / `read_jsonl_file`.
 """
 
@@ -107,7 +108,6 @@ class RunRecord:
     def from_status(cls, status: dict[str, Any] | None) -> RunRecord:
         status = status if isinstance(status, dict) else {}
         stages = [StageRecord.from_json(s) for s in status.get("stages") or [] if isinstance(s, dict) and "name" in s]
-        external = status.get("external") if isinstance(status.get("external"), dict) else {}
 
         def mapping(name: str) -> dict[str, Any]:
             value = status.get(name)
@@ -124,7 +124,7 @@ class RunRecord:
             versions=mapping("versions"),
             last_command=_text(status.get("last_command")),
             stages={s.name: s for s in stages},
-            external={str(name): Path(path) for name, path in external.items() if _text(path)},
+            external={str(name): Path(path) for name, path in mapping("external").items() if _text(path)},
         )
 
     def out_dir(self, stage: str) -> Path | None:

@@ -122,9 +122,16 @@ def prompt_graph(
     batched = targets_per_backward > 1
     full_leaves = [full.sources[k] for k in source_keys]
     upstream_of = {m: _upstream(full.targets[Layer("component", m).key], full_leaves) for m in order}  # structural
+
+    def prefix(length: int) -> Captured:
+        """The cut forward of the prompt's first `length` tokens (the full one when that is the whole prompt)."""
+        if not causal or length == len(token_ids):
+            return full
+        return _capture(model, token_ids[:length], embedding_module, unembedding_module)
+
     for lo in range(0, T, block):
         hi = min(T, lo + block)
-        cap = _capture(model, token_ids[:hi], embedding_module, unembedding_module) if causal else full
+        cap = prefix(hi)
         leaves = [cap.sources[k] for k in source_keys]
         for module in order:
             key = Layer("component", module).key
@@ -141,7 +148,7 @@ def prompt_graph(
                 for i, grad in zip(upstream, grads, strict=True):
                     sources = node_of[source_keys[i]][: target.shape[0]]
                     parts.append(_edges(grad, leaves[i], sources, numbers.reshape(-1)[rows], i == 0))
-    cap = _capture(model, token_ids[:T], embedding_module, unembedding_module) if causal else full
+    cap = prefix(T)
     # the logit through the unembedding input x, as the attributions stage defines it: W_U[v] . x (+ a constant
     # bias), with the frozen target weight even when the unembedding is itself decomposed
     x = cap.targets[Layer("output", unembedding_module).key][0, output_position]

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from spd.attributions.endpoints import find_embedding_module, find_unembedding_module, vocab_size_of
 from spd.data.tokenizer import load_tokenizer
 from spd.models import decomposition_tokenizer_path, load_decomposition
+from spd.models.checkpoint import CONFIG_FILE
 from spd.models.component_model import ComponentModel
 from spd.report.harvest_data import display_token
 from spd.report.locate import RunRecord
@@ -115,7 +116,7 @@ def open_served_run(run_dir: Path, status: dict[str, Any], device: str = "cpu", 
 def _open(run_dir: Path, status: dict[str, Any], device: str, log, thread: ModelThread) -> ServedRun:
     run_dir = Path(run_dir).resolve()
     decomposition = RunRecord.from_status(status).out_dir("decompose")
-    if decomposition is None or not (decomposition / "config.json").is_file():
+    if decomposition is None or not (decomposition / CONFIG_FILE).is_file():
         raise ValueError(f"{run_dir} has no finished decomposition to serve: run its decompose stage first")
     log(f"serve: loading the decomposition {decomposition} on {device}")
     model = load_decomposition(decomposition, device)
