@@ -14,7 +14,7 @@ from spd.losses import (
     pgd_recon_loss,
     stochastic_recon_loss,
 )
-from spd.losses.pgd import init_sources, pgd_sources
+from spd.losses.pgd import PGDSettings, init_sources, pgd_sources
 from spd.models import ComponentModel
 from spd.train import SPDConfig
 from spd.train.config import RoutingConfig
@@ -50,7 +50,7 @@ def test_pgd_ascent_drives_sources_to_the_worst_corner() -> None:
     out = target(x)
     half = {"a": torch.full((8, 4), 0.5), "b": torch.full((8, 2), 0.5)}
     expected = ((target.b(target.a(x) * 0.5) * 0.5 - out) ** 2).mean()
-    got = pgd_recon_loss(model, x, out, half, None, init="random", step_size=1.0, n_steps=1)
+    got = pgd_recon_loss(model, x, out, half, None, PGDSettings(init="random", step_size=1.0, n_steps=1))
     assert float(got.detach()) == pytest.approx(float(expected), rel=1e-5)
     # the adversarial corner is at least as bad as any random source draw
     assert float(got.detach()) >= float(stochastic_recon_loss(model, x, out, half, None).detach())
@@ -94,7 +94,7 @@ def test_perfect_init_pgd_reconstructs_and_random_does_not() -> None:
     _perfect(model)
     deltas = model.deltas()
     for loss in (
-        pgd_recon_loss(model, x, out, ones, deltas, n_steps=3, step_size=0.1),
+        pgd_recon_loss(model, x, out, ones, deltas, PGDSettings(n_steps=3, step_size=0.1)),
         pgd_recon_loss(model, x, out, ones, deltas, routing="uniform_k_subset"),
         pgd_recon_layerwise_loss(model, x, out, ones, deltas),
         ci_masked_recon_layerwise_loss(model, x, out, ones),
@@ -112,9 +112,9 @@ def test_layerwise_pgd_and_ci_equal_full_for_a_single_module() -> None:
         ci_masked_recon_loss(model, x, out, ci).item()
     )
     torch.manual_seed(3)
-    full = pgd_recon_loss(model, x, out, ci, model.deltas(), n_steps=2, step_size=0.2)
+    full = pgd_recon_loss(model, x, out, ci, model.deltas(), PGDSettings(n_steps=2, step_size=0.2))
     torch.manual_seed(3)
-    layerwise = pgd_recon_layerwise_loss(model, x, out, ci, model.deltas(), n_steps=2, step_size=0.2)
+    layerwise = pgd_recon_layerwise_loss(model, x, out, ci, model.deltas(), PGDSettings(n_steps=2, step_size=0.2))
     assert full.item() == pytest.approx(layerwise.item())
 
 

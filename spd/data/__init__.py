@@ -10,35 +10,13 @@ pipeline's validation and the LLM stages read, must be importable without import
 
 from spd.lazy import lazy_exports
 
-__getattr__, __dir__ = lazy_exports(
+__getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "EOS": "spd.data.tokenizer",
-        "FEATURES": "spd.data.features",
-        "FEATURE_IDS": "spd.data.features",
-        "Batch": "spd.data.batches",
-        "BatchConfig": "spd.data.batches",
-        "BatchStream": "spd.data.batches",
-        "Corpus": "spd.data.corpus",
-        "CorpusConfig": "spd.data.config",
-        "FeatureSpec": "spd.data.features",
-        "build_corpus": "spd.data.corpus",
-        "load_tokenizer": "spd.data.tokenizer",
-        "train_tokenizer": "spd.data.tokenizer",
+        "spd.data.batches": ("Batch", "BatchConfig", "BatchStream"),
+        "spd.data.config": ("CorpusConfig",),
+        "spd.data.corpus": ("Corpus", "build_corpus"),
+        "spd.data.features": ("FEATURES", "FEATURE_IDS", "FeatureSpec"),
+        "spd.data.tokenizer": ("EOS", "load_tokenizer", "train_tokenizer"),
     },
 )
-
-__all__ = [
-    "EOS",
-    "FEATURES",
-    "FEATURE_IDS",
-    "Batch",
-    "BatchConfig",
-    "BatchStream",
-    "Corpus",
-    "CorpusConfig",
-    "FeatureSpec",
-    "build_corpus",
-    "load_tokenizer",
-    "train_tokenizer",
-]

@@ -14,29 +14,17 @@ faults (test-only fault injection), merge (shards -> totals), schema + store_bui
 Storage formats: docs/storage.md.
 """
 
-from importlib import import_module
-from typing import Any
+from spd.lazy import lazy_exports
 
-# Lazy (PEP 562): readers of the store (autointerp, scorers, the report) must not pay for importing torch,
-# which only the task and the merge need.
-_EXPORTS = {
-    "HarvestSettings": "spd.harvest.config",
-    "ShardMissingError": "spd.harvest.merge",
-    "merge_harvest": "spd.harvest.merge",
-    "STORE_FILE": "spd.harvest.schema",
-    "ActivationExample": "spd.harvest.schema",
-    "CofiringStat": "spd.harvest.schema",
-    "ComponentSummary": "spd.harvest.schema",
-    "TokenStat": "spd.harvest.schema",
-    "HarvestStore": "spd.harvest.store",
-    "run_harvest_task": "spd.harvest.task",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'spd.harvest' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-__all__ = sorted(_EXPORTS)
+# Lazy: readers of the store (autointerp, scorers, the report) must not pay for importing torch, which only the
+# task and the merge need.
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "spd.harvest.config": ("HarvestSettings",),
+        "spd.harvest.merge": ("ShardMissingError", "merge_harvest"),
+        "spd.harvest.schema": ("STORE_FILE", "ActivationExample", "CofiringStat", "ComponentSummary", "TokenStat"),
+        "spd.harvest.store": ("HarvestStore",),
+        "spd.harvest.task": ("run_harvest_task",),
+    },
+)

@@ -11,35 +11,20 @@ login node, must be importable without importing torch.
 
 from spd.lazy import lazy_exports
 
-__getattr__, __dir__ = lazy_exports(
+__getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "LMCheckpoint": "spd.lm.train",
-        "TinyLM": "spd.lm.model",
-        "TinyLMConfig": "spd.lm.config",
-        "TinyLMTrainConfig": "spd.lm.config",
-        "evaluate_loss": "spd.lm.train",
-        "lm_loss": "spd.lm.train",
-        "load_lm": "spd.lm.train",
-        "load_lm_checkpoint": "spd.lm.train",
-        "output_logits": "spd.lm.model",
-        "save_lm": "spd.lm.train",
-        "train_and_save_lm": "spd.lm.train",
-        "train_tiny_lm": "spd.lm.train",
+        "spd.lm.config": ("TinyLMConfig", "TinyLMTrainConfig"),
+        "spd.lm.model": ("TinyLM", "output_logits"),
+        "spd.lm.train": (
+            "LMCheckpoint",
+            "evaluate_loss",
+            "lm_loss",
+            "load_lm",
+            "load_lm_checkpoint",
+            "save_lm",
+            "train_and_save_lm",
+            "train_tiny_lm",
+        ),
     },
 )
-
-__all__ = [
-    "LMCheckpoint",
-    "TinyLM",
-    "TinyLMConfig",
-    "TinyLMTrainConfig",
-    "evaluate_loss",
-    "lm_loss",
-    "load_lm",
-    "load_lm_checkpoint",
-    "output_logits",
-    "save_lm",
-    "train_and_save_lm",
-    "train_tiny_lm",
-]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spd.losses.pgd import MaskScope, PGDInit, PGDSettings, source_mask_infos
+from spd.losses.pgd import DEFAULT_PGD, PGDSettings, source_mask_infos
 from spd.models import masks as mask_lib
 from spd.models.component_model import ComponentModel
 from spd.models.masks import MaskInfo
@@ -88,14 +88,11 @@ def pgd_hidden_acts_recon_loss(
     batch: Tensor,
     ci: dict[str, Tensor],
     deltas: dict[str, Tensor] | None,
-    init: PGDInit = "random",
-    step_size: float = 1.0,
-    n_steps: int = 1,
-    mask_scope: MaskScope = "shared_across_batch",
+    pgd: PGDSettings = DEFAULT_PGD,
 ) -> Tensor:
     """Hidden-activation MSE under adversarial sources s ∈ [0, 1] (masks g + (1 - g) s[..., :C], δ mask s[..., C]).
 
-    A fresh PGD each call (as in spd.losses.pgd): init, then `n_steps` of s <- clamp(s + step_size·sign(∂L/∂s), 0, 1)
+    A fresh PGD each call (as in spd.losses.pgd): `pgd.init`, then `pgd.n_steps` of s <- clamp(s + pgd.step_size·sign(∂L/∂s), 0, 1)
     with CIs and deltas held fixed; the returned loss is one more forward with those sources held constant, so
     its gradient reaches the CI functions and the components only.
     """
@@ -106,5 +103,5 @@ def pgd_hidden_acts_recon_loss(
         total, count, _ = _squared_errors(model, batch, source_mask_infos(c, d, src), target_outputs)
         return total, count
 
-    total, count = PGDSettings(init, step_size, n_steps, mask_scope).sum_and_count(squared_error, ci, deltas)
+    total, count = pgd.sum_and_count(squared_error, ci, deltas)
     return total / count

@@ -115,3 +115,6 @@ class PGDSettings:
 
         sources = pgd_sources(mean, ci, deltas, self.init, self.step_size, self.n_steps, self.mask_scope)
         return objective(ci, deltas, sources)
+
+
+DEFAULT_PGD = PGDSettings()  # one random init, one step of size 1, sources shared across the batch

@@ -12,7 +12,7 @@ from typing import Any
 from torch import Tensor
 
 from spd.losses.divergence import OutputLossType, divergence_sum_and_count
-from spd.losses.pgd import MaskScope, PGDInit, PGDSettings, SumAndCount, source_mask_infos
+from spd.losses.pgd import DEFAULT_PGD, PGDSettings, SumAndCount, source_mask_infos
 from spd.models.component_model import ComponentModel
 from spd.models.routing import route
 
@@ -39,16 +39,13 @@ def pgd_recon_loss(
     target_out: Tensor,
     ci: dict[str, Tensor],
     deltas: dict[str, Tensor] | None,
-    init: PGDInit = "random",
-    step_size: float = 1.0,
-    n_steps: int = 1,
-    mask_scope: MaskScope = "shared_across_batch",
+    pgd: PGDSettings = DEFAULT_PGD,
     output_loss_type: OutputLossType = "mse",
     routing: str | Any = "all",
 ) -> Tensor:
     """Divergence of the forward with adversarial masks g + (1 - g) s (δ mask s[..., C] when deltas are given)."""
     divergence = _divergence(model, batch, target_out, output_loss_type, route(routing, ci))
-    s, n = PGDSettings(init, step_size, n_steps, mask_scope).sum_and_count(divergence, ci, deltas)
+    s, n = pgd.sum_and_count(divergence, ci, deltas)
     return s / n
 
 
@@ -58,14 +55,10 @@ def pgd_recon_layerwise_loss(
     target_out: Tensor,
     ci: dict[str, Tensor],
     deltas: dict[str, Tensor] | None,
-    init: PGDInit = "random",
-    step_size: float = 1.0,
-    n_steps: int = 1,
-    mask_scope: MaskScope = "shared_across_batch",
+    pgd: PGDSettings = DEFAULT_PGD,
     output_loss_type: OutputLossType = "mse",
 ) -> Tensor:
     """One PGD per module with only that module replaced; Σ of the divergences / Σ of their counts."""
-    pgd = PGDSettings(init, step_size, n_steps, mask_scope)
     divergence = _divergence(model, batch, target_out, output_loss_type, None)
     total, count = 0.0, 0
     for path, g in ci.items():

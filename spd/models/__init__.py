@@ -6,39 +6,24 @@ login node, must be importable without importing torch.
 
 from spd.lazy import lazy_exports
 
-__getattr__, __dir__ = lazy_exports(
+__getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "CIOutputs": "spd.models.component_model",
-        "ComponentModel": "spd.models.component_model",
-        "EmbeddingComponents": "spd.models.components",
-        "LinearComponents": "spd.models.components",
-        "MaskInfo": "spd.models.masks",
-        "build_component_model": "spd.models.component_model",
-        "decomposition_tokenizer_path": "spd.models.checkpoint",
-        "expand_module_patterns": "spd.models.component_model",
-        "insert_identity_operations": "spd.models.identity",
-        "load_decomposition": "spd.models.checkpoint",
-        "load_decomposition_corpus": "spd.models.checkpoint",
-        "load_decomposition_data": "spd.models.checkpoint",
-        "lower_leaky_hard_sigmoid": "spd.models.sigmoids",
-        "upper_leaky_hard_sigmoid": "spd.models.sigmoids",
+        "spd.models.checkpoint": (
+            "decomposition_tokenizer_path",
+            "load_decomposition",
+            "load_decomposition_corpus",
+            "load_decomposition_data",
+        ),
+        "spd.models.component_model": (
+            "CIOutputs",
+            "ComponentModel",
+            "build_component_model",
+            "expand_module_patterns",
+        ),
+        "spd.models.components": ("EmbeddingComponents", "LinearComponents"),
+        "spd.models.identity": ("insert_identity_operations",),
+        "spd.models.masks": ("MaskInfo",),
+        "spd.models.sigmoids": ("lower_leaky_hard_sigmoid", "upper_leaky_hard_sigmoid"),
     },
 )
-
-__all__ = [
-    "CIOutputs",
-    "ComponentModel",
-    "EmbeddingComponents",
-    "LinearComponents",
-    "MaskInfo",
-    "build_component_model",
-    "decomposition_tokenizer_path",
-    "expand_module_patterns",
-    "insert_identity_operations",
-    "load_decomposition",
-    "load_decomposition_corpus",
-    "load_decomposition_data",
-    "lower_leaky_hard_sigmoid",
-    "upper_leaky_hard_sigmoid",
-]

@@ -20,13 +20,11 @@ from typing import Any
 
 from spd.lazy import lazy_exports
 
-__getattr__, __dir__ = lazy_exports(
+__getattr__, __dir__, _LAZY_NAMES = lazy_exports(
     __name__,
     {
-        "ServedRun": "spd.serve.session",
-        "open_served_run": "spd.serve.session",
-        "create_app": "spd.serve.app",
-        "check_bind": "spd.serve.app",
+        "spd.serve.app": ("check_bind", "create_app"),
+        "spd.serve.session": ("ServedRun", "open_served_run"),
     },
 )
 
@@ -118,4 +116,4 @@ def _remove_own(server_file: Path) -> None:
         pass
 
 
-__all__ = ["SERVER_FILE", "ServedRun", "check_bind", "create_app", "open_served_run", "serve"]
+__all__ = ["SERVER_FILE", *_LAZY_NAMES, "serve"]

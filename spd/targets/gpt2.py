@@ -22,19 +22,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
-from spd.targets.gpt2_simple import GPT2_LN_EPS
-from spd.targets.pretrain_layers import (
-    GPT2FamilyConfigBase,
-    TanhGELU,
-    causal_attention,
-    check_sequence_length,
-    init_gpt_style,
-    merge_heads,
-    split_heads,
-)
+from spd.targets.pretrain_layers import GPT2FamilyConfigBase, GPT2Trunk, TanhGELU, multi_head_attention
 
 
 class GPT2Config(GPT2FamilyConfigBase):
@@ -52,8 +42,8 @@ class FusedAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = (split_heads(y, self.n_head) for y in self.c_attn(x).split(self.n_embd, dim=-1))
-        return self.c_proj(merge_heads(causal_attention(q, k, v, self.fused)))
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=-1)
+        return self.c_proj(multi_head_attention(q, k, v, self.n_head, self.fused))
 
 
 class GPT2MLP(nn.Module):
@@ -67,35 +57,10 @@ class GPT2MLP(nn.Module):
         return self.c_proj(self.gelu(self.c_fc(x)))
 
 
-class GPT2Block(nn.Module):
-    def __init__(self, cfg: GPT2Config) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=GPT2_LN_EPS)
-        self.attn = FusedAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=GPT2_LN_EPS)
-        self.mlp = GPT2MLP(cfg)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=eps)
 
 
-class GPT2(nn.Module):
+class GPT2(GPT2Trunk):
     def __init__(self, config: GPT2Config) -> None:
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.h_torch = nn.ModuleList(GPT2Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=GPT2_LN_EPS)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.wte.weight = self.lm_head.weight
-        init_gpt_style(self, config.n_layer, ("c_proj",))
-
-    def forward(self, idx: Tensor) -> Tensor:
-        t = idx.shape[1]
-        check_sequence_length(t, self.config.block_size)
-        x = self.wte(idx) + self.wpe(torch.arange(t, device=idx.device))
-        for block in self.h_torch:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))
+        super().__init__(config, "h_torch", _layer_norm, FusedAttention, GPT2MLP, ("c_proj",))

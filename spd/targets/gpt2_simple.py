@@ -21,21 +21,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
-from spd.targets.pretrain_layers import (
-    GPT2FamilyConfigBase,
-    StdLayerNorm,
-    TanhGELU,
-    causal_attention,
-    check_sequence_length,
-    init_gpt_style,
-    merge_heads,
-    split_heads,
-)
-
-GPT2_LN_EPS = 1e-5
+from spd.targets.pretrain_layers import GPT2FamilyConfigBase, GPT2Trunk, StdLayerNorm, TanhGELU, multi_head_attention
 
 
 class GPT2SimpleConfig(GPT2FamilyConfigBase):
@@ -55,8 +43,8 @@ class SplitAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = (split_heads(p(x), self.n_head) for p in (self.q_proj, self.k_proj, self.v_proj))
-        return self.o_proj(merge_heads(causal_attention(q, k, v, self.fused)))
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.o_proj(multi_head_attention(q, k, v, self.n_head, self.fused))
 
 
 class GeluMLP4x(nn.Module):
@@ -70,35 +58,6 @@ class GeluMLP4x(nn.Module):
         return self.down_proj(self.gelu(self.c_fc(x)))
 
 
-class GPT2SimpleBlock(nn.Module):
-    def __init__(self, cfg: GPT2SimpleConfig) -> None:
-        super().__init__()
-        self.ln_1 = StdLayerNorm(cfg.n_embd, GPT2_LN_EPS)
-        self.attn = SplitAttention(cfg)
-        self.ln_2 = StdLayerNorm(cfg.n_embd, GPT2_LN_EPS)
-        self.mlp = GeluMLP4x(cfg)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class GPT2Simple(nn.Module):
+class GPT2Simple(GPT2Trunk):
     def __init__(self, config: GPT2SimpleConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.h = nn.ModuleList(GPT2SimpleBlock(config) for _ in range(config.n_layer))
-        self.ln_f = StdLayerNorm(config.n_embd, GPT2_LN_EPS)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.wte.weight = self.lm_head.weight
-        init_gpt_style(self, config.n_layer, ("o_proj", "down_proj"))
-
-    def forward(self, idx: Tensor) -> Tensor:
-        t = idx.shape[1]
-        check_sequence_length(t, self.config.block_size)
-        x = self.wte(idx) + self.wpe(torch.arange(t, device=idx.device))
-        for block in self.h:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))
+        super().__init__(config, "h", StdLayerNorm, SplitAttention, GeluMLP4x, ("o_proj", "down_proj"))

@@ -12,6 +12,8 @@ reference is checked against logits the reference computed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -83,6 +85,62 @@ class GPT2FamilyConfigBase(BaseModel):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         return self
+
+
+GPT2_LN_EPS = 1e-5
+
+
+class GPT2Block(nn.Module):
+    """Pre-LayerNorm block: x += attn(ln_1(x)); x += mlp(ln_2(x)). Both GPT-2s use it; their LayerNorm,
+    attention and MLP (and so their state-dict names below the block) are passed in."""
+
+    def __init__(self, ln_1: nn.Module, attn: nn.Module, ln_2: nn.Module, mlp: nn.Module) -> None:
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2Trunk(nn.Module):
+    """What both GPT-2s share: token and learned position embeddings (wte, wpe), `n_layer` GPT2Blocks of the
+    given LayerNorm, attention and MLP (each built from the config) registered under `blocks_name` (the
+    reference's state-dict prefix: `h` or `h_torch`), ln_f, and an lm_head tied to wte. `forward(idx)` returns
+    the logits."""
+
+    def __init__(
+        self,
+        config: GPT2FamilyConfigBase,
+        blocks_name: str,
+        layer_norm: Callable[[int, float], nn.Module],
+        attention: Callable[[Any], nn.Module],
+        mlp: Callable[[Any], nn.Module],
+        residual_suffixes: tuple[str, ...],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.blocks_name = blocks_name
+        n, eps = config.n_embd, GPT2_LN_EPS
+        blocks = (
+            GPT2Block(layer_norm(n, eps), attention(config), layer_norm(n, eps), mlp(config))
+            for _ in range(config.n_layer)
+        )
+        self.add_module(blocks_name, nn.ModuleList(blocks))
+        self.ln_f = layer_norm(config.n_embd, GPT2_LN_EPS)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight
+        init_gpt_style(self, config.n_layer, residual_suffixes)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        t = idx.shape[1]
+        check_sequence_length(t, self.config.block_size)
+        x = self.wte(idx) + self.wpe(torch.arange(t, device=idx.device))
+        for block in self.get_submodule(self.blocks_name):
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -180,6 +238,13 @@ def merge_heads(y: Tensor) -> Tensor:
     """[B, H, T, hd] -> [B, T, H * hd]."""
     b, h, t, hd = y.shape
     return y.transpose(1, 2).reshape(b, t, h * hd)
+
+
+def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, fused: bool) -> Tensor:
+    """GPT-2's causal multi-head attention on projected q, k, v ([B, T, n_embd]); returns [B, T, n_embd]
+    before the output projection."""
+    heads = (split_heads(y, n_head) for y in (q, k, v))
+    return merge_heads(causal_attention(*heads, fused))
 
 
 def rotary_gqa_attention(

@@ -7,16 +7,11 @@ loop loads on first use of `decompose` / `Decomposer` (spd.lazy), the data-paral
 
 from spd.lazy import lazy_exports
 
-__getattr__, __dir__ = lazy_exports(
+__getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "DataParallel": "spd.train.distributed",
-        "Decomposer": "spd.train.loop",
-        "ProcessGroupSpec": "spd.train.distributed",
-        "SPDConfig": "spd.train.config",
-        "data_parallel": "spd.train.distributed",
-        "decompose": "spd.train.loop",
+        "spd.train.config": ("SPDConfig",),
+        "spd.train.distributed": ("DataParallel", "ProcessGroupSpec", "data_parallel"),
+        "spd.train.loop": ("Decomposer", "decompose"),
     },
 )
-
-__all__ = ["DataParallel", "Decomposer", "ProcessGroupSpec", "SPDConfig", "data_parallel", "decompose"]

@@ -44,6 +44,7 @@ from spd.losses.hidden_acts_recon import (
 )
 from spd.losses.importance_minimality import annealed_p
 from spd.losses.persistent_pgd import PersistentPGDState, ppgd_eval_sums, ppgd_recon_loss, ppgd_warmup
+from spd.losses.pgd import PGDSettings
 from spd.losses.pgd_recon import pgd_recon_layerwise_loss, pgd_recon_loss
 from spd.models import masks as mask_lib
 from spd.models.checkpoint import (
@@ -137,14 +138,13 @@ def compute_losses(
             out[name] = ci_masked_recon_layerwise_loss(model, batch, target_out, ci_lower, cfg.output_loss_type)
         elif name in ("PGDReconLoss", "PGDReconSubsetLoss"):
             out[name] = pgd_recon_loss(
-                model, batch, target_out, ci_lower, stoch_deltas, lc.init, lc.step_size, lc.n_steps, lc.mask_scope,
-                cfg.output_loss_type, getattr(lc, "routing", "all"),
+                model, batch, target_out, ci_lower, stoch_deltas, _pgd_settings(lc), cfg.output_loss_type,
+                getattr(lc, "routing", "all"),
             )  # fmt: skip
         elif name == "PGDReconLayerwiseLoss":
             out[name] = pgd_recon_layerwise_loss(
-                model, batch, target_out, ci_lower, stoch_deltas, lc.init, lc.step_size, lc.n_steps, lc.mask_scope,
-                cfg.output_loss_type,
-            )  # fmt: skip
+                model, batch, target_out, ci_lower, stoch_deltas, _pgd_settings(lc), cfg.output_loss_type
+            )
         elif name == "UnmaskedReconLoss":
             out[name] = unmasked_recon_loss(model, batch, target_out, ci_lower, cfg.output_loss_type)
         elif name == "FaithfulnessLoss":
@@ -163,12 +163,15 @@ def compute_losses(
         elif name == "CIHiddenActsReconLoss":
             out[name] = ci_hidden_acts_recon_loss(model, batch, ci_lower)
         elif name == "PGDHiddenActsReconLoss":
-            out[name] = pgd_hidden_acts_recon_loss(
-                model, batch, ci_lower, stoch_deltas, lc.init, lc.step_size, lc.n_steps, lc.mask_scope
-            )
+            out[name] = pgd_hidden_acts_recon_loss(model, batch, ci_lower, stoch_deltas, _pgd_settings(lc))
         else:  # pragma: no cover - the config union makes this unreachable
             raise ValueError(f"unknown loss {name!r}")
     return out
+
+
+def _pgd_settings(loss_config: Any) -> PGDSettings:
+    """The fresh-each-call PGD knobs of a PGD loss's config (its init, step size, steps and mask scope)."""
+    return PGDSettings(loss_config.init, loss_config.step_size, loss_config.n_steps, loss_config.mask_scope)
 
 
 def _grad_norm(params: list[nn.Parameter]) -> float:
