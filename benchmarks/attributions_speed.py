@@ -36,7 +36,7 @@ from spd.attributions import (  # noqa: E402
 from spd.attributions.data import attribution_batches  # noqa: E402
 from spd.models import MaskInfo, load_decomposition  # noqa: E402
 from stages.decompose import DecomposeConfig  # noqa: E402
-from tests.lm_fixtures import build_tiny_lm_decomposition, tiny_lm_decompose_config  # noqa: E402
+from testkit.lm_fixtures import build_tiny_lm_decomposition, tiny_lm_decompose_config  # noqa: E402
 
 
 def quickstart_shaped_config(spd_steps: int, default_c: int) -> DecomposeConfig:

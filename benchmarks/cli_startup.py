@@ -4,7 +4,7 @@
 
 Each measurement is a fresh `python run.py ...` process of the checkout this script lives in (its directory
 first on sys.path, so a worktree of an older commit measures that commit). In a temporary directory it first
-makes a finished run `done` of the test-only stages (tests/stages_for_tests.py), then times, one round per
+makes a finished run `done` of the test-only stages (testkit/stages_for_tests.py), then times, one round per
 repeat and every command once per round (so load on the machine spreads over all of them alike):
 
 * the baseline `python -c "import pydantic, yaml"` (an interpreter that reads a YAML file into pydantic);
@@ -38,7 +38,7 @@ BASELINE = "baseline: python -c 'import pydantic, yaml'"
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["SPD_PIPELINE_PLUGINS"] = "tests.stages_for_tests"
+    env["SPD_PIPELINE_PLUGINS"] = "testkit.stages_for_tests"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")
     env["COLUMNS"] = "200"

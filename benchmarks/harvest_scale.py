@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/harvest_scale.py --sizes 1024 4096 --tokens 16384 --attribution-batches 0
 
 Per size C_total the benchmark
-1. builds a decomposition of a small LM through the real decompose stage (tests/lm_fixtures.py: the tiny LM on
+1. builds a decomposition of a small LM through the real decompose stage (testkit/lm_fixtures.py: the tiny LM on
    the planted-feature corpus, 2 layers, both MLP projections decomposed, C_total / 4 components each, a few SPD
    steps: the CI functions are barely trained, which is fine for cost);
 2. controls CI-L0 through the CI functions: every CI function's output-layer bias is lowered by one common
@@ -53,7 +53,7 @@ from spd.harvest.malloc import keep_freed_memory  # noqa: E402
 from spd.harvest.task import decomposition_corpus, slice_spec  # noqa: E402
 from spd.models import load_decomposition  # noqa: E402
 from spd.models.checkpoint import latest_model_file  # noqa: E402
-from tests.lm_fixtures import build_tiny_lm_decomposition, tiny_lm_decompose_config  # noqa: E402
+from testkit.lm_fixtures import build_tiny_lm_decomposition, tiny_lm_decompose_config  # noqa: E402
 
 N_MODULES = 4  # 2 layers x (up, down) projections
 

@@ -1,4 +1,4 @@
-"""Throughput and overhead of the LLM client (spd/interp) against the loopback server of tests/llm_server.py,
+"""Throughput and overhead of the LLM client (spd/interp) against the loopback server of testkit/llm_server.py,
 run in its own process so that its threads do not share the client's GIL.
 
     .venv/bin/python benchmarks/llm_throughput.py [--provider openai|anthropic] [--quick]
@@ -39,7 +39,7 @@ from spd.interp.results import ResultJournal  # noqa: E402
 from spd.interp.schemas import LabelInput  # noqa: E402
 from spd.interp.standard_tasks import label_task  # noqa: E402
 from spd.interp.tasks import WorkItem  # noqa: E402
-from tests.llm_server import LLMServerProcess  # noqa: E402
+from testkit.llm_server import LLMServerProcess  # noqa: E402
 
 KEY_ENV = "SPD_BENCH_LLM_KEY"
 TASK = label_task(lambda item: f"[key:{item.component_key}] Label this component.")

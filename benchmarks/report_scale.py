@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/report_scale.py [--components 40000] [--modules 8] [--keep DIR]
 
-Builds a synthetic run directory with every store the report reads (tests/report_support.py: the labels,
+Builds a synthetic run directory with every store the report reads (testkit/report_support.py: the labels,
 score and attributions stores through their own writers, the harvest store with its own schema; ~90% of the
 components alive, a 50,257-token vocabulary, 5 top + 10 uniform examples of 21 tokens each, 20 input + 20
 output token stats, 10 attributions in and out), then times `spd.report` in three parts: gather (read every
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from spd.report.data import gather_report  # noqa: E402
 from spd.report.render import COMPONENTS_DIR, render_report, write_rendered  # noqa: E402
-from tests.report_support import (  # noqa: E402
+from testkit.report_support import (  # noqa: E402
     SyntheticRun,
     chromium_executables,
     headless_chromium,

@@ -5,7 +5,7 @@
 Submits a 7-stage DAG shaped like the real one (decompose -> harvest -> autointerp ->
 detection/fuzzing, harvest -> intruder, decompose -> attributions; harvest and attributions
 sharded into --tasks tasks each, with a merge job) built from the no-op `b_*` stages of
-tests/slurm_support.py, and measures in the same process and minute:
+testkit/slurm_support.py, and measures in the same process and minute:
 
 * `run` (plan + code snapshot + every sbatch), in-process and as the CLI (`python run.py`);
 * `status` (one sacct call, plus squeue while accounting lags), in-process and as the CLI;
@@ -36,12 +36,12 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-os.environ["SPD_PIPELINE_PLUGINS"] = "tests.stages_for_tests,tests.slurm_support"
+os.environ["SPD_PIPELINE_PLUGINS"] = "testkit.slurm_support"
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 from pipeline import orchestrator  # noqa: E402  (after the plugin environment is set)
 from pipeline.runs import RunDir  # noqa: E402
-from tests.slurm_support import BENCH_DAG, BENCH_SHARDED, slurm_missing  # noqa: E402
+from testkit.slurm_support import BENCH_DAG, BENCH_SHARDED, slurm_missing  # noqa: E402
 
 HOLD = "now+1hour"  # sbatch --begin: queued, never started during the measurement
 

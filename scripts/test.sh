@@ -17,6 +17,6 @@ fi
 
 bash scripts/install_chromium.sh  # the report's browser test (headless Chromium); a no-op when present
 
-.venv/bin/ruff check pipeline stages spd tests benchmarks run.py
-.venv/bin/ruff format --check pipeline stages spd tests benchmarks run.py
+.venv/bin/ruff check pipeline stages spd testkit tests benchmarks run.py
+.venv/bin/ruff format --check pipeline stages spd testkit tests benchmarks run.py
 .venv/bin/python -m pytest --durations=15 "$@"

@@ -190,6 +190,8 @@ _ARROW_TYPES = {
     "INTEGER": "int32",
     "BIGINT": "int64",
     "DOUBLE": "float64",
+    "FLOAT": "float32",
+    "JSON": "string",
 }
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = "tests.stages_for_tests"
+PLUGIN = "testkit.stages_for_tests"
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium through chromedriver; skipped when absent, failed when absent under CI."""
-    from tests.report_support import chromium_executables, headless_chromium, missing_browser  # report tests only
+    from testkit.report_support import chromium_executables, headless_chromium, missing_browser  # report tests only
 
     reason = missing_browser()
     if reason is not None:

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from testkit.lm_fixtures import SMALL_HARVEST, tiny_lm_decompose_config
 from tests.conftest import run_local_pipeline
-from tests.lm_fixtures import SMALL_HARVEST, tiny_lm_decompose_config
 
 HARVEST = {**SMALL_HARVEST, "n_tasks": 1}
 AUTOINTERP = {

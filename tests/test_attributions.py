@@ -34,13 +34,14 @@ from spd.attributions import (
 )
 from spd.attributions.data import attribution_batches
 from spd.attributions.endpoints import unembedding_matrix
+from spd.duckdb_store import create_table
 from spd.harvest.schema import TABLES as HARVEST_TABLES
 from spd.models import MaskInfo, load_decomposition
 from spd.shard_checksums import write_checksum
 from stages.attributions import STAGE, AttributionsConfig
 from stages.base import StageContext
+from testkit.lm_fixtures import build_tiny_lm_decomposition
 from tests.conftest import run_cli, write_pipeline
-from tests.lm_fixtures import build_tiny_lm_decomposition
 
 UP, DOWN = "layers.0.mlp.up_proj", "layers.0.mlp.down_proj"
 TOK, OUT = "token:embed", "output:lm_head"
@@ -348,7 +349,7 @@ def _harvest_store(path: Path, rows: list[tuple[str, int, float]], n_tokens: int
     (module, index in the module, firing density), the flat index is the row's position."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(path)) as con:
-        con.execute(HARVEST_TABLES["components"])
+        create_table(con, "components", HARVEST_TABLES["components"])
         con.executemany(
             "INSERT INTO components VALUES (?, ?, ?, ?, ?, ?, 0, NULL, 0, NULL, 0, 0, 0)",
             [(flat, f"{m}:{i}", m, i, round(d * n_tokens), d) for flat, (m, i, d) in enumerate(rows)],

@@ -1,7 +1,7 @@
 """Autointerp: selection, evidence, prompts, the labels it writes, and the stage through `python run.py`.
 
 Inputs are real: a tiny LM decomposed by the decompose stage and harvested by the harvest code (module
-fixture, ~10 s). LLM answers come from the loopback server (tests/llm_server.py), never the network.
+fixture, ~10 s). LLM answers come from the loopback server (testkit/llm_server.py), never the network.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from spd.interp.config import LLMConfig
 from spd.interp.labels_store import LABELS_FILE, LabelRecord, LabelsStore
 from spd.interp.providers.heuristic import label_terms, normalize_token
 from spd.interp.schemas import ActivationExample
-from tests.llm_server import SCHEMA_INVALID, LLMTestServer
-from tests.lm_fixtures import build_tiny_lm_decomposition
+from testkit.llm_server import SCHEMA_INVALID, LLMTestServer
+from testkit.lm_fixtures import build_tiny_lm_decomposition
 
 KEY_ENV = "SPD_TEST_AUTOINTERP_KEY"
 HEURISTIC = {"provider": "heuristic", "progress": False}

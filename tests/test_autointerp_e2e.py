@@ -25,8 +25,8 @@ from spd.interp.autointerp import AutointerpSettings
 from spd.interp.autointerp.select import select_components
 from spd.interp.labels_store import LabelsStore
 from spd.interp.results import iter_rows
+from testkit.llm_server import LLMTestServer
 from tests.conftest import REPO_ROOT, cli_env, run_cli, write_pipeline
-from tests.llm_server import LLMTestServer
 from tests.test_autointerp import KEY_ENV, build_harvest, llm
 
 

@@ -40,8 +40,8 @@ from spd.shard_checksums import (
 )
 from spd.utils import atomic_write_bytes
 from stages.base import StageConfig, StageContext, StageSpec, TaskOutputInvalid, invalid_task_outputs
+from testkit.lm_fixtures import build_tiny_lm_decomposition
 from tests.conftest import run_cli, write_pipeline
-from tests.lm_fixtures import build_tiny_lm_decomposition
 
 # --- checksum records and the error contract, on plain files --------------------------------------------
 

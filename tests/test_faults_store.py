@@ -28,8 +28,8 @@ import pytest
 
 from spd.harvest.faults import KILL_STORE_BUILD_ENV
 from spd.harvest.schema import STORE_FILE
+from testkit.lm_fixtures import build_tiny_lm_decomposition
 from tests.conftest import run_cli, write_pipeline
-from tests.lm_fixtures import build_tiny_lm_decomposition
 from tests.test_harvest_e2e import HARVEST_CONFIG, TABLES
 
 RUN = "h"

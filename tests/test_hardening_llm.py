@@ -1,4 +1,4 @@
-"""Hardening of the LLM layer (issue 22), against the loopback server of tests/llm_server.py.
+"""Hardening of the LLM layer (issue 22), against the loopback server of testkit/llm_server.py.
 
 1. An answer holding a lone surrogate (`"bad \\ud800 label"`) is stored with U+FFFD in its place: the run and
    the autointerp stage complete and every other answer of the batch is kept.
@@ -36,10 +36,10 @@ from spd.interp.results import ResultJournal, ResultRow, final_rows, iter_rows, 
 from spd.interp.schemas import LabelInput
 from spd.interp.standard_tasks import label_task
 from spd.interp.tasks import WorkItem
-from tests import llm_server
+from testkit import llm_server
+from testkit.llm_server import LLMTestServer, client_error, default_responder, hang
 from tests.conftest import run_cli, write_pipeline
 from tests.journal_kill import sigkill_once_saved
-from tests.llm_server import LLMTestServer, client_error, default_responder, hang
 from tests.test_autointerp import build_harvest, llm
 
 KEY_ENV = "SPD_TEST_HARDENING_KEY"

@@ -23,8 +23,8 @@ from pipeline.executors import slurm as slurm_executor
 from pipeline.executors.slurm import SchedulerRow, SlurmExecutor, read_stage_jobs
 from pipeline.runs import RunDir
 from spd.harvest import HarvestSettings, merge_harvest, run_harvest_task
+from testkit.lm_fixtures import build_tiny_lm_decomposition
 from tests.conftest import run_cli, write_pipeline
-from tests.lm_fixtures import build_tiny_lm_decomposition
 
 
 def _pipeline(**source: Any) -> dict[str, Any]:

@@ -64,7 +64,7 @@ from spd.harvest.shard import ShardData, read_shard, shard_path
 from spd.harvest.task import slice_spec
 from spd.harvest.top_m import CHUNK, top_m_indices
 from spd.models import load_decomposition, load_decomposition_corpus
-from tests.lm_fixtures import build_tiny_lm_decomposition
+from testkit.lm_fixtures import build_tiny_lm_decomposition
 
 SEED = 1234
 SETTINGS = {

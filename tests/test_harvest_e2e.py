@@ -17,8 +17,8 @@ from spd.harvest.faults import KILL_AFTER_ENV, KILL_TASK_ENV
 from stages.base import StageContext
 from stages.harvest import STAGE as HARVEST
 from stages.harvest import HarvestConfig
+from testkit.lm_fixtures import build_tiny_lm_decomposition
 from tests.conftest import run_cli, write_pipeline
-from tests.lm_fixtures import build_tiny_lm_decomposition
 
 HARVEST_CONFIG = {
     "n_tasks": 3,

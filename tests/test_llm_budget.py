@@ -15,7 +15,7 @@ from spd.interp.results import ResultJournal, final_rows, iter_rows
 from spd.interp.schemas import LabelInput
 from spd.interp.standard_tasks import label_task
 from spd.interp.tasks import WorkItem
-from tests.llm_server import LLMTestServer
+from testkit.llm_server import LLMTestServer
 
 KEY_ENV = "SPD_TEST_LLM_KEY"
 PRICE = ModelPrice(input_per_mtok=1.0, output_per_mtok=2.0)

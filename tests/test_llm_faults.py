@@ -16,7 +16,7 @@ from spd.interp.results import ResultJournal, ResultRow, final_rows, iter_rows
 from spd.interp.schemas import LabelInput
 from spd.interp.standard_tasks import label_task
 from spd.interp.tasks import WorkItem
-from tests.llm_server import (
+from testkit.llm_server import (
     MALFORMED,
     SCHEMA_INVALID,
     TRUNCATED,

@@ -20,8 +20,8 @@ from spd.interp.results import ResultJournal, iter_rows
 from spd.interp.schemas import LabelInput
 from spd.interp.standard_tasks import label_task
 from spd.interp.tasks import WorkItem
+from testkit.llm_server import MALFORMED, LLMTestServer
 from tests.journal_kill import sigkill_once_saved
-from tests.llm_server import MALFORMED, LLMTestServer
 
 KEY_ENV = "SPD_TEST_LLM_KEY"
 TASK = label_task(lambda item: f"[key:{item.component_key}] Label this component.")

@@ -28,8 +28,8 @@ from pipeline.runs import RunDir
 from pipeline.worker import StageTask
 from stages.base import TaskRanks
 from stages.decompose import DecomposeConfig, check_world_size
-from tests.conftest import run_cli, write_pipeline
-from tests.slurm_support import PLUGINS, cancel_names
+from testkit.slurm_support import cancel_names
+from tests.conftest import PLUGIN, run_cli, write_pipeline
 from tests.test_slurm import (  # noqa: F401 (slurm_cluster: a fixture)
     check,
     slurm,
@@ -224,9 +224,9 @@ def test_one_failing_process_fails_the_task_naming_its_rank_and_the_rerun_comple
 def slurm_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
     """A unique run id on the local cluster (its jobs scancelled at the end) and the CLI env with both plugins
     (in-process status reads the plugins too)."""
-    monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGINS)
+    monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGIN)
     rid = f"mp-{uuid.uuid4().hex[:6]}"
-    yield rid, {"SPD_PIPELINE_PLUGINS": PLUGINS}
+    yield rid, {"SPD_PIPELINE_PLUGINS": PLUGIN}
     cancel_names([f"{rid}.t_ranks", f"{rid}.decompose"])
 
 

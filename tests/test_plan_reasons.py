@@ -16,8 +16,8 @@ import pytest
 from pipeline.plan_reasons import config_changes
 from pipeline.runs import RunDir
 from spd.harvest.config import DENSITY_FIELDS, DENSITY_FREE_FIELDS, HarvestSettings
+from testkit.lm_fixtures import build_tiny_lm_decomposition
 from tests.conftest import run_cli, write_pipeline
-from tests.lm_fixtures import build_tiny_lm_decomposition
 
 
 def _pipeline(scale: int = 10) -> dict[str, Any]:

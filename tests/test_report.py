@@ -19,9 +19,9 @@ import pytest
 from spd.report.data import gather_report
 from spd.report.render import read_sidecar
 from stages.report import build_report
+from testkit.lm_fixtures import SMALL_HARVEST, tiny_lm_decompose_config
+from testkit.report_support import screenshot
 from tests.conftest import run_cli, run_local_pipeline
-from tests.lm_fixtures import SMALL_HARVEST, tiny_lm_decompose_config
-from tests.report_support import screenshot
 
 HARVEST = SMALL_HARVEST
 

@@ -2,7 +2,7 @@
 activation quantile with a count control, co-firing neighbours as links, visible leading spaces, PMI tables with a
 minimum count, logit effects of residual-stream writers, the module overview, and hostile text kept as text.
 
-Synthetic runs (tests/report_support.py) with a few rows planted in the harvest store; the logit effects on a tiny
+Synthetic runs (testkit/report_support.py) with a few rows planted in the harvest store; the logit effects on a tiny
 LM decomposition made by the decompose stage.
 """
 
@@ -18,8 +18,8 @@ from spd.harvest import HarvestStore
 from spd.report.data import gather_report
 from spd.report.options import ReportOptions
 from spd.report.render import write_report
-from tests.lm_fixtures import build_tiny_lm_decomposition
-from tests.report_support import SyntheticRun, make_synthetic_run
+from testkit.lm_fixtures import build_tiny_lm_decomposition
+from testkit.report_support import SyntheticRun, make_synthetic_run
 
 HOSTILE = '</script><img src=x onerror="window.pwned=1">'
 TWO, SPACE_TWO = 2, 3  # token ids whose texts are "2" and " 2"

@@ -19,7 +19,7 @@ import pytest
 from spd.report import ReportOptions, build_report, gather_report
 from spd.report import render as report_render
 from spd.report.render import COMPONENTS_DIR, read_sidecar, render_report, write_report
-from tests.report_support import make_synthetic_run
+from testkit.report_support import make_synthetic_run
 
 
 def _meta(page: Path) -> dict:

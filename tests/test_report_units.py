@@ -1,4 +1,4 @@
-"""The report on synthetic runs (tests/report_support.py): every store present, stages missing or still
+"""The report on synthetic runs (testkit/report_support.py): every store present, stages missing or still
 running, a harvest given from elsewhere, hostile text, and the page's sorting and filtering in Chromium.
 
 The report reads lists for all components in bulk SQL instead of the stores' per-component calls; these tests
@@ -21,7 +21,7 @@ from spd.report import ReportOptions, build_report, gather_report
 from spd.report import data as report_data
 from spd.report.harvest_data import quantize_ci
 from spd.report.render import parse_sidecar, render_html, render_report, write_report
-from tests.report_support import make_synthetic_run, screenshot
+from testkit.report_support import make_synthetic_run, screenshot
 
 
 def _script(page: str, element_id: str) -> str:
@@ -122,6 +122,17 @@ def test_missing_and_unplanned_stages_are_shown_not_raised(tmp_path: Path) -> No
     model = gather_report(empty, {})
     assert {s["state"] for s in model["stages"]} == {"NOT_IN_PIPELINE"}
     render_html(model)
+
+
+def test_a_planned_stage_without_out_dir_in_the_record_says_so(tmp_path: Path) -> None:
+    run = make_synthetic_run(tmp_path / "old_record", stores=("decompose", "harvest"))
+    status = {**run.status, "stages": [{k: v for k, v in s.items() if k != "out_dir"} for s in run.status["stages"]]}
+    model = gather_report(run.root, status)
+    assert model["sections"]["harvest"]["available"] is False
+    assert "gives no out_dir for this stage" in model["sections"]["harvest"]["reason"]
+    assert "gives no out_dir" in _stage(model, "detection")["output"]
+    assert "status RUN --json" in render_html(model)
+    assert gather_report(run.root, run.status)["sections"]["harvest"]["available"] is True
 
 
 def test_running_llm_stage_shows_spend_so_far(tmp_path: Path) -> None:

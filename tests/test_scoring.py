@@ -1,6 +1,6 @@
 """Detection and fuzzing on a real harvest of the planted-feature corpus, with the heuristic judge; metrics.
 
-The harvest comes from the real harvest stage on the tiny LM decomposition of tests/lm_fixtures.py; labels
+The harvest comes from the real harvest stage on the tiny LM decomposition of testkit/lm_fixtures.py; labels
 are written by the heuristic labeller from the first uniform examples of each component (recorded as the
 examples the label was written from) and stored with the real labels-store writer, as autointerp does. Ground truth for positions and
 negatives comes from the corpus token stream and from rerunning the decomposition on the source sequence.
@@ -45,7 +45,7 @@ from stages.base import StageContext
 from stages.detection import DetectionConfig
 from stages.harvest import STAGE as HARVEST
 from stages.harvest import HarvestConfig
-from tests.lm_fixtures import build_tiny_lm_decomposition, tiny_lm_decompose_config
+from testkit.lm_fixtures import build_tiny_lm_decomposition, tiny_lm_decompose_config
 
 QUIET = {"progress": False}
 SEED = 7

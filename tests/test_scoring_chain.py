@@ -13,8 +13,8 @@ import pytest
 
 from spd.interp.labels_store import LabelsStore
 from spd.interp.scoring import ScoreStore
+from testkit.lm_fixtures import build_tiny_lm_decomposition
 from tests.conftest import run_cli, write_pipeline
-from tests.lm_fixtures import build_tiny_lm_decomposition
 from tests.test_scoring import HARVEST_SETTINGS
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from spd.interp.scoring import ScoreStore
+from testkit.llm_server import LLMTestServer
 from tests.conftest import run_cli, write_pipeline
-from tests.llm_server import LLMTestServer
 from tests.test_scoring import build_harvest, build_scoring_decomposition, heuristic_label_records, write_labels
 
 KEY_ENV = "SPD_SCORING_E2E_KEY"

@@ -24,8 +24,8 @@ from spd.interp.scoring.intruder import DensityMatch, DonorIndex
 from stages.base import StageContext
 from stages.intruder import STAGE as INTRUDER
 from stages.intruder import IntruderConfig
+from testkit.llm_server import LLMTestServer
 from tests.journal_kill import sigkill_once_saved
-from tests.llm_server import LLMTestServer
 from tests.test_scoring import build_harvest, build_scoring_decomposition
 
 KEY_ENV = "SPD_SCORING_TEST_KEY"

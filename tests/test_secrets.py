@@ -2,7 +2,7 @@
 records, plan, configs, code snapshot or stores.
 
 A pipeline with an LLM stage (harvest as an array of 2 tasks + merge, then autointerp with provider openai
-against the loopback server of tests/llm_server.py) runs with OPENAI_API_KEY set to a unique canary, once on
+against the loopback server of testkit/llm_server.py) runs with OPENAI_API_KEY set to a unique canary, once on
 the local executor and once on the local SLURM cluster (marker `slurm`). The server only answers requests that
 carry the canary, so every label proves the key reached the worker through its environment; then every file
 under the run directory is read as bytes and must not contain the canary (nor its random part).
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from pipeline.runs import RunDir
+from testkit.llm_server import LLMTestServer
+from testkit.lm_fixtures import build_tiny_lm_decomposition
+from testkit.slurm_support import cancel_names
 from tests.conftest import run_cli, write_pipeline
-from tests.llm_server import LLMTestServer
-from tests.lm_fixtures import build_tiny_lm_decomposition
-from tests.slurm_support import cancel_names
 from tests.test_slurm import check, slurm, slurm_cluster, wait_states  # noqa: F401 (fixture)
 
 KEY_ENV = "OPENAI_API_KEY"  # the openai provider's default variable (llm.api_key_env unset)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.report_support import screenshot
+from testkit.report_support import screenshot
 from tests.serve_support import running_server
 
 HOSTILE_LABEL = '</script><img src=x onerror="window.__pwned=1">'

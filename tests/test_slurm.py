@@ -1,7 +1,7 @@
 """The SLURM executor: pure unit tests of its parsing and mapping, then end-to-end tests marked
 `slurm` against the real single-node cluster of scripts/local_slurm.sh (profile
-slurm_configs/local.yaml, test-only stages from tests/stages_for_tests.py and
-tests/slurm_support.py).
+slurm_configs/local.yaml, test-only stages from testkit/stages_for_tests.py, cluster helpers from
+testkit/slurm_support.py).
 
 Without `sbatch` the cluster tests are skipped, except under CI=true, where they fail: CI must
 never silently lose them. Every run gets a unique run id, so job names never collide with jobs
@@ -49,15 +49,14 @@ from pipeline.resources import Resources
 from pipeline.runs import RunDir, now_iso
 from pipeline.status import StageStatus
 from pipeline.worker import StageTask, run_stage_task
-from tests.conftest import REPO_ROOT, CliResult, cli_env, run_cli, write_pipeline
-from tests.slurm_support import (
-    PLUGINS,
+from testkit.slurm_support import (
     cancel_names,
     job_known_to_controller,
     slurm_missing,
     squeue_ids,
     wait_for,
 )
+from tests.conftest import PLUGIN, REPO_ROOT, CliResult, cli_env, run_cli, write_pipeline
 
 TIMEOUT_S = 90  # generous bound for a few tiny jobs on a 2-CPU node
 SETTLED = ("COMPLETED", "FAILED", "CANCELLED")  # stage states that only a rerun changes (UPSTREAM_FAILED may not)
@@ -268,8 +267,8 @@ def slurm_cluster() -> None:
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """CLI environment with both test stage plugins (in-process too)."""
-    monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGINS)
-    return {"SPD_PIPELINE_PLUGINS": PLUGINS}
+    monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGIN)
+    return {"SPD_PIPELINE_PLUGINS": PLUGIN}
 
 
 @pytest.fixture
@@ -531,9 +530,9 @@ def test_queued_jobs_run_the_code_snapshot_not_the_edited_checkout(tmp_path: Pat
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
     for name in ("pipeline", "stages", "spd", "slurm_configs"):
         shutil.copytree(REPO_ROOT / name, checkout / name, ignore=ignore)
-    (checkout / "tests").mkdir()
-    for name in ("__init__.py", "stages_for_tests.py", "slurm_support.py"):
-        shutil.copy2(REPO_ROOT / "tests" / name, checkout / "tests" / name)
+    (checkout / "testkit").mkdir()
+    for name in ("__init__.py", "stages_for_tests.py"):
+        shutil.copy2(REPO_ROOT / "testkit" / name, checkout / "testkit" / name)
     shutil.copy2(REPO_ROOT / "run.py", checkout / "run.py")
     path = pipeline_file(tmp_path, run_id, {"t_source": {"n_tasks": 1, "sleep_s": 2}, "t_where": {}})
 

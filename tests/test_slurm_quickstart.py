@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from pipeline.runs import RunDir
+from testkit.slurm_support import cancel_names, wait_for
 from tests.conftest import REPO_ROOT, run_cli, write_pipeline
-from tests.slurm_support import cancel_names, wait_for
 from tests.test_slurm import check, slurm, slurm_cluster, submitted, wait_states  # noqa: F401 (fixture)
 
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"

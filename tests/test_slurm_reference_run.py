@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from pipeline.runs import RunDir
+from testkit.slurm_support import cancel_names
 from tests.conftest import REPO_ROOT, run_cli, write_pipeline
-from tests.slurm_support import cancel_names
 from tests.test_slurm import check, slurm, slurm_cluster, wait_states  # noqa: F401 (fixture)
 
 EXAMPLE = REPO_ROOT / "examples" / "reference_run.yaml"

@@ -18,7 +18,7 @@ def _task(tmp_path: Path, index: int | None, **config: object) -> StageTask:
     (stage_dir / "tasks").mkdir(parents=True, exist_ok=True)
     return StageTask(
         stage="t_source",
-        module="tests.stages_for_tests",
+        module="testkit.stages_for_tests",
         config={"n_tasks": 2, **config},
         key="k1",
         seed=5,
@@ -67,7 +67,7 @@ def test_missing_upstream_done_json_refuses_to_run(tmp_path: Path) -> None:
     (stage_dir / "tasks").mkdir(parents=True)
     task = StageTask(
         stage="t_sink",
-        module="tests.stages_for_tests",
+        module="testkit.stages_for_tests",
         config={},
         key="k",
         seed=0,

@@ -22,7 +22,7 @@ import torch
 from tokenizers import Tokenizer
 
 from spd.data.source import TokenSource
-from spd.duckdb_store import atomic_duckdb, insert_columns
+from spd.duckdb_store import atomic_duckdb, create_table, insert_columns, insert_rows
 from spd.harvest.faults import store_build_fault_point
 from spd.harvest.merge import MergedHarvest
 from spd.harvest.provenance import code_version, now_iso, runtime
@@ -216,32 +216,30 @@ def _tasks_and_provenance(
     con: duckdb.DuckDBPyConnection, merged: MergedHarvest, merge_started: float, merged_at: str
 ) -> None:
     tasks = sorted(merged.tasks, key=lambda t: t["task"])
-    insert_columns(
-        con,
-        "tasks",
+    task_rows = (
         {
-            "task": np.array([t["task"] for t in tasks], dtype=np.int32),
-            "n_batches": np.array([t["n_batches"] for t in tasks], dtype=np.int32),
-            "n_sequences": np.array([t["n_sequences"] for t in tasks], dtype=np.int64),
-            "n_tokens": np.array([t["n_tokens"] for t in tasks], dtype=np.int64),
-            "batch_start": np.array([t["slice"]["batch_start"] for t in tasks], dtype=np.int32),
-            "batch_step": np.array([t["slice"]["batch_step"] for t in tasks], dtype=np.int32),
-            "slice_sha256": np.array([t["slice"]["sha256"] for t in tasks], dtype=object),
-            "task_seed": np.ma.masked_array(
-                [t["task_seed"] or 0 for t in tasks], mask=[t["task_seed"] is None for t in tasks], dtype=np.int64
-            ),
-            "device": np.array([t["device"] for t in tasks], dtype=object),
-            "cofiring_method": np.array([t.get("cofiring_method") for t in tasks], dtype=object),
-            "kernels": np.array([t.get("kernels") for t in tasks], dtype=object),
-            "host": np.array([t["runtime"].get("host") for t in tasks], dtype=object),
-            "started_at": np.array([t["started_at"] for t in tasks], dtype=object),
-            "finished_at": np.array([t["finished_at"] for t in tasks], dtype=object),
-            "seconds": np.array([t["seconds"] for t in tasks], dtype=np.float64),
-            "tokens_per_s": np.array([t["tokens_per_s"] or np.nan for t in tasks], dtype=np.float64),
-            "shard_file": np.array([t["shard_file"] for t in tasks], dtype=object),
-            "shard_bytes": np.array([t["shard_bytes"] for t in tasks], dtype=np.int64),
-        },
+            "task": t["task"],
+            "n_batches": t["n_batches"],
+            "n_sequences": t["n_sequences"],
+            "n_tokens": t["n_tokens"],
+            "batch_start": t["slice"]["batch_start"],
+            "batch_step": t["slice"]["batch_step"],
+            "slice_sha256": t["slice"]["sha256"],
+            "task_seed": t["task_seed"],
+            "device": t["device"],
+            "cofiring_method": t.get("cofiring_method"),
+            "kernels": t.get("kernels"),
+            "host": t["runtime"].get("host"),
+            "started_at": t["started_at"],
+            "finished_at": t["finished_at"],
+            "seconds": t["seconds"],
+            "tokens_per_s": t["tokens_per_s"] or None,
+            "shard_file": t["shard_file"],
+            "shard_bytes": t["shard_bytes"],
+        }
+        for t in tasks
     )
+    insert_rows(con, "tasks", TABLES["tasks"], task_rows)
     meta, spec, settings = merged.meta, merged.data, merged.meta["settings"]
     row = {
         "format": STORE_FORMAT,
@@ -267,8 +265,7 @@ def _tasks_and_provenance(
         "merged_at": merged_at,
         "merge_seconds": round(time.monotonic() - merge_started, 3),
     }
-    names = ", ".join(f'"{k}"' for k in row)
-    con.execute(f"INSERT INTO provenance ({names}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+    insert_rows(con, "provenance", TABLES["provenance"], [row])
 
 
 def _threads() -> int:
@@ -297,7 +294,7 @@ def build_store(out_dir: Path, merged: MergedHarvest, decomposition_dir: Path, m
     tokenizer = Tokenizer.from_file(str(decomposition_tokenizer_path(decomposition_dir)))
     with atomic_duckdb(final, temps=[spill], what="harvest store", disk_full_remedy=DISK_FULL_REMEDY) as con:
         steps = (
-            lambda: [con.execute(ddl) for ddl in TABLES.values()],
+            lambda: [create_table(con, table, columns) for table, columns in TABLES.items()],
             lambda: _layers_and_components(con, merged),
             lambda: _vocab(con, merged, tokenizer),
             lambda: _token_stats(con, merged),

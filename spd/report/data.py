@@ -184,16 +184,19 @@ def gather_report(run_dir: Path, status: dict[str, Any], options: ReportOptions 
     options = options or ReportOptions()
     run_dir = Path(run_dir).resolve()
     record = RunRecord.from_status(status)
-    decompose = _guarded(lambda: read_decompose(record.out_dir("decompose")), lambda why: DecomposeData(False, why))
-    harvest = _guarded(lambda: read_harvest(record.out_dir("harvest"), options), lambda why: HarvestData(False, why))
-    attributions = _guarded(
-        lambda: read_attributions(record.out_dir("attributions"), options), lambda why: AttributionsData(False, why)
+
+    def stage(name: str, read: Callable[[Path | None], T], unavailable: Callable[[str], T]) -> T:
+        why = record.unlocated(name)
+        return unavailable(why) if why else _guarded(lambda: read(record.out_dir(name)), unavailable)
+
+    decompose = stage("decompose", read_decompose, lambda why: DecomposeData(False, why))
+    harvest = stage("harvest", lambda d: read_harvest(d, options), lambda why: HarvestData(False, why))
+    attributions = stage(
+        "attributions", lambda d: read_attributions(d, options), lambda why: AttributionsData(False, why)
     )
-    labels = _guarded(lambda: read_labels(record.out_dir("autointerp")), lambda why: LabelsData(False, why))
+    labels = stage("autointerp", read_labels, lambda why: LabelsData(False, why))
     scores = {
-        name: _guarded(
-            lambda name=name: read_scores(name, record.out_dir(name)), lambda why, n=name: ScoresData(n, False, why)
-        )
+        name: stage(name, lambda d, n=name: read_scores(n, d), lambda why, n=name: ScoresData(n, False, why))
         for name in SCORERS
     }
 

@@ -135,5 +135,17 @@ class RunRecord:
             return planned.out_dir
         return self.external.get(stage)
 
+    def unlocated(self, stage: str) -> str | None:
+        """Why a stage the pipeline runs has no output directory in this record (a status JSON written before
+        stages carried out_dir, or built by hand), so a reader says that instead of "not part of this pipeline";
+        None when the stage has one or is not planned."""
+        planned = self.stages.get(stage)
+        if planned is None or planned.out_dir is not None:
+            return None
+        return (
+            "the run record gives no out_dir for this stage (a status JSON from an older version or built by hand): "
+            "write it again with `python run.py status RUN --json`"
+        )
+
     def is_external(self, stage: str) -> bool:
         return stage not in self.stages and stage in self.external

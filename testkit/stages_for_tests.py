@@ -1,9 +1,12 @@
-"""Test-only stages, loaded through SPD_PIPELINE_PLUGINS=tests.stages_for_tests.
+"""Test-only stages, loaded through SPD_PIPELINE_PLUGINS=testkit.stages_for_tests.
 
 `t_source` writes one file per task (optionally failing on one task, or sleeping), `t_sink`
 reads every file of its upstream and writes their sum (and keeps a journal across a redo, like an
 LLM stage), and `t_after` depends on `t_sink`. `t_ranks` runs its one task as several processes (resources
 tasks_per_node) and records where each sits.
+`t_where` (after t_source) records which files the worker imported, to prove that queued jobs run the run's code
+snapshot and not the checkout; `t_crash` kills its own worker with os._exit, so no failure record is written and
+only the scheduler (sacct on SLURM) knows what happened.
 A `fail_once_marker` makes a task fail only until a given file exists, so "fix and rerun" is
 testable without editing configs.
 """
@@ -147,4 +150,30 @@ T_CYCLE_A = StageSpec(name="t_cycle_a", config_type=CycleConfig, upstreams=("t_c
 T_CYCLE_B = StageSpec(name="t_cycle_b", config_type=CycleConfig, upstreams=("t_cycle_a",), run_task=after_task)
 # Declared but not runnable yet, as a built-in stage is before its issue lands.
 T_PLANNED = StageSpec(name="t_planned", config_type=AfterConfig, unavailable_reason="not implemented yet (issue #999)")
-STAGES = (T_SOURCE, T_SINK, T_AFTER, T_RANKS, T_CYCLE_A, T_CYCLE_B, T_PLANNED)
+
+
+class WhereConfig(StageConfig):
+    pass
+
+
+def where_task(config: WhereConfig, ctx: StageContext, index: int) -> None:
+    import pipeline.worker
+    import stages.base
+
+    record = {"pipeline_worker": pipeline.worker.__file__, "stages_base": stages.base.__file__, "cwd": os.getcwd()}
+    (ctx.out_dir / "where.json").write_text(json.dumps(record))
+
+
+class CrashConfig(StageConfig):
+    exit_code: int = 3
+
+
+def crash_task(config: CrashConfig, ctx: StageContext, index: int) -> None:
+    print(f"crashing with exit code {config.exit_code}", flush=True)
+    os._exit(config.exit_code)
+
+
+T_WHERE = StageSpec(name="t_where", config_type=WhereConfig, upstreams=("t_source",), run_task=where_task)
+T_CRASH = StageSpec(name="t_crash", config_type=CrashConfig, run_task=crash_task)
+
+STAGES = (T_SOURCE, T_SINK, T_AFTER, T_RANKS, T_CYCLE_A, T_CYCLE_B, T_PLANNED, T_WHERE, T_CRASH)

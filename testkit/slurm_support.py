@@ -1,57 +1,23 @@
-"""Extra test-only stages and helpers for the real-SLURM tests and the submit-latency benchmark.
+"""The real-SLURM helpers of the tests and the submit-latency benchmark, and the benchmark's no-op stages.
 
-Loaded as a stage plugin next to tests.stages_for_tests (SPD_PIPELINE_PLUGINS=
-"tests.stages_for_tests,tests.slurm_support"), so workers import it: keep it free of pytest
-and of anything slow to import.
-
-* `t_where` (after t_source) records which files the worker imported, to prove that queued
-  jobs run the run's code snapshot and not the checkout.
-* `t_crash` kills its own worker with os._exit, so no failure record is written and only the
-  scheduler (sacct) knows what happened.
-* `b_*`: the shape of the real DAG (decompose -> harvest -> autointerp -> detection/fuzzing,
-  harvest -> intruder, decompose -> attributions) with no-op bodies, for the benchmark.
+A stage plugin (SPD_PIPELINE_PLUGINS=testkit.slurm_support), so workers import it: keep it free of pytest and of
+anything slow to import. `b_*`: the shape of the real DAG (decompose -> harvest -> autointerp -> detection/fuzzing,
+harvest -> intruder, decompose -> attributions) with no-op bodies.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from pydantic import Field
 
 from stages.base import StageConfig, StageContext, StageSpec
 
-PLUGINS = "tests.stages_for_tests,tests.slurm_support"
-
 
 # --- stages ---------------------------------------------------------------------------------
-class WhereConfig(StageConfig):
-    pass
-
-
-def where_task(config: WhereConfig, ctx: StageContext, index: int) -> None:
-    import pipeline.worker
-    import stages.base
-
-    record = {"pipeline_worker": pipeline.worker.__file__, "stages_base": stages.base.__file__, "cwd": os.getcwd()}
-    (ctx.out_dir / "where.json").write_text(json.dumps(record))
-
-
-class CrashConfig(StageConfig):
-    exit_code: int = 3
-
-
-def crash_task(config: CrashConfig, ctx: StageContext, index: int) -> None:
-    print(f"crashing with exit code {config.exit_code}", flush=True)
-    os._exit(config.exit_code)
-
-
 class BenchConfig(StageConfig):
     n_tasks: int = Field(1, ge=1)
 
@@ -86,11 +52,7 @@ BENCH_DAG: dict[str, tuple[str, ...]] = {
 }
 BENCH_SHARDED = ("b_harvest", "b_attributions")
 
-STAGES = (
-    StageSpec(name="t_where", config_type=WhereConfig, upstreams=("t_source",), run_task=where_task),
-    StageSpec(name="t_crash", config_type=CrashConfig, run_task=crash_task),
-    *(_bench(name, ups) for name, ups in BENCH_DAG.items()),
-)
+STAGES = tuple(_bench(name, ups) for name, ups in BENCH_DAG.items())
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -139,12 +101,3 @@ def cancel_names(names: list[str]) -> None:
     ids = sorted({i.split("_")[0] for i in squeue_ids(names)})
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
-
-
-def python() -> str:
-    return sys.executable
-
-
-def repo_files(root: Path) -> list[Path]:
-    """What a runnable copy of the checkout needs (for the code-snapshot test)."""
-    return [root / p for p in ("run.py", "pipeline", "stages", "spd", "slurm_configs", "tests")]

@@ -23,7 +23,7 @@ import pyarrow as pa
 from spd.attributions.layout import Layout
 from spd.attributions.store import STORE_FILE as ATTRIBUTIONS_FILE
 from spd.attributions.store import EdgeArrays, write_store
-from spd.duckdb_store import insert_columns
+from spd.duckdb_store import create_table, insert_columns, insert_rows
 from spd.harvest.schema import STORE_FILE as HARVEST_FILE
 from spd.harvest.schema import STORE_FORMAT, STORE_FORMAT_VERSION, TABLES
 from spd.interp.labels_store import LabelRecord, write_labels_store
@@ -86,8 +86,8 @@ def write_harvest(out_dir: Path, modules: list[tuple[str, int]], rng: np.random.
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path))
     try:
-        for ddl in TABLES.values():
-            con.execute(ddl)
+        for table, columns in TABLES.items():
+            create_table(con, table, columns)
         offsets = np.cumsum([0] + [c for _, c in modules])[:-1]
         _insert(
             con,
@@ -200,8 +200,7 @@ def write_harvest(out_dir: Path, modules: list[tuple[str, int]], rng: np.random.
             "merged_at": "2026-01-01T00:11:00+00:00",
             "merge_seconds": 1.0,
         }
-        names = ", ".join(f'"{k}"' for k in row)
-        con.execute(f"INSERT INTO provenance ({names}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+        insert_rows(con, "provenance", TABLES["provenance"], [row])
         con.execute("CHECKPOINT")
     finally:
         con.close()

@@ -374,7 +374,7 @@ def _make_handler(server: LLMTestServer) -> type[BaseHTTPRequestHandler]:
 
 
 class LLMServerProcess:
-    """The server in a child process (`python -m tests.llm_server`), driven over HTTP.
+    """The server in a child process (`python -m testkit.llm_server`), driven over HTTP.
 
     Benchmarks use it so that the server's threads do not compete with the client for one GIL.
     """
@@ -382,7 +382,7 @@ class LLMServerProcess:
     def __init__(self, delay_s: float = 0.0) -> None:
         root = Path(__file__).resolve().parent.parent
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.llm_server", str(delay_s)],
+            [sys.executable, "-m", "testkit.llm_server", str(delay_s)],
             cwd=root,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
