@@ -1,7 +1,7 @@
 """The stage registry: the only way the orchestrator learns about stages.
 
 Built-in stages come from `stages.BUILTIN_STAGE_MODULES`. Extra stage modules (a researcher's
-own stage, or the test-only stages under tests/) are named in the environment variable
+own stage, or the test-only stages of testkit/) are named in the environment variable
 `SPD_PIPELINE_PLUGINS` (comma-separated module names). A stage module exposes
 `STAGE = StageSpec(...)`, or `STAGES = (StageSpec(...), ...)` for several.
 

@@ -222,8 +222,8 @@ def test_one_failing_process_fails_the_task_naming_its_rank_and_the_rerun_comple
 # --- the real cluster: srun starts the processes -----------------------------------------------------------
 @pytest.fixture
 def slurm_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
-    """A unique run id on the local cluster (its jobs scancelled at the end) and the CLI env with both plugins
-    (in-process status reads the plugins too)."""
+    """A unique run id on the local cluster (its jobs scancelled at the end) and the CLI env with the test-only
+    stages as a plugin (in-process status reads it too)."""
     monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGIN)
     rid = f"mp-{uuid.uuid4().hex[:6]}"
     yield rid, {"SPD_PIPELINE_PLUGINS": PLUGIN}

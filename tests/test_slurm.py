@@ -266,7 +266,7 @@ def slurm_cluster() -> None:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """CLI environment with both test stage plugins (in-process too)."""
+    """CLI environment with the test-only stages as a plugin (in-process too)."""
     monkeypatch.setenv("SPD_PIPELINE_PLUGINS", PLUGIN)
     return {"SPD_PIPELINE_PLUGINS": PLUGIN}
 
