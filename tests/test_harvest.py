@@ -273,12 +273,13 @@ def test_counters_count_exactly(make) -> None:
     assert counter.keys().tolist() == sorted(truth)
 
 
-@pytest.mark.parametrize("m", [1, 3])
-def test_numba_scan_equals_the_torch_scan(m: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The compiled CPU scan gives the torch scan's firings, candidates (same order) and counts; sums to fp32."""
+@pytest.mark.parametrize(("m", "C", "threshold"), [(1, 37, 0.4), (3, 37, 0.4), (3, 64, 0.95)])
+def test_numba_scan_equals_the_torch_scan(m: int, C: int, threshold: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled CPU scan gives the torch scan's firings, candidates (same order) and counts; sums to fp32.
+    C = 64 lists each row 8 flags at a time (most words without a firing at threshold 0.95); C = 37 entry by entry."""
     monkeypatch.setattr(counters, "EXACT_FP32_LIMIT", 700)  # the float32 count tables flush every other batch
     gen = torch.Generator().manual_seed(m)
-    N, C, V, seed, threshold = 300, 37, 23, 5, 0.4
+    N, V, seed = 300, 23, 5
     salts = component_salts(seed, torch.arange(C))
     tables = {method: (DenseTokenFiringCounter(C, V), DenseTokenFiringCounter(C, V)) for method in ("torch", "numba")}
     for batch in range(4):
@@ -300,6 +301,10 @@ def test_numba_scan_equals_the_torch_scan(m: int, monkeypatch: pytest.MonkeyPatc
         assert torch.equal(got.firing, want.firing) and torch.equal(want.firing, ci > threshold)
         torch.testing.assert_close(got.sums, want.sums, rtol=1e-5, atol=1e-4)
         assert torch.equal(want.sums[0], (ci > threshold).sum(0).float())
+        assert torch.equal(got.sums[0], want.sums[0])
+        offsets, listed = got.firing_lists  # the firings as CSR, what sparse co-firing counts pairs from
+        assert torch.equal(offsets, torch.cat([torch.zeros(1, dtype=torch.int64), want.firing.sum(1).cumsum(0)]))
+        assert torch.equal(listed, want.firing.nonzero(as_tuple=True)[1])
         for kind in ("uniform", "top"):
             for field in fields(Candidates):
                 assert torch.equal(getattr(getattr(got, kind), field.name), getattr(getattr(want, kind), field.name))

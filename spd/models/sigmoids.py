@@ -17,6 +17,9 @@ from spd.models.config import SigmoidType as SigmoidType
 
 LEAK = 0.01
 
+CLAMP_FORWARD: frozenset[str] = frozenset({"leaky_hard", "lower_leaky_hard", "hard"})
+"""Sigmoid types whose mask-side forward is clamp(z, 0, 1): their leaks live in the gradient only."""
+
 
 class _LowerLeakyHardSigmoid(torch.autograd.Function):
     """Forward clamp(z, 0, 1); backward: grad on (0, 1], 0 above 1, LEAK*grad below 0 only if grad < 0."""
