@@ -239,6 +239,36 @@ def test_cofiring_picks_an_exact_method_on_the_first_batch() -> None:
     assert int(n.sum()) == int(torch.triu(firing.long().T @ firing.long(), diagonal=1).sum())
 
 
+@pytest.mark.parametrize("n_rows", [1, 7, 256])
+def test_the_first_batch_is_counted_sparse_in_two_halves_and_stays_exact(
+    n_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The method is chosen on the first batch: its first half is counted untimed (kernel load, table growth), its
+    second half timed against the dense products; whichever wins, the batch is counted once, exactly."""
+    calls = []
+    real_add = SparsePairCounter.add
+
+    def add(self: SparsePairCounter, firing: torch.Tensor, lists=None) -> None:
+        calls.append(firing.shape[0])
+        real_add(self, firing, lists)
+
+    monkeypatch.setattr(SparsePairCounter, "add", add)
+    firing = torch.rand(n_rows, 40, generator=torch.Generator().manual_seed(n_rows)) < 0.5
+    for winner in ("sparse", "int8"):  # the dense winner moves the first batch's sparse counts into its table
+        calls.clear()
+        monkeypatch.setattr("spd.harvest.cofiring.fastest", lambda timings, winner=winner: winner)
+        counter = CofiringCounter(40, "cpu")
+        counter.add(firing)
+        assert counter.method == winner and calls == [n_rows // 2, n_rows - n_rows // 2]
+        counter.add(firing)  # a second batch, counted by the chosen method
+        a, b, n = counter.pairs()
+        expected = 2 * torch.triu(firing.long().T @ firing.long(), diagonal=1)
+        want_a, want_b = (expected > 0).nonzero(as_tuple=True)
+        assert (
+            torch.equal(a.long(), want_a) and torch.equal(b.long(), want_b) and torch.equal(n, expected[want_a, want_b])
+        )
+
+
 def test_corpus_slice_reads_exactly_the_batch_stream_shard(decomposition: Path) -> None:
     corpus = load_decomposition_corpus(decomposition)
     model = load_decomposition(decomposition)
