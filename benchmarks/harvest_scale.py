@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/harvest_scale.py                                 # C_total 1K, 4K, 16K, 40K
     OMP_NUM_THREADS=1 python benchmarks/harvest_scale.py --sizes 1024 4096 --tokens 16384 --attribution-batches 0
+    python benchmarks/harvest_scale.py --sizes 40000 --device cuda                     # harvest on a GPU
 
 Per size C_total the benchmark
 1. builds a decomposition of a small LM through the real decompose stage (testkit/lm_fixtures.py: the tiny LM on
@@ -119,17 +120,24 @@ def last_ci_biases(names: list[str]) -> list[str]:
     return [name for _, name in last.values()]
 
 
+def synchronize(device: str) -> float:
+    """Wait for the device's queued work (CUDA runs asynchronously), then read the clock."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @torch.no_grad()
 def set_ci_l0(decomposition: Path, settings: HarvestSettings, l0: int, n_bare: int) -> tuple[float, float, float]:
     """Shift every CI function's output bias by one constant so that ~l0 components per token fire at the harvest
     threshold on the first batch, and save the decomposition so shifted. Returns (shift, measured L0, bare
     us/token). A barely trained CI function at large C saturates at 1 on thousands of components per token, so no
     threshold can control L0; a bias shift moves every pre-activation down alike (bisection; L0 falls with it)."""
-    model = load_decomposition(decomposition, "cpu")
+    model = load_decomposition(decomposition, settings.device)
     corpus = decomposition_corpus(decomposition)
     data = CorpusSlice(corpus, slice_spec(model.run_config, corpus, settings, 0))
     reader = ActivationReader(model, settings.output_top_m)
-    batches = [b.tokens for _, b in zip(range(n_bare), data, strict=False)]
+    batches = [b.tokens.to(settings.device) for _, b in zip(range(n_bare), data, strict=False)]
     params = dict(model.named_parameters())
     names = last_ci_biases(list(params))
     original = {n: params[n].detach().clone() for n in names}
@@ -152,9 +160,11 @@ def set_ci_l0(decomposition: Path, settings: HarvestSettings, l0: int, n_bare: i
         state[n] = state[n] - shift
     torch.save(state, model_file)
     reader.bare_forward(batches[0])  # warm-up
+    synchronize(settings.device)
     start = time.perf_counter()
     for tokens in batches:
         reader.bare_forward(tokens)
+    synchronize(settings.device)
     bare_us = (time.perf_counter() - start) / sum(t.numel() for t in batches) * 1e6
     return shift, measured, bare_us
 
@@ -167,20 +177,22 @@ def steady_state(decomposition: Path, settings: HarvestSettings, n_batches: int)
 
     from spd.harvest.accumulators import TaskAccumulator
 
-    model = load_decomposition(decomposition, "cpu")
+    device = settings.device
+    model = load_decomposition(decomposition, device)
     corpus = decomposition_corpus(decomposition)
     spec = slice_spec(model.run_config, corpus, settings, 0)
     reader = ActivationReader(model, settings.output_top_m)
-    acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, 0, "cpu")
+    acc = TaskAccumulator(reader.n_components, corpus.vocab_size, settings, 0, device)
     times: dict[str, list[float]] = {"bare": [], "activations": [], "accumulate": []}
     for i, batch in zip(range(n_batches + 2), CorpusSlice(corpus, spec), strict=False):
-        t0 = time.perf_counter()
-        reader.bare_forward(batch.tokens)
-        t1 = time.perf_counter()
-        acts = reader(batch.tokens)
-        t2 = time.perf_counter()
-        acc.process(batch.index, batch.starts, spec.seq_len, acts)
-        t3 = time.perf_counter()
+        tokens, starts = batch.tokens.to(device), batch.starts.to(device)
+        t0 = synchronize(device)
+        reader.bare_forward(tokens)
+        t1 = synchronize(device)
+        acts = reader(tokens)
+        t2 = synchronize(device)
+        acc.process(batch.index, starts, spec.seq_len, acts)
+        t3 = synchronize(device)
         if i >= 2:  # the first two batches settle the heap and the co-firing method
             for name, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
                 times[name].append(seconds * 1e3)
@@ -198,7 +210,7 @@ def measure(c_total: int, args: argparse.Namespace, tmp: Path) -> dict:
     decomposition = build_tiny_lm_decomposition(tmp / f"decomposition-{c_total}", config)
     build_s = time.perf_counter() - started
     n_batches = args.tokens // (args.batch_size * 64)
-    base = {"batch_size": args.batch_size, "n_batches": n_batches, "n_tasks": args.tasks, "device": "cpu"}
+    base = {"batch_size": args.batch_size, "n_batches": n_batches, "n_tasks": args.tasks, "device": args.device}
     settings = HarvestSettings(**base)
     shift, l0, bare_us = set_ci_l0(decomposition, settings, args.l0, args.bare_batches)
     # untimed: loads (or, after a code change, compiles) the numba kernels into numba's disk cache,
@@ -265,6 +277,7 @@ def main() -> None:
     parser.add_argument("--attribution-batches", type=int, default=1, help="0 skips attributions")
     parser.add_argument("--attribution-batch-size", type=int, default=8)
     parser.add_argument("--keep", type=Path, default=None, help="build under this directory and keep it")
+    parser.add_argument("--device", default="cpu", help="where harvest, bare forward and steady state run (cuda)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     keep_freed_memory()  # the bare forward under the malloc settings of a harvest task (spd.harvest.malloc)
