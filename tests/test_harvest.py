@@ -63,7 +63,7 @@ from spd.harvest.reservoir import BatchSource, ExampleRows, ExampleSelection
 from spd.harvest.shard import ShardData, read_shard, shard_path
 from spd.harvest.task import slice_spec
 from spd.harvest.top_m import CHUNK, top_m_indices
-from spd.models import load_decomposition, load_decomposition_corpus
+from spd.models import ComponentModel, load_decomposition, load_decomposition_corpus
 from testkit.lm_fixtures import build_tiny_lm_decomposition
 
 SEED = 1234
@@ -301,6 +301,27 @@ def test_counters_count_exactly(make) -> None:
         truth.update(keys)
     assert dict(zip(counter.keys().tolist(), counter.counts().tolist(), strict=True)) == dict(truth)
     assert counter.keys().tolist() == sorted(truth)
+
+
+def test_ci_written_into_blocks_equals_lower_leaky_ci_and_a_block_of_another_shape_is_refused() -> None:
+    class OneLinear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(3, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x)
+
+    torch.manual_seed(0)
+    model = ComponentModel(OneLinear(), {"a": 4})
+    x = torch.randn(2, 7, 3)
+    with torch.inference_mode():
+        flat = torch.full((2, 7, 6), -5.0)  # the module's columns 1:5 of a wider tensor
+        model.lower_leaky_ci_into({"a": x}, {"a": flat[..., 1:5]})
+        assert torch.equal(flat[..., 1:5], model.lower_leaky_ci({"a": x})["a"])
+        assert bool((flat[..., 0] == -5).all() and (flat[..., 5] == -5).all())  # its neighbours untouched
+        with pytest.raises(ValueError, match=r"CI of shape \(2, 7, 4\) for an output block of \(14, 4\)"):
+            model.lower_leaky_ci_into({"a": x}, {"a": torch.empty(14, 4)})
 
 
 @pytest.mark.parametrize(("m", "C", "threshold"), [(1, 37, 0.4), (3, 37, 0.4), (3, 64, 0.95)])

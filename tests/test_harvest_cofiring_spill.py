@@ -92,6 +92,7 @@ def test_reaching_the_cap_without_a_spill_directory_is_an_error() -> None:
     counter = SparsePairCounter(30, table_limit=256)
     with pytest.raises(RuntimeError, match="cap of 256 bytes and has no spill directory"):
         counter.add(torch.ones(1, 30, dtype=torch.bool))
+    assert not counter._partners.any()  # the failed batch leaves the per-component scratch row zero
     with pytest.raises(ValueError, match="below 16 slots"):
         SparsePairCounter(30, table_limit=255)
 

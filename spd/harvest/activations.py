@@ -69,9 +69,12 @@ class ActivationReader:
         embeddings compute, then copy."""
         components = self.model.components(name)
         if isinstance(components, LinearComponents) and not self.autocast_bf16:
-            torch.mm(x.reshape(-1, x.shape[-1]), components.V, out=out)
-        else:
-            out.copy_(components.component_acts(x).reshape(out.shape))
+            rows = x.reshape(-1, x.shape[-1])
+            # only where out= fits as it is: mm would resize a block of another shape instead of refusing it
+            if rows.shape[0] == out.shape[0] and rows.dtype == components.V.dtype == out.dtype:
+                torch.mm(rows, components.V, out=out)
+                return
+        out.copy_(components.component_acts(x).reshape(out.shape))
 
     @torch.inference_mode()
     def bare_forward(self, tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

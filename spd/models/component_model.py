@@ -183,10 +183,13 @@ class ComponentModel(nn.Module):
         intermediate and its copy (at 16K components, 26 of a harvest batch's ~350 ms on one CPU thread)."""
         logits = self.ci_logits(pre_weight_acts)
         for path in self.target_module_paths:
-            if self.sigmoid_type in CLAMP_FORWARD:
-                torch.clamp(logits[path], 0.0, 1.0, out=out[path])
+            z, block = logits[path], out[path]
+            if z.shape != block.shape:  # an out= of another shape would be resized, not refused
+                raise ValueError(f"{path}: CI of shape {tuple(z.shape)} for an output block of {tuple(block.shape)}")
+            if self.sigmoid_type in CLAMP_FORWARD and z.dtype == block.dtype:
+                torch.clamp(z, 0.0, 1.0, out=block)
             else:
-                out[path].copy_(self._lower(logits[path]))
+                block.copy_(self._lower(z))
 
     # --- forward ------------------------------------------------------------------------------------
 
