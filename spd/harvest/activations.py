@@ -97,8 +97,9 @@ class ActivationReader:
         with self.autocast(tokens):
             logits, inputs = self.model.forward_with_inputs(tokens)
             self.model.lower_leaky_ci_into(inputs, {name: flat_ci[..., columns] for name, columns in blocks.items()})
+            act_rows = flat_act.view(-1, self.n_components)  # [tokens, C]: a module's block is a column slice
             for name, columns in blocks.items():
-                self._component_acts_into(name, inputs[name], flat_act.view(-1, self.n_components)[:, columns])
+                self._component_acts_into(name, inputs[name], act_rows[:, columns])
         for name, columns in blocks.items():
             flat_act[..., columns].mul_(self.u_norms[name])
         # unsorted: the statistics count membership in the top m (spd.harvest.top_m: exact, 1.6-8x faster on CPU)
